@@ -1,0 +1,113 @@
+"""Pairing SR outputs with ground truth and scoring them the way the NTIRE organisers do.
+
+File pairing is by stem, accepting the challenge naming (``0901x4.png`` ↔ ``0901.png``). Missing or extra files
+and size mismatches are errors found *before* any scoring, each listing the offending names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.imageio import image_size, list_images, read_image
+from pipeline.metrics import crop_to_match, psnr_y, ssim_y
+
+__all__ = ["ImagePair", "PairingError", "pair_images", "check_sizes", "score_fidelity", "strip_scale_suffix", "mean_of"]
+
+
+class PairingError(ValueError):
+    """SR and HR folders do not correspond one-to-one."""
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    name: str  # the HR stem, e.g. "0901"
+    sr: Path
+    hr: Path
+
+
+def strip_scale_suffix(stem: str, scale: int) -> str:
+    """``0901x4`` → ``0901`` (the NTIRE LR/SR naming); other stems unchanged."""
+    suffix = f"x{scale}"
+    return stem[: -len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else stem
+
+
+def _index(files: list[Path], folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in files:
+        if f.stem in out:
+            raise PairingError(f"{folder}: two images share the stem {f.stem!r} ({out[f.stem].name}, {f.name})")
+        out[f.stem] = f
+    return out
+
+
+def pair_images(sr_dir: str | Path, hr_dir: str | Path, *, scale: int) -> list[ImagePair]:
+    """Pair every SR image with its HR image by stem (``NAMEx{scale}`` matches ``NAME``); errors on any mismatch."""
+    sr_dir, hr_dir = Path(sr_dir), Path(hr_dir)
+    sr_files, hr_files = list_images(sr_dir), list_images(hr_dir)
+    if not sr_files:
+        raise PairingError(f"no images in the SR folder {sr_dir}")
+    if not hr_files:
+        raise PairingError(f"no images in the HR folder {hr_dir}")
+    hr = _index(hr_files, hr_dir)
+    pairs: list[ImagePair] = []
+    extra: list[str] = []
+    for stem, path in _index(sr_files, sr_dir).items():
+        key = stem if stem in hr else strip_scale_suffix(stem, scale)
+        if key in hr:
+            pairs.append(ImagePair(name=key, sr=path, hr=hr[key]))
+        else:
+            extra.append(path.name)
+    matched = {p.name for p in pairs}
+    if len(matched) != len(pairs):
+        raise PairingError("several SR images map to the same HR image (e.g. both 'x.png' and 'xx4.png')")
+    missing = sorted(p.name for s, p in hr.items() if s not in matched)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} HR image(s) have no SR result in {sr_dir}: {', '.join(missing[:10])}")
+    if extra:
+        problems.append(f"{len(extra)} SR image(s) have no HR counterpart in {hr_dir}: {', '.join(sorted(extra)[:10])}")
+    if problems:
+        raise PairingError("; ".join(problems))
+    return sorted(pairs, key=lambda p: p.name)
+
+
+def check_sizes(pairs: list[ImagePair], *, scale: int) -> None:
+    """Check from the file headers (no decoding) that each HR, cropped to a multiple of ``scale``, has its SR's size."""
+    errors = []
+    for pair in pairs:
+        sh, sw = image_size(pair.sr)
+        hh, hw = image_size(pair.hr)
+        hc, wc = hh - hh % scale, hw - hw % scale
+        if (sh, sw) != (hc, wc):
+            errors.append(
+                f"{pair.sr.name} is {sw}x{sh} (WxH) but {pair.hr.name} cropped to a multiple of {scale} is {wc}x{hc}"
+            )
+    if errors:
+        raise PairingError(f"size mismatch for {len(errors)} image(s): " + "; ".join(errors))
+
+
+def score_fidelity(pairs: list[ImagePair], *, scale: int, progress: bool = False) -> list[dict]:
+    """NTIRE PSNR/SSIM (Y channel, border = scale) per pair; all sizes are checked before any image is scored, and
+    images are loaded one pair at a time (memory stays bounded for large test sets)."""
+    check_sizes(pairs, scale=scale)
+    rows = []
+    for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress):
+        sr = read_image(pair.sr)
+        hr = crop_to_match(read_image(pair.hr), sr, scale=scale)
+        rows.append(
+            {
+                "name": pair.name,
+                "psnr": float(psnr_y(sr, hr, crop_border=scale)[0]),
+                "ssim": float(ssim_y(sr, hr, crop_border=scale)[0]),
+            }
+        )
+    return rows
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows]
+    return float(sum(vals) / len(vals)) if vals else math.nan

@@ -1,0 +1,174 @@
+"""Image I/O: every image enters the toolkit as float32 RGB in [0,1] and leaves as an atomically written PNG.
+
+Reading (:func:`read_image`) accepts PNG, JPEG, BMP and TIFF with 8 or 16 bits per channel:
+
+* greyscale is replicated to 3 channels, palette images are expanded, CMYK/YCbCr/LAB are converted to RGB;
+* an alpha channel is dropped with a warning that names the file;
+* a corrupt, truncated or non-image file raises :class:`ImageReadError` naming the file and the reason.
+
+Pillow decodes and validates every file (it refuses truncated data); for files with 16 bits per channel, which
+Pillow can only hand out as 8-bit RGB, the pixels are decoded again with OpenCV at full precision.
+
+Writing (:func:`write_image`) rounds (never truncates) to uint8 and writes ``name.png`` through a temporary file in
+the same folder followed by ``os.replace``, so an interrupted write never leaves a truncated image under the final
+name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.atomic import atomic_write_bytes
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "read_image",
+    "read_image_array",
+    "write_image",
+    "list_images",
+    "to_uint8",
+    "quantize_8bit",
+    "image_size",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Pillow's own guard against decompression bombs stays on; the largest images of SR benchmarks are far below it.
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image; the message names the file and the reason."""
+
+
+def _is_high_bit_depth(im: Image.Image) -> bool:
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        return True
+    for tile in im.tile:
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmode = args[0] if isinstance(args, tuple) else args
+        if isinstance(rawmode, str) and "16" in rawmode:
+            return True
+    return False
+
+
+def _decode_16bit(path: Path) -> np.ndarray:
+    """Full-precision decode of a 16-bit PNG/TIFF with OpenCV → HWC float32 RGB (or HW) in [0,1]."""
+    buf = np.fromfile(path, dtype=np.uint8)
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageReadError(f"{path}: OpenCV could not decode this 16-bit image")
+    if arr.dtype != np.uint16:
+        raise ImageReadError(f"{path}: expected 16-bit samples, decoder returned {arr.dtype}")
+    arr = arr.astype(np.float32) / 65535.0
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            warnings.warn(f"{path}: alpha channel dropped", stacklevel=3)
+            arr = arr[..., :3]
+        arr = arr[..., ::-1]  # BGR -> RGB
+    return arr
+
+
+def read_image_array(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file into an ``(H, W, 3)`` float32 RGB array in [0, 1]."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: no such file")
+    try:
+        with Image.open(p) as im:
+            high = _is_high_bit_depth(im)  # read from the tile descriptors, before load() clears them
+            im.load()  # full decode: truncated/corrupt data raise here, not later
+            mode = im.mode
+            if high:
+                arr = _decode_16bit(p)
+            else:
+                if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+                    warnings.warn(f"{p}: alpha channel dropped", stacklevel=2)
+                if mode == "1":
+                    im = im.convert("L")
+                elif mode not in ("L", "RGB"):
+                    im = im.convert("RGB")
+                arr = np.asarray(im, dtype=np.uint8).astype(np.float32) / 255.0
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(f"{p}: not a recognised image file ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{p}: corrupt or truncated image ({exc})") from exc
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageReadError(f"{p}: unsupported image layout {arr.shape} (mode {mode})")
+    return np.ascontiguousarray(arr)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` from the file header, without decoding the pixels."""
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"{p}: no such file") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{p}: not a readable image ({exc})") from exc
+    return h, w
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file into a ``(1, 3, H, W)`` float32 RGB tensor in [0, 1]."""
+    arr = read_image_array(path)
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``(1,3,H,W)``/``(3,H,W)`` tensor or ``(H,W,3)`` array in [0,1] → ``(H,W,3)`` uint8, rounded and clipped."""
+    if isinstance(img, torch.Tensor):
+        t = img.detach().float().cpu()
+        if t.ndim == 4:
+            if t.shape[0] != 1:
+                raise ValueError(f"expected a single image, got batch of {t.shape[0]}")
+            t = t[0]
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"expected (3,H,W), got {tuple(t.shape)}")
+        arr = t.permute(1, 2, 0).numpy()
+    else:
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected (H,W,3), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("image contains NaN or Inf")
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def quantize_8bit(img: torch.Tensor) -> torch.Tensor:
+    """Round to the 256 levels an 8-bit PNG holds (clamped to [0,1]), keeping the float dtype: what a saved and
+    re-read PNG would contain."""
+    return torch.round(img.clamp(0, 1) * 255.0) / 255.0
+
+
+def write_image(path: str | os.PathLike, img: torch.Tensor | np.ndarray) -> Path:
+    """Write an RGB image in [0,1] as an 8-bit PNG, atomically (temp file in the same folder + rename)."""
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ValueError(f"{p}: write_image writes PNG only (got suffix {p.suffix!r})")
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img), mode="RGB").save(buf, format="PNG")
+    atomic_write_bytes(p, buf.getvalue())
+    return p
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by extension) directly inside ``folder``, sorted by name; a missing folder is an error."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise FileNotFoundError(f"image folder not found: {d}")
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
