@@ -1,0 +1,190 @@
+"""ExpertEnsemble: run every expert on an LR batch → ``srs (B,E,3,sH,sW)`` + ``feats`` (E × ``(B,C_e,H,W)``).
+
+* Order: outputs follow the order of the experts in the spec. Experts that take another expert's output
+  (``input: expert:<name>``) run after it: the experts are grouped into stages by dependency depth.
+* Inputs: ``lr`` gets the LR batch; ``bicubic`` gets the MATLAB-bicubic ×scale upscale of it
+  (``pipeline.resize.bicubic_upscale``, computed once per call); ``expert:<name>`` gets that expert's clamped SR.
+* Devices: each expert runs on its spec's device; outputs are gathered (float32) on ``gather_device``. When the
+  experts of a stage sit on two or more devices (e.g. HAT on cuda:0, the others on cuda:1) each device's experts run
+  in their own thread, so the GPUs work concurrently (every device has its own CUDA stream; experts sharing a device
+  run one after another). With one device they run sequentially.
+* Grad mode: ``"inference"`` (``torch.inference_mode``, the default — caching, evaluation) or ``"no_grad"`` for live
+  training, where the outputs feed a model under autograd.
+
+The ensemble is deliberately not an ``nn.Module``: wrapping it in a trainable module must not register the experts'
+parameters with an optimiser or move them with ``.to()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from experts.devices import resolve_device
+from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
+from experts.spec import EnsembleSpec, input_source, load_ensemble_spec
+from pipeline.resize import bicubic_upscale
+
+__all__ = ["EnsembleOutput", "ExpertEnsemble"]
+
+
+class EnsembleOutput(NamedTuple):
+    srs: torch.Tensor  # (B,E,3,sH,sW) float32 in [0,1]
+    feats: list[torch.Tensor]  # E tensors (B,C_e,H,W) float32
+
+
+class ExpertEnsemble:
+    """Frozen experts run together; see the module docstring. Build with :meth:`from_spec` / :meth:`from_yaml`."""
+
+    def __init__(
+        self,
+        *,
+        experts: Sequence[Expert],
+        scale: int = 4,
+        gather_device: str = "cpu",
+        concurrent: bool | None = None,
+    ) -> None:
+        if not experts:
+            raise ValueError("an ensemble needs at least one expert")
+        names = [e.name for e in experts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"expert names must be unique: {names}")
+        for e in experts:
+            if e.ensemble_scale != scale:
+                raise ValueError(f"expert {e.name!r} was built for x{e.ensemble_scale}, the ensemble is x{scale}")
+        self.experts: tuple[Expert, ...] = tuple(experts)
+        self.scale = scale
+        self.gather_device = resolve_device(gather_device)
+        self.concurrent = concurrent  # None: concurrent iff a stage spans several devices
+        self._stages = _stages(self.experts)
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: EnsembleSpec,
+        *,
+        root: str | os.PathLike | None = None,
+        gather_device: str = "cpu",
+        grad_mode: GradMode = "inference",
+        concurrent: bool | None = None,
+    ) -> ExpertEnsemble:
+        """Load every expert of ``spec`` (checkpoints relative to ``root``, default the repository root)."""
+        experts = [load_expert(e, root=root, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts]
+        return cls(experts=experts, scale=spec.scale, gather_device=gather_device, concurrent=concurrent)
+
+    @classmethod
+    def from_yaml(
+        cls,
+        path: str | os.PathLike,
+        *,
+        root: str | os.PathLike | None = None,
+        gather_device: str = "cpu",
+        grad_mode: GradMode = "inference",
+        concurrent: bool | None = None,
+    ) -> ExpertEnsemble:
+        """``from_spec(load_ensemble_spec(path))`` — e.g. ``ExpertEnsemble.from_yaml("configs/experts/shared_real.yaml")``."""
+        return cls.from_spec(
+            load_ensemble_spec(Path(path)),
+            root=root,
+            gather_device=gather_device,
+            grad_mode=grad_mode,
+            concurrent=concurrent,
+        )
+
+    # ---------------------------------------------------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.experts)
+
+    @property
+    def fingerprints(self) -> tuple[ExpertFingerprint, ...]:
+        return tuple(e.fingerprint for e in self.experts)
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        """``C_e`` of every expert, in output order (known from the dry run at load time)."""
+        return tuple(e.feature_channels for e in self.experts)
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def __call__(self, lr: torch.Tensor) -> EnsembleOutput:
+        """``lr (B,3,H,W)`` float in [0,1] → ``EnsembleOutput(srs (B,E,3,sH,sW), feats [E × (B,C_e,H,W)])`` on the
+        gather device."""
+        if lr.ndim != 4 or lr.shape[1] != 3 or not lr.is_floating_point():
+            raise ValueError(f"expected a float (B,3,H,W) LR batch, got {tuple(lr.shape)} {lr.dtype}")
+        lr = lr.float()
+        results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        bicubic: torch.Tensor | None = None
+        for stage in self._stages:
+            jobs: list[tuple[Expert, torch.Tensor]] = []
+            for e in stage:
+                source = input_source(e.spec)
+                if source is not None:
+                    x = results[source][0]  # (B,3,sH,sW)
+                elif e.spec.input == "bicubic":
+                    if bicubic is None:
+                        bicubic = bicubic_upscale(lr, self.scale)  # (B,3,sH,sW), clamped
+                    x = bicubic
+                else:
+                    x = lr
+                jobs.append((e, x))
+            results.update(self._run_stage(jobs))
+        srs = torch.stack([results[e.name][0] for e in self.experts], dim=1)  # (B,E,3,sH,sW)
+        feats = [results[e.name][1].contiguous() for e in self.experts]
+        return EnsembleOutput(srs=srs, feats=feats)
+
+    def _run_one(self, expert: Expert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sr, feat = expert.run(x)
+        return sr.to(self.gather_device), feat.to(self.gather_device)
+
+    def _run_group(self, jobs: list[tuple[Expert, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {e.name: self._run_one(e, x) for e, x in jobs}
+
+    def _run_stage(self, jobs: list[tuple[Expert, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        groups: dict[torch.device, list[tuple[Expert, torch.Tensor]]] = {}
+        for e, x in jobs:
+            groups.setdefault(e.device, []).append((e, x))
+        concurrent = len(groups) > 1 if self.concurrent is None else self.concurrent
+        if not concurrent or len(jobs) == 1:
+            return self._run_group(jobs)
+        # one thread per device (or per expert when forced on a single device, to exercise the threaded path)
+        buckets = list(groups.values()) if len(groups) > 1 else [[job] for job in jobs]
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        with ThreadPoolExecutor(max_workers=len(buckets), thread_name_prefix="expert") as pool:
+            for part in pool.map(self._run_group, buckets):
+                out.update(part)
+        return out
+
+
+def _stages(experts: Sequence[Expert]) -> list[list[Expert]]:
+    """Group experts by dependency depth (``input: expert:<name>``); unknown sources and cycles are errors."""
+    by_name = {e.name: e for e in experts}
+    depth: dict[str, int] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> int:
+        if name in depth:
+            return depth[name]
+        if name in path:
+            raise ValueError(f"expert inputs form a cycle: {' -> '.join((*path, name))}")
+        source = input_source(by_name[name].spec)
+        if source is None:
+            d = 0
+        elif source not in by_name:
+            raise ValueError(
+                f"expert {name!r} takes input {by_name[name].spec.input!r}, but there is no expert "
+                f"{source!r} in {list(by_name)}"
+            )
+        else:
+            d = visit(source, (*path, name)) + 1
+        depth[name] = d
+        return d
+
+    for e in experts:
+        visit(e.name, ())
+    return [[e for e in experts if depth[e.name] == d] for d in range(max(depth.values()) + 1)]

@@ -1,0 +1,259 @@
+"""One frozen expert: a spandrel model with its spec, device, precision, hooks, padding, cropping and tiling.
+
+``Expert.run(x)`` maps the expert's input ``x`` — the LR ``(B,3,H,W)`` for ``input: lr``, an SR-sized image
+``(B,3,sH,sW)`` for ``input: bicubic`` / ``expert:<name>`` — to
+
+* ``sr``   ``(B,3,sH,sW)`` float32 in [0,1] (clamped, as spandrel's descriptor call does), and
+* ``feat`` ``(B,C,H,W)``   float32: the hooked layer(s), cropped back to the LR grid (several layers are
+  concatenated along channels),
+
+both on the expert's device. The input is reflect-padded at the bottom/right to the architecture's size
+requirements (spandrel's ``pad_tensor``, exactly what ``ImageModelDescriptor.__call__`` does; models such as HAT,
+SwinIR, CRAFT, DITN pad further inside their forward), the model runs in the spec's precision, and outputs and
+features are cropped back. With ``tile > 0`` large inputs run in LR tiles (``experts/tiling.py``).
+
+At construction a dry run on a tiny input (32×32 LR pixels) checks that every hook layer lies on the LR grid and
+records the feature channel count in the :class:`ExpertFingerprint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from spandrel import ImageModelDescriptor
+from spandrel.__helpers.size_req import pad_tensor
+
+from experts.devices import precision_dtype, resolve_device
+from experts.hooks import FeatureHooks, HookError, default_hook_layers
+from experts.loading import ExpertLoadError, jsonable, load_descriptor, read_state_dict, sha256_file
+from experts.spec import ExpertSpec, resolve_checkpoint
+from experts.tiling import tiled_forward
+
+__all__ = ["Expert", "ExpertFingerprint", "GradMode", "grad_context", "load_expert"]
+
+GradMode = Literal["inference", "no_grad"]
+
+_PROBE_LR = 32  # LR side of the dry run
+
+
+@contextlib.contextmanager
+def grad_context(mode: GradMode) -> Iterator[None]:
+    """``inference``: ``torch.inference_mode()`` (fastest; outputs cannot enter autograd later). ``no_grad``: for
+    experts run live inside a training step, whose outputs feed a model that is being trained."""
+    if mode == "inference":
+        with torch.inference_mode():
+            yield
+    elif mode == "no_grad":
+        with torch.no_grad():
+            yield
+    else:
+        raise ValueError(f"grad_mode must be 'inference' or 'no_grad', got {mode!r}")
+
+
+@dataclass(frozen=True)
+class ExpertFingerprint:
+    """What identifies an expert's outputs: the cache stores it and fusion reads ``feature_channels`` from it."""
+
+    name: str
+    architecture: str
+    checkpoint: str
+    sha256: str
+    scale: int  # the model's own scale (1 for an HR-space restorer)
+    input: str
+    hook_layers: tuple[str, ...]
+    feature_channels: int
+    precision: str
+    num_params: int
+    tags: tuple[str, ...]
+    hyperparameters: Mapping[str, Any]  # detected by spandrel, JSON-serialisable
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (the HDF5 cache stores it as a JSON attribute)."""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "checkpoint": self.checkpoint,
+            "sha256": self.sha256,
+            "scale": self.scale,
+            "input": self.input,
+            "hook_layers": list(self.hook_layers),
+            "feature_channels": self.feature_channels,
+            "precision": self.precision,
+            "num_params": self.num_params,
+            "tags": list(self.tags),
+            "hyperparameters": dict(self.hyperparameters),
+        }
+
+
+class Expert:
+    """A frozen expert (see the module docstring). Build it with :func:`load_expert`."""
+
+    def __init__(
+        self,
+        *,
+        spec: ExpertSpec,
+        descriptor: ImageModelDescriptor,
+        checkpoint: Path,
+        sha256: str,
+        ensemble_scale: int = 4,
+        grad_mode: GradMode = "inference",
+    ) -> None:
+        what = f"expert {spec.name!r} ({checkpoint})"
+        self.in_factor = 1 if spec.input == "lr" else ensemble_scale  # input pixels per LR pixel
+        if self.in_factor * descriptor.scale != ensemble_scale:
+            raise ValueError(
+                f"{what}: input {spec.input!r} needs a x{ensemble_scale // self.in_factor} model for a "
+                f"x{ensemble_scale} ensemble, the checkpoint is x{descriptor.scale}"
+            )
+        self.spec = spec
+        self.name = spec.name
+        self.ensemble_scale = ensemble_scale
+        self.grad_mode: GradMode = grad_mode
+        self.size_requirements = descriptor.size_requirements
+        self.model_scale = descriptor.scale
+        self.device = resolve_device(spec.device)
+        self.dtype = precision_dtype(
+            spec.precision,
+            supports_half=descriptor.supports_half,
+            supports_bfloat16=descriptor.supports_bfloat16,
+            what=what,
+        )
+        model = descriptor.model
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model.to(device=self.device, dtype=self.dtype)
+        self.hook_layers = spec.hooks or default_hook_layers(descriptor.architecture.id, model)
+        FeatureHooks(model, layers=self.hook_layers)  # fail now on a layer name that does not exist
+
+        channels = self._probe()
+        self.fingerprint = ExpertFingerprint(
+            name=spec.name,
+            architecture=descriptor.architecture.id,
+            checkpoint=str(checkpoint),
+            sha256=sha256,
+            scale=descriptor.scale,
+            input=spec.input,
+            hook_layers=self.hook_layers,
+            feature_channels=channels,
+            precision=spec.precision,
+            num_params=sum(p.numel() for p in model.parameters()),
+            tags=tuple(descriptor.tags),
+            hyperparameters=types.MappingProxyType(jsonable(getattr(model, "hyperparameters", {}))),
+        )
+
+    @property
+    def feature_channels(self) -> int:
+        return self.fingerprint.feature_channels
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert input ``x`` (see module docstring; any device) → ``(sr (B,3,sH,sW), feat (B,C,H,W))`` float32 on
+        the expert's device, under this expert's grad mode."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expert {self.name!r}: expected (B,3,H,W) input, got {tuple(x.shape)}")
+        h_in, w_in = x.shape[-2:]
+        if h_in % self.in_factor or w_in % self.in_factor:
+            raise ValueError(f"expert {self.name!r}: input {h_in}x{w_in} is not {self.in_factor}x an LR size")
+        h, w = h_in // self.in_factor, w_in // self.in_factor  # LR grid
+        with grad_context(self.grad_mode), self._on_device():
+            x = x.to(device=self.device, dtype=torch.float32)
+            tile = self.spec.tile
+            if tile and max(h, w) > tile:
+                sr, feat = tiled_forward(
+                    self._forward_once,
+                    x,
+                    lr_size=(h, w),
+                    tile=tile,
+                    overlap=self.spec.tile_overlap,
+                    in_factor=self.in_factor,
+                    out_factors=(self.ensemble_scale, 1),
+                )
+            else:
+                sr, feat = self._forward_once(x)
+        return sr, feat
+
+    def _on_device(self) -> contextlib.AbstractContextManager:
+        """Make the expert's GPU the current one (code that allocates on "cuda" without an index lands there)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def _forward_once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_in, w_in = x.shape[-2:]
+        h, w = h_in // self.in_factor, w_in // self.in_factor
+        out, raw_feats = self._hooked_forward(x)
+        s = self.model_scale
+        sr = out[..., : h_in * s, : w_in * s].float().clamp_(0, 1)  # (B,3,sH,sW)
+        feats = []
+        for name, f in zip(self.hook_layers, raw_feats):
+            if f.ndim != 4 or f.shape[-2] < h or f.shape[-1] < w:
+                raise HookError(
+                    f"expert {self.name!r}: hook layer {name!r} gave {tuple(f.shape)}, smaller than the LR grid {h}x{w}"
+                )
+            feats.append(f[..., :h, :w])  # padding is at the bottom/right
+        feat = torch.cat(feats, dim=1).float() if len(feats) > 1 else feats[0].float()  # (B,C,H,W)
+        return sr, feat
+
+    def _hooked_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pad ``x`` to the size requirements, run the model with hooks → (raw output, raw hooked features)."""
+        h_in, w_in = x.shape[-2:]
+        _, xp = pad_tensor(x, self.size_requirements)  # reflect at bottom/right, as spandrel's descriptor call
+        with FeatureHooks(self.model, layers=self.hook_layers) as hooks:
+            out = self.model(xp.to(self.dtype))
+            feats = hooks.collect()
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != 3:
+            raise RuntimeError(
+                f"expert {self.name!r}: the model returned {type(out).__name__} "
+                f"{tuple(getattr(out, 'shape', ()))}, expected (B,3,H,W)"
+            )
+        s = self.model_scale
+        if out.shape[-2] < h_in * s or out.shape[-1] < w_in * s:
+            raise RuntimeError(
+                f"expert {self.name!r}: output {tuple(out.shape)} is smaller than x{s} the input {h_in}x{w_in}"
+            )
+        return out, feats
+
+    def _probe(self) -> int:
+        """Dry run on a tiny input: check each hook layer is on the LR grid; return the feature channel count."""
+        a = _PROBE_LR
+        n = a * self.in_factor
+        ramp = torch.linspace(0.1, 0.9, n, device=self.device)
+        x = (ramp[None, :] * ramp[:, None]).expand(1, 3, n, n).contiguous()  # (1,3,n,n) smooth, deterministic
+        with grad_context(self.grad_mode), self._on_device():
+            _, feats = self._hooked_forward(x)
+        for name, f in zip(self.hook_layers, feats):
+            if f.ndim != 4 or not (a <= f.shape[-2] < 2 * a and a <= f.shape[-1] < 2 * a):
+                raise HookError(
+                    f"expert {self.name!r}: hook layer {name!r} is not on the LR grid: a {a}x{a} LR input gives a "
+                    f"feature of shape {tuple(f.shape)} (expected (B,C,{a}..{2 * a - 1},{a}..{2 * a - 1})); "
+                    "hook a layer at LR resolution"
+                )
+        return sum(int(f.shape[1]) for f in feats)
+
+
+def load_expert(
+    spec: ExpertSpec,
+    *,
+    root: str | Path | None = None,
+    ensemble_scale: int = 4,
+    grad_mode: GradMode = "inference",
+) -> Expert:
+    """Load, verify, freeze and place the expert ``spec`` (checkpoint relative to ``root``, default the repo root).
+
+    Raises :class:`experts.loading.ExpertLoadError` (naming the file) for a missing/unsafe/unknown/mismatching
+    checkpoint, :class:`experts.devices.DeviceError` for a device this machine lacks, ``ValueError`` for an
+    unsupported precision, :class:`experts.hooks.HookError` for a bad hook layer.
+    """
+    path = resolve_checkpoint(spec, root)
+    state = read_state_dict(path, key=spec.checkpoint_key)
+    digest = sha256_file(path)
+    if spec.sha256 is not None and digest != spec.sha256:
+        raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
+    desc = load_descriptor(path, state, architecture=spec.architecture, scale=spec.scale, expect=spec.expect)
+    return Expert(
+        spec=spec, descriptor=desc, checkpoint=path, sha256=digest, ensemble_scale=ensemble_scale, grad_mode=grad_mode
+    )

@@ -1,0 +1,142 @@
+"""Checkpoint → spandrel model, safely and strictly; never random weights.
+
+* Only ``.safetensors`` (safetensors) and ``.pth`` (``torch.load(..., weights_only=True)``: PyTorch's restricted
+  unpickler, which accepts tensors and plain containers only) are read. Nothing else is ever unpickled.
+* The file must hold a state dict: a mapping whose (canonicalised) entries are all tensors. Training checkpoints
+  wrapping it under ``params_ema`` / ``params`` / ``state_dict`` / ``model`` … are unwrapped by spandrel's
+  ``canonicalize_state_dict``, or from the key the spec names (``checkpoint_key``).
+* spandrel detects the architecture from the keys and shapes, builds it and loads the weights with PyTorch's
+  ``load_state_dict(strict=True)`` (in ``ModelBase.__init__``): a missing, unexpected or mis-shaped tensor is an
+  error (``tests/test_experts_loading.py`` proves it for the real and the tiny checkpoints). Then the detected
+  architecture id, scale and the spec's expected hyper-parameters are asserted.
+
+Every failure is an :class:`ExpertLoadError` whose message starts with the checkpoint path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
+
+__all__ = ["ExpertLoadError", "jsonable", "load_descriptor", "read_state_dict", "sha256_file"]
+
+
+class ExpertLoadError(ValueError):
+    """A checkpoint cannot become a trustworthy expert; the message names the file."""
+
+
+def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read the state dict of a ``.safetensors`` / ``.pth`` checkpoint on the CPU (see the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ExpertLoadError(f"{p}: checkpoint file not found")
+    ext = p.suffix.lower()
+    obj: object
+    if ext == ".safetensors":
+        try:
+            obj = load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ExpertLoadError(f"{p}: not a readable safetensors file ({exc})") from exc
+    elif ext == ".pth":
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ExpertLoadError(
+                f"{p}: refused by the restricted unpickler (weights_only=True): the file holds "
+                f"more than tensors and plain containers ({exc})"
+            ) from exc
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise ExpertLoadError(f"{p}: not a readable PyTorch checkpoint ({exc})") from exc
+    else:
+        raise ExpertLoadError(f"{p}: unsupported checkpoint type {ext!r}; use .safetensors or .pth")
+
+    if not isinstance(obj, Mapping):
+        raise ExpertLoadError(f"{p}: not a state dict (the file holds a {type(obj).__name__}, not a mapping)")
+    if key is not None:
+        if key not in obj:
+            raise ExpertLoadError(
+                f"{p}: checkpoint_key {key!r} not in the checkpoint (top-level keys: {sorted(map(str, obj))[:20]})"
+            )
+        obj = obj[key]
+        if not isinstance(obj, Mapping):
+            raise ExpertLoadError(f"{p}: entry {key!r} is a {type(obj).__name__}, not a state dict")
+    state = canonicalize_state_dict(dict(obj))
+    not_tensors = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ExpertLoadError(
+            f"{p}: not a state dict: {len(not_tensors)} entries are not named tensors "
+            f"(e.g. {not_tensors[:5]}); name the state dict with `checkpoint_key`"
+        )
+    if not state:
+        raise ExpertLoadError(f"{p}: the state dict is empty")
+    return state
+
+
+def load_descriptor(
+    path: Path, state: dict[str, torch.Tensor], *, architecture: str, scale: int, expect: Mapping[str, Any]
+) -> ImageModelDescriptor:
+    """Detect, build and strictly load ``state`` with spandrel; assert architecture id, scale and ``expect``."""
+    try:
+        # a copy: some loaders add flag entries to the dict they get
+        desc = ModelLoader(device="cpu").load_from_state_dict(dict(state))
+    except UnsupportedModelError as exc:
+        raise ExpertLoadError(
+            f"{path}: spandrel recognises no architecture in this state dict "
+            f"({len(state)} tensors, e.g. {list(state)[:4]}); expected {architecture}"
+        ) from exc
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError, AssertionError) as exc:
+        # RuntimeError: load_state_dict(strict=True) found missing / unexpected / mis-shaped tensors.
+        raise ExpertLoadError(
+            f"{path}: the weights do not fit the detected architecture "
+            f"(a tensor is missing, extra or mis-shaped): {exc}"
+        ) from exc
+    found = desc.architecture.id
+    if found != architecture:
+        raise ExpertLoadError(f"{path}: spandrel detects architecture {found!r}, the spec expects {architecture!r}")
+    if not isinstance(desc, ImageModelDescriptor):
+        raise ExpertLoadError(f"{path}: {found} is not an image-to-image model ({type(desc).__name__})")
+    if desc.scale != scale:
+        raise ExpertLoadError(f"{path}: the model is x{desc.scale}, the spec expects x{scale}")
+    if desc.input_channels != 3 or desc.output_channels != 3:
+        raise ExpertLoadError(
+            f"{path}: experts must map RGB to RGB; the model has {desc.input_channels} input "
+            f"and {desc.output_channels} output channels"
+        )
+    detected = jsonable(getattr(desc.model, "hyperparameters", {}))
+    for name, want in expect.items():
+        if name not in detected:
+            raise ExpertLoadError(
+                f"{path}: expected hyper-parameter {name!r} is not among the detected ones {sorted(detected)}"
+            )
+        if detected[name] != jsonable(want):
+            raise ExpertLoadError(f"{path}: hyper-parameter {name} = {detected[name]!r}, the spec expects {want!r}")
+    return desc
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-serialisable view of detected hyper-parameters (tuples → lists, classes → qualified names)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)

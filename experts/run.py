@@ -1,0 +1,85 @@
+"""Run every expert of a config on a folder of LR images.
+
+    python -m experts.run --config configs/experts/shared_real.yaml --input LR_DIR --output OUT_DIR \
+        [--root REPO_ROOT] [--device NAME=DEVICE ...] [--gather-device cpu]
+
+Writes ``OUT_DIR/<expert>/<image stem>.png`` (8-bit, rounded) for every expert and every image of ``LR_DIR``, and
+``OUT_DIR/fingerprints.json`` (name, architecture, sha256, hooks, feature channels, detected hyper-parameters of each
+expert). Checkpoint paths in the config are relative to the repository root unless ``--root`` says otherwise.
+``--device craft=cuda:1`` moves one expert without editing the YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from experts.devices import DeviceError
+from experts.ensemble import ExpertEnsemble
+from experts.hooks import HookError
+from experts.loading import ExpertLoadError
+from experts.spec import load_ensemble_spec, with_devices
+from pipeline.atomic import atomic_write_text
+from pipeline.config import ConfigError
+from pipeline.imageio import ImageReadError, list_images, read_image, write_image
+
+__all__ = ["main", "parse_device_map"]
+
+
+def parse_device_map(items: list[str]) -> dict[str, str]:
+    """``["craft=cuda:1", ...]`` → ``{"craft": "cuda:1", ...}``."""
+    devices: dict[str, str] = {}
+    for item in items:
+        name, sep, device = item.partition("=")
+        if not sep or not name or not device:
+            raise ConfigError(f"--device {item!r} is not of the form NAME=DEVICE")
+        devices[name] = device
+    return devices
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m experts.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
+    ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
+    ap.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per expert)")
+    ap.add_argument(
+        "--root", type=Path, default=None, help="resolve relative checkpoint paths here (default: repo root)"
+    )
+    ap.add_argument("--device", action="append", default=[], metavar="NAME=DEVICE", help="per-expert device override")
+    ap.add_argument("--gather-device", default="cpu", help="device the outputs are gathered on (default cpu)")
+    args = ap.parse_args(argv)
+
+    try:
+        files = list_images(args.input)
+        if not files:
+            raise FileNotFoundError(f"no images in {args.input}")
+        spec = with_devices(load_ensemble_spec(args.config), parse_device_map(args.device))
+        ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device=args.gather_device)
+    except (ConfigError, ExpertLoadError, DeviceError, HookError, FileNotFoundError, ValueError) as exc:
+        print(f"experts.run: {exc}", file=sys.stderr)
+        return 2
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        args.output / "fingerprints.json", json.dumps([fp.to_dict() for fp in ensemble.fingerprints], indent=2)
+    )
+    for path in tqdm(files, desc="experts", unit="img"):
+        try:
+            lr = read_image(path)  # (1,3,H,W)
+        except ImageReadError as exc:
+            print(f"experts.run: {exc}", file=sys.stderr)
+            return 2
+        out = ensemble(lr)
+        for i, name in enumerate(ensemble.names):
+            write_image(args.output / name / f"{path.stem}.png", out.srs[0, i])  # (3,4H,4W)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
