@@ -1,0 +1,73 @@
+"""Phase 6 — dynamic expert selection: per-pixel softmax gates over the E experts, a difficulty map, and the
+mixture-of-experts load-balancing loss.
+
+Gates and difficulty are predicted at LR resolution and brought to HR by pixel shuffle (16 sub-pixel values per
+LR pixel), so every HR pixel has its own gate vector at LR cost. Both heads end in zero-initialised 1×1 convs:
+untrained, the gates are uniform (the output is the experts' mean) and the difficulty is 0.5 everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ExpertGating2d", "load_balance_loss"]
+
+
+def load_balance_loss(gates: Tensor) -> Tensor:
+    """Switch-Transformer load-balancing loss over all pixels of ``gates`` (B,E,H,W), each pixel summing to 1.
+
+    ``E · Σ_e f_e · P_e`` with ``f_e`` the fraction of pixels whose top gate is expert e (not differentiable) and
+    ``P_e`` the mean gate of expert e (differentiable). It is 1.0 when routing is balanced and E when the gates
+    have collapsed onto one expert, so minimising it (with a small weight) keeps every expert in use.
+    """
+    e = gates.shape[1]
+    p = gates.mean(dim=(0, 2, 3))  # (E,)
+    top = gates.detach().argmax(dim=1).flatten()
+    f = torch.bincount(top, minlength=e).to(gates.dtype) / top.numel()
+    return e * (f * p).sum()
+
+
+class ExpertGating2d(nn.Module):
+    """x (B,C,H,W) → gates (B,E,sH,sW) (softmax over E, temperature T) and difficulty (B,1,sH,sW) in (0,1)."""
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        num_experts: int,
+        hidden: int,
+        temperature: float,
+        learnable_temperature: bool,
+        scale: int = 4,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.num_experts = num_experts
+        self.scale = scale
+        self.body = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.gate_head = nn.Conv2d(hidden, num_experts * scale * scale, 1)
+        self.difficulty_head = nn.Conv2d(hidden, scale * scale, 1)
+        for head in (self.gate_head, self.difficulty_head):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        log_t = torch.tensor(math.log(temperature))
+        if learnable_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t, persistent=False)
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = F.gelu(self.body(x))
+        logits = F.pixel_shuffle(self.gate_head(h), self.scale)  # (B,E,sH,sW)
+        gates = (logits / self.temperature).softmax(dim=1)
+        difficulty = torch.sigmoid(F.pixel_shuffle(self.difficulty_head(h), self.scale))  # (B,1,sH,sW)
+        return gates, difficulty

@@ -1,0 +1,214 @@
+"""pipeline/fusion_net.py: the assembled network — init behaviour, gradients, any E and size, every switch."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.fusion_net import FusionConfig, FusionNet, FusionOutput, LiveFusion, load_fusion_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "fusion_tiny.yaml"
+SWITCHES = (
+    "freq",
+    "cross_band",
+    "cross_expert",
+    "fourier_unit",
+    "hierarchical",
+    "gating",
+    "refine",
+    "lr_residual",
+    "edge",
+    "hessian",
+)
+
+
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor | float, *, atol: float = 1e-6, rtol: float = 1e-6
+) -> None:
+    """Element-wise |actual − expected| <= atol + rtol·|expected| (torch.testing.assert_close costs ~8 s to import)."""
+    expected = torch.as_tensor(expected, dtype=actual.dtype)
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual.detach() - expected.detach()).abs()
+    ok = bool((diff <= atol + rtol * expected.detach().abs()).all())
+    assert ok, f"max abs diff {diff.max().item():.3g} (atol={atol}, rtol={rtol})"
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster than two, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(feat_channels: tuple[int, ...] = (6, 10, 4), **switches: bool) -> FusionConfig:
+    cfg = load_fusion_config(TINY).with_feat_channels(feat_channels)
+    for name, enabled in switches.items():
+        cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), enabled=enabled)})
+    return cfg
+
+
+def make_inputs(
+    cfg: FusionConfig, *, batch: int = 2, size: tuple[int, int] = (12, 10)
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    h, w = size
+    lr = torch.rand(batch, 3, h, w)
+    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    srs = (up.unsqueeze(1) + 0.05 * torch.randn(batch, cfg.num_experts, 3, 4 * h, 4 * w)).clamp(0, 1)
+    feats = [torch.randn(batch, c, h, w) for c in cfg.inputs.feat_channels]
+    return lr, srs, feats
+
+
+def perturb_zero_layers(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            if torch.count_nonzero(p) == 0:
+                p.normal_(0.0, 0.05)
+
+
+def test_untrained_output_is_exactly_the_experts_mean_default_config() -> None:
+    model = FusionNet(config=FusionConfig())
+    lr, srs, feats = make_inputs(model.config, batch=1, size=(16, 12))
+    with torch.no_grad():
+        out = model(lr, srs, feats)
+    assert isinstance(out, FusionOutput)
+    assert_close(out.sr, srs.mean(dim=1), atol=1e-6, rtol=0)
+    assert out.gates.shape == (1, 3, 64, 48)
+    assert_close(out.gates.sum(dim=1), torch.ones(1, 64, 48))
+    assert out.difficulty is not None and out.difficulty.shape == (1, 1, 64, 48)
+    assert out.load_balance_loss.shape == () and out.load_balance_loss.item() == pytest.approx(1.0)
+    assert out.stage_weights is not None and out.stage_weights.shape == (1, 3, 16, 12)
+    assert out.dct_split is not None and out.dct_split.shape == (1, 2)
+
+
+@pytest.mark.parametrize("gating", [True, False])
+def test_start_expert_outputs_exactly_that_expert(gating: bool) -> None:
+    cfg = dataclasses.replace(tiny_config(gating=gating), start_expert=1)
+    model = FusionNet(config=cfg)
+    lr, srs, feats = make_inputs(cfg)
+    out = model(lr, srs, feats)
+    assert torch.equal(out.sr, srs[:, 1])
+    assert torch.equal(
+        out.gates, torch.nn.functional.one_hot(torch.ones(2, 48, 40, dtype=torch.long), 3).permute(0, 3, 1, 2).float()
+    )
+    if gating:  # the learnable mix away from the start expert gets a gradient at once
+        (out.sr - srs[:, 0]).square().mean().backward()
+        assert model.start_mix is not None and model.start_mix.grad is not None
+        assert model.start_mix.grad.abs() > 0
+    else:
+        assert model.start_mix is None
+
+
+def test_every_parameter_gets_a_gradient_default_config() -> None:
+    model = FusionNet(
+        config=dataclasses.replace(
+            FusionConfig(), gating=dataclasses.replace(FusionConfig().gating, learnable_temperature=True)
+        )
+    )
+    lr, srs, feats = make_inputs(model.config, batch=1, size=(16, 16))
+    out = model(lr, srs, feats)
+    (out.sr.square().mean() + 0.01 * out.load_balance_loss).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_no_dead_parameters_after_two_steps() -> None:
+    """Zero-init is only on last layers: once they move, every parameter gets a non-zero gradient (no zero·zero)."""
+    cfg = dataclasses.replace(
+        tiny_config(), gating=dataclasses.replace(tiny_config().gating, learnable_temperature=True)
+    )
+    model = FusionNet(config=cfg)
+    lr, srs, feats = make_inputs(cfg)
+    hr = srs.mean(1) + 0.05 * torch.randn_like(srs[:, 0])
+    for _ in range(3):  # plain SGD by hand (torch.optim's first step imports torch._dynamo: ~10 s)
+        model.zero_grad(set_to_none=True)
+        out = model(lr, srs, feats)
+        ((out.sr - hr).square().mean() + 0.01 * out.load_balance_loss).backward()
+        dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sub_(0.5 * p.grad)
+    assert not dead, f"parameters with zero gradient after two steps: {dead}"
+
+
+@pytest.mark.parametrize("experts", [1, 2, 3, 5])
+def test_any_number_of_experts_and_odd_sizes(experts: int) -> None:
+    cfg = tiny_config(feat_channels=tuple(3 + 2 * e for e in range(experts)))
+    model = FusionNet(config=cfg)
+    perturb_zero_layers(model)  # exercise every branch with non-zero weights
+    lr, srs, feats = make_inputs(cfg, batch=1, size=(37, 53))
+    out = model(lr, srs, feats)
+    assert out.sr.shape == (1, 3, 148, 212) and out.gates.shape == (1, experts, 148, 212)
+    assert torch.isfinite(out.sr).all() and torch.isfinite(out.load_balance_loss)
+    (out.sr.mean() + out.load_balance_loss).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_each_phase_can_be_switched_off(switch: str) -> None:
+    cfg = tiny_config(**{switch: False})
+    model = FusionNet(config=cfg)
+    assert getattr(model, switch) is None
+    lr, srs, feats = make_inputs(cfg)
+    out = model(lr, srs, feats)
+    assert_close(out.sr, srs.mean(dim=1), atol=1e-6, rtol=0)
+    perturb_zero_layers(model)
+    out = model(lr, srs, feats)
+    assert torch.isfinite(out.sr).all()
+    out.sr.mean().backward()
+
+
+def test_everything_off_is_the_mean_and_has_no_trunk_modules() -> None:
+    cfg = tiny_config(**{s: False for s in SWITCHES})
+    model = FusionNet(config=cfg)
+    lr, srs, feats = make_inputs(cfg)
+    out = model(lr, srs, feats)
+    assert torch.equal(out.sr, srs.mean(dim=1))
+    assert out.difficulty is None and out.stage_weights is None and out.dct_split is None
+    assert out.load_balance_loss.item() == 0.0
+
+
+def test_freq_off_still_feeds_cross_band_with_learned_bands() -> None:
+    model = FusionNet(config=tiny_config(freq=False))
+    assert model.band_fusion is not None and model.band_fusion.num_bands == 1
+    assert FusionNet(config=tiny_config(cross_band=False, hierarchical=False)).band_fusion is None
+
+
+def test_input_validation() -> None:
+    cfg = tiny_config()
+    model = FusionNet(config=cfg)
+    lr, srs, feats = make_inputs(cfg)
+    with pytest.raises(ValueError, match="srs must be"):
+        model(lr, srs[:, :2], feats)
+    with pytest.raises(ValueError, match="expected 3 expert feature maps"):
+        model(lr, srs, feats[:2])
+    with pytest.raises(ValueError, match=r"feats\[1\]"):
+        model(lr, srs, [feats[0], torch.randn(2, 7, 12, 10), feats[2]])
+    with pytest.raises(ValueError, match="crop any padding"):
+        model(lr, srs, [feats[0], torch.randn(2, 10, 16, 16), feats[2]])
+
+
+def test_live_fusion_runs_any_ensemble_callable() -> None:
+    cfg = tiny_config()
+    model = FusionNet(config=cfg).eval()
+    perturb_zero_layers(model)
+    lr, srs, feats = make_inputs(cfg)
+    calls = []
+
+    def ensemble(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        calls.append(x.shape)
+        return srs, feats
+
+    live = LiveFusion(fusion=model, ensemble=ensemble)
+    with torch.no_grad():
+        got = live(lr)
+        ref = model.forward_with_precomputed(lr, srs, feats)
+    assert calls == [lr.shape]
+    assert torch.equal(got.sr, ref.sr) and torch.equal(got.gates, ref.gates)
