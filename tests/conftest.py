@@ -42,3 +42,37 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_compact_experts(tmp_path_factory) -> dict:
+    """Two tiny real-architecture experts (spandrel's Compact, 8 features) whose outputs are nearest-neighbour
+    upscaling plus a small learned-looking residual of different strength — so the experts differ, are imperfect,
+    and their mean is beatable — plus 6 smooth HR photos-like images. Returns paths: yaml, hr, root."""
+    from spandrel.architectures.Compact import Compact
+
+    from pipeline.imageio import write_image
+
+    root = tmp_path_factory.mktemp("compact_experts")
+    gen = torch.Generator().manual_seed(0)
+    for name, strength in (("noisy", 0.3), ("calm", 0.1)):
+        model = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            model.body[-1].weight.mul_(strength)  # the residual's strength
+            model.body[-1].bias.zero_()
+        torch.save(model.state_dict(), root / f"{name}.pth")
+    (root / "experts.yaml").write_text(
+        "scale: 4\nexperts:\n"
+        + "".join(
+            f"  - {{name: {n}, checkpoint: {root / (n + '.pth')}, architecture: Compact, scale: 4}}\n"
+            for n in ("noisy", "calm")
+        )
+    )
+    hr_dir = root / "hr"
+    for i in range(6):
+        base = torch.rand(1, 3, 12, 12, generator=gen)
+        img = torch.nn.functional.interpolate(base, size=(96, 96), mode="bicubic", align_corners=False).clamp(0, 1)
+        write_image(hr_dir / f"img{i}.png", img)
+    return {"root": root, "yaml": root / "experts.yaml", "hr": hr_dir}

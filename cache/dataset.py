@@ -1,0 +1,117 @@
+"""Training/validation datasets over the HDF5 feature cache.
+
+``CachedSRDataset`` yields aligned random crops: an LR patch of ``patch`` pixels at (top, left), the HR and every
+expert's SR at ``scale ×`` those coordinates, and every expert's features at the LR coordinates — then one random
+flip/rot90 applied identically to all members. The cache file is opened lazily in each DataLoader worker.
+
+Randomness is a pure function of ``(seed, index)``: item ``k`` takes image ``perm_e[k mod n]`` where ``perm_e`` is
+the seeded permutation of epoch ``e = k div n``, and its crop and augmentation from a generator seeded with
+``(seed, k)``. Indices may run past ``len()`` (a training run asks for item ``step × batch + b``), so the data stream
+of a run — and therefore a resumed run — is identical whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from cache.reader import CacheReader
+from cache.schema import CacheMeta
+
+__all__ = ["CachedSRDataset", "CachedFullImageDataset", "augment", "AUGMENTATIONS", "mix_seed"]
+
+AUGMENTATIONS = 8  # 4 rotations × optional horizontal flip
+
+
+def augment(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Dihedral transform ``k`` in [0, 8) on the last two dims: rot90 by (k % 4), then flip if k >= 4."""
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+class CachedSRDataset(Dataset):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        patch: int,
+        repeat: int = 1,
+        augment: bool = True,
+        expect: CacheMeta | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.reader = CacheReader(self.path, expect=expect)
+        if not self.reader.has_hr:
+            raise ValueError(f"{self.path}: training needs HR images, but this cache was extracted with --lr only")
+        small = [n for i, n in enumerate(self.reader.names) if min(self.reader.lr_size(i)) < patch]
+        if small:
+            raise ValueError(f"{self.path}: {len(small)} LR image(s) are smaller than patch={patch}: {small[:5]}")
+        if repeat < 1:
+            raise ValueError("repeat must be >= 1")
+        self.patch = patch
+        self.repeat = repeat
+        self.augment = augment
+        self.seed = seed
+
+    @property
+    def meta(self) -> CacheMeta:
+        return self.reader.meta
+
+    def __len__(self) -> int:
+        return len(self.reader) * self.repeat
+
+    def image_of(self, idx: int) -> int:
+        n = len(self.reader)
+        epoch, pos = divmod(idx, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, 1)))
+        return int(perm[pos])
+
+    def __getitem__(self, idx: int) -> dict:
+        if idx < 0:
+            raise IndexError(idx)
+        i = self.image_of(idx)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, idx, 2))
+        h, w = self.reader.lr_size(i)
+        p = self.patch
+        top = int(torch.randint(0, h - p + 1, (), generator=g))
+        left = int(torch.randint(0, w - p + 1, (), generator=g))
+        sample = self.reader.read(i, box=(top, left, p, p))
+        k = int(torch.randint(0, AUGMENTATIONS, (), generator=g)) if self.augment else 0
+        return {
+            "lr": augment(sample.lr, k),  # (3,p,p)
+            "hr": augment(sample.hr, k),  # (3,s*p,s*p)
+            "srs": augment(sample.srs, k),  # (E,3,s*p,s*p)
+            "feats": [augment(f, k) for f in sample.feats],  # E × (C_e,p,p)
+            "index": i,
+            "box": torch.tensor([top, left, p, p]),
+            "aug": k,
+        }
+
+
+def mix_seed(seed: int, idx: int, stream: int) -> int:
+    """A 63-bit generator seed from (seed, index, stream): distinct streams never share seeds."""
+    x = (seed * 0x9E3779B97F4A7C15 + idx * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    x ^= x >> 31
+    x = (x * 0xD6E8FEEBA1B1A5D5) & ((1 << 64) - 1)
+    return x >> 1
+
+
+class CachedFullImageDataset(Dataset):
+    """Whole images of a (validation) cache, one per item, un-augmented (use batch_size=1: sizes differ)."""
+
+    def __init__(self, path: str | os.PathLike, *, expect: CacheMeta | None = None) -> None:
+        self.reader = CacheReader(path, expect=expect)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.reader.read(i)
+        out = {"name": s.name, "lr": s.lr, "srs": s.srs, "feats": list(s.feats)}
+        if s.hr is not None:
+            out["hr"] = s.hr
+        return out

@@ -1,0 +1,166 @@
+"""Lazy reader of the HDF5 feature cache (layout: :mod:`cache.schema`).
+
+The index is read once; per-image files are opened on first access and kept open in a small LRU. The reader is
+picklable without open handles, so each DataLoader worker opens its own files (h5py handles must not cross fork).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from cache.schema import SCHEMA_VERSION, CacheMeta, describe_mismatch
+from cache.writer import CacheMismatchError, data_dir_of, sha256_of
+
+__all__ = ["CacheReader", "CacheSample", "CacheError"]
+
+
+class CacheError(RuntimeError):
+    """The cache is missing, incomplete or unreadable."""
+
+
+@dataclass(frozen=True)
+class CacheSample:
+    """One (possibly cropped) sample as float32 tensors in [0,1] (features as stored)."""
+
+    name: str
+    lr: torch.Tensor  # (3,h,w)
+    hr: torch.Tensor | None  # (3,s*h,s*w)
+    srs: torch.Tensor  # (E,3,s*h,s*w)
+    feats: tuple[torch.Tensor, ...]  # E × (C_e,h,w)
+
+
+class CacheReader:
+    def __init__(self, path: str | os.PathLike, *, expect: CacheMeta | None = None, max_open: int = 32) -> None:
+        self.path = Path(path)
+        self.data_dir = data_dir_of(self.path)
+        if not self.path.is_file():
+            partial = " (its data folder exists: extraction is unfinished — rerun extract_features)" if self.data_dir.is_dir() else ""
+            raise CacheError(f"cache index not found: {self.path}{partial}")
+        try:
+            with h5py.File(self.path, "r") as f:
+                attrs = dict(f.attrs)
+                manifest = [json.loads(s) for s in f["manifest"].asstr()[()]]
+        except (OSError, KeyError) as exc:
+            raise CacheError(f"{self.path}: not a readable cache index ({exc})") from exc
+        version = int(attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            raise CacheMismatchError(
+                f"{self.path}: schema_version is {version}, this toolkit reads {SCHEMA_VERSION}; re-extract the cache"
+            )
+        self.meta = CacheMeta(
+            scale=int(attrs["scale"]), experts=tuple(json.loads(attrs["experts"])), lr_method=str(attrs["lr_method"])
+        )
+        if expect is not None:
+            diffs = [d for d in describe_mismatch(self.meta, expect) if not d.startswith("lr_method")]
+            if diffs:
+                raise CacheMismatchError(f"{self.path} does not match the expected experts: {'; '.join(diffs)}")
+        self.has_hr = bool(attrs["has_hr"])
+        self.created = str(attrs.get("created", ""))
+        self.skipped = json.loads(attrs.get("skipped", "[]"))
+        self._manifest = manifest
+        self._max_open = max_open
+        self._handles: OrderedDict[int, h5py.File] = OrderedDict()
+
+    # -------------------------------------------------------------------------------------------------- metadata
+    def __len__(self) -> int:
+        return len(self._manifest)
+
+    @property
+    def names(self) -> list[str]:
+        return [m["name"] for m in self._manifest]
+
+    @property
+    def scale(self) -> int:
+        return self.meta.scale
+
+    def lr_size(self, i: int) -> tuple[int, int]:
+        m = self._manifest[i]
+        return int(m["lr_h"]), int(m["lr_w"])
+
+    # ---------------------------------------------------------------------------------------------------- access
+    def _file(self, i: int) -> h5py.File:
+        f = self._handles.get(i)
+        if f is not None:
+            self._handles.move_to_end(i)
+            return f
+        p = self.data_dir / self._manifest[i]["file"]
+        try:
+            f = h5py.File(p, "r")
+        except (OSError, FileNotFoundError) as exc:
+            raise CacheError(f"cache sample file unreadable: {p} ({exc})") from exc
+        self._handles[i] = f
+        if len(self._handles) > self._max_open:
+            _, old = self._handles.popitem(last=False)
+            old.close()
+        return f
+
+    def read(self, i: int, *, box: tuple[int, int, int, int] | None = None) -> CacheSample:
+        """Sample ``i``; ``box = (top, left, height, width)`` in LR pixels crops every member consistently."""
+        f = self._file(i)
+        s = self.meta.scale
+        h, w = self.lr_size(i)
+        t, l, bh, bw = box if box is not None else (0, 0, h, w)
+        if t < 0 or l < 0 or bh <= 0 or bw <= 0 or t + bh > h or l + bw > w:
+            raise ValueError(f"box {box} outside the {h}x{w} LR image of {self._manifest[i]['name']}")
+        lr_sl = (slice(None), slice(t, t + bh), slice(l, l + bw))
+        hr_sl = (slice(None), slice(s * t, s * (t + bh)), slice(s * l, s * (l + bw)))
+        lr = torch.from_numpy(f["lr"][lr_sl].astype(np.float32) / 255.0)
+        hr = torch.from_numpy(f["hr"][hr_sl].astype(np.float32) / 255.0) if "hr" in f else None
+        srs = torch.from_numpy(f["sr"][(slice(None), *hr_sl)].astype(np.float32))
+        feats = tuple(torch.from_numpy(f["feat"][n][lr_sl].astype(np.float32)) for n in self.meta.expert_names)
+        return CacheSample(name=self._manifest[i]["name"], lr=lr, hr=hr, srs=srs, feats=feats)
+
+    def verify(self) -> list[str]:
+        """Re-read every sample: presence, shapes, finiteness and stored sha256. Returns one line per problem."""
+        problems = []
+        s, n_exp = self.meta.scale, len(self.meta.experts)
+        for i, m in enumerate(self._manifest):
+            name = m["name"]
+            try:
+                f = self._file(i)
+                sums = json.loads(f.attrs["sha256"])
+                h, w = m["lr_h"], m["lr_w"]
+                expected = {"lr": ((3, h, w), np.uint8), "sr": ((n_exp, 3, s * h, s * w), np.float16)}
+                if self.has_hr:
+                    expected["hr"] = ((3, s * h, s * w), np.uint8)
+                for fp in self.meta.experts:
+                    expected[f"feat/{fp['name']}"] = ((int(fp["feature_channels"]), h, w), np.float16)
+                for key, (shape, dtype) in expected.items():
+                    if key not in f:
+                        problems.append(f"{name}: missing dataset {key}")
+                        continue
+                    arr = f[key][()]
+                    if arr.shape != shape or arr.dtype != dtype:
+                        problems.append(f"{name}: {key} is {arr.dtype}{arr.shape}, expected {np.dtype(dtype)}{shape}")
+                    elif arr.dtype == np.float16 and not np.isfinite(arr).all():
+                        problems.append(f"{name}: {key} contains NaN/Inf")
+                    elif sums.get(key) != sha256_of(arr):
+                        problems.append(f"{name}: {key} checksum mismatch (data corrupted)")
+            except (CacheError, OSError, KeyError, ValueError) as exc:
+                problems.append(f"{name}: unreadable ({exc})")
+        return problems
+
+    # ----------------------------------------------------------------------------------------- pickling / closing
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = OrderedDict()
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

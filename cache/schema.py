@@ -1,0 +1,108 @@
+"""The one place where the HDF5 cache layout is defined (names, attributes, chunking, SCHEMA_VERSION).
+
+Layout (schema version 1) — a cache called ``train.h5`` is the index file plus its data folder ``train.h5.d/``::
+
+    train.h5                          index, written last and atomically (temp file + rename)
+      attrs  schema_version  int      SCHEMA_VERSION
+             scale           int      SR scale (4)
+             experts         str      JSON list of expert fingerprints, in expert order (see CacheMeta)
+             lr_method       str      "matlab_bicubic" (LR made from HR by pipeline.resize.make_lr) or "given"
+             has_hr          bool     whether every sample holds its HR image
+             created         str      ISO-8601 UTC time of the index
+             tool_version    str      version of this toolkit
+             num_images      int
+             skipped         str      JSON list of {"name", "reason"} for inputs that were reported and skipped
+      manifest               vlen str, one JSON object per image: {"name", "file", "lr_h", "lr_w"}
+      images/<name>          HDF5 external link to train.h5.d/<name>.h5:/  (so any HDF5 tool sees one tree)
+
+    train.h5.d/<name>.h5              one file per image, written to a temp name, fsynced, then renamed
+      attrs  name, source_hr, source_lr, lr_h, lr_w, sha256 (JSON {dataset: hex digest of its raw bytes})
+      lr     uint8   (3, h, w)                   the LR image
+      hr     uint8   (3, s*h, s*w)               the HR image (cropped to s*h × s*w), absent with --lr only
+      sr     float16 (E, 3, s*h, s*w)            every expert's SR output, never 8-bit quantised
+      feat/<expert>  float16 (C_e, h, w)         hooked features of each expert, cropped to the LR size
+
+Arrays are CHW like the rest of the toolkit. Whole images are stored — never one crop per image — and chunked so
+that a random training crop touches few chunks (``SR_CHUNK`` × ``SR_CHUNK`` spatial chunks in HR space, ``FEAT_CHUNK``
+in LR space). Compression is optional: none (default, fastest to read) or lzf.
+
+Per-image files are what make extraction crash-safe without relying on HDF5's own crash behaviour: a sample is
+complete exactly when its file exists under its final name (the rename happens after the data are flushed), and the
+index only ever appears complete. Under ``torchrun`` every rank writes its own images into the same data folder
+and rank 0 writes the index.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+TOOL_VERSION = "0.1.0"
+
+DATA_DIR_SUFFIX = ".d"
+PART_SUFFIX = ".h5"
+LOCK_SUFFIX = ".lock"
+
+SR_CHUNK = 64  # HR-space spatial chunk of `sr` and `hr`
+FEAT_CHUNK = 16  # LR-space spatial chunk of `lr` and `feat/*`
+COMPRESSIONS = ("none", "lzf")
+
+LR_METHODS = ("matlab_bicubic", "given")
+
+# fingerprint fields that must agree between a cache and what a fusion config expects
+FINGERPRINT_FIELDS = ("name", "architecture", "sha256", "hook_layers", "feature_channels", "scale", "input")
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """What a cache was made from; stored in the index and checked on resume and on read."""
+
+    scale: int
+    experts: tuple[dict[str, Any], ...]  # fingerprints, in expert order
+    lr_method: str
+
+    def __post_init__(self) -> None:
+        if self.lr_method not in LR_METHODS:
+            raise ValueError(f"lr_method must be one of {LR_METHODS}, got {self.lr_method!r}")
+        if not self.experts:
+            raise ValueError("a cache needs at least one expert")
+        for fp in self.experts:
+            missing = [k for k in ("name", "feature_channels") if k not in fp]
+            if missing:
+                raise ValueError(f"expert fingerprint {fp!r} lacks {missing}")
+
+    @property
+    def expert_names(self) -> tuple[str, ...]:
+        return tuple(str(fp["name"]) for fp in self.experts)
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        return tuple(int(fp["feature_channels"]) for fp in self.experts)
+
+    def experts_json(self) -> str:
+        return json.dumps(list(self.experts), sort_keys=True)
+
+
+def describe_mismatch(found: CacheMeta, expected: CacheMeta) -> list[str]:
+    """Human-readable differences between two metas (empty when they agree)."""
+    diffs = []
+    if found.scale != expected.scale:
+        diffs.append(f"scale: cache has {found.scale}, expected {expected.scale}")
+    if found.lr_method != expected.lr_method:
+        diffs.append(f"lr_method: cache has {found.lr_method!r}, expected {expected.lr_method!r}")
+    if len(found.experts) != len(expected.experts):
+        diffs.append(f"experts: cache has {list(found.expert_names)}, expected {list(expected.expert_names)}")
+        return diffs
+    for i, (a, b) in enumerate(zip(found.experts, expected.experts)):
+        for key in FINGERPRINT_FIELDS:
+            if key in a and key in b and _norm(a[key]) != _norm(b[key]):
+                diffs.append(f"experts[{i}].{key}: cache has {a[key]!r}, expected {b[key]!r}")
+            elif (key in a) != (key in b):
+                diffs.append(f"experts[{i}].{key}: present in only one of cache/expected")
+    return diffs
+
+
+def _norm(v: Any) -> Any:
+    return json.loads(json.dumps(v))  # tuples vs lists, int vs float-of-int are compared as JSON

@@ -1,0 +1,274 @@
+"""Crash-safe, resumable writer of the HDF5 feature cache (layout: :mod:`cache.schema`).
+
+* Each image goes to its own file, written under a temporary name, flushed and fsynced, then renamed: an image is
+  complete exactly when its final-named file exists. A kill -9 at any moment leaves at most a temp file, which the
+  next run deletes and redoes.
+* The index is written last, to a temp file that is renamed over the final name: it is either absent or complete.
+* A lock (``fcntl.flock`` on ``<cache>.lock``, one per rank) stops two writers on the same cache.
+* On resume the stored meta (scale, expert fingerprints, LR method) must equal the new run's, or the writer refuses
+  and says which field differs; ``overwrite=True`` starts from scratch instead.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cache.schema import (
+    COMPRESSIONS,
+    DATA_DIR_SUFFIX,
+    FEAT_CHUNK,
+    LOCK_SUFFIX,
+    PART_SUFFIX,
+    SCHEMA_VERSION,
+    SR_CHUNK,
+    TOOL_VERSION,
+    CacheMeta,
+    describe_mismatch,
+)
+
+__all__ = ["CacheWriter", "CacheLockedError", "CacheMismatchError", "data_dir_of", "part_path", "sha256_of"]
+
+_META_FILE = "meta.json"
+
+
+class CacheLockedError(RuntimeError):
+    """Another process is writing this cache."""
+
+
+class CacheMismatchError(ValueError):
+    """A cache was made with other experts / scale / LR method than expected."""
+
+
+def data_dir_of(index_path: Path) -> Path:
+    return index_path.with_name(index_path.name + DATA_DIR_SUFFIX)
+
+
+def part_path(data_dir: Path, name: str) -> Path:
+    return data_dir / f"{name}{PART_SUFFIX}"
+
+
+def sha256_of(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _chunks(shape: tuple[int, ...], spatial: int) -> tuple[int, ...]:
+    return tuple(shape[:-2]) + (min(spatial, shape[-2]), min(spatial, shape[-1]))
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or "\x00" in name:
+        raise ValueError(f"invalid sample name {name!r} (no '/', no leading '.')")
+
+
+class CacheWriter:
+    """Writes samples of one cache; one instance per process (rank)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        meta: CacheMeta,
+        compression: str = "none",
+        overwrite: bool = False,
+        rank: int = 0,
+    ) -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        self.path = Path(path)
+        self.data_dir = data_dir_of(self.path)
+        self.meta = meta
+        self.compression = None if compression == "none" else compression
+        self.rank = rank
+        self._lock_fh = None
+        self._lock()
+        if overwrite and rank == 0:
+            self._wipe()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_or_write_meta()
+        self._remove_stale_temps()
+
+    # ---------------------------------------------------------------------------------------------------- locking
+    def _lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + f"{LOCK_SUFFIX}.rank{self.rank}")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a+")  # noqa: SIM115 - held for the writer's lifetime
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise CacheLockedError(
+                f"{self.path} is being written by another process (lock {lock_path} is held); "
+                "wait for it to finish or stop it"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._lock_fh = fh
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------ meta/resume
+    def _wipe(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+
+    def _meta_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "scale": self.meta.scale,
+            "experts": json.loads(self.meta.experts_json()),
+            "lr_method": self.meta.lr_method,
+        }
+
+    def _check_or_write_meta(self) -> None:
+        meta_path = self.data_dir / _META_FILE
+        want = self._meta_dict()
+        if meta_path.exists():
+            have = json.loads(meta_path.read_text())
+            if have.get("schema_version") != SCHEMA_VERSION:
+                raise CacheMismatchError(
+                    f"{self.path}: existing partial cache has schema {have.get('schema_version')}, this tool writes "
+                    f"{SCHEMA_VERSION}; rerun with --overwrite"
+                )
+            found = CacheMeta(scale=have["scale"], experts=tuple(have["experts"]), lr_method=have["lr_method"])
+            diffs = describe_mismatch(found, self.meta)
+            if diffs:
+                raise CacheMismatchError(
+                    f"{self.path}: cannot resume, the existing cache was made differently: {'; '.join(diffs)}. "
+                    "Rerun with --overwrite to start over."
+                )
+        elif self.rank == 0:
+            tmp = meta_path.with_name(f".{_META_FILE}.tmp")
+            tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
+            os.replace(tmp, meta_path)
+
+    def _remove_stale_temps(self) -> None:
+        for tmp in self.data_dir.glob(f".*{PART_SUFFIX}.tmp-r{self.rank}"):
+            tmp.unlink()
+
+    def is_done(self, name: str) -> bool:
+        """A sample is done when its final-named file exists (it is renamed only after a full, flushed write)."""
+        return part_path(self.data_dir, name).is_file()
+
+    # ---------------------------------------------------------------------------------------------------- writing
+    def write_sample(
+        self,
+        name: str,
+        *,
+        lr: np.ndarray,  # uint8 (3,h,w)
+        hr: np.ndarray | None,  # uint8 (3,s*h,s*w)
+        srs: np.ndarray,  # float16 (E,3,s*h,s*w)
+        feats: Sequence[np.ndarray],  # E arrays float16 (C_e,h,w)
+        source_hr: str = "",
+        source_lr: str = "",
+    ) -> Path:
+        _check_name(name)
+        s, n_exp = self.meta.scale, len(self.meta.experts)
+        if lr.dtype != np.uint8 or lr.ndim != 3 or lr.shape[0] != 3:
+            raise ValueError(f"{name}: lr must be uint8 (3,h,w), got {lr.dtype} {lr.shape}")
+        h, w = lr.shape[1:]
+        if srs.dtype != np.float16 or srs.shape != (n_exp, 3, s * h, s * w):
+            raise ValueError(f"{name}: srs must be float16 {(n_exp, 3, s * h, s * w)}, got {srs.dtype} {srs.shape}")
+        if hr is not None and (hr.dtype != np.uint8 or hr.shape != (3, s * h, s * w)):
+            raise ValueError(f"{name}: hr must be uint8 {(3, s * h, s * w)}, got {hr.dtype} {hr.shape}")
+        if len(feats) != n_exp:
+            raise ValueError(f"{name}: expected {n_exp} feature maps, got {len(feats)}")
+        for fp, f in zip(self.meta.experts, feats):
+            want = (int(fp["feature_channels"]), h, w)
+            if f.dtype != np.float16 or f.shape != want:
+                raise ValueError(f"{name}: features of {fp['name']} must be float16 {want}, got {f.dtype} {f.shape}")
+        for label, arr in [("sr", srs), *((f"feat/{fp['name']}", f) for fp, f in zip(self.meta.experts, feats))]:
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name}: {label} contains NaN/Inf (fp16 overflow?)")
+
+        final = part_path(self.data_dir, name)
+        tmp = final.with_name(f".{final.name}.tmp-r{self.rank}")
+        checksums = {}
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"name": name, "source_hr": source_hr, "source_lr": source_lr, "lr_h": h, "lr_w": w})
+            self._put(f, "lr", lr, FEAT_CHUNK, checksums)
+            if hr is not None:
+                self._put(f, "hr", hr, SR_CHUNK, checksums)
+            self._put(f, "sr", srs, SR_CHUNK, checksums)
+            grp = f.create_group("feat")
+            for fp, arr in zip(self.meta.experts, feats):
+                self._put(grp, str(fp["name"]), arr, FEAT_CHUNK, checksums, prefix="feat/")
+            f.attrs["sha256"] = json.dumps(checksums, sort_keys=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.data_dir)
+        return final
+
+    def _put(self, group: h5py.Group, key: str, arr: np.ndarray, chunk: int, sums: dict, prefix: str = "") -> None:
+        group.create_dataset(key, data=arr, chunks=_chunks(arr.shape, chunk), compression=self.compression)
+        sums[prefix + key] = sha256_of(arr)
+
+    # ------------------------------------------------------------------------------------------------------ index
+    def write_index(self, names: Sequence[str], *, skipped: Sequence[dict] = ()) -> Path:
+        """Write the index over the given complete samples (rank 0, after every rank has finished)."""
+        manifest = []
+        has_hr = True
+        for name in names:
+            p = part_path(self.data_dir, name)
+            if not p.is_file():
+                raise FileNotFoundError(f"cannot index {name!r}: {p} is missing (extraction incomplete)")
+            with h5py.File(p, "r") as f:
+                manifest.append({"name": name, "file": p.name, "lr_h": int(f.attrs["lr_h"]), "lr_w": int(f.attrs["lr_w"])})
+                has_hr &= "hr" in f
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "scale": self.meta.scale,
+                    "experts": self.meta.experts_json(),
+                    "lr_method": self.meta.lr_method,
+                    "has_hr": bool(has_hr and bool(names)),
+                    "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    "tool_version": TOOL_VERSION,
+                    "num_images": len(names),
+                    "skipped": json.dumps(list(skipped)),
+                }
+            )
+            f.create_dataset("manifest", data=[json.dumps(m) for m in manifest], dtype=h5py.string_dtype())
+            grp = f.create_group("images")
+            rel = self.data_dir.name
+            for m in manifest:
+                grp[m["name"]] = h5py.ExternalLink(f"{rel}/{m['file']}", "/")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return self.path

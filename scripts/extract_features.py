@@ -1,0 +1,221 @@
+"""Run the frozen experts once and cache their SR outputs + hooked features in HDF5 (layout: cache/schema.py).
+
+    python scripts/extract_features.py --experts configs/experts/shared_real.yaml --hr HR_DIR [--lr LR_DIR] \\
+        --out caches/train.h5 [--compression none|lzf] [--overwrite] [--strict] [--verify]
+    python scripts/extract_features.py --out caches/train.h5 --verify          # check an existing cache
+    torchrun --nproc_per_node 8 scripts/extract_features.py ...                # one share of the images per rank
+
+* LR: generated from HR with the MATLAB-compatible bicubic when ``--lr`` is not given (HR cropped to a multiple of the
+  scale); ``--lr`` alone (no ``--hr``) caches test sets without ground truth; with both, LR ``NAMEx4.png`` pairs with
+  HR ``NAME.png`` and the sizes must agree.
+* Crash-safe and resumable: kill it at any moment and rerun the same command; finished images are kept, half-written
+  ones are redone, the index appears only when every image is done. ``--overwrite`` starts from scratch.
+* Bad inputs (unreadable image, LR/HR size mismatch, image smaller than an expert's minimum) are reported and
+  skipped (``--strict``: abort); nothing already written is lost.
+* Under ``torchrun`` each rank extracts images ``i % world_size == rank`` into the shared data folder, on GPU
+  ``cuda:LOCAL_RANK`` when CUDA is available (gloo on CPU), and rank 0 writes the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from cache.reader import CacheReader
+from cache.schema import COMPRESSIONS, CacheMeta
+from cache.writer import CacheWriter
+from experts.ensemble import ExpertEnsemble
+from experts.spec import EnsembleSpec, load_ensemble_spec
+from pipeline.evaluation import strip_scale_suffix
+from pipeline.imageio import ImageReadError, list_images, read_image, to_uint8
+from pipeline.resize import make_lr
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    name: str
+    hr: Path | None
+    lr: Path | None
+
+
+class SkipImage(Exception):
+    """This input is reported and skipped (or aborts the run with --strict)."""
+
+
+def build_jobs(hr_dir: Path | None, lr_dir: Path | None, scale: int) -> list[Job]:
+    """Inputs in a stable order (sorted by name); LR ``NAMEx{s}`` pairs with HR ``NAME``."""
+    if hr_dir is None and lr_dir is None:
+        raise SystemExit("extract_features: give --hr and/or --lr (or --verify with an existing --out)")
+    hr = {p.stem: p for p in list_images(hr_dir)} if hr_dir is not None else {}
+    lr = {strip_scale_suffix(p.stem, scale): p for p in list_images(lr_dir)} if lr_dir is not None else {}
+    if hr_dir is not None and lr_dir is not None:
+        missing = sorted(set(hr) ^ set(lr))
+        if missing:
+            raise SystemExit(f"extract_features: HR and LR folders do not pair up; unmatched: {missing[:10]}")
+    names = sorted(hr or lr)
+    if not names:
+        raise SystemExit(f"extract_features: no images found in {hr_dir or lr_dir}")
+    return [Job(name=n, hr=hr.get(n), lr=lr.get(n)) for n in names]
+
+
+def load_pair(job: Job, scale: int, min_lr: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """→ ``lr (1,3,h,w)`` on 8-bit levels and ``hr (1,3,s*h,s*w)`` or None. Raises SkipImage with the reason."""
+    try:
+        hr = read_image(job.hr) if job.hr is not None else None
+        lr = read_image(job.lr) if job.lr is not None else None
+    except ImageReadError as exc:
+        raise SkipImage(str(exc)) from exc
+    if lr is None:
+        if min(hr.shape[-2:]) < scale:
+            raise SkipImage(f"{job.hr}: HR {hr.shape[-1]}x{hr.shape[-2]} is smaller than the scale")
+        hr, lr = make_lr(hr, scale)
+    elif hr is not None:
+        h, w = lr.shape[-2:]
+        hh, hw = hr.shape[-2:]
+        if (hh - hh % scale, hw - hw % scale) != (scale * h, scale * w):
+            raise SkipImage(f"{job.lr}: LR {w}x{h} does not match HR {job.hr} ({hw}x{hh}) at x{scale}")
+        hr = hr[..., : scale * h, : scale * w]
+    h, w = lr.shape[-2:]
+    if h < min_lr[0] or w < min_lr[1]:
+        raise SkipImage(f"{job.lr or job.hr}: LR {w}x{h} is smaller than the experts' minimum {min_lr[1]}x{min_lr[0]}")
+    return lr, hr
+
+
+def min_lr_size(ensemble: ExpertEnsemble) -> tuple[int, int]:
+    """Smallest LR size every expert accepts (spandrel's size requirements; HR-space experts scale it down)."""
+    need = 1
+    for e in ensemble.experts:
+        req = getattr(e.size_requirements, "minimum", 0) or 0
+        need = max(need, -(-int(req) // e.in_factor))
+    return need, need
+
+
+def _dist_setup() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def verify_cache(path: Path) -> int:
+    reader = CacheReader(path)
+    t0 = time.time()
+    problems = reader.verify()
+    print(f"verify: {len(reader)} images in {path}, {len(problems)} problem(s), {time.time() - t0:.1f} s")
+    for p in problems:
+        print(f"verify: {p}")
+    if reader.skipped:
+        print(f"verify: {len(reader.skipped)} input(s) were skipped at extraction: "
+              + "; ".join(f"{s['name']}: {s['reason']}" for s in reader.skipped))
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experts", type=Path, help="expert ensemble YAML (configs/experts/*.yaml)")
+    ap.add_argument("--hr", type=Path, default=None, help="HR image folder")
+    ap.add_argument("--lr", type=Path, default=None, help="LR image folder (NAMEx4.png); default: made from --hr")
+    ap.add_argument("--out", type=Path, required=True, help="cache index file, e.g. caches/train.h5")
+    ap.add_argument("--root", type=Path, default=None, help="resolve relative checkpoint paths here (default: repo)")
+    ap.add_argument("--device", default=None, help="run every expert on this device (default: the YAML's; "
+                    "under torchrun with CUDA: cuda:LOCAL_RANK)")
+    ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
+    ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) cache first")
+    ap.add_argument("--strict", action="store_true", help="abort on the first bad input instead of skipping it")
+    ap.add_argument("--verify", action="store_true", help="re-read and check every sample (after extracting)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.verify and args.hr is None and args.lr is None:
+        return verify_cache(args.out)
+    if args.experts is None:
+        ap.error("--experts is required to extract")
+
+    rank, world, local_rank = _dist_setup()
+    try:
+        spec = load_ensemble_spec(args.experts)
+        device = args.device or (f"cuda:{local_rank}" if world > 1 and torch.cuda.is_available() else None)
+        if device is not None:
+            spec = EnsembleSpec(experts=tuple(dataclasses.replace(e, device=device) for e in spec.experts),
+                                scale=spec.scale)
+        scale = spec.scale
+        jobs = build_jobs(args.hr, args.lr, scale)
+        ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device="cpu")
+        meta = CacheMeta(
+            scale=scale,
+            experts=tuple(fp.to_dict() for fp in ensemble.fingerprints),
+            lr_method="given" if args.lr is not None else "matlab_bicubic",
+        )
+        min_lr = min_lr_size(ensemble)
+
+        if args.overwrite and world > 1:  # rank 0 wipes before anyone writes
+            if rank == 0:
+                CacheWriter(args.out, meta=meta, overwrite=True, rank=0).close()
+            dist.barrier()
+        writer = CacheWriter(args.out, meta=meta, compression=args.compression,
+                             overwrite=args.overwrite and world == 1, rank=rank)
+        mine = [j for i, j in enumerate(jobs) if i % world == rank]
+        todo = [j for j in mine if not writer.is_done(j.name)]
+        if rank == 0:
+            cached = sum(writer.is_done(j.name) for j in jobs)
+            print(f"extract_features: {len(jobs)} images ({cached} already cached), experts {list(ensemble.names)} "
+                  f"(x{scale}), {world} process(es)")
+        skipped: list[dict] = []
+        bar = tqdm(todo, desc=f"extract[rank {rank}]" if world > 1 else "extract", unit="img",
+                   position=rank)
+        for job in bar:
+            try:
+                lr, hr = load_pair(job, scale, min_lr)
+            except SkipImage as exc:
+                if args.strict:
+                    raise SystemExit(f"extract_features: --strict: {exc}") from exc
+                skipped.append({"name": job.name, "reason": str(exc)})
+                tqdm.write(f"extract_features: skipped {exc}", file=sys.stderr)
+                continue
+            out = ensemble(lr)  # srs (1,E,3,sH,sW), feats E × (1,C_e,H,W)
+            writer.write_sample(
+                job.name,
+                lr=to_uint8(lr).transpose(2, 0, 1).copy(),  # (3,h,w)
+                hr=None if hr is None else to_uint8(hr).transpose(2, 0, 1).copy(),
+                srs=out.srs[0].numpy().astype(np.float16),
+                feats=[f[0].numpy().astype(np.float16) for f in out.feats],
+                source_hr=str(job.hr or ""),
+                source_lr=str(job.lr or ""),
+            )
+        bar.close()
+        writer.close()
+
+        if world > 1:
+            gathered: list[list[dict]] = [[] for _ in range(world)]
+            dist.all_gather_object(gathered, skipped)
+            skipped = [s for part in gathered for s in part]
+            dist.barrier()
+        if rank == 0:
+            skipped_names = {s["name"] for s in skipped}
+            done = [j.name for j in jobs if j.name not in skipped_names]  # write_index checks every file exists
+            writer.write_index(done, skipped=skipped)
+            print(f"extract_features: cache {args.out} holds {len(done)} images"
+                  + (f", {len(skipped)} skipped" if skipped else ""))
+            if args.verify:
+                return verify_cache(args.out)
+        return 0
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

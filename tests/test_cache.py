@@ -1,0 +1,405 @@
+"""HDF5 feature cache: writer/reader round trip, refusal of mismatches, lock, verify, crash-safety under SIGKILL,
+resume, bad inputs, and aligned random crops from the dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from cache.dataset import CachedSRDataset, augment
+from cache.reader import CacheError, CacheReader
+from cache.schema import CacheMeta
+from cache.writer import CacheLockedError, CacheMismatchError, CacheWriter
+from pipeline.imageio import write_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _meta(channels=(5, 3), scale=4, sha="0" * 64) -> CacheMeta:
+    return CacheMeta(
+        scale=scale,
+        experts=tuple(
+            {"name": f"e{i}", "architecture": "X", "sha256": sha, "hook_layers": ["body"], "feature_channels": c,
+             "scale": scale, "input": "lr"}
+            for i, c in enumerate(channels)
+        ),
+        lr_method="matlab_bicubic",
+    )
+
+
+def _sample(rng, h, w, meta):
+    s = meta.scale
+    return {
+        "lr": rng.integers(0, 256, (3, h, w), dtype=np.uint8),
+        "hr": rng.integers(0, 256, (3, s * h, s * w), dtype=np.uint8),
+        "srs": rng.random((len(meta.experts), 3, s * h, s * w)).astype(np.float16),
+        "feats": [rng.standard_normal((c, h, w)).astype(np.float16) for c in meta.feature_channels],
+    }
+
+
+@pytest.fixture
+def small_cache(tmp_path):
+    meta = _meta()
+    rng = np.random.default_rng(0)
+    samples = {"a": _sample(rng, 20, 24, meta), "b": _sample(rng, 33, 17, meta)}
+    with CacheWriter(tmp_path / "c.h5", meta=meta) as w:
+        for name, smp in samples.items():
+            w.write_sample(name, **smp)
+        w.write_index(list(samples))
+    return tmp_path / "c.h5", meta, samples
+
+
+def test_round_trip_exact_and_layout(small_cache):
+    path, meta, samples = small_cache
+    r = CacheReader(path, expect=meta)
+    assert r.names == ["a", "b"] and len(r) == 2 and r.has_hr and r.scale == 4
+    for i, (name, smp) in enumerate(samples.items()):
+        s = r.read(i)
+        assert s.name == name
+        assert torch.equal(s.lr, torch.from_numpy(smp["lr"]).float() / 255)
+        assert torch.equal(s.hr, torch.from_numpy(smp["hr"]).float() / 255)
+        assert torch.equal(s.srs, torch.from_numpy(smp["srs"].astype(np.float32)))  # fp16, not 8-bit
+        for f, ref in zip(s.feats, smp["feats"]):
+            assert torch.equal(f, torch.from_numpy(ref.astype(np.float32)))
+    with h5py.File(path, "r") as f:  # the index is one HDF5 tree for any tool
+        assert f.attrs["schema_version"] == 1 and f.attrs["num_images"] == 2
+        assert f["images/b/sr"].shape == (2, 3, 132, 68)
+        assert f["images/a/sr"].chunks == (2, 3, 64, 64) and f["images/a/feat/e0"].dtype == np.float16
+        assert json.loads(f.attrs["experts"])[1]["feature_channels"] == 3
+    assert r.verify() == []
+
+
+def test_box_read_is_aligned(small_cache):
+    path, _, samples = small_cache
+    r = CacheReader(path)
+    s = r.read(1, box=(5, 3, 8, 10))
+    ref = samples["b"]
+    assert torch.equal(s.lr, torch.from_numpy(ref["lr"][:, 5:13, 3:13]).float() / 255)
+    assert torch.equal(s.hr, torch.from_numpy(ref["hr"][:, 20:52, 12:52]).float() / 255)
+    assert torch.equal(s.srs, torch.from_numpy(ref["srs"][:, :, 20:52, 12:52].astype(np.float32)))
+    assert torch.equal(s.feats[0], torch.from_numpy(ref["feats"][0][:, 5:13, 3:13].astype(np.float32)))
+    with pytest.raises(ValueError, match="outside"):
+        r.read(1, box=(30, 0, 8, 8))
+
+
+def test_reader_refuses_other_experts_naming_the_field(small_cache):
+    path, _, _ = small_cache
+    with pytest.raises(CacheMismatchError, match=r"experts\[1\]\.feature_channels: cache has 3, expected 4"):
+        CacheReader(path, expect=_meta(channels=(5, 4)))
+    with pytest.raises(CacheMismatchError, match=r"experts\[0\]\.sha256"):
+        CacheReader(path, expect=_meta(sha="1" * 64))
+    with pytest.raises(CacheMismatchError, match="scale: cache has 4, expected 2"):
+        CacheReader(path, expect=_meta(scale=2))
+    with pytest.raises(CacheMismatchError, match="experts: cache has"):
+        CacheReader(path, expect=_meta(channels=(5,)))
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(CacheMismatchError, match="schema_version is 99"):
+        CacheReader(path)
+
+
+def test_resume_refuses_different_meta(small_cache):
+    path, _, _ = small_cache
+    with pytest.raises(CacheMismatchError, match=r"cannot resume.*feature_channels.*--overwrite"):
+        CacheWriter(path, meta=_meta(channels=(5, 4)))
+    with CacheWriter(path, meta=_meta(channels=(5, 4)), overwrite=True) as w:  # explicit overwrite starts over
+        assert not w.is_done("a") and not path.exists()
+
+
+def test_lock_stops_a_second_writer(small_cache):
+    path, meta, _ = small_cache
+    with CacheWriter(path, meta=meta):
+        with pytest.raises(CacheLockedError, match="being written by another process"):
+            CacheWriter(path, meta=meta)
+    CacheWriter(path, meta=meta).close()  # released on close
+
+
+def test_verify_reports_corruption_per_image(small_cache):
+    path, _, _ = small_cache
+    part = path.with_name("c.h5.d") / "b.h5"
+    with h5py.File(part, "r+") as f:
+        f["feat/e1"][0, 0, 0] = np.float16(123.0)  # silent bit rot
+        f["sr"][0, 0, 0, 0] = np.float16(np.inf)
+    problems = CacheReader(path).verify()
+    assert any(p.startswith("b: feat/e1 checksum mismatch") for p in problems)
+    assert any(p.startswith("b: sr contains NaN/Inf") for p in problems)
+    assert not any(p.startswith("a:") for p in problems)
+    part.unlink()
+    assert any("b: unreadable" in p for p in CacheReader(path).verify())
+
+
+def test_writer_validates_shapes_and_finiteness(tmp_path):
+    meta = _meta()
+    smp = _sample(np.random.default_rng(1), 8, 8, meta)
+    with CacheWriter(tmp_path / "c.h5", meta=meta) as w:
+        with pytest.raises(ValueError, match="srs must be float16"):
+            w.write_sample("x", **{**smp, "srs": smp["srs"].astype(np.float32)})
+        with pytest.raises(ValueError, match="features of e1 must be"):
+            w.write_sample("x", **{**smp, "feats": [smp["feats"][0], smp["feats"][0]]})
+        bad = smp["srs"].copy()
+        bad[0, 0, 0, 0] = np.nan
+        with pytest.raises(ValueError, match="NaN/Inf"):
+            w.write_sample("x", **{**smp, "srs": bad})
+        with pytest.raises(ValueError, match="invalid sample name"):
+            w.write_sample("../x", **smp)
+        assert not w.is_done("x")
+        with pytest.raises(FileNotFoundError, match="extraction incomplete"):
+            w.write_index(["x"])
+    with pytest.raises(CacheError, match="extraction is unfinished"):
+        CacheReader(tmp_path / "c.h5")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the dataset
+# ------------------------------------------------------------------------------------------------------------------
+def test_augment_is_the_dihedral_group():
+    x = torch.arange(12.0).view(1, 3, 4)
+    outs = {tuple(augment(x, k).flatten().tolist()) for k in range(8)}
+    assert len(outs) == 8
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataset_crops_are_aligned_across_members(small_cache, num_workers):
+    path, _, samples = small_cache
+    ds = CachedSRDataset(path, patch=8, repeat=3, augment=True)
+    assert len(ds) == 6
+    loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))
+    seen_aug = set()
+    for batch in loader:
+        assert batch["lr"].shape == (3, 3, 8, 8) and batch["hr"].shape == (3, 3, 32, 32)
+        assert batch["srs"].shape == (3, 2, 3, 32, 32)
+        assert [f.shape for f in batch["feats"]] == [(3, 5, 8, 8), (3, 3, 8, 8)]
+        for j in range(3):
+            name = ["a", "b"][int(batch["index"][j])]
+            t, l, p, _ = batch["box"][j].tolist()
+            k = int(batch["aug"][j])
+            seen_aug.add(k)
+            ref = samples[name]
+            lr = augment(torch.from_numpy(ref["lr"][:, t : t + p, l : l + p]).float() / 255, k)
+            hr = augment(torch.from_numpy(ref["hr"][:, 4 * t : 4 * (t + p), 4 * l : 4 * (l + p)]).float() / 255, k)
+            sr = augment(torch.from_numpy(ref["srs"][:, :, 4 * t : 4 * (t + p), 4 * l : 4 * (l + p)].astype(np.float32)), k)
+            f1 = augment(torch.from_numpy(ref["feats"][1][:, t : t + p, l : l + p].astype(np.float32)), k)
+            assert torch.equal(batch["lr"][j], lr) and torch.equal(batch["hr"][j], hr)
+            assert torch.equal(batch["srs"][j], sr) and torch.equal(batch["feats"][1][j], f1)
+    assert len(seen_aug) > 1
+
+
+def test_dataset_refuses_patch_larger_than_images(small_cache):
+    path, _, _ = small_cache
+    with pytest.raises(ValueError, match="smaller than patch=20"):
+        CachedSRDataset(path, patch=20)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# extract_features end to end with a tiny real architecture (SPAN, random weights saved to a checkpoint file)
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from spandrel.architectures.SPAN import SPAN
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=4)
+    torch.save(model.state_dict(), root / "span_tiny.pth")
+    (root / "experts.yaml").write_text(
+        "scale: 4\nexperts:\n"
+        f"  - {{name: spanA, checkpoint: {root / 'span_tiny.pth'}, architecture: SPAN, scale: 4}}\n"
+        f"  - {{name: spanB, checkpoint: {root / 'span_tiny.pth'}, architecture: SPAN, scale: 4, hooks: [conv_1]}}\n"
+    )
+    rng = torch.Generator().manual_seed(1)
+    hr_dir = root / "hr"
+    for i in range(8):
+        h, w = 96 + 4 * i, 120 - 4 * i
+        base = torch.rand(1, 3, h // 8, w // 8, generator=rng)
+        write_image(hr_dir / f"im{i:02d}.png", torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear"))
+    return root
+
+
+def _extract(args) -> int:
+    """extract_features in this process (fast); subprocesses only where a real kill or torchrun is needed."""
+    from scripts import extract_features
+
+    threads = torch.get_num_threads()
+    try:  # one thread everywhere: results are then bit-identical to the subprocess runs
+        return extract_features.main(["--threads", "1", *(str(a) for a in args)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _dump(path: Path) -> dict:
+    r = CacheReader(path)
+    out = {}
+    for i, name in enumerate(r.names):
+        s = r.read(i)
+        out[name] = [s.lr, s.hr, s.srs, *s.feats]
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            assert torch.equal(x, y), name
+
+
+def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys):
+    root = tiny_setup
+    args = ["--experts", root / "experts.yaml", "--hr", root / "hr"]
+    ref = tmp_path / "ref.h5"
+    assert _extract([*args, "--out", ref, "--verify"]) == 0
+    captured = capsys.readouterr()
+    assert "0 problem(s)" in captured.out and "img/s" in captured.err  # tqdm shows the rate and ETA
+    reference = _dump(ref)
+    assert len(reference) == 8
+
+    # a real SIGKILL at several points: mid-write of the first image, after some images, while indexing
+    out = tmp_path / "killed.h5"
+    data_dir = tmp_path / "killed.h5.d"
+    triggers = [
+        lambda: any(data_dir.glob(".*.tmp-r0")),
+        lambda: len(list(data_dir.glob("im*.h5"))) >= 4,
+        lambda: (tmp_path / ".killed.h5.tmp").exists(),
+    ]
+    kills = 0
+    cmd = [sys.executable, str(REPO / "scripts" / "extract_features.py"), "--threads", "1",
+           *map(str, args), "--out", str(out)]
+    for trigger in triggers:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            if data_dir.exists() and trigger():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.0005)
+        proc.wait()
+        kills += proc.returncode == -signal.SIGKILL
+        # whatever the moment: every final-named sample file is complete and readable, the index is absent/complete
+        for part in data_dir.glob("im*.h5"):
+            with h5py.File(part, "r") as f:
+                assert f["sr"][()].shape[0] == 2
+        if out.exists():
+            assert len(CacheReader(out)) == 8
+    assert kills >= 2, "the kill points were never reached"
+
+    assert _extract([*args, "--out", out, "--verify"]) == 0
+    assert "already cached" in capsys.readouterr().out
+    _assert_same(_dump(out), reference)
+
+    # a second writer on the same cache is refused while the first holds the lock
+    with CacheWriter(out, meta=CacheReader(out).meta):
+        with pytest.raises(CacheLockedError, match="being written by another process"):
+            _extract([*args, "--out", out])
+
+
+def test_extract_bad_inputs_are_skipped_or_abort_with_strict(tiny_setup, tmp_path, capsys):
+    root = tiny_setup
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for p in sorted((root / "hr").glob("*.png"))[:2]:
+        (hr / p.name).write_bytes(p.read_bytes())
+    (hr / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    write_image(hr / "tiny.png", torch.rand(1, 3, 3, 3))  # smaller than the scale
+    args = ["--experts", root / "experts.yaml", "--hr", hr, "--out", tmp_path / "c.h5"]
+    assert _extract(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "broken.png" in err and "tiny.png" in err
+    r = CacheReader(tmp_path / "c.h5")
+    assert len(r) == 2 and {s["name"] for s in r.skipped} == {"broken", "tiny"}
+    with pytest.raises(SystemExit, match="--strict"):
+        _extract([*args, "--strict", "--overwrite"])
+
+
+def test_extract_lr_only_and_lr_hr_pairs(tiny_setup, tmp_path):
+    from scripts import make_lr
+
+    root = tiny_setup
+    hr_sub = tmp_path / "hr"
+    hr_sub.mkdir()
+    for p in sorted((root / "hr").glob("*.png"))[:2]:
+        (hr_sub / p.name).write_bytes(p.read_bytes())
+    assert make_lr.main(["--hr", str(hr_sub), "--out", str(tmp_path / "lr"), "--hr-out", str(tmp_path / "hrc")]) == 0
+    assert _extract(["--experts", root / "experts.yaml", "--lr", tmp_path / "lr", "--out", tmp_path / "lr_only.h5"]) == 0
+    r = CacheReader(tmp_path / "lr_only.h5")
+    assert not r.has_hr and r.meta.lr_method == "given" and r.read(0).hr is None and len(r) == 2
+    assert _extract(["--experts", root / "experts.yaml", "--lr", tmp_path / "lr", "--hr", tmp_path / "hrc",
+                     "--out", tmp_path / "pairs.h5"]) == 0
+    assert _extract(["--experts", root / "experts.yaml", "--hr", hr_sub, "--out", tmp_path / "made.h5"]) == 0
+    # given LR (made by make_lr and saved as PNG) and LR made on the fly are the same data
+    _assert_same(_dump(tmp_path / "pairs.h5"), _dump(tmp_path / "made.h5"))
+
+
+def test_extract_distributed_two_gloo_ranks(tiny_setup, tmp_path):
+    """torchrun --nproc_per_node 2 on CPU (gloo): each rank writes its share, rank 0 indexes all of them."""
+    root = tiny_setup
+    out = tmp_path / "dist.h5"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "scripts" / "extract_features.py"), "--threads", "1", "--experts", str(root / "experts.yaml"),
+           "--hr", str(root / "hr"), "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("dist.h5.lock.rank*")) == ["dist.h5.lock.rank0", "dist.h5.lock.rank1"]
+    single = tmp_path / "single.h5"
+    assert _extract(["--experts", root / "experts.yaml", "--hr", root / "hr", "--out", single]) == 0
+    dumped = _dump(out)
+    assert len(dumped) == 8
+    _assert_same(dumped, _dump(single))
+
+
+def test_cached_crop_equals_expert_on_full_lr(tiny_setup, tmp_path):
+    """A training crop from the cache equals running the experts on the whole LR and cropping (fp16 rounding), and
+    the HR crop sits at 4x the LR coordinates."""
+    from experts.ensemble import ExpertEnsemble
+    from pipeline.imageio import read_image
+    from pipeline.resize import make_lr
+
+    root = tiny_setup
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    src = sorted((root / "hr").glob("*.png"))[3]
+    (hr_dir / src.name).write_bytes(src.read_bytes())
+    assert _extract(["--experts", root / "experts.yaml", "--hr", hr_dir, "--out", tmp_path / "c.h5"]) == 0
+
+    hr_full, lr_full = make_lr(read_image(src), 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = ExpertEnsemble.from_yaml(root / "experts.yaml")(lr_full)
+    finally:
+        torch.set_num_threads(threads)
+    ds = CachedSRDataset(tmp_path / "c.h5", patch=6, augment=False)
+    for _ in range(5):
+        item = ds[0]
+        t, l, p, _ = item["box"].tolist()
+        assert torch.equal(item["lr"], lr_full[0, :, t : t + p, l : l + p])
+        assert torch.equal(item["hr"], hr_full[0, :, 4 * t : 4 * (t + p), 4 * l : 4 * (l + p)])
+        want_sr = out.srs[0, :, :, 4 * t : 4 * (t + p), 4 * l : 4 * (l + p)]
+        torch.testing.assert_close(item["srs"], want_sr, atol=1e-3, rtol=1e-3)  # fp16 storage
+        for f, full in zip(item["feats"], out.feats):
+            ref = full[0, :, t : t + p, l : l + p]
+            torch.testing.assert_close(f, ref, atol=2e-3 * (1 + ref.abs().max().item()), rtol=1e-3)
+
+
+def test_dataset_stream_is_a_pure_function_of_seed_and_index(small_cache):
+    path, _, _ = small_cache
+    a = CachedSRDataset(path, patch=8, seed=3)
+    b = CachedSRDataset(path, patch=8, seed=3)
+    for k in (0, 1, 5, 1000):  # indices past len() are fine: the training stream is unbounded
+        x, y = a[k], b[k]
+        assert torch.equal(x["box"], y["box"]) and x["aug"] == y["aug"] and torch.equal(x["srs"], y["srs"])
+    # every epoch visits every image once
+    assert sorted(a.image_of(k) for k in range(2)) == [0, 1] and sorted(a.image_of(k) for k in range(2, 4)) == [0, 1]
+    c = CachedSRDataset(path, patch=8, seed=4)
+    assert any(not torch.equal(a[k]["box"], c[k]["box"]) for k in range(6))
