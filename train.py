@@ -1,11 +1,463 @@
-"""Fusion training entry point: ``python train.py CONFIG [dotted.overrides ...]``.
+"""Train the fusion network: ``python train.py CONFIG [dotted.overrides ...] [--resume runs/NAME]``.
 
-Not implemented yet: cached/live training with EMA, checkpoints and resume is the training issue. This file exits
-with an error rather than pretending to train.
+Plain functions, top to bottom: config → data → model → optimiser → loop → checkpoints.
+
+* ``data.mode=cached`` (default) reads random aligned crops from the HDF5 cache (scripts/extract_features.py);
+  ``data.mode=live`` runs the frozen experts on every batch instead (slow; for comparison or when no cache exists).
+* AdamW, linear warm-up + cosine decay, gradient clipping, EMA of the weights (validation and saved models use the
+  EMA), bf16 autocast on CUDA (fp32 on CPU), multi-stage loss schedule (``train.stages``).
+* A NaN/Inf loss or gradient skips the step and is counted; ``train.max_nonfinite`` in a row saves a checkpoint and
+  aborts.
+* ``runs/<name>/``: ``config.yaml`` (resolved), ``ckpt/step_*/`` with ``last``/``best`` links (pipeline/run_checkpoint.py),
+  ``metrics.csv`` (every logged scalar), ``tb/`` (TensorBoard).
+* ``--resume runs/<name>`` continues exactly (bit-identical on CPU): the data stream is a function of the step, and
+  the optimiser, EMA, step and RNG state are restored; a different config or cache is refused, naming what differs.
+* ``torchrun --nproc_per_node N train.py ...``: DistributedDataParallel (NCCL on GPUs, gloo on CPU); each rank takes
+  ``data.batch_size`` crops per step (effective batch N × batch_size); only rank 0 validates, logs and saves.
 """
 
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
 import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from cache.dataset import CachedFullImageDataset, CachedSRDataset
+from cache.schema import SCHEMA_VERSION
+from pipeline.config import ConfigError, config_to_dict, load_yaml, save_config
+from pipeline.ema import ModelEma
+from pipeline.fusion_net import FusionNet
+from pipeline.imageio import quantize_8bit
+from pipeline.losses import CombinedLoss, VGGPerceptualLoss
+from pipeline.metrics import psnr_y, ssim_y
+from pipeline.run_checkpoint import load_train_state, prune_checkpoints, resolve_checkpoint, save_checkpoint
+from pipeline.train_config import RunConfig, StageConfig, load_run_config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# set-up
+# ---------------------------------------------------------------------------------------------------------------------
+def setup_distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
+    want = cfg.train.device
+    if want == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(want)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"train.device={want} but CUDA is not available on this machine")
+    return dev
+
+
+class StepBatchSampler(Sampler):
+    """Batch of step ``s`` on rank ``r``: items ``(s·world + r)·B … + B − 1`` — a pure function of the step."""
+
+    def __init__(self, *, start_step: int, steps: int, batch_size: int, rank: int, world: int) -> None:
+        self.start, self.steps, self.b, self.rank, self.world = start_step, steps, batch_size, rank, world
+
+    def __iter__(self):
+        for s in range(self.start, self.steps):
+            first = (s * self.world + self.rank) * self.b
+            yield list(range(first, first + self.b))
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # 2-core machines: workers must not oversubscribe the cores the model uses
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------------
+def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device: torch.device):
+    """→ (train loader, val dataset or None, cache meta or None, live ensemble or None)."""
+    d = cfg.data
+    ensemble = None
+    if d.mode == "cached":
+        train_ds = CachedSRDataset(d.train_cache, patch=d.patch, repeat=d.repeat, augment=d.augment, seed=cfg.train.seed)
+        meta = train_ds.meta
+        if d.experts is not None:
+            check_expert_files(d.experts, meta)
+    else:
+        from experts.ensemble import ExpertEnsemble
+        from pipeline.live_data import LiveHRDataset
+
+        ensemble = ExpertEnsemble.from_yaml(d.experts, gather_device=str(device), grad_mode="no_grad")
+        train_ds = LiveHRDataset(d.train_hr, patch=d.patch, scale=ensemble.scale, augment=d.augment,
+                                 seed=cfg.train.seed)
+        meta = None
+    val_ds = None
+    if d.val_cache is not None and rank == 0:
+        val_ds = CachedFullImageDataset(d.val_cache, expect=meta)
+    sampler = StepBatchSampler(start_step=start_step, steps=cfg.train.steps, batch_size=d.batch_size, rank=rank,
+                               world=world)
+    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers, worker_init_fn=_worker_init,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    return loader, val_ds, meta, ensemble
+
+
+def check_expert_files(experts_yaml: str, meta) -> None:
+    """Cached mode with ``data.experts`` set: the YAML's checkpoints must be the files the cache was made with."""
+    from experts.loading import sha256_file
+    from experts.spec import load_ensemble_spec, resolve_checkpoint as resolve_ckpt
+
+    spec = load_ensemble_spec(experts_yaml)
+    names = [e.name for e in spec.experts]
+    if tuple(names) != meta.expert_names:
+        raise SystemExit(f"data.experts lists {names}, the cache was made with {list(meta.expert_names)}")
+    for e, fp in zip(spec.experts, meta.experts):
+        digest = sha256_file(resolve_ckpt(e))
+        if digest != fp["sha256"]:
+            raise SystemExit(f"expert {e.name}: {resolve_ckpt(e)} (sha256 {digest[:12]}…) is not the checkpoint the "
+                             f"cache was made with (sha256 {fp['sha256'][:12]}…)")
+
+
+def batch_inputs(batch: dict, ensemble, device: torch.device):
+    """→ lr (B,3,h,w), hr (B,3,sh,sw), srs (B,E,3,sh,sw), feats [E × (B,C_e,h,w)] on ``device``."""
+    lr = batch["lr"].to(device, non_blocking=True)
+    hr = batch["hr"].to(device, non_blocking=True)
+    if ensemble is None:
+        srs = batch["srs"].to(device, non_blocking=True)
+        feats = [f.to(device, non_blocking=True) for f in batch["feats"]]
+    else:
+        srs, feats = ensemble(lr)
+        srs, feats = srs.to(device), [f.to(device) for f in feats]
+    return lr, hr, srs, feats
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# model, optimiser, schedule
+# ---------------------------------------------------------------------------------------------------------------------
+def build_model(cfg: RunConfig, meta, ensemble) -> FusionNet:
+    channels = meta.feature_channels if meta is not None else ensemble.feature_channels
+    model_cfg = cfg.model
+    if tuple(model_cfg.inputs.feat_channels) != tuple(channels):
+        print(f"train: model.inputs.feat_channels {list(model_cfg.inputs.feat_channels)} replaced by the experts' "
+              f"{list(channels)} (from the {'cache' if meta is not None else 'expert'} fingerprints)")
+        model_cfg = model_cfg.with_feat_channels(channels)
+    return FusionNet(config=model_cfg)
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def stage_at(step: int, stages: tuple[StageConfig, ...]) -> StageConfig:
+    for s in stages:
+        if step < s.until_step:
+            return s
+    return stages[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def validate(model: FusionNet, val_ds, device: torch.device, expert_names, baseline: dict | None):
+    """Full-image fusion on the validation cache, scored like the challenge (8-bit output, Y channel, border=scale),
+    side by side with every expert and the experts' mean on the same images (computed once: ``baseline``)."""
+    model.eval()
+    s = val_ds.reader.scale
+    fused_p, fused_s, gates = [], [], []
+    base = {"mean": [], **{n: [] for n in expert_names}} if baseline is None else None
+    for i in range(len(val_ds)):
+        item = val_ds[i]
+        if "hr" not in item:
+            raise SystemExit(f"{val_ds.reader.path}: validation needs HR images (re-extract with --hr)")
+        lr, hr, srs = item["lr"][None].to(device), item["hr"][None].to(device), item["srs"][None].to(device)
+        feats = [f[None].to(device) for f in item["feats"]]
+        out = model.forward_with_precomputed(lr, srs, feats)
+        sr = quantize_8bit(out.sr.float())
+        fused_p.append(float(psnr_y(sr, hr, crop_border=s)[0]))
+        fused_s.append(float(ssim_y(sr, hr, crop_border=s)[0]))
+        gates.append(out.gates.float().mean(dim=(0, 2, 3)).cpu())
+        if base is not None:
+            for j, n in enumerate(expert_names):
+                base[n].append(float(psnr_y(quantize_8bit(srs[:, j]), hr, crop_border=s)[0]))
+            base["mean"].append(float(psnr_y(quantize_8bit(srs.mean(dim=1)), hr, crop_border=s)[0]))
+    if base is not None:
+        baseline = {k: sum(v) / len(v) for k, v in base.items()}
+    gate_mean = torch.stack(gates).mean(dim=0)
+    result = {"val/psnr": sum(fused_p) / len(fused_p), "val/ssim": sum(fused_s) / len(fused_s)}
+    result.update({f"val/gate_{n}": float(g) for n, g in zip(expert_names, gate_mean)})
+    return result, baseline
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# logging
+# ---------------------------------------------------------------------------------------------------------------------
+class ScalarLog:
+    """Every logged scalar goes to ``metrics.csv`` (step, tag, value) and to TensorBoard."""
+
+    def __init__(self, run_dir: Path, *, start_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.csv_path = run_dir / "metrics.csv"
+        if start_step == 0 or not self.csv_path.exists():
+            with open(self.csv_path, "w", newline="") as fh:
+                csv.writer(fh).writerow(["step", "tag", "value"])
+        else:  # resumed: drop rows logged after the checkpoint we resume from
+            with open(self.csv_path, newline="") as fh:
+                rows = [r for r in csv.reader(fh)]
+            keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= start_step]
+            with open(self.csv_path, "w", newline="") as fh:
+                csv.writer(fh).writerows(keep)
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step else None)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        with open(self.csv_path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            for tag, value in scalars.items():
+                w.writerow([step, tag, f"{value:.8g}"])
+                self.tb.add_scalar(tag, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resume checks
+# ---------------------------------------------------------------------------------------------------------------------
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def cache_signature(meta, loader) -> dict:
+    ds = loader.dataset
+    if meta is None:
+        return {"mode": "live", "files": [p.name for p in ds.files]}
+    return {"mode": "cached", "schema_version": SCHEMA_VERSION, "scale": meta.scale, "lr_method": meta.lr_method,
+            "experts": list(meta.experts), "images": ds.reader.names}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------------------------------
+def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
+    rank, world, local_rank = setup_distributed()
+    device = pick_device(cfg, local_rank)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    ckpt_root = run_dir / "ckpt"
+
+    state = load_train_state(resolve_checkpoint(run_dir)) if resume else None
+    start_step = int(state["step"]) if state is not None else 0
+    loader, val_ds, meta, ensemble = build_data(cfg, start_step=start_step, rank=rank, world=world, device=device)
+    signature = cache_signature(meta, loader)
+    if state is not None:
+        diffs = config_differences(state["cache"], signature)
+        if diffs:
+            raise SystemExit("train: cannot resume, the training data differ from the run's: " + "; ".join(diffs[:8]))
+
+    model = build_model(cfg, meta, ensemble).to(device)
+    expert_names = meta.expert_names if meta is not None else ensemble.names
+    ema = ModelEma(model, decay=cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
+                                  weight_decay=cfg.train.weight_decay)
+    counters = {"nonfinite_total": 0, "nonfinite_run": 0, "best_psnr": -math.inf}
+    if state is not None:
+        model.load_state_dict(state["model"], strict=True)
+        ema.load_state_dict(state["ema"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        counters.update({k: state["counters"][k] for k in counters})
+    train_model = DistributedDataParallel(model) if world > 1 else model
+    vgg = VGGPerceptualLoss(weights_path=cfg.loss.vgg_weights).to(device) if cfg.loss.vgg_weights else None
+    criterion = CombinedLoss(perceptual=vgg)
+    use_bf16 = cfg.train.bf16 and device.type == "cuda"
+
+    log = ScalarLog(run_dir, start_step=start_step) if rank == 0 else None
+    baseline = None
+    extra_base = {
+        "experts": list(meta.experts) if meta is not None else [fp.to_dict() for fp in ensemble.fingerprints],
+        "cache": {"schema_version": SCHEMA_VERSION, "path": cfg.data.train_cache if meta is not None else None},
+        "run": run_dir.name,
+        "scale": meta.scale if meta is not None else ensemble.scale,
+        "submission": config_to_dict(cfg.submission),
+    }
+
+    def train_state(step: int) -> dict:
+        return {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "counters": dict(counters),
+            "cache": signature,
+            "config": config_to_dict(cfg),
+        }
+
+    def checkpoint(step: int, metrics: dict | None) -> None:
+        if rank != 0:
+            return
+        is_best = metrics is not None and metrics["val/psnr"] > counters["best_psnr"]
+        if is_best:
+            counters["best_psnr"] = metrics["val/psnr"]
+        extra = dict(extra_base, stage=stage_at(step - 1, cfg.train.stages).name)
+        if metrics is not None:
+            extra.update(val_psnr=metrics["val/psnr"], val_ssim=metrics["val/ssim"])
+        save_checkpoint(ckpt_root, step=step, ema_model=ema.module, train_state=train_state(step), extra=extra,
+                        is_best=is_best or val_ds is None)  # without validation, "best" is the latest
+        prune_checkpoints(ckpt_root, keep_best=cfg.train.keep_best)
+
+    stage = None
+    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step", disable=rank != 0,
+               dynamic_ncols=True)
+    t_last, steps_since = time.time(), 0
+    step = start_step
+    metrics = None
+    for batch in loader:
+        new_stage = stage_at(step, cfg.train.stages)
+        if new_stage is not stage:
+            stage = new_stage
+            if rank == 0:
+                tqdm.write(f"train: step {step}: loss stage {stage.name!r} (until step {stage.until_step}): "
+                           f"{config_to_dict(stage.weights)}")
+        lr_now = lr_at(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr_now
+        train_model.train()
+        lr, hr, srs, feats = batch_inputs(batch, ensemble, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = train_model(lr, srs, feats)
+        total, terms = criterion(out.sr.float(), hr, stage.weights, balance=out.load_balance_loss.float())
+        optimizer.zero_grad(set_to_none=True)
+        finite = torch.isfinite(total.detach()).float()
+        if world > 1:  # every rank must skip together, or DDP's gradient all-reduce would hang
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        ok = bool(finite)
+        if ok:
+            total.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+            ok = bool(torch.isfinite(gnorm))
+        if ok:
+            optimizer.step()
+            ema.update(model)
+            counters["nonfinite_run"] = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            counters["nonfinite_total"] += 1
+            counters["nonfinite_run"] += 1
+            if rank == 0:
+                tqdm.write(f"train: step {step}: non-finite loss or gradient, step skipped "
+                           f"({counters['nonfinite_run']} in a row, {counters['nonfinite_total']} in total)")
+            if counters["nonfinite_run"] >= cfg.train.max_nonfinite:
+                checkpoint(step, None)
+                raise SystemExit(f"train: {counters['nonfinite_run']} non-finite steps in a row at step {step}: "
+                                 f"aborting (checkpoint saved to {ckpt_root / 'last'}); lower train.lr or check the data")
+        step += 1
+        steps_since += 1
+        bar.update(1)
+        if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
+            now = time.time()
+            scalars = {"train/loss": float(total.detach()), "train/lr": lr_now, "train/steps_per_s": steps_since / (now - t_last),
+                       "train/nonfinite_total": counters["nonfinite_total"]}
+            scalars.update({f"train/{k}": v for k, v in terms.items()})
+            g_mean = out.gates.detach().float().mean(dim=(0, 2, 3))
+            scalars.update({f"train/gate_{n}": float(g) for n, g in zip(expert_names, g_mean)})
+            log.log(step, scalars)
+            bar.set_postfix(loss=f"{float(total.detach()):.4f}", lr=f"{lr_now:.2e}")
+            t_last, steps_since = now, 0
+        metrics = None
+        if val_ds is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
+            metrics, baseline = validate(ema.module, val_ds, device, expert_names, baseline)
+            best_expert = max(expert_names, key=lambda n: baseline[n])
+            metrics["val/gain_over_best_expert"] = metrics["val/psnr"] - baseline[best_expert]
+            log.log(step, {**metrics, **{f"val/expert_{k}": v for k, v in baseline.items()}})
+            tqdm.write(f"train: step {step}: val PSNR fusion {metrics['val/psnr']:.3f} dB | "
+                       + " | ".join(f"{k} {v:.3f}" for k, v in baseline.items())
+                       + f" | gain over best expert ({best_expert}) {metrics['val/gain_over_best_expert']:+.3f} dB")
+        if world > 1:
+            dist.barrier()
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps or metrics is not None:
+            checkpoint(step, metrics)
+    bar.close()
+    if log is not None:
+        log.close()
+    summary = {"step": step, "best_psnr": counters["best_psnr"], "nonfinite_total": counters["nonfinite_total"],
+               "baseline": baseline}
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", nargs="?", help="run config YAML (e.g. configs/fusion.yaml); optional with --resume")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 data.batch_size=8")
+    ap.add_argument("--resume", type=Path, default=None, help="run directory to continue (runs/NAME)")
+    args = ap.parse_args(argv)
+    if args.config is not None and "=" in args.config:  # only overrides were given (with --resume)
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+    try:
+        if args.resume is not None:
+            saved = args.resume / "config.yaml"
+            if not saved.is_file():
+                raise SystemExit(f"train: {saved} not found: is {args.resume} a run directory?")
+            cfg = load_run_config(args.config or saved, args.overrides)
+            diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
+            if diffs:
+                raise SystemExit("train: cannot resume, the config differs from the run's: " + "; ".join(diffs))
+            run_dir = args.resume
+        else:
+            if args.config is None:
+                ap.error("a config file is required (or --resume RUN_DIR)")
+            cfg = load_run_config(args.config, args.overrides)
+            run_dir = Path(cfg.train.runs_dir) / cfg.train.name
+            if (run_dir / "ckpt").exists():
+                raise SystemExit(f"train: {run_dir} already holds a run: use --resume {run_dir} or another "
+                                 f"train.name=...")
+    except ConfigError as exc:
+        raise SystemExit(f"train: config error: {exc}") from exc
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if args.resume is None:
+            save_config(cfg, run_dir / "config.yaml")
+    summary = train(cfg, run_dir, resume=args.resume is not None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"train: done at step {summary['step']}; run directory {run_dir}")
+    return 0
+
 
 if __name__ == "__main__":
-    print("train.py: training is not implemented yet (see the 'train.py: cached and live training' issue).", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

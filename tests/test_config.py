@@ -26,6 +26,7 @@ class ModelCfg:
     act: Literal["gelu", "relu"] = "gelu"
     depths: tuple[int, ...] = (2, 2)
     dropout: float = 0.0
+    betas: tuple[float, int] = (0.9, 2)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def test_defaults_file_and_overrides(tmp_path):
     cfg = load_config(RootCfg, path, ["train.lr=1e-4", "model.depths=[3, 4, 5]", "seed=7", "train.name=run1"])
     assert cfg.model.width == 48
     assert cfg.model.depths == (3, 4, 5)
+    assert load_config(RootCfg, None, ["model.betas=[0.5, 3]"]).model.betas == (0.5, 3)
     assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
     assert cfg.train.name == "run1" and cfg.seed == 7
     assert cfg.train.ema is True
@@ -87,6 +89,8 @@ def test_int_is_accepted_for_float():
         (["model.act=silu"], "model.act: expected one of ['gelu', 'relu'], got 'silu'"),
         (["model.depths=[1, x]"], "model.depths[1]: expected int"),
         (["model=3"], "model: expected a mapping"),
+        (["model.betas=[0.5]"], "model.betas: expected 2 items"),
+        (["model.betas=[0.5, 0.5]"], "model.betas[1]: expected int, got 0.5"),
         (["model.width"], "not of the form dotted.key=value"),
         (["model..width=3"], "empty key"),
         (["seed.x=3"], "seed: expected int, got {'x': 3}"),

@@ -1,0 +1,232 @@
+"""Training losses for the fusion network, and the weighted combination used by a training stage.
+
+All image losses take ``sr``/``hr`` (B,3,H,W) float in [0,1] and return a scalar (mean over the batch):
+
+* :func:`l1_loss`, :func:`charbonnier_loss` (ε = 1e-3)
+* :func:`fft_loss` — L1 between the stacked real/imaginary parts of the 2-D FFTs (SFHformer uses weight 0.1),
+  with optional high-frequency emphasis ``1 + hf_weight · radius``
+* :func:`swt_loss` — L1 between the sub-bands of a 2-level stationary (undecimated) Haar wavelet transform
+* :func:`ssim_loss` — 1 − SSIM (11×11 Gaussian, σ = 1.5, per RGB channel, differentiable)
+* :func:`sobel_loss` — L1 between Sobel gradients (x and y)
+* :class:`VGGPerceptualLoss` — L1 between VGG19 features; the weights come from a local file (never downloaded)
+
+The gate load-balancing loss comes from the fusion model itself (its aux output) and is weighted here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LossWeights",
+    "l1_loss",
+    "charbonnier_loss",
+    "fft_loss",
+    "swt_loss",
+    "swt_haar",
+    "ssim_loss",
+    "sobel_loss",
+    "VGGPerceptualLoss",
+    "CombinedLoss",
+]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of each loss term in one training stage (0 = off)."""
+
+    l1: float = 0.0
+    charbonnier: float = 1.0
+    fft: float = 0.0
+    fft_hf_weight: float = 0.0  # high-frequency emphasis inside the FFT loss
+    swt: float = 0.0
+    ssim: float = 0.0
+    sobel: float = 0.0
+    balance: float = 0.01  # gate load-balancing (MoE) auxiliary loss
+    perceptual: float = 0.0
+
+
+def l1_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    return (sr - hr).abs().mean()
+
+
+def charbonnier_loss(sr: torch.Tensor, hr: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    return torch.sqrt((sr - hr) ** 2 + eps * eps).mean()
+
+
+def fft_loss(sr: torch.Tensor, hr: torch.Tensor, *, hf_weight: float = 0.0) -> torch.Tensor:
+    fs = torch.fft.rfft2(sr.float(), norm="ortho")
+    fh = torch.fft.rfft2(hr.float(), norm="ortho")
+    diff = torch.view_as_real(fs - fh).abs()  # (B,C,H,W//2+1,2): real/imag stacked
+    if hf_weight:
+        h, w = sr.shape[-2:]
+        fy = torch.fft.fftfreq(h, device=sr.device).abs()[:, None]
+        fx = torch.fft.rfftfreq(w, device=sr.device)[None, :]
+        radius = torch.sqrt(fy * fy + fx * fx) / (0.5 * 2**0.5)  # 0 at DC, 1 at the corner frequency
+        diff = diff * (1.0 + hf_weight * radius)[..., None]
+    return diff.mean()
+
+
+def swt_haar(x: torch.Tensor, *, levels: int = 2) -> list[torch.Tensor]:
+    """Stationary Haar wavelet transform (no decimation): ``[LH1, HL1, HH1, ..., LL_levels]`` each (B,C,H,W)."""
+    b, c, h, w = x.shape
+    lo = torch.tensor([0.5, 0.5], dtype=x.dtype, device=x.device)
+    hi = torch.tensor([0.5, -0.5], dtype=x.dtype, device=x.device)
+    bands = []
+    ll = x
+    for j in range(levels):
+        d = 2**j  # à trous: the filters are dilated at each level
+        kernels = torch.stack([torch.outer(a, b_) for a, b_ in ((lo, lo), (lo, hi), (hi, lo), (hi, hi))])  # (4,2,2)
+        weight = kernels[:, None].repeat(c, 1, 1, 1)  # (4C,1,2,2)
+        padded = F.pad(ll, (0, d, 0, d), mode="replicate")
+        out = F.conv2d(padded, weight, dilation=d, groups=c).view(b, c, 4, h, w)
+        ll = out[:, :, 0]
+        bands.extend([out[:, :, 1], out[:, :, 2], out[:, :, 3]])
+    bands.append(ll)
+    return bands
+
+
+def swt_loss(sr: torch.Tensor, hr: torch.Tensor, *, levels: int = 2) -> torch.Tensor:
+    return sum((a - b).abs().mean() for a, b in zip(swt_haar(sr, levels=levels), swt_haar(hr, levels=levels))) / (
+        3 * levels + 1
+    )
+
+
+def _gaussian_kernel(size: int = 11, sigma: float = 1.5, *, device=None, dtype=None) -> torch.Tensor:
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - (size - 1) / 2) ** 2) / (2 * sigma * sigma))
+    g = g / g.sum()
+    return torch.outer(g, g).to(device=device, dtype=dtype)
+
+
+def ssim_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """1 − mean SSIM over RGB channels (valid region; data range 1)."""
+    c = sr.shape[1]
+    win = _gaussian_kernel(device=sr.device, dtype=sr.dtype)[None, None].repeat(c, 1, 1, 1)
+    c1, c2 = 0.01**2, 0.03**2
+    mu1, mu2 = F.conv2d(sr, win, groups=c), F.conv2d(hr, win, groups=c)
+    s11 = F.conv2d(sr * sr, win, groups=c) - mu1 * mu1
+    s22 = F.conv2d(hr * hr, win, groups=c) - mu2 * mu2
+    s12 = F.conv2d(sr * hr, win, groups=c) - mu1 * mu2
+    ssim = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2))
+    return 1.0 - ssim.mean()
+
+
+def _sobel(x: torch.Tensor) -> torch.Tensor:
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
+    k = torch.stack([kx, kx.T])[:, None].repeat(x.shape[1], 1, 1, 1)  # (2C,1,3,3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])  # (B,2C,H,W)
+
+
+def sobel_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    return (_sobel(sr) - _sobel(hr)).abs().mean()
+
+
+class VGGPerceptualLoss(nn.Module):
+    """L1 between VGG19 feature maps (relu1_2, relu2_2, relu3_4, relu4_4, relu5_4 by default).
+
+    ``weights_path`` is a local torchvision ``vgg19`` state dict (``.pth`` loaded with ``weights_only=True`` or
+    ``.safetensors``), e.g. ``vgg19-dcbb9e9d.pth``. A missing file is an error naming it — nothing is downloaded.
+    """
+
+    # indices in torchvision's vgg19.features of the ReLU outputs
+    LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_4": 17, "relu4_4": 26, "relu5_4": 35}
+
+    def __init__(
+        self,
+        *,
+        weights_path: str | os.PathLike,
+        layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4"),
+        layer_weights: tuple[float, ...] = (0.1, 0.1, 1.0, 1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"VGG19 weights not found: {path}. Put torchvision's vgg19 ImageNet state dict there "
+                "(e.g. vgg19-dcbb9e9d.pth) or set the perceptual loss weight to 0."
+            )
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        # Only the convolutional part is used: the file's classifier.* tensors (if any) are dropped explicitly, and
+        # every features.* tensor must be present with the right shape (strict load).
+        bad = [k for k in state if not k.startswith(("features.", "classifier."))]
+        if bad:
+            raise ValueError(f"{path}: not a torchvision vgg19 state dict (unexpected keys {bad[:5]})")
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+        with torch.device("meta"):  # vgg19().features, without building (and randomly initialising) anything
+            features = make_layers(cfgs["E"], batch_norm=False)
+        features.load_state_dict(state, strict=True, assign=True)
+        unknown = [n for n in layers if n not in self.LAYERS]
+        if unknown or len(layers) != len(layer_weights):
+            raise ValueError(f"bad VGG layers {layers} / weights {layer_weights}")
+        last = max(self.LAYERS[n] for n in layers)
+        self.features = features[: last + 1].eval().requires_grad_(False)
+        self.taps = tuple(self.LAYERS[n] for n in layers)
+        self.layer_weights = layer_weights
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        fs, fh = self._feats(sr), self._feats(hr.detach())
+        return sum(w * (a - b).abs().mean() for w, a, b in zip(self.layer_weights, fs, fh))
+
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:  # the feature extractor always stays in eval mode
+        super().train(mode)
+        self.features.eval()
+        return self
+
+
+class CombinedLoss(nn.Module):
+    """Weighted sum of the terms of :class:`LossWeights`; returns ``(total, {term: value})`` (values detached)."""
+
+    def __init__(self, *, perceptual: VGGPerceptualLoss | None = None) -> None:
+        super().__init__()
+        self.perceptual = perceptual
+
+    def forward(
+        self, sr: torch.Tensor, hr: torch.Tensor, weights: LossWeights, *, balance: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        terms: dict[str, torch.Tensor] = {}
+        if weights.l1:
+            terms["l1"] = l1_loss(sr, hr)
+        if weights.charbonnier:
+            terms["charbonnier"] = charbonnier_loss(sr, hr)
+        if weights.fft:
+            terms["fft"] = fft_loss(sr, hr, hf_weight=weights.fft_hf_weight)
+        if weights.swt:
+            terms["swt"] = swt_loss(sr, hr)
+        if weights.ssim:
+            terms["ssim"] = ssim_loss(sr, hr)
+        if weights.sobel:
+            terms["sobel"] = sobel_loss(sr, hr)
+        if weights.balance and balance is not None:
+            terms["balance"] = balance
+        if weights.perceptual:
+            if self.perceptual is None:
+                raise ValueError("the stage weights the perceptual loss but no VGG19 weights were configured")
+            terms["perceptual"] = self.perceptual(sr, hr)
+        if not terms:
+            raise ValueError(f"every loss weight is zero: {weights}")
+        total = sum(getattr(weights, k) * v for k, v in terms.items())
+        return total, {k: float(v.detach()) for k, v in terms.items()}

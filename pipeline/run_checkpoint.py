@@ -1,0 +1,162 @@
+"""Training checkpoints of a run: ``runs/<name>/ckpt/``.
+
+Each checkpoint is a directory ``step_XXXXXXXX/`` holding
+
+* ``model.safetensors`` + ``config.json`` — the **EMA** weights and everything needed to rebuild the model
+  (:func:`pipeline.model_io.save_pretrained`; ``extra`` carries expert fingerprints, cache schema, step, metrics);
+* ``SHA256SUMS`` — sha256 of ``model.safetensors`` and ``config.json`` (verified by scripts/submit.py);
+* ``train_state.pt`` — raw weights, optimiser, scheduler, EMA, step, RNG state, counters; plain tensors and
+  containers only, loaded with ``torch.load(..., weights_only=True)``.
+
+``last`` and ``best`` are symbolic links to checkpoint directories. A checkpoint is written completely into a
+temporary directory, fsynced and renamed into place, and only then does a link swap (``os.replace`` of a symlink,
+atomic) publish it — so a kill at any moment leaves ``last`` pointing at a complete checkpoint. The K best
+checkpoints by validation PSNR are kept, plus ``last``; older ones are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experts.loading import sha256_file
+from pipeline.fusion_net import FusionNet
+from pipeline.model_io import read_extra, save_pretrained
+
+__all__ = ["TRAIN_STATE", "CHECKSUMS", "ChecksumError", "save_checkpoint", "load_train_state", "resolve_checkpoint",
+           "prune_checkpoints", "write_checksums", "verify_checksums"]
+
+TRAIN_STATE = "train_state.pt"
+_DONE = "COMPLETE"
+
+CHECKSUMS = "SHA256SUMS"
+_CHECKED_FILES = ("model.safetensors", "config.json")
+
+
+class ChecksumError(RuntimeError):
+    """A checkpoint file is missing or differs from its recorded sha256."""
+
+
+def write_checksums(ckpt_dir: str | os.PathLike) -> Path:
+    d = Path(ckpt_dir)
+    lines = [f"{sha256_file(d / name)}  {name}\n" for name in _CHECKED_FILES]
+    (d / CHECKSUMS).write_text("".join(lines))
+    return d / CHECKSUMS
+
+
+def verify_checksums(ckpt_dir: str | os.PathLike) -> None:
+    d = Path(ckpt_dir)
+    sums = d / CHECKSUMS
+    if not sums.is_file():
+        raise ChecksumError(f"{sums} is missing: cannot verify the checkpoint (re-save it with train.py)")
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        f = d / name
+        if not f.is_file():
+            raise ChecksumError(f"checkpoint file missing: {f}")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise ChecksumError(f"{f} was modified: sha256 {actual[:16]}… differs from the recorded {digest[:16]}…")
+
+
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link(ckpt_root: Path, name: str, target: Path) -> None:
+    tmp = ckpt_root / f".{name}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target.name, tmp)
+    os.replace(tmp, ckpt_root / name)
+
+
+def save_checkpoint(
+    ckpt_root: str | os.PathLike,
+    *,
+    step: int,
+    ema_model: FusionNet,
+    train_state: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    is_best: bool = False,
+) -> Path:
+    """Write ``step_XXXXXXXX/`` atomically, then point ``last`` (and ``best`` if ``is_best``) at it."""
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_pretrained(ema_model, tmp, extra=dict(extra, step=step))
+    write_checksums(tmp)  # submit.py refuses a checkpoint whose weights or config were modified afterwards
+    torch.save(dict(train_state), tmp / TRAIN_STATE)
+    (tmp / _DONE).write_text(json.dumps({"step": step}))
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving the same step (e.g. abort right after a periodic save)
+        old = root / f".old_step_{step:08d}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _link(root, "last", final)
+    if is_best:
+        _link(root, "best", final)
+    return final
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, which: str = "last") -> Path:
+    """A run directory (→ its ``ckpt/<which>``), a ``ckpt/`` directory, or a checkpoint directory → the checkpoint
+    directory. Raises FileNotFoundError naming what is missing."""
+    p = Path(path)
+    for cand in (p / "ckpt" / which, p / which, p):
+        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
+            if (cand / _DONE).exists() or not (cand / TRAIN_STATE).exists():
+                return cand.resolve()
+    raise FileNotFoundError(f"no complete checkpoint at {p} (looked for ckpt/{which}/, {which}/ and the folder itself)")
+
+
+def load_train_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(ckpt_dir) / TRAIN_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"training state not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def prune_checkpoints(ckpt_root: str | os.PathLike, *, keep_best: int) -> list[Path]:
+    """Delete checkpoint directories that are neither ``last``, ``best`` nor among the ``keep_best`` highest
+    validation PSNRs (``extra.val_psnr``); unfinished temporary directories are removed too. Returns deleted dirs."""
+    root = Path(ckpt_root)
+    keep = {(root / n).resolve() for n in ("last", "best") if (root / n).is_symlink()}
+    scored = []
+    for d in root.glob("step_*"):
+        try:
+            psnr = read_extra(d).get("val_psnr")
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not kept for its score
+            psnr = None
+        if psnr is not None:
+            scored.append((float(psnr), d.resolve()))
+    keep |= {d for _, d in sorted(scored, reverse=True)[: max(keep_best, 0)]}
+    removed = []
+    for d in root.glob("step_*"):
+        if d.resolve() not in keep:
+            shutil.rmtree(d)
+            removed.append(d)
+    for d in root.glob(".tmp_step_*"):
+        shutil.rmtree(d, ignore_errors=True)
+    return removed

@@ -1,0 +1,112 @@
+"""The schema of a training run (``python train.py CONFIG [dotted.overrides ...]``).
+
+A run config has four sections — ``model`` (:class:`pipeline.fusion_net.FusionConfig`), ``data``, ``train`` and
+``loss`` — validated strictly like every config (unknown keys and wrong types are errors). The resolved config is
+saved as ``runs/<name>/config.yaml``.
+
+Effective batch and learning rate under ``torchrun --nproc_per_node N``: every rank takes ``data.batch_size`` crops
+per step, so the effective batch is ``N × data.batch_size``; ``train.lr`` is used as given (scale it yourself, e.g.
+linearly with N, if you change N).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import ConfigError, load_config
+from pipeline.fusion_net import FusionConfig
+from pipeline.losses import LossWeights
+
+__all__ = ["DataConfig", "StageConfig", "TrainConfig", "LossConfig", "SubmissionConfig", "RunConfig", "load_run_config"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    mode: Literal["cached", "live"] = "cached"
+    train_cache: str = "caches/train.h5"  # cached mode: HDF5 cache from scripts/extract_features.py
+    val_cache: str | None = None  # full-image validation cache (fusion vs each expert vs their mean)
+    experts: str | None = None  # expert YAML: needed in live mode; in cached mode, optional fingerprint check
+    train_hr: str | None = None  # live mode: HR image folder (LR made on the fly with the MATLAB bicubic)
+    patch: int = 48  # LR patch side (HR/SR patches are scale × patch)
+    batch_size: int = 16  # per process
+    repeat: int = 1
+    num_workers: int = 2
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Loss weights used while ``step < until_step`` (stages are ordered; the last one runs to the end)."""
+
+    name: str = "pixel"
+    until_step: int = 1_000_000_000
+    weights: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "fusion"  # run directory: runs_dir/name
+    runs_dir: str = "runs"
+    steps: int = 20_000
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.01  # cosine decays to lr × min_lr_ratio
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    ema_decay: float = 0.999
+    ema_warmup: bool = False
+    seed: int = 0
+    log_every: int = 50
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    keep_best: int = 3  # keep the K best checkpoints by validation PSNR (plus last)
+    max_nonfinite: int = 20  # consecutive NaN/Inf steps before aborting (a checkpoint is saved first)
+    bf16: bool = True  # bf16 autocast on CUDA (CPU always trains in fp32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads in the main process (0 = leave torch's default)
+    stages: tuple[StageConfig, ...] = (StageConfig(),)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    vgg_weights: str | None = None  # local torchvision vgg19 state dict, needed if any stage weights `perceptual`
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """What the challenge's readme.txt declares (scripts/submit.py copies it from the checkpoint)."""
+
+    extra_data: bool = False  # trained on data beyond the challenge's training set (DIV2K/LSDIR for NTIRE)?
+    description: str = ""  # appended to the generated method description
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: FusionConfig = field(default_factory=FusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+
+
+def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
+    cfg = load_config(RunConfig, path, overrides)
+    t, d = cfg.train, cfg.data
+    if t.steps < 1 or t.warmup_steps < 0 or t.warmup_steps > t.steps:
+        raise ConfigError(f"train: need steps >= 1 and 0 <= warmup_steps <= steps, got {t.steps}/{t.warmup_steps}")
+    if not t.stages:
+        raise ConfigError("train.stages: at least one stage is needed")
+    bounds = [s.until_step for s in t.stages]
+    if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+        raise ConfigError(f"train.stages: until_step must increase strictly, got {bounds}")
+    if d.patch < 8 or d.batch_size < 1:
+        raise ConfigError(f"data: patch must be >= 8 and batch_size >= 1, got {d.patch}/{d.batch_size}")
+    if d.mode == "live" and (d.experts is None or d.train_hr is None):
+        raise ConfigError("data.mode=live needs data.experts (expert YAML) and data.train_hr (HR folder)")
+    if any(s.weights.perceptual for s in t.stages) and cfg.loss.vgg_weights is None:
+        raise ConfigError("a stage weights the perceptual loss: set loss.vgg_weights to a local vgg19 state dict")
+    return cfg

@@ -1,0 +1,256 @@
+"""train.py: schedule, stages, a tiny cached run that learns, checkpoints, bit-exact resume after SIGKILL, refusal
+to resume with another config/cache, the NaN guard, atomic checkpoints, live mode and 2-process DDP (gloo)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import train as train_mod
+from pipeline.config import ConfigError
+from pipeline.losses import CombinedLoss
+from pipeline.model_io import load_pretrained, read_extra
+from pipeline.run_checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
+from pipeline.train_config import StageConfig, load_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_compact_experts, tmp_path_factory) -> Path:
+    from scripts import extract_features
+
+    out = tmp_path_factory.mktemp("train_cache") / "train.h5"
+    threads = torch.get_num_threads()
+    try:
+        assert extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
+                                      "--hr", str(tiny_compact_experts["hr"]), "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _write_config(path: Path, cache: Path, runs: Path, **train_over) -> Path:
+    model = yaml.safe_load((REPO / "configs" / "fusion_tiny.yaml").read_text())["model"]
+    cfg = {
+        "model": model,
+        "data": {"train_cache": str(cache), "val_cache": str(cache), "patch": 16, "batch_size": 4, "num_workers": 0},
+        "train": {"runs_dir": str(runs), "name": "tiny", "steps": 60, "lr": 2e-3, "log_every": 5, "val_every": 30,
+                  "ckpt_every": 30, "ema_decay": 0.9, "threads": 1, **train_over},
+    }
+    cfg["train"]["warmup_steps"] = min(5, cfg["train"]["steps"])
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(argv: list[str]) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return train_mod.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _csv(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def test_lr_schedule_and_stage_switching(tmp_path):
+    cfg = load_run_config(None, ["train.steps=100", "train.warmup_steps=10", "train.lr=1e-3", "train.min_lr_ratio=0.1"])
+    assert train_mod.lr_at(0, cfg) == pytest.approx(1e-4)
+    assert train_mod.lr_at(9, cfg) == pytest.approx(1e-3)
+    assert train_mod.lr_at(10, cfg) == pytest.approx(1e-3)
+    assert train_mod.lr_at(55, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way down the cosine
+    assert train_mod.lr_at(100, cfg) == pytest.approx(1e-4)
+    stages = (StageConfig(name="pixel", until_step=10), StageConfig(name="freq", until_step=20),
+              StageConfig(name="perceptual"))
+    assert [train_mod.stage_at(s, stages).name for s in (0, 9, 10, 19, 20, 10**6)] == \
+        ["pixel", "pixel", "freq", "freq", "perceptual", "perceptual"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.stages=[{name: a, until_step: 5}, {name: b, until_step: 5}]"], "must increase strictly"),
+        (["data.mode=live"], "needs data.experts"),
+        (["train.stages=[{weights: {perceptual: 1.0}}]"], "loss.vgg_weights"),
+        (["train.warmup_steps=10", "train.steps=5"], "warmup_steps"),
+        (["train.stages=[{weights: {l2: 1.0}}]"], r"unknown key\(s\) 'train\.stages\[0\]\.weights\.l2'"),
+    ],
+)
+def test_run_config_validation(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, overrides)
+
+
+def test_tiny_cached_run_learns_and_saves_everything(tiny_cache, tmp_path, capsys):
+    cfg_path = _write_config(tmp_path / "cfg.yaml", tiny_cache, tmp_path / "runs")
+    assert _run([str(cfg_path)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    out = capsys.readouterr()
+    assert "val PSNR fusion" in out.err + out.out and "gain over best expert" in out.err + out.out
+    log = _csv(run)
+    losses = [v for _, v in log["train/loss"]]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss goes down
+    fused = log["val/psnr"][-1][1]
+    mean = log["val/expert_mean"][-1][1]
+    best = max(log["val/expert_noisy"][-1][1], log["val/expert_calm"][-1][1])
+    assert fused > mean + 0.1, (fused, mean, best)  # learning, on its own tiny training data
+    assert {"val/ssim", "train/gate_noisy", "train/gate_calm", "val/gate_calm", "train/charbonnier"} <= set(log)
+
+    # run directory: resolved config, checkpoints with EMA weights + fingerprints, train state, TensorBoard
+    assert load_run_config(run / "config.yaml").train.steps == 60
+    last = resolve_checkpoint(run)
+    assert last.name == "step_00000060" and (run / "ckpt" / "best").is_symlink()
+    extra = read_extra(last)
+    assert [e["name"] for e in extra["experts"]] == ["noisy", "calm"] and len(extra["experts"][0]["sha256"]) == 64
+    assert extra["cache"]["schema_version"] == 1 and extra["val_psnr"] == pytest.approx(fused, abs=1e-6)
+    model = load_pretrained(last)
+    state = load_train_state(last)  # weights_only=True inside
+    ema_weights = load_file(str(last / "model.safetensors"))
+    ema_state = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    torch.testing.assert_close(ema_weights, ema_state)  # model.safetensors holds the EMA weights
+    assert model.config.inputs.feat_channels == (8, 8)  # read from the cache fingerprints, not the YAML's (48,60,28)
+    assert any((run / "tb").iterdir())
+    # a second start with the same name refuses to overwrite the run
+    with pytest.raises(SystemExit, match="already holds a run"):
+        _run([str(cfg_path)])
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(resolve_checkpoint(run) / "model.safetensors"))
+
+
+def test_resume_after_sigkill_is_bit_identical(tiny_cache, tmp_path):
+    common = {"steps": 24, "ckpt_every": 8, "val_every": 1000, "log_every": 4}
+    ref_cfg = _write_config(tmp_path / "ref.yaml", tiny_cache, tmp_path / "runs", name="ref", **common)
+    assert _run([str(ref_cfg)]) == 0
+    reference = _final_weights(tmp_path / "runs" / "ref")
+
+    cfg = _write_config(tmp_path / "cut.yaml", tiny_cache, tmp_path / "runs", name="cut", **common)
+    run = tmp_path / "runs" / "cut"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(cfg)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if (run / "ckpt" / "step_00000008" / "COMPLETE").exists():  # killed between checkpoints 8 and 16
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert resolve_checkpoint(run).name in ("step_00000008", "step_00000016")
+    assert _run(["--resume", str(run)]) == 0
+    resumed = _final_weights(run)
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(resumed[k], reference[k]), k
+    steps = [s for s, _ in _csv(run)["train/loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 24  # the log has no duplicated steps after the resume
+
+
+def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, tmp_path):
+    cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=4, val_every=1000)
+    assert _run([str(cfg)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
+        _run([str(cfg), "train.lr=0.1", "--resume", str(run)])
+    # same config, but the cache at that path now holds other data
+    from scripts import extract_features
+
+    hr = tmp_path / "hr_subset"
+    hr.mkdir()
+    for p in sorted(tiny_compact_experts["hr"].glob("*.png"))[:3]:
+        (hr / p.name).write_bytes(p.read_bytes())
+    moved = tmp_path / "train.h5"
+    assert extract_features.main(["--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr),
+                                  "--out", str(moved)]) == 0
+    cfg2 = _write_config(tmp_path / "c.yaml", moved, tmp_path / "runs", steps=4, ckpt_every=4, val_every=1000)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"]["train_cache"] = saved["data"]["val_cache"] = str(moved)  # pretend the run used that path
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(SystemExit, match=r"training data differ.*images"):
+        _run([str(cfg2), "--resume", str(run)])
+
+
+def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
+    real = CombinedLoss.forward
+    calls = {"n": 0}
+
+    def flaky(self, sr, hr, weights, *, balance=None):
+        calls["n"] += 1
+        total, terms = real(self, sr, hr, weights, balance=balance)
+        return (total * float("nan") if calls["n"] in (2, 3) or calls["n"] >= 6 else total), terms
+
+    monkeypatch.setattr(CombinedLoss, "forward", flaky)
+    cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=30, val_every=1000,
+                        ckpt_every=1000, max_nonfinite=4)
+    with pytest.raises(SystemExit, match="4 non-finite steps in a row at step 8"):
+        _run([str(cfg)])
+    state = load_train_state(resolve_checkpoint(tmp_path / "runs" / "tiny"))
+    assert state["step"] == 8 and state["counters"]["nonfinite_total"] == 6
+    for v in state["model"].values():
+        assert torch.isfinite(v).all()  # skipped steps never touched the weights
+
+
+def test_checkpoint_write_is_atomic_under_a_crash(tiny_cache, tmp_path, monkeypatch):
+    cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=4, val_every=1000)
+    assert _run([str(cfg)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    before = resolve_checkpoint(run)
+    model = load_pretrained(before)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated) while writing train_state.pt")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(run / "ckpt", step=8, ema_model=model, train_state={"step": 8}, extra={})
+    assert resolve_checkpoint(run) == before  # `last` still points at the complete checkpoint
+    assert not (run / "ckpt" / "step_00000008").exists()
+    load_pretrained(resolve_checkpoint(run))
+
+
+def test_live_mode_runs_the_experts(tiny_compact_experts, tmp_path):
+    cfg = _write_config(tmp_path / "c.yaml", tmp_path / "unused.h5", tmp_path / "runs", steps=3, ckpt_every=3,
+                        val_every=1000, log_every=1)
+    data = yaml.safe_load(cfg.read_text())
+    data["data"].update({"mode": "live", "experts": str(tiny_compact_experts["yaml"]),
+                         "train_hr": str(tiny_compact_experts["hr"]), "val_cache": None})
+    cfg.write_text(yaml.safe_dump(data))
+    assert _run([str(cfg)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    assert len(_csv(run)["train/loss"]) == 3
+    assert [e["name"] for e in read_extra(resolve_checkpoint(run))["experts"]] == ["noisy", "calm"]
+
+
+def test_ddp_two_gloo_processes(tiny_cache, tmp_path):
+    cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=2, val_every=4,
+                        log_every=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(REPO / "train.py"), str(cfg)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    assert resolve_checkpoint(run).name == "step_00000004"
+    log = _csv(run)
+    assert [s for s, _ in log["train/loss"]] == [2, 4]  # rank 0 alone logs
+    assert math.isfinite(log["val/psnr"][-1][1])
