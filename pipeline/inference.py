@@ -1,0 +1,123 @@
+"""Full-pipeline inference: a trained fusion checkpoint + the experts it was trained with → SR images.
+
+* :func:`load_pipeline` verifies the checkpoint (``SHA256SUMS``), rebuilds the fusion network, and loads the experts
+  from the fingerprints stored in the checkpoint — or from a user's expert YAML (other paths, devices, tiles), whose
+  files must then have the same sha256, architecture, hook layers and input as the fingerprints.
+* :func:`super_resolve` runs experts + fusion on one LR image, optionally with the ×8 self-ensemble (flips × rot90 of
+  the whole pipeline, outputs mapped back and averaged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cache.dataset import augment
+from experts.ensemble import ExpertEnsemble
+from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
+from pipeline.fusion_net import FusionNet
+from pipeline.model_io import load_pretrained, read_extra
+from pipeline.run_checkpoint import resolve_checkpoint, verify_checksums
+
+__all__ = ["FusionPipeline", "load_pipeline", "super_resolve", "deaugment"]
+
+@dataclass
+class FusionPipeline:
+    fusion: FusionNet
+    ensemble: ExpertEnsemble
+    checkpoint: Path
+    extra: dict[str, Any]
+    device: torch.device
+
+    @property
+    def scale(self) -> int:
+        return self.ensemble.scale
+
+
+def _spec_from_fingerprints(fps: list[dict[str, Any]], *, scale: int, device: str, tile: int) -> EnsembleSpec:
+    experts = tuple(
+        ExpertSpec(name=fp["name"], checkpoint=fp["checkpoint"], architecture=fp["architecture"], scale=fp["scale"],
+                   hooks=tuple(fp["hook_layers"]), input=fp["input"], precision=fp["precision"], device=device,
+                   tile=tile, sha256=fp["sha256"])
+        for fp in fps
+    )
+    return EnsembleSpec(experts=experts, scale=scale)
+
+
+def _spec_from_yaml(path: Path, fps: list[dict[str, Any]], *, device: str | None, tile: int | None) -> EnsembleSpec:
+    spec = load_ensemble_spec(path)
+    names = [e.name for e in spec.experts]
+    if names != [fp["name"] for fp in fps]:
+        raise ValueError(f"{path} lists experts {names}; the fusion was trained with {[fp['name'] for fp in fps]}")
+    experts = []
+    for e, fp in zip(spec.experts, fps):
+        if e.architecture != fp["architecture"] or e.input != fp["input"]:
+            raise ValueError(f"{path}: expert {e.name!r} is {e.architecture}/{e.input}, the fusion was trained with "
+                             f"{fp['architecture']}/{fp['input']}")
+        if e.hooks and tuple(e.hooks) != tuple(fp["hook_layers"]):
+            raise ValueError(f"{path}: expert {e.name!r} hooks {list(e.hooks)}, trained with {fp['hook_layers']}")
+        if e.sha256 is not None and e.sha256 != fp["sha256"]:
+            raise ValueError(f"{path}: expert {e.name!r} pins sha256 {e.sha256[:12]}…, trained with {fp['sha256'][:12]}…")
+        changes: dict[str, Any] = {"sha256": fp["sha256"], "hooks": tuple(fp["hook_layers"])}  # loading verifies it
+        if device is not None:
+            changes["device"] = device
+        if tile is not None:
+            changes["tile"] = tile
+        experts.append(dataclasses.replace(e, **changes))
+    return EnsembleSpec(experts=tuple(experts), scale=spec.scale)
+
+
+def load_pipeline(
+    run_or_ckpt: str | os.PathLike,
+    *,
+    experts_yaml: str | os.PathLike | None = None,
+    device: str = "cpu",
+    tile: int | None = None,
+) -> FusionPipeline:
+    """Run dir (its ``best`` checkpoint) or checkpoint dir → verified fusion + the experts it was trained with."""
+    ckpt = resolve_checkpoint(run_or_ckpt, which="best")
+    verify_checksums(ckpt)
+    extra = read_extra(ckpt)
+    fps = extra.get("experts")
+    if not fps:
+        raise ValueError(f"{ckpt}: config.json records no expert fingerprints; cannot know which experts to run")
+    fusion = load_pretrained(ckpt, device=device)
+    if tuple(fusion.config.inputs.feat_channels) != tuple(int(fp["feature_channels"]) for fp in fps):
+        raise ValueError(f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
+                         f"recorded experts' {[fp['feature_channels'] for fp in fps]}")
+    scale = int(extra.get("scale", 4))
+    if experts_yaml is not None:
+        spec = _spec_from_yaml(Path(experts_yaml), fps, device=device, tile=tile)
+    else:
+        spec = _spec_from_fingerprints(fps, scale=scale, device=device, tile=tile or 0)
+    ensemble = ExpertEnsemble.from_spec(spec, gather_device=device)
+    got = [fp.feature_channels for fp in ensemble.fingerprints]
+    if got != [int(fp["feature_channels"]) for fp in fps]:
+        raise ValueError(f"experts give feature widths {got}, the fusion was trained with "
+                         f"{[fp['feature_channels'] for fp in fps]}")
+    return FusionPipeline(fusion=fusion, ensemble=ensemble, checkpoint=ckpt, extra=extra, device=torch.device(device))
+
+
+def deaugment(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`cache.dataset.augment` (flip first, then rotate back)."""
+    if k >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, -(k % 4), dims=(-2, -1))
+
+
+@torch.inference_mode()
+def super_resolve(pipe: FusionPipeline, lr: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
+    """``lr (1,3,H,W)`` in [0,1] → ``sr (1,3,sH,sW)`` in [0,1] (not quantised)."""
+    lr = lr.to(pipe.device)
+    outs = []
+    for k in range(8) if tta else (0,):
+        x = augment(lr, k)
+        srs, feats = pipe.ensemble(x)
+        sr = pipe.fusion.forward_with_precomputed(x, srs, feats).sr
+        outs.append(deaugment(sr, k))
+    return torch.stack(outs).mean(dim=0).clamp_(0, 1)
