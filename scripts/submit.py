@@ -10,6 +10,9 @@
   bound memory); outputs are written atomically as PNG with exactly the input file names (``0901x4.png`` stays
   ``0901x4.png``).
 * ``--tta``: ×8 self-ensemble (flips × rot90) of the whole pipeline.
+* ``--refiner configs/refiner/tsdsr.yaml``: perceptual track — every fused image is refined by the one-step TSD-SR
+  diffusion model (pipeline/refiner/; lowers PSNR, never use it for the fidelity track). ``--refiner-override
+  key=value`` changes a refiner config value (e.g. ``device=cuda:1``).
 * ``readme.txt`` in the NTIRE format with the measured runtime per image; ``--zip`` packs PNGs + readme.txt at the
   zip root (``OUT_DIR.zip``) and checks the image count.
 * Every input problem (empty/missing input folder, non-image files, an LR too small for the experts, an unwritable
@@ -32,6 +35,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_write_text
 from pipeline.imageio import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, read_image, write_image
 from pipeline.inference import FusionPipeline, load_pipeline, super_resolve
+from pipeline.refiner import RefinerError
 from pipeline.run_checkpoint import ChecksumError
 
 
@@ -72,13 +76,24 @@ def check_output(out_dir: Path) -> None:
         raise SubmitError(f"output folder {out_dir} is not writable: {exc}") from exc
 
 
-def readme_text(pipe: FusionPipeline, *, runtime: float, tta: bool) -> str:
+def load_refiner(path: Path, overrides: list[str]):
+    """The TSD-SR refiner (imports diffusers, so only when asked for); every file is checked before any work."""
+    from pipeline.config import load_config
+    from pipeline.refiner import RefinerConfig
+    from pipeline.refiner.tsdsr import TSDSRRefiner
+
+    return TSDSRRefiner.from_config(load_config(RefinerConfig, path, overrides))
+
+
+def readme_text(pipe: FusionPipeline, *, runtime: float, tta: bool, refined: bool = False) -> str:
     sub = pipe.extra.get("submission", {})
     experts = ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in pipe.extra["experts"])
     params = sum(p.numel() for p in pipe.fusion.parameters())
     description = (f"Multi-expert fusion: frozen experts {experts}; a {params / 1e3:.0f}K-parameter fusion network "
                    f"(frequency decomposition, cross-expert attention, per-pixel gating) trained on the experts' "
                    f"outputs; self-ensemble x8: {'yes' if tta else 'no'}.")
+    if refined:
+        description += " Perceptual refinement: one-step TSD-SR (SD3-medium + TSD-SR LoRA) on the fused image."
     if sub.get("description"):
         description += " " + sub["description"]
     return (
@@ -115,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
     ap.add_argument("--tta", action="store_true", help="x8 self-ensemble (flips x rot90)")
     ap.add_argument("--zip", action="store_true", help="also write OUTPUT.zip (PNGs + readme.txt at the root)")
+    ap.add_argument("--refiner", type=Path, default=None, help="TSD-SR refiner config (perceptual track)")
+    ap.add_argument("--refiner-override", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
 
     try:
@@ -125,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output(args.output)
         if args.output.resolve() == args.input.resolve():
             raise SubmitError("--output must differ from --input (outputs keep the input file names)")
-    except (SubmitError, ChecksumError, FileNotFoundError, ValueError) as exc:
+        refiner = load_refiner(args.refiner, args.refiner_override) if args.refiner is not None else None
+    except (SubmitError, ChecksumError, FileNotFoundError, ValueError, RefinerError) as exc:
         print(f"submit: {exc}", file=sys.stderr)
         return 2
 
@@ -138,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(pipe.device)
         t0 = time.perf_counter()
         sr = super_resolve(pipe, lr, tta=args.tta)
+        if refiner is not None:
+            sr = refiner(sr)
         if pipe.device.type == "cuda":
             torch.cuda.synchronize(pipe.device)
         times.append(time.perf_counter() - t0)
         write_image(args.output / f"{f.stem}.png", sr.cpu())
     runtime = sum(times) / len(times)
-    atomic_write_text(args.output / "readme.txt", readme_text(pipe, runtime=runtime, tta=args.tta))
+    atomic_write_text(args.output / "readme.txt",
+                      readme_text(pipe, runtime=runtime, tta=args.tta, refined=refiner is not None))
     print(f"submit: wrote {len(files)} images + readme.txt to {args.output} ({runtime:.2f} s/image)")
     if args.zip:
         try:

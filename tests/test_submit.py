@@ -143,3 +143,32 @@ def test_expert_checkpoint_swapped_is_an_error(trained_run, tiny_compact_experts
     code = submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "o"),
                         "--experts", str(swapped)])
     assert code == 2 and "sha256" in capsys.readouterr().err
+
+
+def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsys):
+    """--refiner runs the TSD-SR stage (tiny random SD3 here) on the fused images; a missing refiner file is an
+    error before any work."""
+    from pipeline.config import config_to_dict
+    from pipeline.refiner.testing import write_tiny_setup
+
+    setup = write_tiny_setup(tmp_path / "tsdsr")
+    cfg_path = tmp_path / "refiner.yaml"
+    cfg_path.write_text(yaml.safe_dump(config_to_dict(setup.config)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "plain")]) == 0
+        assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "ref"),
+                            "--refiner", str(cfg_path)]) == 0
+        for name in ("0901x4.png", "0902x4.png"):
+            a, b = read_image(tmp_path / "plain" / name), read_image(tmp_path / "ref" / name)
+            assert a.shape == b.shape and (a - b).abs().mean() > 1e-3  # the refiner really changed the image
+        assert "TSD-SR" in (tmp_path / "ref" / "readme.txt").read_text()
+        (setup.root / "embeddings" / "pool_embeds.pt").unlink()
+        capsys.readouterr()
+        code = submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "x"),
+                            "--refiner", str(cfg_path)])
+        assert code == 2 and "pool_embeds.pt" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists() or not any((tmp_path / "x").glob("*.png"))
+    finally:
+        torch.set_num_threads(threads)
