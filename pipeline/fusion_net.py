@@ -1,10 +1,10 @@
 """The trainable fusion network: LR image + E expert SR images + their hooked features → fused ×4 SR image.
 
-Data flow (LR = H×W, HR = 4H×4W; C = ``width``; every phase can be switched off in the config):
+Data flow (LR = H×W, HR = 4H×4W; C = ``width``, T = ``token_channels``; every phase can be switched off):
 
-1. inputs        ExpertEmbed2d            tokens (B,E,C,H,W) from features + SR images, trunk x (B,C,H,W)
+1. inputs        ExpertEmbed2d            tokens (B,E,T,H,W) from features + SR images, trunk x (B,C,H,W)
 2. freq          FrequencyDecomposition2d 9 bands of a narrow projection of x (block DCT 3, Haar 4, FFT 2)
-                 BandFusion2d             → 3 guidance bands (B,3,C,H,W); with freq off: 3 projections of x
+                 BandFusion2d             → 3 guidance bands (B,3,T,H,W); with freq off: 3 projections of x
 3. cross_band    CrossBandAttention2d     x and the 3 guidance bands attend to each other per pixel, + LKA
 4. cross_expert  CrossExpertAttention2d   expert tokens attend to each other per pixel, modulated merge, + LKA
    fourier_unit  FourierUnit2d            global FFT branch on the trunk (SFHformer-style)
@@ -93,9 +93,7 @@ class FreqConfig:
     enabled: bool = True
     channels: int = 16  # width of the band components (the trunk is projected down before the transforms)
     dct_block: int = 8
-    # initial (or fixed) thresholds (low|mid, mid|high) on the DCT radius u+v (0..14); 2 values. (Typed
-    # tuple[float, ...]: pipeline/config.py mis-handles fixed-length tuple[X, Y] annotations.)
-    dct_split: tuple[float, ...] = (2.5, 6.5)
+    dct_split: tuple[float, float] = (2.5, 6.5)  # initial (or fixed) DCT radius (u+v, 0..14) thresholds
     dct_softness: float = 0.25
     adaptive_split: bool = True  # predict the DCT split per image
     split_hidden: int = 32
@@ -127,7 +125,7 @@ class FourierUnitConfig:
 @dataclass(frozen=True)
 class HierarchicalConfig:
     enabled: bool = True
-    inner_channels: int = 92  # stage 1 (LR) U-Net body width (runs at half LR resolution)
+    inner_channels: int = 96  # stage 1 (LR) U-Net body width (runs at half LR resolution)
     blocks: int = 3  # stage 1 dense residual blocks
     mid_channels: int = 24  # stage 2 (½ HR) width
     hr_channels: int = 8  # stage 3 (HR) width
@@ -168,7 +166,10 @@ class HessianConfig:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    width: int = 64
+    width: int = 64  # trunk width at LR resolution
+    # Width of the per-pixel tokens that attention runs over (guidance bands, experts): narrower than the trunk,
+    # because per-pixel attention over K tokens costs K× a 1×1 conv at this width.
+    token_channels: int = 32
     # None: start as the experts' mean. An index: start exactly as that expert (a learnable mix, initially 0,
     # moves towards the gated mixture; needs gating to learn to use the others).
     start_expert: int | None = None
@@ -214,8 +215,8 @@ def _validate(cfg: FusionConfig) -> None:
     if cfg.start_expert is not None and not 0 <= cfg.start_expert < e:
         raise ConfigError(f"start_expert={cfg.start_expert} is not an expert index (E={e})")
     for name, sub in (("cross_band", cfg.cross_band), ("cross_expert", cfg.cross_expert)):
-        if sub.enabled and (sub.heads < 1 or cfg.width % sub.heads):
-            raise ConfigError(f"{name}.heads={sub.heads} must divide width={cfg.width}")
+        if sub.enabled and (sub.heads < 1 or cfg.token_channels % sub.heads):
+            raise ConfigError(f"{name}.heads={sub.heads} must divide token_channels={cfg.token_channels}")
     split = cfg.freq.dct_split
     if len(split) != 2 or not 0.0 <= split[0] < split[1]:
         raise ConfigError(f"freq.dct_split must be two increasing non-negative radii, got {split}")
@@ -243,10 +244,12 @@ class FusionNet(nn.Module):
         super().__init__()
         _validate(config)
         self.config = config
-        cfg, c, e = config, config.width, config.num_experts
+        cfg, c, t, e = config, config.width, config.token_channels, config.num_experts
         self.num_experts = e
 
-        self.embed = ExpertEmbed2d(feat_channels=cfg.inputs.feat_channels, channels=c, feat_norm=cfg.inputs.feat_norm)
+        self.embed = ExpertEmbed2d(
+            feat_channels=cfg.inputs.feat_channels, channels=c, token_channels=t, feat_norm=cfg.inputs.feat_norm
+        )
 
         needs_guidance = cfg.cross_band.enabled or cfg.hierarchical.enabled
         f = cfg.freq
@@ -268,17 +271,21 @@ class FusionNet(nn.Module):
         if not needs_guidance:
             self.band_fusion = None
         elif self.freq is not None:
-            self.band_fusion = BandFusion2d(in_channels=f.channels, channels=c, num_bands=9, groups=GUIDANCE_GROUPS)
+            self.band_fusion = BandFusion2d(in_channels=f.channels, channels=t, num_bands=9, groups=GUIDANCE_GROUPS)
         else:  # no transform: the 3 guidance bands are learned projections of x itself
-            self.band_fusion = BandFusion2d(in_channels=c, channels=c, num_bands=1, groups=((0,), (0,), (0,)))
+            self.band_fusion = BandFusion2d(in_channels=c, channels=t, num_bands=1, groups=((0,), (0,), (0,)))
 
         cb = cfg.cross_band
         self.cross_band = (
-            CrossBandAttention2d(channels=c, num_bands=3, depth=cb.depth, heads=cb.heads) if cb.enabled else None
+            CrossBandAttention2d(channels=c, token_channels=t, num_bands=3, depth=cb.depth, heads=cb.heads)
+            if cb.enabled
+            else None
         )
         ce = cfg.cross_expert
         self.cross_expert = (
-            CrossExpertAttention2d(channels=c, num_experts=e, depth=ce.depth, heads=ce.heads) if ce.enabled else None
+            CrossExpertAttention2d(channels=c, token_channels=t, num_experts=e, depth=ce.depth, heads=ce.heads)
+            if ce.enabled
+            else None
         )
         fu = cfg.fourier_unit
         self.fourier_unit = FourierUnit2d(channels=c, hidden=fu.hidden, kernels=fu.kernels) if fu.enabled else None
@@ -290,6 +297,7 @@ class FusionNet(nn.Module):
                 blocks=hi.blocks,
                 mid_channels=hi.mid_channels,
                 hr_channels=hi.hr_channels,
+                band_channels=t,
             )
             if hi.enabled
             else None
@@ -364,14 +372,14 @@ class FusionNet(nn.Module):
         """lr (B,3,H,W), srs (B,E,3,4H,4W), feats: E tensors (B,C_e,H,W) → :class:`FusionOutput`."""
         self._check_inputs(lr, srs, feats)
         sr_mean = srs.mean(dim=1)
-        tokens, x = self.embed(lr, srs, sr_mean, feats)  # (B,E,C,H,W), (B,C,H,W)
+        tokens, x = self.embed(lr, srs, sr_mean, feats)  # (B,E,T,H,W), (B,C,H,W)
 
         # phase 2: guidance bands
         bands, dct_split = None, None
         if self.band_fusion is not None:
             if self.freq is not None:
                 band_list, dct_split = self.freq(x)
-                bands = self.band_fusion(band_list)  # (B,3,C,H,W)
+                bands = self.band_fusion(band_list)  # (B,3,T,H,W)
                 del band_list
             else:
                 bands = self.band_fusion((x,))

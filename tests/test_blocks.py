@@ -149,8 +149,8 @@ def test_band_fusion_starts_as_group_means() -> None:
 
 
 def test_cross_band_attention_identity_at_init_and_shapes() -> None:
-    cba = CrossBandAttention2d(channels=8, num_bands=3, depth=2, heads=2)
-    x, bands = torch.randn(2, 8, 6, 7), torch.randn(2, 3, 8, 6, 7)
+    cba = CrossBandAttention2d(channels=8, token_channels=4, num_bands=3, depth=2, heads=2)
+    x, bands = torch.randn(2, 8, 6, 7), torch.randn(2, 3, 4, 6, 7)
     y, b = cba(x, bands)
     assert_close(y, x)  # zero-initialised output projection
     assert b.shape == bands.shape and not torch.allclose(b, bands)
@@ -161,13 +161,13 @@ def test_cross_band_attention_identity_at_init_and_shapes() -> None:
 
 @pytest.mark.parametrize("experts", [1, 3])
 def test_cross_expert_attention(experts: int) -> None:
-    cea = CrossExpertAttention2d(channels=8, num_experts=experts, depth=1, heads=2)
-    tokens, x = torch.randn(2, experts, 8, 5, 6), torch.randn(2, 8, 5, 6)
+    cea = CrossExpertAttention2d(channels=8, token_channels=4, num_experts=experts, depth=1, heads=2)
+    tokens, x = torch.randn(2, experts, 4, 5, 6), torch.randn(2, 8, 5, 6)
     assert_close(cea(tokens, x), x)
     _perturb(cea)
     assert cea(tokens, x).shape == x.shape
     with pytest.raises(ValueError, match="expert tokens"):
-        cea(torch.randn(2, experts + 1, 8, 5, 6), x)
+        cea(torch.randn(2, experts + 1, 4, 5, 6), x)
 
 
 def test_fourier_unit_is_global() -> None:
@@ -234,9 +234,9 @@ def test_structure_unet_odd_sizes() -> None:
 
 
 def test_hierarchical_zero_at_init_then_blends() -> None:
-    hier = HierarchicalFusion2d(channels=8, inner_channels=8, blocks=1, mid_channels=4, hr_channels=4)
+    hier = HierarchicalFusion2d(channels=8, inner_channels=8, blocks=1, mid_channels=4, hr_channels=4, band_channels=6)
     s1 = hier.encode(torch.randn(2, 8, 5, 7))
-    base, bands = torch.rand(2, 3, 20, 28), torch.randn(2, 3, 8, 5, 7)
+    base, bands = torch.rand(2, 3, 20, 28), torch.randn(2, 3, 6, 5, 7)
     r, w = hier(s1, base, bands)
     assert r.shape == base.shape and torch.count_nonzero(r) == 0
     assert_close(w.sum(1), torch.full((2, 5, 7), 3.0))
@@ -287,8 +287,8 @@ def test_laplacian_pyramid_and_edge_enhancement() -> None:
 
 
 def test_expert_embed_mixed_widths() -> None:
-    embed = ExpertEmbed2d(feat_channels=(5, 9), channels=8, feat_norm=True)
+    embed = ExpertEmbed2d(feat_channels=(5, 9), channels=8, token_channels=4, feat_norm=True)
     lr, srs = torch.rand(2, 3, 4, 6), torch.rand(2, 2, 3, 16, 24)
     feats = [torch.randn(2, 5, 4, 6), torch.randn(2, 9, 4, 6)]
     tokens, x0 = embed(lr, srs, srs.mean(1), feats)
-    assert tokens.shape == (2, 2, 8, 4, 6) and x0.shape == (2, 8, 4, 6)
+    assert tokens.shape == (2, 2, 4, 4, 6) and x0.shape == (2, 8, 4, 6)

@@ -60,7 +60,7 @@ def test_overrides_and_strictness(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (["model.start_expert=3"], "start_expert"),
-        (["model.cross_band.heads=3"], "must divide width"),
+        (["model.cross_band.heads=3"], "must divide token_channels"),
         (["model.inputs.feat_channels=[]"], "feat_channels"),
         (["model.freq.dct_split=[6.0, 2.0]"], "dct_split"),
         (["model.edge.enabled=false", "model.refine.enabled=false"], "hessian"),

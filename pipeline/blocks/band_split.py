@@ -21,7 +21,7 @@ class BandSplitPredictor2d(nn.Module):
     The last layer is zero-initialised, so an untrained predictor returns ``init_split`` for every image.
     """
 
-    def __init__(self, *, channels: int, hidden: int, init_split: tuple[float, ...]) -> None:
+    def __init__(self, *, channels: int, hidden: int, init_split: tuple[float, float]) -> None:
         super().__init__()
         low, high = init_split
         if not high > low:

@@ -46,7 +46,7 @@ class FrequencyDecomposition2d(nn.Module):
         channels: int,
         band_channels: int,
         block: int,
-        init_split: tuple[float, ...],
+        init_split: tuple[float, float],
         dct_softness: float,
         adaptive_split: bool,
         split_hidden: int,

@@ -44,6 +44,7 @@ class HierarchicalFusion2d(nn.Module):
         blocks: int,
         mid_channels: int,
         hr_channels: int,
+        band_channels: int,
         num_bands: int = 3,
     ) -> None:
         super().__init__()
@@ -55,7 +56,7 @@ class HierarchicalFusion2d(nn.Module):
         self.up3 = nn.Sequential(nn.Conv2d(mid_channels, 4 * hr_channels, 1), nn.PixelShuffle(2))
         self.hr = nn.Conv2d(hr_channels + 3, hr_channels, 3, padding=1)
         self.head3 = _zero_conv(hr_channels, 3, 3)
-        self.blend = nn.Linear(num_bands * channels, 3)
+        self.blend = nn.Linear(num_bands * band_channels, 3)
 
     def encode(self, x: Tensor) -> Tensor:
         """Stage 1 (structure) feature at LR resolution: (B,C,H,W) → (B,C,H,W)."""
