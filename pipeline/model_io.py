@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.config import config_from_dict, config_to_dict
 from pipeline.fusion_net import FusionConfig, FusionNet
 
@@ -40,16 +41,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory is missing files, malformed, or does not match the model its config describes."""
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_pretrained(model: FusionNet, directory: str | os.PathLike, *, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/config.json`` (atomically); returns the directory.
 
@@ -67,8 +58,8 @@ def save_pretrained(model: FusionNet, directory: str | os.PathLike, *, extra: Ma
     }
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
-    _atomic_write(out / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT}))
+    atomic_write_text(out / CONFIG_NAME, text)
     return out
 
 

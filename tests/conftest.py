@@ -37,6 +37,26 @@ def shared_dir() -> Path:
     return require_shared()
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny tensors: one thread is faster than two, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor | float, *, atol: float = 1e-6, rtol: float = 1e-6
+) -> None:
+    """Element-wise |actual − expected| <= atol + rtol·|expected| (torch.testing.assert_close costs ~8 s to import)."""
+    expected = torch.as_tensor(expected, dtype=actual.dtype)
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual.detach() - expected.detach()).abs()
+    ok = bool((diff <= atol + rtol * expected.detach().abs()).all())
+    assert ok, f"max abs diff {diff.max().item():.3g} (atol={atol}, rtol={rtol})"
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     random.seed(0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,7 @@ from pipeline.model_io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_p
 TINY = Path(__file__).resolve().parents[1] / "configs" / "fusion_tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster than two, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def trained_like_model(**overrides: object) -> FusionNet:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import assert_close
 from pipeline.fusion_net import FusionConfig, FusionNet, FusionOutput, LiveFusion, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,24 +27,7 @@ SWITCHES = (
 )
 
 
-def assert_close(
-    actual: torch.Tensor, expected: torch.Tensor | float, *, atol: float = 1e-6, rtol: float = 1e-6
-) -> None:
-    """Element-wise |actual − expected| <= atol + rtol·|expected| (torch.testing.assert_close costs ~8 s to import)."""
-    expected = torch.as_tensor(expected, dtype=actual.dtype)
-    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    diff = (actual.detach() - expected.detach()).abs()
-    ok = bool((diff <= atol + rtol * expected.detach().abs()).all())
-    assert ok, f"max abs diff {diff.max().item():.3g} (atol={atol}, rtol={rtol})"
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster than two, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(feat_channels: tuple[int, ...] = (6, 10, 4), **switches: bool) -> FusionConfig:
