@@ -164,6 +164,21 @@ class HessianConfig:
     dilations: tuple[int, ...] = (1, 2, 3)
 
 
+# The config sections that switch a phase on/off (ablations, benchmarks, tests).
+PHASE_SWITCHES = (
+    "freq",
+    "cross_band",
+    "cross_expert",
+    "fourier_unit",
+    "hierarchical",
+    "gating",
+    "refine",
+    "lr_residual",
+    "edge",
+    "hessian",
+)
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     width: int = 64  # trunk width at LR resolution

@@ -35,21 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pipeline.fusion_net import SCALE, FusionConfig, FusionNet, load_fusion_config  # noqa: E402
+from pipeline.fusion_net import PHASE_SWITCHES, SCALE, FusionConfig, FusionNet, load_fusion_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SWITCHES = (
-    "freq",
-    "cross_band",
-    "cross_expert",
-    "fourier_unit",
-    "hierarchical",
-    "gating",
-    "refine",
-    "lr_residual",
-    "edge",
-    "hessian",
-)
+SWITCHES = PHASE_SWITCHES
 EXPERTS = ("craft_x4.pth", "ditn_x4.pth", "span_ch28_x4.pth")
 
 

@@ -9,22 +9,11 @@ import pytest
 import torch
 
 from conftest import assert_close
-from pipeline.fusion_net import FusionConfig, FusionNet, FusionOutput, LiveFusion, load_fusion_config
+from pipeline.fusion_net import PHASE_SWITCHES, FusionConfig, FusionNet, FusionOutput, LiveFusion, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "fusion_tiny.yaml"
-SWITCHES = (
-    "freq",
-    "cross_band",
-    "cross_expert",
-    "fourier_unit",
-    "hierarchical",
-    "gating",
-    "refine",
-    "lr_residual",
-    "edge",
-    "hessian",
-)
+SWITCHES = PHASE_SWITCHES
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
