@@ -19,7 +19,6 @@ Plain functions, top to bottom: config → data → model → optimiser → loop
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -29,12 +28,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cache.dataset import CachedFullImageDataset, CachedSRDataset
 from cache.schema import SCHEMA_VERSION
-from pipeline.config import ConfigError, config_to_dict, load_yaml, save_config
+from pipeline.config import config_to_dict
 from pipeline.ema import ModelEma
 from pipeline.fusion_net import FusionNet
 from pipeline.imageio import quantize_8bit
@@ -42,46 +41,20 @@ from pipeline.losses import CombinedLoss, VGGPerceptualLoss
 from pipeline.metrics import psnr_y, ssim_y
 from pipeline.run_checkpoint import load_train_state, prune_checkpoints, resolve_checkpoint, save_checkpoint
 from pipeline.train_config import RunConfig, StageConfig, load_run_config
+from pipeline.training_loop import (
+    ScalarLog,
+    StepBatchSampler,
+    config_differences,
+    cosine_lr,
+    count_nonfinite,
+    guarded_step,
+    pick_device,
+    prepare_run,
+    setup_distributed,
+    worker_init,
+)
 
-
-# ---------------------------------------------------------------------------------------------------------------------
-# set-up
-# ---------------------------------------------------------------------------------------------------------------------
-def setup_distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
-    want = cfg.train.device
-    if want == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(want)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"train.device={want} but CUDA is not available on this machine")
-    return dev
-
-
-class StepBatchSampler(Sampler):
-    """Batch of step ``s`` on rank ``r``: items ``(s·world + r)·B … + B − 1`` — a pure function of the step."""
-
-    def __init__(self, *, start_step: int, steps: int, batch_size: int, rank: int, world: int) -> None:
-        self.start, self.steps, self.b, self.rank, self.world = start_step, steps, batch_size, rank, world
-
-    def __iter__(self):
-        for s in range(self.start, self.steps):
-            first = (s * self.world + self.rank) * self.b
-            yield list(range(first, first + self.b))
-
-    def __len__(self) -> int:
-        return max(self.steps - self.start, 0)
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # 2-core machines: workers must not oversubscribe the cores the model uses
+# (set-up, the step-keyed batch sampler, lr schedule, NaN guard, logging, run directories: pipeline/training_loop.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -92,7 +65,11 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
     d = cfg.data
     ensemble = None
     if d.mode == "cached":
-        train_ds = CachedSRDataset(d.train_cache, patch=d.patch, repeat=d.repeat, augment=d.augment, seed=cfg.train.seed)
+        train_ds = CachedSRDataset(d.train_cache, patch=d.patch, repeat=d.repeat, augment=d.augment, seed=cfg.train.seed,
+                                   skip_small=d.skip_small)
+        if train_ds.skipped and rank == 0:
+            print(f"train: {len(train_ds.skipped)} training image(s) smaller than the {d.patch}px LR patch are left out "
+                  f"(data.skip_small): {', '.join(train_ds.skipped[:8])}{' ...' if len(train_ds.skipped) > 8 else ''}")
         meta = train_ds.meta
         if d.experts is not None:
             check_expert_files(d.experts, meta)
@@ -109,7 +86,7 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
         val_ds = CachedFullImageDataset(d.val_cache, expect=meta)
     sampler = StepBatchSampler(start_step=start_step, steps=cfg.train.steps, batch_size=d.batch_size, rank=rank,
                                world=world)
-    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers, worker_init_fn=_worker_init,
+    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers, worker_init_fn=worker_init,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     return loader, val_ds, meta, ensemble
 
@@ -158,10 +135,7 @@ def build_model(cfg: RunConfig, meta, ensemble) -> FusionNet:
 
 def lr_at(step: int, cfg: RunConfig) -> float:
     t = cfg.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return cosine_lr(step, lr=t.lr, steps=t.steps, warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
 
 
 def stage_at(step: int, stages: tuple[StageConfig, ...]) -> StageConfig:
@@ -206,57 +180,8 @@ def validate(model: FusionNet, val_ds, device: torch.device, expert_names, basel
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# logging
+# resume checks (ScalarLog, config_differences: pipeline/training_loop.py)
 # ---------------------------------------------------------------------------------------------------------------------
-class ScalarLog:
-    """Every logged scalar goes to ``metrics.csv`` (step, tag, value) and to TensorBoard."""
-
-    def __init__(self, run_dir: Path, *, start_step: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.csv_path = run_dir / "metrics.csv"
-        if start_step == 0 or not self.csv_path.exists():
-            with open(self.csv_path, "w", newline="") as fh:
-                csv.writer(fh).writerow(["step", "tag", "value"])
-        else:  # resumed: drop rows logged after the checkpoint we resume from
-            with open(self.csv_path, newline="") as fh:
-                rows = [r for r in csv.reader(fh)]
-            keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= start_step]
-            with open(self.csv_path, "w", newline="") as fh:
-                csv.writer(fh).writerows(keep)
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step else None)
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        with open(self.csv_path, "a", newline="") as fh:
-            w = csv.writer(fh)
-            for tag, value in scalars.items():
-                w.writerow([step, tag, f"{value:.8g}"])
-                self.tb.add_scalar(tag, value, step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        self.tb.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# resume checks
-# ---------------------------------------------------------------------------------------------------------------------
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flatten(saved), _flatten(current)
-    return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
 def cache_signature(meta, loader) -> dict:
     ds = loader.dataset
     if meta is None:
@@ -270,7 +195,7 @@ def cache_signature(meta, loader) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     rank, world, local_rank = setup_distributed()
-    device = pick_device(cfg, local_rank)
+    device = pick_device(cfg.train.device, local_rank)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -358,23 +283,12 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = train_model(lr, srs, feats)
         total, terms = criterion(out.sr.float(), hr, stage.weights, balance=out.load_balance_loss.float())
-        optimizer.zero_grad(set_to_none=True)
-        finite = torch.isfinite(total.detach()).float()
-        if world > 1:  # every rank must skip together, or DDP's gradient all-reduce would hang
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        ok = bool(finite)
+        ok = guarded_step(total, parameters=model.parameters(), optimizer=optimizer, grad_clip=cfg.train.grad_clip,
+                          world=world)
+        count_nonfinite(counters, ok)
         if ok:
-            total.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
-            ok = bool(torch.isfinite(gnorm))
-        if ok:
-            optimizer.step()
             ema.update(model)
-            counters["nonfinite_run"] = 0
         else:
-            optimizer.zero_grad(set_to_none=True)
-            counters["nonfinite_total"] += 1
-            counters["nonfinite_run"] += 1
             if rank == 0:
                 tqdm.write(f"train: step {step}: non-finite loss or gradient, step skipped "
                            f"({counters['nonfinite_run']} in a row, {counters['nonfinite_total']} in total)")
@@ -428,31 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.config)
         args.config = None
 
-    try:
-        if args.resume is not None:
-            saved = args.resume / "config.yaml"
-            if not saved.is_file():
-                raise SystemExit(f"train: {saved} not found: is {args.resume} a run directory?")
-            cfg = load_run_config(args.config or saved, args.overrides)
-            diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
-            if diffs:
-                raise SystemExit("train: cannot resume, the config differs from the run's: " + "; ".join(diffs))
-            run_dir = args.resume
-        else:
-            if args.config is None:
-                ap.error("a config file is required (or --resume RUN_DIR)")
-            cfg = load_run_config(args.config, args.overrides)
-            run_dir = Path(cfg.train.runs_dir) / cfg.train.name
-            if (run_dir / "ckpt").exists():
-                raise SystemExit(f"train: {run_dir} already holds a run: use --resume {run_dir} or another "
-                                 f"train.name=...")
-    except ConfigError as exc:
-        raise SystemExit(f"train: config error: {exc}") from exc
-
-    if int(os.environ.get("RANK", "0")) == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if args.resume is None:
-            save_config(cfg, run_dir / "config.yaml")
+    if args.resume is None and args.config is None:
+        ap.error("a config file is required (or --resume RUN_DIR)")
+    cfg, run_dir = prepare_run(prog="train", config=args.config, overrides=args.overrides, resume=args.resume,
+                               load=load_run_config, run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
+                               write=int(os.environ.get("RANK", "0")) == 0)
     summary = train(cfg, run_dir, resume=args.resume is not None)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"train: done at step {summary['step']}; run directory {run_dir}")

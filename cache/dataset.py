@@ -20,17 +20,9 @@ from torch.utils.data import Dataset
 
 from cache.reader import CacheReader
 from cache.schema import CacheMeta
+from pipeline.augment import AUGMENTATIONS, augment
 
-__all__ = ["CachedSRDataset", "CachedFullImageDataset", "augment", "AUGMENTATIONS", "mix_seed"]
-
-AUGMENTATIONS = 8  # 4 rotations × optional horizontal flip
-
-
-def augment(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Dihedral transform ``k`` in [0, 8) on the last two dims: rot90 by (k % 4), then flip if k >= 4."""
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if k >= 4 else x
-
+__all__ = ["CachedSRDataset", "CachedFullImageDataset", "mix_seed"]
 
 class CachedSRDataset(Dataset):
     def __init__(
@@ -42,14 +34,24 @@ class CachedSRDataset(Dataset):
         augment: bool = True,
         expect: CacheMeta | None = None,
         seed: int = 0,
+        skip_small: bool = False,
     ) -> None:
+        """Random aligned ``patch``×``patch`` LR crops (and the matching SR/HR/feature crops) of a cache.
+
+        An LR image smaller than the patch is an error, or — with ``skip_small`` — left out of sampling (named in
+        :attr:`skipped`; T91 has LR images from 19 px)."""
         self.path = Path(path)
         self.reader = CacheReader(self.path, expect=expect)
         if not self.reader.has_hr:
             raise ValueError(f"{self.path}: training needs HR images, but this cache was extracted with --lr only")
         small = [n for i, n in enumerate(self.reader.names) if min(self.reader.lr_size(i)) < patch]
-        if small:
-            raise ValueError(f"{self.path}: {len(small)} LR image(s) are smaller than patch={patch}: {small[:5]}")
+        if small and not skip_small:
+            raise ValueError(f"{self.path}: {len(small)} LR image(s) are smaller than patch={patch}: {small[:5]} "
+                             "(use a smaller patch, or skip_small / data.skip_small=true to leave them out)")
+        self.skipped = tuple(small)
+        self.images = [i for i, n in enumerate(self.reader.names) if n not in set(small)]  # sampled image indices
+        if not self.images:
+            raise ValueError(f"{self.path}: every LR image is smaller than patch={patch}")
         if repeat < 1:
             raise ValueError("repeat must be >= 1")
         self.patch = patch
@@ -62,13 +64,13 @@ class CachedSRDataset(Dataset):
         return self.reader.meta
 
     def __len__(self) -> int:
-        return len(self.reader) * self.repeat
+        return len(self.images) * self.repeat
 
     def image_of(self, idx: int) -> int:
-        n = len(self.reader)
+        n = len(self.images)
         epoch, pos = divmod(idx, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, 1)))
-        return int(perm[pos])
+        return self.images[int(perm[pos])]
 
     def __getitem__(self, idx: int) -> dict:
         if idx < 0:

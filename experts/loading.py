@@ -9,6 +9,10 @@
   ``load_state_dict(strict=True)`` (in ``ModelBase.__init__``): a missing, unexpected or mis-shaped tensor is an
   error (``tests/test_experts_loading.py`` proves it for the real and the tiny checkpoints). Then the detected
   architecture id, scale and the spec's expected hyper-parameters are asserted.
+* Detection uses :data:`EXPERT_REGISTRY`: a private copy of spandrel's registry plus the project's own architectures
+  (``experts/archs``, e.g. ``NAFNetSR``), which are tried first; spandrel's global ``MAIN_REGISTRY`` is not modified.
+  A project architecture is detected and loaded exactly like a spandrel one (hyper-parameters read back from the
+  tensor shapes, strict load), so its plain state dicts need no side files.
 
 Every failure is an :class:`ExpertLoadError` whose message starts with the checkpoint path.
 """
@@ -24,9 +28,30 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
+from spandrel import (
+    MAIN_REGISTRY,
+    ArchRegistry,
+    ArchSupport,
+    ImageModelDescriptor,
+    ModelLoader,
+    UnsupportedModelError,
+    canonicalize_state_dict,
+)
 
-__all__ = ["ExpertLoadError", "jsonable", "load_descriptor", "read_state_dict", "sha256_file"]
+from experts.archs import ARCHITECTURES
+
+__all__ = ["EXPERT_REGISTRY", "ExpertLoadError", "jsonable", "load_descriptor", "read_state_dict", "sha256_file"]
+
+
+def _expert_registry() -> ArchRegistry:
+    registry = MAIN_REGISTRY.copy()  # copy-on-write: adding to the copy leaves spandrel's registry as it is
+    spandrel_ids = tuple(support.architecture.id for support in MAIN_REGISTRY)
+    registry.add(*(ArchSupport.from_architecture(arch, before=spandrel_ids) for arch in ARCHITECTURES))
+    return registry
+
+
+EXPERT_REGISTRY: ArchRegistry = _expert_registry()
+"""spandrel's architectures plus the project's own (``experts.archs.ARCHITECTURES``, detected first)."""
 
 
 class ExpertLoadError(ValueError):
@@ -94,7 +119,7 @@ def load_descriptor(
     """Detect, build and strictly load ``state`` with spandrel; assert architecture id, scale and ``expect``."""
     try:
         # a copy: some loaders add flag entries to the dict they get
-        desc = ModelLoader(device="cpu").load_from_state_dict(dict(state))
+        desc = ModelLoader(device="cpu", registry=EXPERT_REGISTRY).load_from_state_dict(dict(state))
     except UnsupportedModelError as exc:
         raise ExpertLoadError(
             f"{path}: spandrel recognises no architecture in this state dict "

@@ -3,7 +3,9 @@
 Each checkpoint is a directory ``step_XXXXXXXX/`` holding
 
 * ``model.safetensors`` + ``config.json`` — the **EMA** weights and everything needed to rebuild the model
-  (:func:`pipeline.model_io.save_pretrained`; ``extra`` carries expert fingerprints, cache schema, step, metrics);
+  (fusion network: :func:`pipeline.model_io.save_pretrained`, ``extra`` carries expert fingerprints, cache schema,
+  step, metrics; single expert, ``scripts/train_expert.py``: :func:`experts.zoo.save_expert`). Both formats keep
+  the metrics in ``config.json``'s ``extra`` mapping (``extra.val_psnr`` ranks the checkpoints);
 * ``SHA256SUMS`` — sha256 of ``model.safetensors`` and ``config.json`` (verified by scripts/submit.py);
 * ``train_state.pt`` — raw weights, optimiser, scheduler, EMA, step, RNG state, counters; plain tensors and
   containers only, loaded with ``torch.load(..., weights_only=True)``.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,10 @@ import torch
 
 from experts.loading import sha256_file
 from pipeline.fusion_net import FusionNet
-from pipeline.model_io import read_extra, save_pretrained
+from pipeline.model_io import save_pretrained
 
-__all__ = ["TRAIN_STATE", "CHECKSUMS", "ChecksumError", "save_checkpoint", "load_train_state", "resolve_checkpoint",
-           "prune_checkpoints", "write_checksums", "verify_checksums"]
+__all__ = ["TRAIN_STATE", "CHECKSUMS", "ChecksumError", "save_checkpoint", "save_model_checkpoint", "load_train_state",
+           "resolve_checkpoint", "prune_checkpoints", "write_checksums", "verify_checksums"]
 
 TRAIN_STATE = "train_state.pt"
 _DONE = "COMPLETE"
@@ -95,14 +97,35 @@ def save_checkpoint(
     extra: Mapping[str, Any],
     is_best: bool = False,
 ) -> Path:
-    """Write ``step_XXXXXXXX/`` atomically, then point ``last`` (and ``best`` if ``is_best``) at it."""
+    """Write ``step_XXXXXXXX/`` of the fusion network atomically, then point ``last`` (and ``best`` if ``is_best``)
+    at it."""
+    return save_model_checkpoint(
+        ckpt_root,
+        step=step,
+        write_model=lambda directory: save_pretrained(ema_model, directory, extra=dict(extra, step=step)),
+        train_state=train_state,
+        is_best=is_best,
+    )
+
+
+def save_model_checkpoint(
+    ckpt_root: str | os.PathLike,
+    *,
+    step: int,
+    write_model: Callable[[Path], object],
+    train_state: Mapping[str, Any],
+    is_best: bool = False,
+) -> Path:
+    """:func:`save_checkpoint` for any model: ``write_model(directory)`` writes ``model.safetensors`` and
+    ``config.json`` into the (temporary) checkpoint directory; checksums, the train state, the completion marker, the
+    atomic rename and the ``last``/``best`` links are done here."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_pretrained(ema_model, tmp, extra=dict(extra, step=step))
+    write_model(tmp)
     write_checksums(tmp)  # submit.py refuses a checkpoint whose weights or config were modified afterwards
     torch.save(dict(train_state), tmp / TRAIN_STATE)
     (tmp / _DONE).write_text(json.dumps({"step": step}))
@@ -146,7 +169,7 @@ def prune_checkpoints(ckpt_root: str | os.PathLike, *, keep_best: int) -> list[P
     scored = []
     for d in root.glob("step_*"):
         try:
-            psnr = read_extra(d).get("val_psnr")
+            psnr = json.loads((d / "config.json").read_text(encoding="utf-8"))["extra"].get("val_psnr")
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not kept for its score
             psnr = None
         if psnr is not None:

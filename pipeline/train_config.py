@@ -32,6 +32,7 @@ class DataConfig:
     train_hr: str | None = None  # live mode: HR image folder (LR made on the fly with the MATLAB bicubic)
     patch: int = 48  # LR patch side (HR/SR patches are scale × patch)
     batch_size: int = 16  # per process
+    skip_small: bool = False  # leave out training images whose LR is smaller than the patch (else an error)
     repeat: int = 1
     num_workers: int = 2
     augment: bool = True

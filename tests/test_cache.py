@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cache.dataset import CachedSRDataset, augment
+from cache.dataset import CachedSRDataset
+from pipeline.augment import augment
 from cache.reader import CacheError, CacheReader
 from cache.schema import CacheMeta
 from cache.writer import CacheLockedError, CacheMismatchError, CacheWriter
@@ -200,6 +201,13 @@ def test_dataset_refuses_patch_larger_than_images(small_cache):
     path, _, _ = small_cache
     with pytest.raises(ValueError, match="smaller than patch=20"):
         CachedSRDataset(path, patch=20)
+    # opt-in: "b" (33x17) is left out, named, and never sampled; "a" (20x24) still is
+    ds = CachedSRDataset(path, patch=20, skip_small=True)
+    assert ds.skipped == ("b",) and len(ds) == 1
+    assert {ds.image_of(k) for k in range(10)} == {ds.reader.names.index("a")}
+    assert ds[5]["lr"].shape == (3, 20, 20)
+    with pytest.raises(ValueError, match="every LR image"):
+        CachedSRDataset(path, patch=25, skip_small=True)
 
 
 # ------------------------------------------------------------------------------------------------------------------

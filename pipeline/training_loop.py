@@ -1,0 +1,235 @@
+"""Building blocks shared by the training scripts: ``train.py`` (the fusion network) and
+``scripts/train_expert.py`` (one SR expert).
+
+* :func:`setup_distributed`, :func:`pick_device` — process group from torchrun's environment, device string → device.
+* :class:`StepBatchSampler` — the batch of step ``s`` is a pure function of ``s`` (with datasets whose item ``k`` is a
+  pure function of ``(seed, k)``, the data stream of a resumed run is the uninterrupted one).
+* :func:`cosine_lr` — linear warm-up then cosine decay to ``lr × min_lr_ratio``.
+* :func:`guarded_step` / :func:`count_nonfinite` — the NaN guard: a non-finite loss or gradient norm skips the
+  optimiser step (every DDP rank together) and is counted; the caller aborts after too many in a row.
+* :class:`ScalarLog` — every logged scalar to ``metrics.csv`` (step, tag, value) and TensorBoard; a resumed run drops
+  the rows logged after its checkpoint.
+* :func:`config_differences`, :func:`prepare_run` — a new run refuses an existing run directory; ``--resume`` refuses
+  a config that differs from the run's saved ``config.yaml`` (naming every difference).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from pipeline.config import ConfigError, config_to_dict, load_yaml, save_config
+
+__all__ = [
+    "ScalarLog",
+    "StepBatchSampler",
+    "config_differences",
+    "cosine_lr",
+    "count_nonfinite",
+    "guarded_step",
+    "pick_device",
+    "prepare_run",
+    "setup_distributed",
+    "worker_init",
+]
+
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# processes and devices
+# ---------------------------------------------------------------------------------------------------------------------
+def setup_distributed() -> tuple[int, int, int]:
+    """→ (rank, world size, local rank); initialises the process group under torchrun (NCCL on GPUs, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(want: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else the CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as given
+    (CUDA on a machine without it is an error)."""
+    if want == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(want)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"train.device={want} but CUDA is not available on this machine")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data stream
+# ---------------------------------------------------------------------------------------------------------------------
+class StepBatchSampler(Sampler):
+    """Batch of step ``s`` on rank ``r``: items ``(s·world + r)·B … + B − 1`` — a pure function of the step."""
+
+    def __init__(self, *, start_step: int, steps: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.start, self.steps, self.b, self.rank, self.world = start_step, steps, batch_size, rank, world
+
+    def __iter__(self):
+        for s in range(self.start, self.steps):
+            first = (s * self.world + self.rank) * self.b
+            yield list(range(first, first + self.b))
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+
+def worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # 2-core machines: workers must not oversubscribe the cores the model uses
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schedule and the NaN guard
+# ---------------------------------------------------------------------------------------------------------------------
+def cosine_lr(step: int, *, lr: float, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Learning rate of ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine from ``lr`` down to
+    ``lr × min_lr_ratio`` at ``steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def guarded_step(
+    total: torch.Tensor,
+    *,
+    parameters: Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float,
+    world: int = 1,
+) -> bool:
+    """Backward + gradient clipping (``grad_clip`` = max norm, 0 = off) + optimiser step — unless the loss or the
+    gradient norm is NaN/Inf, in which case nothing changes the weights. Under DDP every rank skips together (or the
+    gradient all-reduce would hang). Returns whether the step was taken."""
+    params = list(parameters)
+    optimizer.zero_grad(set_to_none=True)
+    finite = torch.isfinite(total.detach()).float()
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    ok = bool(finite)
+    if ok:
+        total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+        ok = bool(torch.isfinite(gnorm))
+    if ok:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return ok
+
+
+def count_nonfinite(counters: dict[str, Any], ok: bool) -> int:
+    """Update ``counters["nonfinite_total"]`` / ``["nonfinite_run"]`` (skipped steps in total / in a row) after a
+    step; returns the current run of skipped steps (0 after a good step)."""
+    if ok:
+        counters["nonfinite_run"] = 0
+    else:
+        counters["nonfinite_total"] += 1
+        counters["nonfinite_run"] += 1
+    return counters["nonfinite_run"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# logging
+# ---------------------------------------------------------------------------------------------------------------------
+class ScalarLog:
+    """Every logged scalar goes to ``metrics.csv`` (step, tag, value) and to TensorBoard."""
+
+    def __init__(self, run_dir: Path, *, start_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.csv_path = run_dir / "metrics.csv"
+        if start_step == 0 or not self.csv_path.exists():
+            with open(self.csv_path, "w", newline="") as fh:
+                csv.writer(fh).writerow(["step", "tag", "value"])
+        else:  # resumed: drop rows logged after the checkpoint we resume from
+            with open(self.csv_path, newline="") as fh:
+                rows = [r for r in csv.reader(fh)]
+            keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= start_step]
+            with open(self.csv_path, "w", newline="") as fh:
+                csv.writer(fh).writerows(keep)
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step else None)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        with open(self.csv_path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            for tag, value in scalars.items():
+                w.writerow([step, tag, f"{value:.8g}"])
+                self.tb.add_scalar(tag, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# run directories and resume checks
+# ---------------------------------------------------------------------------------------------------------------------
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Every dotted key whose value differs between two nested dicts, as ``key: run has A, now B``."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def prepare_run(
+    *,
+    prog: str,
+    config: str | None,
+    overrides: Sequence[str],
+    resume: Path | None,
+    load: Callable[[str | os.PathLike, Sequence[str]], C],
+    run_dir_of: Callable[[C], Path],
+    write: bool = True,
+) -> tuple[C, Path]:
+    """Resolve the config and the run directory of a training command.
+
+    New run: ``load(config, overrides)``; the run directory (``run_dir_of(cfg)``) must not hold checkpoints yet; it
+    is created and the resolved config saved as ``config.yaml`` (``write=False``: neither, for non-zero DDP ranks).
+    ``resume``: the config is the run's ``config.yaml`` (or ``config``) with ``overrides`` applied, and must equal the
+    saved one. Errors are ``SystemExit`` messages prefixed with ``prog``.
+    """
+    try:
+        if resume is not None:
+            saved = resume / "config.yaml"
+            if not saved.is_file():
+                raise SystemExit(f"{prog}: {saved} not found: is {resume} a run directory?")
+            cfg = load(config or saved, overrides)
+            diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
+            if diffs:
+                raise SystemExit(f"{prog}: cannot resume, the config differs from the run's: " + "; ".join(diffs))
+            return cfg, resume
+        if config is None:
+            raise SystemExit(f"{prog}: a config file is required (or --resume RUN_DIR)")
+        cfg = load(config, overrides)
+        run_dir = run_dir_of(cfg)
+        if (run_dir / "ckpt").exists():
+            raise SystemExit(f"{prog}: {run_dir} already holds a run: use --resume {run_dir} or another "
+                             f"train.name=...")
+    except ConfigError as exc:
+        raise SystemExit(f"{prog}: config error: {exc}") from exc
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    return cfg, run_dir

@@ -1,0 +1,319 @@
+"""scripts/train_expert.py and its parts: tiny HAT / DAT / NAFNetSR runs, learning, bit-exact resume, strict params,
+checkpoints and exports that the expert loader and ensemble load back exactly, fine-tuning, NAFNetSR detection,
+the patch dataset (LR folders, small images, image cache)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import spandrel
+import torch
+import yaml
+from conftest import assert_close
+from safetensors.torch import load_file
+
+from experts.architectures import architecture_class, build_architecture, check_params, loader_round_trip
+from experts.archs import NAFNetSR
+from experts.ensemble import ExpertEnsemble
+from experts.expert import load_expert
+from experts.spec import ExpertSpec
+from experts.zoo import load_expert_model, read_expert_config
+from pipeline.config import ConfigError
+from pipeline.expert_train_config import load_expert_run_config
+from pipeline.imageio import write_image
+from pipeline.patch_data import SRPatchDataset
+from pipeline.resize import make_lr
+from pipeline.run_checkpoint import load_train_state, resolve_checkpoint
+from scripts import train_expert
+
+TINY = {
+    "NAFNetSR": {"width": 8, "num_blocks": 2, "upscale": 4},
+    "HAT": {"embed_dim": 16, "depths": [1], "num_heads": [2], "window_size": 8, "compress_ratio": 4,
+            "squeeze_factor": 8, "mlp_ratio": 2.0, "upscale": 4, "num_feat": 16},
+    "DAT": {"embed_dim": 32, "split_size": [2, 4], "depth": [2], "num_heads": [2], "expansion_factor": 2.0,
+            "upscale": 4, "upsampler": "pixelshuffledirect"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(single_thread):
+    yield
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """Smooth photo-like HR images: 4 for training (80×80), 2 for validation (48×40)."""
+    root = tmp_path_factory.mktemp("expert_data")
+    gen = torch.Generator().manual_seed(0)
+    for folder, n, size in (("train", 4, (80, 80)), ("val/HR", 2, (48, 40))):
+        for i in range(n):
+            base = torch.rand(1, 3, 10, 10, generator=gen)
+            img = torch.nn.functional.interpolate(base, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+            write_image(root / folder / f"img{i}.png", img)
+    return {"train": root / "train", "val": root / "val" / "HR"}
+
+
+def _config(tmp_path: Path, images: dict, arch: str, *, name: str = "tiny", data: dict | None = None,
+            model: dict | None = None, **train) -> Path:
+    cfg = {
+        "model": {"architecture": arch, "params": TINY[arch], **(model or {})},
+        "data": {"train_hr": [str(images["train"])], "val_hr": [str(images["val"])], "patch": 16, "batch_size": 2,
+                 **(data or {})},
+        "train": {"runs_dir": str(tmp_path / "runs"), "name": name, "steps": 3, "warmup_steps": 1, "lr": 2e-3,
+                  "log_every": 1, "val_every": 3, "ckpt_every": 3, "ema_decay": 0.9, "threads": 1, **train},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(argv: list[str]) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return train_expert.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _csv(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    return out
+
+
+def _ema_model(ckpt: Path) -> torch.nn.Module:
+    """The EMA weights of the train state, in a model rebuilt from the checkpoint's config.json."""
+    model = load_expert_model(ckpt)
+    ema = {k[len("module."):]: v for k, v in load_train_state(ckpt)["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(ema, strict=True)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["HAT", "DAT", "NAFNetSR"])
+def test_tiny_run_saves_checkpoints_the_expert_loader_reads(arch, images, tmp_path):
+    assert _run([str(_config(tmp_path, images, arch))]) == 0
+    run = tmp_path / "runs" / "tiny"
+    log = _csv(run)
+    assert [s for s, _ in log["train/loss"]] == [1, 2, 3]
+    assert log["val/psnr"] == log["val/psnr_val"] and len(log["val/bicubic_val"]) == 1  # set named after HR/'s parent
+    ckpt = resolve_checkpoint(run)
+    assert ckpt.name == "step_00000003" and (run / "ckpt" / "best").is_symlink()
+    cfg = read_expert_config(ckpt)
+    assert cfg["architecture"] == arch and cfg["params"] == TINY[arch] and cfg["scale"] == 4
+    assert cfg["extra"]["val_psnr"] == pytest.approx(log["val/psnr"][-1][1], abs=1e-6)
+    # model.safetensors holds the EMA weights ...
+    weights = load_file(str(ckpt / "model.safetensors"))
+    ema = _ema_model(ckpt)
+    assert all(torch.equal(weights[k], v) for k, v in ema.state_dict().items())
+    # ... and is an ordinary checkpoint for the expert loader: same architecture, hyper-parameters, outputs
+    spec = ExpertSpec(name="e", checkpoint=str(ckpt / "model.safetensors"), architecture=arch, scale=4,
+                      expect=cfg["expect"])
+    expert = load_expert(spec)
+    lr = torch.rand(1, 3, 16, 20)
+    with torch.no_grad():
+        assert_close(expert.run(lr)[0], ema(lr).clamp(0, 1))
+
+
+def test_loss_falls_on_a_learnable_case(images, tmp_path):
+    cfg = _config(tmp_path, images, "HAT", steps=30, val_every=1000, ckpt_every=1000, lr=3e-3, warmup_steps=3,
+                  data={"augment": False})
+    assert _run([str(cfg)]) == 0
+    losses = [v for _, v in _csv(tmp_path / "runs" / "tiny")["train/loss"]]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+
+
+def test_resume_is_bit_identical(images, tmp_path):
+    # two HAT blocks keep HAT's default drop_path_rate 0.1 (stochastic depth 0.1 on the second block): the training
+    # forward draws from the global RNG, so its state (and the data stream, the optimiser and EMA) must be restored
+    common = {"steps": 8, "ckpt_every": 4, "val_every": 4, "log_every": 2}
+    hat2 = {"params": dict(TINY["HAT"], depths=[2])}
+    assert _run([str(_config(tmp_path, images, "HAT", name="ref", model=hat2, **common))]) == 0
+    reference = load_file(str(resolve_checkpoint(tmp_path / "runs" / "ref") / "model.safetensors"))
+
+    assert _run([str(_config(tmp_path, images, "HAT", name="cut", model=hat2, **common))]) == 0
+    run = tmp_path / "runs" / "cut"
+    # pretend the run died right after its step-4 checkpoint
+    last = run / "ckpt" / "last"
+    last.unlink()
+    os.symlink("step_00000004", last)
+    shutil.rmtree(run / "ckpt" / "step_00000008")
+    assert resolve_checkpoint(run).name == "step_00000004"
+    assert _run(["--resume", str(run)]) == 0
+    resumed = load_file(str(resolve_checkpoint(run) / "model.safetensors"))
+    assert resolve_checkpoint(run).name == "step_00000008" and resumed.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(resumed[k], reference[k]), k
+    raw_ref = load_train_state(resolve_checkpoint(tmp_path / "runs" / "ref"))["model"]
+    raw = load_train_state(resolve_checkpoint(run))["model"]
+    assert all(torch.equal(raw[k], raw_ref[k]) for k in raw_ref)
+    steps = [s for s, _ in _csv(run)["train/loss"]]
+    assert steps == [2, 4, 6, 8]  # no duplicated rows after the resume
+    with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
+        _run(["--resume", str(run), "train.lr=0.1"])
+
+
+def test_unknown_or_mistyped_params_are_errors(images, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['embed_dimm'\] for HAT; its constructor takes "
+                                          r"\[.*'embed_dim'.*\]"):
+        load_expert_run_config(None, ["model.architecture=HAT", "model.params={embed_dimm: 16}",
+                                      f"data.train_hr=[{images['train']}]"])
+    with pytest.raises(ConfigError, match=r"model\.params\.depths\[1\]: expected int, got 'a'"):
+        check_params(architecture_class("HAT"), {"depths": [2, "a"]})
+    with pytest.raises(ConfigError, match="norm_layer: its default is the Python object"):
+        build_architecture("HAT", {"norm_layer": "LayerNorm"})
+    with pytest.raises(ConfigError, match=r"unknown architecture 'NoSuchNet'.*'NAFNetSR'"):
+        build_architecture("NoSuchNet", {})
+    with pytest.raises(ConfigError, match=r"width: expected int, got 8\.5"):
+        build_architecture("NAFNetSR", {"width": 8.5})
+    # the command line says so before creating anything
+    cfg = _config(tmp_path, images, "NAFNetSR", model={"params": {"width": 8, "blocks": 2}})
+    with pytest.raises(SystemExit, match=r"config error: .*unknown parameter\(s\) \['blocks'\]"):
+        _run([str(cfg)])
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_params_the_loader_cannot_recover_are_refused(images, tmp_path):
+    # conv_scale changes HAT's output but cannot be read from the weights: the expert loader would rebuild another
+    # model, so training refuses to start
+    params = dict(TINY["HAT"], conv_scale=0.05)
+    with pytest.raises(ConfigError, match=r"conv_scale.*\(0\.05, 0\.01\).*changes the output"):
+        loader_round_trip(build_architecture("HAT", params), architecture="HAT", params=params, scale=4)
+    # a train-time-only argument is fine, and left out of `expect`
+    params = dict(TINY["HAT"], drop_path_rate=0.0)
+    _, expect = loader_round_trip(build_architecture("HAT", params), architecture="HAT", params=params, scale=4)
+    assert "drop_path_rate" not in expect and expect["embed_dim"] == 16
+    with pytest.raises(ConfigError, match="the model is x2, the spec expects x4"):
+        loader_round_trip(build_architecture("NAFNetSR", {"width": 8, "num_blocks": 1, "upscale": 2}),
+                          architecture="NAFNetSR", params={}, scale=4)
+
+
+@pytest.mark.parametrize("arch", ["NAFNetSR", "HAT"])
+def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images, tmp_path):
+    cfg = _config(tmp_path, images, arch, steps=2, val_every=2, ckpt_every=2)
+    out = tmp_path / "zoo" / f"{arch.lower()}_tiny"
+    assert _run([str(cfg), "--export", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "expert.yaml",
+                                                     "model.safetensors"]
+    ckpt = resolve_checkpoint(tmp_path / "runs" / "tiny")
+    trained = _ema_model(ckpt)
+    zoo_cfg = read_expert_config(out)
+    assert zoo_cfg["architecture"] == arch and zoo_cfg["params"] == TINY[arch] and zoo_cfg["extra"]["step"] == 2
+    assert load_file(str(out / "model.safetensors")).keys() == trained.state_dict().keys()
+
+    spec = yaml.safe_load((out / "expert.yaml").read_text())
+    assert spec["experts"][0]["architecture"] == arch and len(spec["experts"][0]["sha256"]) == 64
+    ens = ExpertEnsemble.from_yaml(out / "expert.yaml")
+    lr = torch.rand(2, 3, 16, 24)
+    srs, feats = ens(lr)
+    with torch.no_grad():
+        assert_close(srs[:, 0], trained(lr).clamp(0, 1))
+    assert feats[0].shape[-2:] == (16, 24)  # default hook conv_after_body, on the LR grid
+
+    card = (out / "MODEL_CARD.md").read_text()
+    psnr = _csv(tmp_path / "runs" / "tiny")["val/psnr"][-1][1]
+    assert f"| val (`{images['val']}`) | 2 | {psnr:.3f} |" in card  # measured through the loader = training's number
+    assert "2 steps × batch 2 of 16×16 LR crops" in card and f"{arch}" in card
+
+    # a finished run exports again without training (--resume of a complete run runs no step)
+    again = tmp_path / "zoo" / "again"
+    assert _run(["--resume", str(tmp_path / "runs" / "tiny"), "--export", str(again), "--export-which", "best"]) == 0
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_fine_tuning(images, tmp_path):
+    missing = tmp_path / "nowhere" / "weights.pth"
+    cfg = _config(tmp_path, images, "NAFNetSR", name="ft", model={"init_from": str(missing)})
+    with pytest.raises(SystemExit, match=f"checkpoint file not found: {missing}"):
+        _run([str(cfg)])
+    missing_dir = tmp_path / "empty_run"
+    missing_dir.mkdir()
+    cfg = _config(tmp_path, images, "NAFNetSR", name="ft2", model={"init_from": str(missing_dir)})
+    with pytest.raises(SystemExit, match=f"no model.safetensors in {missing_dir}"):
+        _run([str(cfg)])
+
+    # from a finished run (its last checkpoint), with lr 0: the fine-tuned weights are the starting ones
+    assert _run([str(_config(tmp_path, images, "NAFNetSR", name="base"))]) == 0
+    base = load_file(str(resolve_checkpoint(tmp_path / "runs" / "base") / "model.safetensors"))
+    cfg = _config(tmp_path, images, "NAFNetSR", name="ft3", model={"init_from": str(tmp_path / "runs" / "base")},
+                  lr=0.0, steps=1, val_every=1, ckpt_every=1, warmup_steps=0)
+    assert _run([str(cfg)]) == 0
+    tuned = load_file(str(resolve_checkpoint(tmp_path / "runs" / "ft3") / "model.safetensors"))
+    assert all(torch.equal(tuned[k], base[k]) for k in base)
+    # weights of another shape: an error naming the file and the mismatching tensors
+    cfg = _config(tmp_path, images, "NAFNetSR", name="ft4", model={
+        "init_from": str(tmp_path / "runs" / "base"), "params": {"width": 12, "num_blocks": 2}})
+    with pytest.raises(SystemExit, match=r"cannot fine-tune: .*model\.safetensors: the weights do not fit NAFNetSR.*"
+                                         r"shape mismatches"):
+        _run([str(cfg)])
+
+
+def test_nafnet_sr_is_detected_with_every_hyperparameter(tmp_path):
+    params = {"channels": 3, "width": 12, "num_blocks": 3, "dw_expand": 1, "ffn_expand": 3, "upscale": 2}
+    model = NAFNetSR(**params)
+    lr = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        assert model(lr).shape == (1, 3, 18, 22)
+    path = tmp_path / "nafsr.pth"
+    torch.save(model.state_dict(), path)
+    expert = load_expert(ExpertSpec(name="n", checkpoint=str(path), architecture="NAFNetSR", scale=2, expect=params),
+                         ensemble_scale=2)
+    assert expert.fingerprint.hyperparameters == params and expert.hook_layers == ("conv_after_body",)
+    assert expert.feature_channels == 12
+    with torch.no_grad():
+        assert_close(expert.run(lr)[0], model(lr).clamp(0, 1))
+    assert "NAFNetSR" not in spandrel.MAIN_REGISTRY  # the project's registry is a copy; spandrel's is untouched
+    fresh = NAFNetSR(width=8, num_blocks=1)  # zero-initialised tail: a fresh model is the bicubic upscale
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+        assert torch.equal(fresh(lr), up)
+
+
+def test_patch_dataset_lr_folders_small_images_and_cache(images, tmp_path):
+    from pipeline.imageio import list_images, read_image
+
+    lr_dir = tmp_path / "lr"
+    for p in list_images(images["train"]):
+        write_image(lr_dir / f"{p.stem}x4.png", make_lr(read_image(p), 4)[1])
+    ds = SRPatchDataset([images["train"]], lr_dirs=[lr_dir], patch=8, seed=3)
+    item = ds[5]
+    assert item["lr"].shape == (3, 8, 8) and item["hr"].shape == (3, 32, 32)
+    assert torch.equal(ds[5]["hr"], item["hr"])  # a pure function of the index
+    cached = SRPatchDataset([images["train"]], lr_dirs=[lr_dir], patch=8, seed=3, cache_images=True)
+    for i in range(6):
+        assert torch.equal(cached[i]["lr"], ds[i]["lr"]) and torch.equal(cached[i]["hr"], ds[i]["hr"])
+    (lr_dir / "img0x4.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no LR image for 1 HR image\(s\).*img0\.png"):
+        SRPatchDataset([images["train"]], lr_dirs=[lr_dir], patch=8)
+    # validation images (48×40) are smaller than a 64-pixel HR patch
+    with pytest.raises(ValueError, match=r"2 image\(s\) are smaller than the HR patch 64x64.*skip_small"):
+        SRPatchDataset([images["train"], images["val"]], patch=16)
+    ds = SRPatchDataset([images["train"], images["val"]], patch=16, skip_small=True)
+    assert len(ds) == 4 and [p.name for p in ds.skipped] == ["img0.png", "img1.png"]
+
+
+def test_shipped_training_configs_are_small_and_match_the_zoo_yaml():
+    """configs/experts/train/*.yaml build 100K–400K-parameter models the loader round-trips, and
+    configs/experts/zoo_small.yaml expects exactly what their exports will hold."""
+    from experts.spec import load_ensemble_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    zoo = load_ensemble_spec(repo / "configs" / "experts" / "zoo_small.yaml")
+    for name in ("hat_s", "dat_s", "nafnet_sr"):
+        cfg = load_expert_run_config(repo / "configs" / "experts" / "train" / f"{name}.yaml")
+        model = build_architecture(cfg.model.architecture, cfg.model.params)
+        assert 100_000 <= sum(p.numel() for p in model.parameters()) <= 400_000, name
+        _, expect = loader_round_trip(model, architecture=cfg.model.architecture, params=cfg.model.params, scale=4)
+        entry = zoo.by_name(cfg.train.name)
+        assert entry.checkpoint == f"experts/zoo/{cfg.train.name}/model.safetensors"
+        assert entry.architecture == cfg.model.architecture
+        assert json.loads(json.dumps(dict(entry.expect))) == expect
