@@ -110,6 +110,15 @@ class ExpertEnsemble:
         """``C_e`` of every expert, in output order (known from the dry run at load time)."""
         return tuple(e.feature_channels for e in self.experts)
 
+    @property
+    def min_lr_size(self) -> int:
+        """Smallest LR side every expert accepts (spandrel's size requirements; HR-space experts scale it down)."""
+        need = 1
+        for e in self.experts:
+            req = getattr(e.size_requirements, "minimum", 0) or 0
+            need = max(need, -(-int(req) // e.in_factor))
+        return need
+
     def __len__(self) -> int:
         return len(self.experts)
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from cache.dataset import augment
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
+from pipeline.augment import augment, deaugment
 from pipeline.fusion_net import FusionNet
 from pipeline.model_io import load_pretrained, read_extra
 from pipeline.run_checkpoint import resolve_checkpoint, verify_checksums
 
-__all__ = ["FusionPipeline", "load_pipeline", "super_resolve", "deaugment"]
+__all__ = ["FusionPipeline", "expert_spec", "load_pipeline", "super_resolve"]
 
 @dataclass
 class FusionPipeline:
@@ -72,42 +72,51 @@ def _spec_from_yaml(path: Path, fps: list[dict[str, Any]], *, device: str | None
     return EnsembleSpec(experts=tuple(experts), scale=spec.scale)
 
 
-def load_pipeline(
-    run_or_ckpt: str | os.PathLike,
+def expert_spec(
+    ckpt: Path,
+    extra: dict[str, Any],
     *,
     experts_yaml: str | os.PathLike | None = None,
     device: str = "cpu",
     tile: int | None = None,
-) -> FusionPipeline:
-    """Run dir (its ``best`` checkpoint) or checkpoint dir → verified fusion + the experts it was trained with."""
-    ckpt = resolve_checkpoint(run_or_ckpt, which="best")
-    verify_checksums(ckpt)
-    extra = read_extra(ckpt)
+) -> EnsembleSpec:
+    """The experts checkpoint ``ckpt`` (with config.json ``extra``) was trained with: from its recorded fingerprints,
+    or from ``experts_yaml`` checked against them; every expert checkpoint is pinned to the recorded sha256."""
     fps = extra.get("experts")
     if not fps:
         raise ValueError(f"{ckpt}: config.json records no expert fingerprints; cannot know which experts to run")
+    if experts_yaml is not None:
+        return _spec_from_yaml(Path(experts_yaml), fps, device=device, tile=tile)
+    return _spec_from_fingerprints(fps, scale=int(extra.get("scale", 4)), device=device, tile=tile or 0)
+
+
+def load_pipeline(
+    run_or_ckpt: str | os.PathLike,
+    *,
+    experts_yaml: str | os.PathLike | None = None,
+    experts_root: str | os.PathLike | None = None,
+    device: str = "cpu",
+    tile: int | None = None,
+) -> FusionPipeline:
+    """Run dir (its ``best`` checkpoint) or checkpoint dir → verified fusion + the experts it was trained with.
+
+    Relative expert checkpoint paths of ``experts_yaml`` are resolved against ``experts_root`` (default: the
+    repository root, as everywhere else)."""
+    ckpt = resolve_checkpoint(run_or_ckpt, which="best")
+    verify_checksums(ckpt)
+    extra = read_extra(ckpt)
+    spec = expert_spec(ckpt, extra, experts_yaml=experts_yaml, device=device, tile=tile)
+    fps = extra["experts"]
     fusion = load_pretrained(ckpt, device=device)
     if tuple(fusion.config.inputs.feat_channels) != tuple(int(fp["feature_channels"]) for fp in fps):
         raise ValueError(f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
                          f"recorded experts' {[fp['feature_channels'] for fp in fps]}")
-    scale = int(extra.get("scale", 4))
-    if experts_yaml is not None:
-        spec = _spec_from_yaml(Path(experts_yaml), fps, device=device, tile=tile)
-    else:
-        spec = _spec_from_fingerprints(fps, scale=scale, device=device, tile=tile or 0)
-    ensemble = ExpertEnsemble.from_spec(spec, gather_device=device)
+    ensemble = ExpertEnsemble.from_spec(spec, root=experts_root, gather_device=device)
     got = [fp.feature_channels for fp in ensemble.fingerprints]
     if got != [int(fp["feature_channels"]) for fp in fps]:
         raise ValueError(f"experts give feature widths {got}, the fusion was trained with "
                          f"{[fp['feature_channels'] for fp in fps]}")
     return FusionPipeline(fusion=fusion, ensemble=ensemble, checkpoint=ckpt, extra=extra, device=torch.device(device))
-
-
-def deaugment(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Inverse of :func:`cache.dataset.augment` (flip first, then rotate back)."""
-    if k >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, -(k % 4), dims=(-2, -1))
 
 
 @torch.inference_mode()

@@ -23,6 +23,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,22 @@ class SkipImage(Exception):
     """This input is reported and skipped (or aborts the run with --strict)."""
 
 
-def build_jobs(hr_dir: Path | None, lr_dir: Path | None, scale: int) -> list[Job]:
-    """Inputs in a stable order (sorted by name); LR ``NAMEx{s}`` pairs with HR ``NAME``."""
-    if hr_dir is None and lr_dir is None:
+def build_jobs(hr_dirs: Sequence[Path], lr_dir: Path | None, scale: int) -> list[Job]:
+    """Inputs in a stable order (sorted by name); LR ``NAMEx{s}`` pairs with HR ``NAME``.
+
+    Several HR folders (e.g. T91 and BSD200) form one cache; a name found in two of them is an error (the cache is
+    keyed by name)."""
+    if not hr_dirs and lr_dir is None:
         raise SystemExit("extract_features: give --hr and/or --lr (or --verify with an existing --out)")
-    hr = {p.stem: p for p in list_images(hr_dir)} if hr_dir is not None else {}
+    if len(hr_dirs) > 1 and lr_dir is not None:
+        raise SystemExit("extract_features: --lr pairs with a single --hr folder")
+    hr: dict[str, Path] = {}
+    for hr_dir in hr_dirs:
+        for p in list_images(hr_dir):
+            if p.stem in hr:
+                raise SystemExit(f"extract_features: image name {p.stem!r} is in two HR folders: {hr[p.stem]} and {p}")
+            hr[p.stem] = p
+    hr_dir = hr_dirs[0] if hr_dirs else None
     lr = {strip_scale_suffix(p.stem, scale): p for p in list_images(lr_dir)} if lr_dir is not None else {}
     if hr_dir is not None and lr_dir is not None:
         missing = sorted(set(hr) ^ set(lr))
@@ -63,11 +75,11 @@ def build_jobs(hr_dir: Path | None, lr_dir: Path | None, scale: int) -> list[Job
             raise SystemExit(f"extract_features: HR and LR folders do not pair up; unmatched: {missing[:10]}")
     names = sorted(hr or lr)
     if not names:
-        raise SystemExit(f"extract_features: no images found in {hr_dir or lr_dir}")
+        raise SystemExit(f"extract_features: no images found in {', '.join(map(str, hr_dirs)) or lr_dir}")
     return [Job(name=n, hr=hr.get(n), lr=lr.get(n)) for n in names]
 
 
-def load_pair(job: Job, scale: int, min_lr: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_pair(job: Job, scale: int, min_lr: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """→ ``lr (1,3,h,w)`` on 8-bit levels and ``hr (1,3,s*h,s*w)`` or None. Raises SkipImage with the reason."""
     try:
         hr = read_image(job.hr) if job.hr is not None else None
@@ -85,18 +97,9 @@ def load_pair(job: Job, scale: int, min_lr: tuple[int, int]) -> tuple[torch.Tens
             raise SkipImage(f"{job.lr}: LR {w}x{h} does not match HR {job.hr} ({hw}x{hh}) at x{scale}")
         hr = hr[..., : scale * h, : scale * w]
     h, w = lr.shape[-2:]
-    if h < min_lr[0] or w < min_lr[1]:
-        raise SkipImage(f"{job.lr or job.hr}: LR {w}x{h} is smaller than the experts' minimum {min_lr[1]}x{min_lr[0]}")
+    if min(h, w) < min_lr:
+        raise SkipImage(f"{job.lr or job.hr}: LR {w}x{h} is smaller than the experts' minimum side {min_lr}")
     return lr, hr
-
-
-def min_lr_size(ensemble: ExpertEnsemble) -> tuple[int, int]:
-    """Smallest LR size every expert accepts (spandrel's size requirements; HR-space experts scale it down)."""
-    need = 1
-    for e in ensemble.experts:
-        req = getattr(e.size_requirements, "minimum", 0) or 0
-        need = max(need, -(-int(req) // e.in_factor))
-    return need, need
 
 
 def _dist_setup() -> tuple[int, int, int]:
@@ -124,7 +127,7 @@ def verify_cache(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=Path, help="expert ensemble YAML (configs/experts/*.yaml)")
-    ap.add_argument("--hr", type=Path, default=None, help="HR image folder")
+    ap.add_argument("--hr", type=Path, nargs="+", default=[], help="HR image folder(s), e.g. T91 BSD200")
     ap.add_argument("--lr", type=Path, default=None, help="LR image folder (NAMEx4.png); default: made from --hr")
     ap.add_argument("--out", type=Path, required=True, help="cache index file, e.g. caches/train.h5")
     ap.add_argument("--root", type=Path, default=None, help="resolve relative checkpoint paths here (default: repo)")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.verify and args.hr is None and args.lr is None:
+    if args.verify and not args.hr and args.lr is None:
         return verify_cache(args.out)
     if args.experts is None:
         ap.error("--experts is required to extract")
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             experts=tuple(fp.to_dict() for fp in ensemble.fingerprints),
             lr_method="given" if args.lr is not None else "matlab_bicubic",
         )
-        min_lr = min_lr_size(ensemble)
+        min_lr = ensemble.min_lr_size
 
         if args.overwrite and world > 1:  # rank 0 wipes before anyone writes
             if rank == 0:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -33,47 +31,12 @@ import torch
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_write_text
-from pipeline.imageio import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, read_image, write_image
-from pipeline.inference import FusionPipeline, load_pipeline, super_resolve
+from pipeline.inference import FusionPipeline, load_pipeline
 from pipeline.refiner import RefinerError
 from pipeline.run_checkpoint import ChecksumError
+from pipeline.submission import SubmitError, check_folders, check_inputs, output_name, super_resolve_files
 
-
-class SubmitError(RuntimeError):
-    """A problem found before any work was done."""
-
-
-def check_inputs(input_dir: Path, min_lr: int) -> list[Path]:
-    if not input_dir.is_dir():
-        raise SubmitError(f"input folder not found: {input_dir}")
-    files = list_images(input_dir)
-    others = sorted(p.name for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
-                    and not p.name.startswith("."))
-    if not files:
-        raise SubmitError(f"no images in {input_dir}" + (f" (found only {others[:5]})" if others else ""))
-    if others:
-        raise SubmitError(f"{input_dir} holds non-image files: {others[:10]} — the submission must match the inputs")
-    problems = []
-    for f in files:
-        try:
-            h, w = image_size(f)
-        except ImageReadError as exc:
-            problems.append(str(exc))
-            continue
-        if min(h, w) < min_lr:
-            problems.append(f"{f.name}: {w}x{h} is smaller than the experts' minimum LR side {min_lr}")
-    if problems:
-        raise SubmitError("bad input image(s): " + "; ".join(problems))
-    return files
-
-
-def check_output(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise SubmitError(f"output folder {out_dir} is not writable: {exc}") from exc
+__all__ = ["SubmitError", "check_inputs", "main", "make_zip", "readme_text"]
 
 
 def load_refiner(path: Path, overrides: list[str]):
@@ -136,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         pipe = load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile)
-        from scripts.extract_features import min_lr_size
-
-        files = check_inputs(args.input, min_lr_size(pipe.ensemble)[0])
-        check_output(args.output)
-        if args.output.resolve() == args.input.resolve():
-            raise SubmitError("--output must differ from --input (outputs keep the input file names)")
+        files = check_folders(args.input, args.output, min_lr=pipe.ensemble.min_lr_size)
         refiner = load_refiner(args.refiner, args.refiner_override) if args.refiner is not None else None
     except (SubmitError, ChecksumError, FileNotFoundError, ValueError, RefinerError) as exc:
         print(f"submit: {exc}", file=sys.stderr)
@@ -149,26 +107,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"submit: {len(files)} images, checkpoint {pipe.checkpoint}, experts {list(pipe.ensemble.names)}, "
           f"device {args.device}, TTA {'x8' if args.tta else 'off'}")
-    times = []
-    for f in tqdm(files, desc="submit", unit="img"):
-        lr = read_image(f)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
-        t0 = time.perf_counter()
-        sr = super_resolve(pipe, lr, tta=args.tta)
-        if refiner is not None:
-            sr = refiner(sr)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
-        times.append(time.perf_counter() - t0)
-        write_image(args.output / f"{f.stem}.png", sr.cpu())
+    times = list(tqdm(super_resolve_files(pipe, files, args.output, tta=args.tta, refine=refiner),
+                      total=len(files), desc="submit", unit="img"))
     runtime = sum(times) / len(times)
     atomic_write_text(args.output / "readme.txt",
                       readme_text(pipe, runtime=runtime, tta=args.tta, refined=refiner is not None))
     print(f"submit: wrote {len(files)} images + readme.txt to {args.output} ({runtime:.2f} s/image)")
     if args.zip:
         try:
-            z = make_zip(args.output, [f"{f.stem}.png" for f in files])
+            z = make_zip(args.output, [output_name(f) for f in files])
         except SubmitError as exc:
             print(f"submit: {exc}", file=sys.stderr)
             return 1

@@ -10,35 +10,12 @@ import pytest
 import torch
 import yaml
 
-import train as train_mod
 from pipeline.imageio import read_image, write_image
-from pipeline.inference import deaugment, load_pipeline, super_resolve
-from cache.dataset import augment
+from pipeline.augment import augment, deaugment
+from pipeline.inference import load_pipeline, super_resolve
 from scripts import submit
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_compact_experts, tmp_path_factory) -> Path:
-    from scripts import extract_features
-
-    root = tmp_path_factory.mktemp("submit_run")
-    threads = torch.get_num_threads()
-    try:
-        assert extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
-                                      "--hr", str(tiny_compact_experts["hr"]), "--out", str(root / "c.h5")]) == 0
-        model = yaml.safe_load((REPO / "configs" / "fusion_tiny.yaml").read_text())["model"]
-        cfg = {"model": model,
-               "data": {"train_cache": str(root / "c.h5"), "patch": 16, "batch_size": 2, "num_workers": 0},
-               "train": {"runs_dir": str(root / "runs"), "name": "r", "steps": 3, "warmup_steps": 1,
-                         "ckpt_every": 3, "val_every": 1000, "threads": 1},
-               "submission": {"extra_data": True, "description": "test run"}}
-        (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-        assert train_mod.main([str(root / "cfg.yaml")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return root / "runs" / "r"
+# ``trained_run`` (a tiny trained fusion run on the two Compact experts) is a session fixture in tests/conftest.py.
 
 
 @pytest.fixture

@@ -1,0 +1,330 @@
+"""Export a trained run as an NTIRE 2025 ImageSR ×4 code submission (the layout of the organisers' repository).
+
+    python scripts/export_ntire.py --run runs/NAME --team-id 17 --team-name Name --out DIR [--experts YAML]
+                                   [--overwrite]
+
+writes::
+
+    DIR/models/team17_Name/          the package: ``from models.team17_Name import main``
+        __init__.py                  main(model_dir, input_path, output_path, device=None)
+        README.md, requirements.txt
+        _vendor/                     the subset of pipeline/, experts/, cache/ that main imports (see below)
+    DIR/model_zoo/team17_Name/       model_dir: the fusion checkpoint (model.safetensors, config.json), experts.yaml,
+        experts/<name>.pth           the expert checkpoints it was trained with, and SHA256SUMS of all of them
+
+The organisers copy both folders into their repository root and call
+``main(model_dir="model_zoo/team17_Name", input_path=LR_DIR, output_path=OUT_DIR, device=device)``, which runs the
+whole pipeline (``pipeline.submission.run_model_dir``, the same code as scripts/submit.py, without TTA): every
+file of ``SHA256SUMS`` is verified at load, each expert is pinned to the sha256 recorded when the fusion was
+trained, and every LR image becomes a PNG with the input's file name.
+
+Vendoring: the modules ``pipeline.submission`` needs (the closure of its imports, found by parsing the source) are
+copied into ``_vendor/`` with every import of our packages rewritten to a relative one (``from pipeline.x import
+y`` → ``from ..pipeline.x import y``). So they load as ``models.team17_Name._vendor.pipeline.x``: nothing is added
+to ``sys.path`` and no top-level name (``pipeline``, ``utils``, ``models`` …) can collide with the organisers'
+modules or installed packages. The third-party packages the vendored modules import go to requirements.txt.
+
+Every check runs before anything is written: the fusion checkpoint's checksums, each expert checkpoint's sha256
+against the fingerprint recorded at training (the recorded paths, or ``--experts``), the team id and name, and
+``--out`` (an existing non-empty folder needs ``--overwrite``). The export is built in a temporary folder next to
+``--out`` and renamed into place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+
+from experts.loading import sha256_file
+from experts.spec import EnsembleSpec
+from experts.spec import resolve_checkpoint as expert_checkpoint
+from pipeline.config import save_config
+from pipeline.inference import expert_spec
+from pipeline.model_io import CONFIG_NAME, WEIGHTS_NAME, read_extra
+from pipeline.run_checkpoint import CHECKSUMS, ChecksumError, resolve_checkpoint, verify_checksums
+from pipeline.submission import EXPERTS_YAML
+
+REPO = Path(__file__).resolve().parents[1]
+VENDORED = ("pipeline", "experts", "cache")  # our top-level packages; the vendored copies import each other
+ENTRY = "pipeline.submission"  # the module whose run_model_dir is the package's main
+_TEAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")  # the package must be importable: models.team17_<name>
+_DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}  # import name → pip name
+
+
+class ExportError(RuntimeError):
+    """A problem found before anything was written."""
+
+
+def package_name(team_id: int, team_name: str) -> str:
+    if not 1 <= team_id <= 99:
+        raise ExportError(f"--team-id must be 1..99 (team00 is the organisers' baseline), got {team_id}")
+    if not _TEAM_NAME.fullmatch(team_name):
+        raise ExportError(f"--team-name {team_name!r} must match {_TEAM_NAME.pattern}: the package "
+                          f"models.team{team_id:02d}_<name> has to be importable")
+    return f"team{team_id:02d}_{team_name}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# vendoring
+# ---------------------------------------------------------------------------------------------------------------------
+def _source(module: str) -> Path | None:
+    base = REPO.joinpath(*module.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _ours(module: str) -> bool:
+    return module.split(".")[0] in VENDORED
+
+
+def vendored_modules(entry: str = ENTRY) -> dict[str, Path]:
+    """``entry`` and every module of ours it imports, transitively (with their parent packages): name → source."""
+    found: dict[str, Path] = {}
+    todo = [entry]
+    while todo:
+        module = todo.pop()
+        if module in found:
+            continue
+        path = _source(module)
+        if path is None:
+            raise ExportError(f"cannot vendor {module!r}: no {module.replace('.', '/')}.py in {REPO}")
+        found[module] = path
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        package = parts if path.name == "__init__.py" else parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import) and any(_ours(a.name) for a in node.names):
+                raise ExportError(f"{path}:{node.lineno}: `import {node.names[0].name}` cannot be vendored; "
+                                  f"use `from ... import ...`")
+            if not isinstance(node, ast.ImportFrom) or (node.level == 0 and not _ours(node.module)):
+                continue
+            base = node.module  # a relative import stays as it is; the modules it names are vendored too
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *([node.module] if node.module else [])])
+            todo.append(base)
+            todo += [f"{base}.{a.name}" for a in node.names if _source(f"{base}.{a.name}")]
+    return found
+
+
+def third_party(sources: Iterable[Path]) -> list[str]:
+    """Top-level third-party modules imported by ``sources`` (stdlib and our packages excluded), sorted."""
+    names = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return sorted(n for n in names if n not in VENDORED and n != "__future__" and n not in sys.stdlib_module_names)
+
+
+def relative_imports(source: str, module: str, *, is_package: bool) -> str:
+    """``source`` of vendored ``module`` with each ``from <ours>... import`` made relative to the vendor root."""
+    package = module if is_package else module.rpartition(".")[0]
+    dots = "." * (package.count(".") + 2)  # level 1 is the module's own package; one more per package level
+    lines = source.splitlines(keepends=True)
+    nodes = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.level == 0
+             and _ours(n.module)]
+    for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset), reverse=True):
+        line = lines[node.lineno - 1]
+        head = re.compile(rf"from\s+{re.escape(node.module)}\b")
+        m = head.match(line, node.col_offset)
+        if m is None:
+            raise ExportError(f"{module}:{node.lineno}: cannot rewrite the import {line.strip()!r}")
+        lines[node.lineno - 1] = f"{line[:m.start()]}from {dots}{node.module}{line[m.end():]}"
+    out = "".join(lines)
+    left = [n.module for n in ast.walk(ast.parse(out)) if isinstance(n, ast.ImportFrom) and n.level == 0
+            and _ours(n.module)]
+    if left:
+        raise ExportError(f"{module}: imports {left} are still absolute after rewriting")
+    return out
+
+
+def write_vendor(dest: Path) -> list[str]:
+    """The vendored modules under ``dest`` (``dest/__init__.py`` included); returns their third-party imports."""
+    modules = vendored_modules()
+    for module, path in modules.items():
+        target = dest / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(relative_imports(path.read_text(encoding="utf-8"), module,
+                                          is_package=path.name == "__init__.py"), encoding="utf-8")
+    (dest / "__init__.py").write_text('"""Vendored sr-fusion source; imports are relative to this folder."""\n')
+    return third_party(modules.values())
+
+
+def requirements_text(imports: Iterable[str]) -> str:
+    lines = ["# Python >= 3.11. Versions are those the export was made with.\n"]
+    for name in imports:
+        dist = _DISTRIBUTIONS.get(name, name)
+        try:
+            tested = f"  # tested with {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            tested = ""
+        lines.append(f"{dist}{tested}\n")
+    return "".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+def checked_experts(ckpt: Path, experts_yaml: Path | None) -> tuple[EnsembleSpec, list[Path]]:
+    """The experts ``ckpt`` was trained with and their checkpoint files, each verified against the recorded sha256."""
+    spec = expert_spec(ckpt, read_extra(ckpt), experts_yaml=experts_yaml)
+    files, problems = [], []
+    for e in spec.experts:
+        path = expert_checkpoint(e)
+        files.append(path)
+        if not path.is_file():
+            problems.append(f"expert {e.name!r}: checkpoint not found: {path}")
+        elif (digest := sha256_file(path)) != e.sha256:
+            problems.append(f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, the fusion was trained with "
+                            f"{e.sha256[:16]}…")
+    if problems:
+        raise ExportError("; ".join(problems))
+    return spec, files
+
+
+def write_model_dir(dest: Path, ckpt: Path, spec: EnsembleSpec, files: list[Path]) -> None:
+    """model.safetensors + config.json, the expert checkpoints under experts/, experts.yaml naming them relative to
+    ``dest``, and SHA256SUMS of everything (the fusion's recorded digests, the experts' recorded sha256)."""
+    dest.mkdir(parents=True)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        shutil.copy2(ckpt / name, dest / name)
+    sums = (ckpt / CHECKSUMS).read_text()
+    experts = []
+    for e, src in zip(spec.experts, files):
+        rel = f"experts/{e.name}{src.suffix}"
+        (dest / rel).parent.mkdir(exist_ok=True)
+        shutil.copy2(src, dest / rel)
+        sums += f"{e.sha256}  {rel}\n"
+        experts.append(dataclasses.replace(e, checkpoint=rel, device="cpu"))  # main() sets the device
+    save_config(dataclasses.replace(spec, experts=tuple(experts)), dest / EXPERTS_YAML)
+    sums += f"{sha256_file(dest / EXPERTS_YAML)}  {EXPERTS_YAML}\n"
+    (dest / CHECKSUMS).write_text(sums)
+    verify_checksums(dest)  # the copies are what was verified
+
+
+README = """\
+# {pkg}: multi-expert fusion for NTIRE 2025 ImageSR ×4
+
+Frozen pretrained SR experts ({experts}) run on each LR image; a small fusion network trained on their outputs
+and deep features fuses them into the ×4 result. Exported from run `{run}`.
+
+## Run
+
+Copy `models/{pkg}/` and `model_zoo/{pkg}/` into the root of the organisers' repository, install the packages of
+`requirements.txt` (Python >= 3.11), and add to `select_model` of its `eval.py` / `test.py`:
+
+```python
+    elif model_id == {team_id}:
+        from models.{pkg} import main as {pkg}
+        name = f"{{model_id:02}}_{name}"
+        model_path = os.path.join("model_zoo", "{pkg}")
+        model_func = {pkg}
+```
+
+It is then called as `main(model_dir=model_path, input_path=LR_DIR, output_path=OUT_DIR, device=device)`:
+every image of `LR_DIR` is super-resolved into `OUT_DIR` as a PNG of the same file name (`0901x4.png` →
+`0901x4.png`). `model_dir` may also name a file inside `model_zoo/{pkg}/`; `device=None` means CUDA when
+available. Standalone, with the repository root as the current directory:
+
+```bash
+python -c "from models.{pkg} import main; main('model_zoo/{pkg}', 'LR_DIR', 'OUT_DIR', 'cuda')"
+```
+
+Inputs are checked before any work: a missing or empty folder, non-image files, or an image smaller than the
+experts accept is an error.
+
+## Integrity
+
+`model_zoo/{pkg}/SHA256SUMS` lists the fusion checkpoint (`model.safetensors`, `config.json`), `experts.yaml` and
+every expert checkpoint under `experts/`; all are verified on every load, and each expert is also pinned to the
+sha256 recorded in `config.json` when the fusion was trained. A modified or missing file is an error, never a
+silent fallback.
+
+## Layout
+
+`__init__.py` exposes `main`; the code is vendored under `_vendor/` (our packages `pipeline`, `experts`, `cache`,
+only the modules `main` needs) with relative imports, so it loads as `models.{pkg}._vendor.*`: nothing is added to
+`sys.path` and no top-level module name can collide with the repository's own (`utils`, `models`, ...).
+"""
+
+INIT = '''"""NTIRE 2025 ImageSR x4, {pkg}: ``main(model_dir, input_path, output_path, device=None)``. See README.md."""
+
+from ._vendor.pipeline.submission import run_model_dir as main
+
+__all__ = ["main"]
+'''
+
+
+def build(tmp: Path, *, pkg: str, team_id: int, run: Path, ckpt: Path, spec: EnsembleSpec, files: list[Path]) -> None:
+    code = tmp / "models" / pkg
+    imports = write_vendor(code / "_vendor")
+    (code / "__init__.py").write_text(INIT.format(pkg=pkg))
+    (code / "requirements.txt").write_text(requirements_text(imports))
+    experts = ", ".join(f"{e.name} ({e.architecture})" for e in spec.experts)
+    (code / "README.md").write_text(README.format(pkg=pkg, team_id=team_id, name=pkg.partition("_")[2],
+                                                  experts=experts, run=f"{run.name}/{ckpt.name}"))
+    write_model_dir(tmp / "model_zoo" / pkg, ckpt, spec, files)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished ``tmp`` at ``out`` (renames; a previous ``out`` is removed only once ``tmp`` is in place)."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, type=Path, help="run directory (its best checkpoint) or checkpoint dir")
+    ap.add_argument("--team-id", required=True, type=int)
+    ap.add_argument("--team-name", required=True)
+    ap.add_argument("--out", required=True, type=Path, help="export folder (gets models/ and model_zoo/)")
+    ap.add_argument("--experts", type=Path, default=None, help="expert YAML overriding the recorded paths")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    args = ap.parse_args(argv)
+
+    try:
+        pkg = package_name(args.team_id, args.team_name)
+        out = args.out.resolve()
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"--out {out} is a file")
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            raise ExportError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+        ckpt = resolve_checkpoint(args.run, which="best")
+        verify_checksums(ckpt)
+        spec, files = checked_experts(ckpt, args.experts)
+    except (ExportError, ChecksumError, FileNotFoundError, ValueError) as exc:
+        print(f"export_ntire: {exc}", file=sys.stderr)
+        return 2
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the renamed folder
+    try:
+        build(tmp, pkg=pkg, team_id=args.team_id, run=args.run, ckpt=ckpt, spec=spec, files=files)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"export_ntire: wrote {out}/models/{pkg} and {out}/model_zoo/{pkg} "
+          f"(experts {[e.name for e in spec.experts]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""scripts/export_ntire.py: the NTIRE code-submission layout, run in a fresh interpreter that cannot import this
+repository, writes what scripts/submit.py writes; every bad input is refused before anything is written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.imageio import read_image, write_image
+from pipeline.run_checkpoint import ChecksumError
+from pipeline.submission import run_model_dir
+from scripts import export_ntire, submit
+
+PKG = "team17_Name"
+
+# Runs in the export folder as the organisers' eval.py would: repo root = cwd, on sys.path (PYTHONPATH), next to
+# their own top-level `utils`. Started with -S, so the venv's .pth files — among them the editable install of this
+# repository — are not processed; only the third-party packages' folder is appended by hand.
+ISOLATED = """
+import os, sys
+sys.path += sys.argv[1].split(os.pathsep)
+try:
+    import pipeline
+    raise SystemExit("this repository is importable: the test proves nothing")
+except ModuleNotFoundError:
+    pass
+import torch
+torch.set_num_threads(1)
+import utils
+from models.team17_Name import main
+written = main(model_dir=os.path.join("model_zoo", "team17_Name"), input_path=sys.argv[2], output_path=sys.argv[3],
+               device=torch.device("cpu"))
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("pipeline", "experts", "cache"))
+assert not leaked, f"vendored code loaded under top-level names: {leaked}"
+assert utils.ORGANISERS and sys.modules["utils"] is utils
+print("written:", " ".join(p.name for p in written))
+"""
+
+
+def export(run: Path, out: Path, *extra: str, name: str = "Name", team: str = "17") -> int:
+    return export_ntire.main(["--run", str(run), "--team-id", team, "--team-name", name, "--out", str(out), *extra])
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "ntire"
+    assert export(trained_run, out) == 0
+    return out
+
+
+@pytest.fixture
+def lr_dir(tmp_path) -> Path:
+    d = tmp_path / "lr"
+    g = torch.Generator().manual_seed(0)
+    write_image(d / "0901x4.png", torch.rand(1, 3, 20, 26, generator=g))
+    write_image(d / "0902x4.png", torch.rand(1, 3, 17, 23, generator=g))
+    return d
+
+
+def test_imports_become_relative_to_the_vendor_root():
+    src = ('"""Usage:\n\n    from pipeline.x import y\n"""\nfrom pipeline import freq\nfrom experts.spec import (\n'
+           '    A,\n)\nimport torch\n\n\ndef f():\n    from cache.dataset import augment\n    return augment\n')
+    out = export_ntire.relative_imports(src, "pipeline.blocks.edge", is_package=False)
+    assert "\nfrom ...pipeline import freq\nfrom ...experts.spec import (\n" in out
+    assert "\n    from ...cache.dataset import augment\n" in out and "\nimport torch\n" in out
+    assert "\n    from pipeline.x import y\n" in out  # the docstring is left as it is
+    assert "from ..pipeline import freq" in export_ntire.relative_imports(src, "pipeline", is_package=True)
+
+
+def test_layout(exported):
+    zoo = exported / "model_zoo" / PKG
+    assert sorted(str(p.relative_to(zoo)) for p in zoo.rglob("*") if p.is_file()) == [
+        "SHA256SUMS", "config.json", "experts.yaml", "experts/calm.pth", "experts/noisy.pth", "model.safetensors"]
+    assert len((zoo / "SHA256SUMS").read_text().splitlines()) == 5  # every file but itself
+    spec = yaml.safe_load((zoo / "experts.yaml").read_text())
+    assert [(e["name"], e["checkpoint"]) for e in spec["experts"]] == [("noisy", "experts/noisy.pth"),
+                                                                       ("calm", "experts/calm.pth")]
+    code = exported / "models" / PKG
+    assert sorted(p.name for p in code.iterdir()) == ["README.md", "__init__.py", "_vendor", "requirements.txt"]
+    assert not (exported / "models" / "__init__.py").exists()  # never shadow the organisers' models/
+    vendored = {str(p.relative_to(code / "_vendor")) for p in (code / "_vendor").rglob("*.py")}
+    assert {"pipeline/submission.py", "pipeline/fusion_net.py", "experts/ensemble.py"} <= vendored
+    assert not any(v.startswith(("scripts/", "pipeline/refiner/")) or v == "train.py" for v in vendored)
+    reqs = [line.split()[0] for line in (code / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
+    assert {"torch", "spandrel", "safetensors", "numpy", "pillow", "pyyaml", "opencv-python-headless"} <= set(reqs)
+    assert "diffusers" not in reqs
+    assert f"from models.{PKG} import main" in (code / "README.md").read_text()
+
+
+def test_isolated_main_matches_submit(exported, trained_run, lr_dir, tmp_path):
+    shutil.copytree(exported, tmp_path / "repo")  # the organisers' repository root, with its own `utils`
+    repo = tmp_path / "repo"
+    (repo / "utils").mkdir()
+    (repo / "utils" / "__init__.py").write_text("ORGANISERS = True\n")
+    site = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-S", "-s", "-c", ISOLATED, site, str(lr_dir), str(tmp_path / "sr")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "written: 0901x4.png 0902x4.png" in res.stdout
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["0901x4.png", "0902x4.png"]
+
+    assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "sub")]) == 0
+    for name in ("0901x4.png", "0902x4.png"):
+        a, b = read_image(tmp_path / "sr" / name), read_image(tmp_path / "sub" / name)
+        assert a.shape == b.shape and (a - b).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_exported_files_are_verified_at_load(exported, lr_dir, tmp_path):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(exported / "model_zoo" / PKG, zoo)
+    with open(zoo / "experts" / "calm.pth", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ChecksumError, match="calm.pth was modified"):
+        run_model_dir(zoo, lr_dir, tmp_path / "sr")
+    assert not (tmp_path / "sr").exists()
+
+
+def test_tampered_checkpoints_are_refused_before_writing(trained_run, tiny_compact_experts, tmp_path, capsys):
+    assert export(tmp_path / "no_run", tmp_path / "out") == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree((trained_run / "ckpt" / "best").resolve(), ckpt)
+    (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + " ")
+    assert export(ckpt, tmp_path / "out") == 2
+    assert "config.json was modified" in capsys.readouterr().err
+
+    experts = tmp_path / "experts"
+    shutil.copytree(tiny_compact_experts["root"], experts, ignore=shutil.ignore_patterns("hr"))
+    spec = yaml.safe_load((experts / "experts.yaml").read_text())
+    for e in spec["experts"]:
+        e["checkpoint"] = str(experts / Path(e["checkpoint"]).name)
+    (experts / "experts.yaml").write_text(yaml.safe_dump(spec))
+    with open(experts / "noisy.pth", "ab") as fh:
+        fh.write(b"\0")
+    (experts / "calm.pth").unlink()
+    assert export(trained_run, tmp_path / "out", "--experts", str(experts / "experts.yaml")) == 2
+    err = capsys.readouterr().err
+    assert "'noisy'" in err and "sha256" in err and "'calm': checkpoint not found" in err
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("team, name, message", [("17", "my-team", "--team-name 'my-team' must match"),
+                                                 ("17", "9lives", "must match"),
+                                                 ("0", "Name", "--team-id must be 1..99"),
+                                                 ("100", "Name", "--team-id must be 1..99")])
+def test_bad_team_is_refused(trained_run, tmp_path, capsys, team, name, message):
+    assert export(trained_run, tmp_path / "out", name=name, team=team) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_needs_overwrite(trained_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    assert export(trained_run, out) == 2
+    assert "not empty (pass --overwrite" in capsys.readouterr().err and (out / "old.txt").exists()
+    assert export(trained_run, out, "--overwrite") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model_zoo", "models"]
+    assert leftovers(tmp_path) == []
