@@ -1,10 +1,17 @@
 """Score SR results exactly as the NTIRE ×4 organisers do.
 
     python scripts/evaluate.py --sr SR_DIR --hr HR_DIR [--scale 4] [--json OUT.json]
+                               [--perceptual [--weights-dir DIR] [--device cpu|cuda]]
 
 PSNR/SSIM on the BT.601 Y channel (16–235 offsets), float, border crop = scale — BasicSR's ``calculate_psnr`` /
 ``calculate_ssim(test_y_channel=True)``. Files pair by stem; ``0901x4.png`` pairs with ``0901.png``. HR images whose
 sides are not multiples of the scale are cropped first. Missing/extra files and size mismatches are errors.
+
+``--perceptual`` adds the NTIRE 2025 perceptual track (pipeline/perceptual.py): LPIPS, DISTS, NIQE, MUSIQ, MANIQA
+and CLIP-IQA with pyiqa's default settings (as the organisers' eval.py creates them) on the whole RGB image in [0,1],
+and the score (1-LPIPS) + (1-DISTS) + CLIPIQA + MANIQA + MUSIQ/100 + max(0, (10-NIQE)/10) of the means over the
+images. Nothing is downloaded: the weights come from ``--weights-dir DIR`` (else TORCH_HOME / HF_HOME), and every
+missing file is reported before any work is done.
 """
 
 from __future__ import annotations
@@ -16,34 +23,99 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_write_text
 from pipeline.evaluation import PairingError, check_sizes, mean_of, pair_images, score_fidelity
+from pipeline.perceptual import (
+    FETCH_HINT,
+    METRIC_NAMES,
+    PERCEPTUAL_FORMULA,
+    ImageTooSmallError,
+    MissingWeightsError,
+    PerceptualSetupError,
+    PerceptualWeightsError,
+    build_metrics,
+    check_image_sizes,
+    check_weights,
+    describe_layout,
+    perceptual_score,
+    score_pairs,
+    use_weights_dir,
+)
+
+_HEADERS = {"lpips": "LPIPS", "dists": "DISTS", "niqe": "NIQE", "musiq": "MUSIQ", "maniqa": "MANIQA",
+            "clipiqa": "CLIPIQA"}
+
+
+def _epilog() -> str:
+    return (
+        "--weights-dir DIR must hold (DIR/torch is used as TORCH_HOME, DIR/huggingface as HF_HOME; this is the layout\n"
+        "of ~/.cache/torch and ~/.cache/huggingface after pyiqa fetched the weights once on a machine with internet):\n"
+        + describe_layout() + "\n" + FETCH_HINT
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sr", required=True, type=Path, help="folder of super-resolved images")
     ap.add_argument("--hr", required=True, type=Path, help="folder of ground-truth HR images")
     ap.add_argument("--scale", type=int, default=4, help="SR scale = border crop (default 4)")
     ap.add_argument("--json", type=Path, default=None, help="write per-image and mean scores as JSON")
+    ap.add_argument("--perceptual", action="store_true", help="also LPIPS, DISTS, NIQE, MUSIQ, MANIQA, CLIP-IQA and "
+                    "the perceptual-track score (pyiqa, local weights only)")
+    ap.add_argument("--weights-dir", type=Path, default=None, help="local weights of the perceptual metrics (layout "
+                    "below); default: the folders TORCH_HOME and HF_HOME name")
+    ap.add_argument("--device", default="cpu", help="device of the perceptual metrics (default cpu)")
     args = ap.parse_args(argv)
+    if args.weights_dir is not None and not args.perceptual:
+        ap.error("--weights-dir is only used with --perceptual")
 
     try:
         pairs = pair_images(args.sr, args.hr, scale=args.scale)
         check_sizes(pairs, scale=args.scale)  # every mismatch is reported before any work is done
-    except (PairingError, FileNotFoundError) as exc:
+        if args.perceptual:
+            check_image_sizes(pairs)
+            dirs = use_weights_dir(args.weights_dir)  # offline; must precede any pyiqa import
+            check_weights(dirs)  # every missing weight file, before any work
+    except (PairingError, ImageTooSmallError, FileNotFoundError) as exc:  # MissingWeightsError: a FileNotFoundError
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
 
+    if args.perceptual:  # built before any image is scored: a weight problem stops everything at once
+        try:
+            metrics = build_metrics(dirs, device=args.device)
+        except (MissingWeightsError, PerceptualSetupError, PerceptualWeightsError) as exc:
+            print(f"evaluate: {exc}", file=sys.stderr)
+            return 2
+
     rows = score_fidelity(pairs, scale=args.scale, progress=True)
     mean = {"psnr": mean_of(rows, "psnr"), "ssim": mean_of(rows, "ssim")}
+    names: tuple[str, ...] = ()
+    score = None
+    if args.perceptual:
+        names = METRIC_NAMES
+        perceptual = {r["name"]: r for r in score_pairs(metrics, pairs, scale=args.scale, device=args.device,
+                                                         progress=True)}
+        for row in rows:
+            row.update({n: perceptual[row["name"]][n] for n in names})
+        mean.update({n: mean_of(rows, n) for n in names})
+        score = perceptual_score(mean)
 
     width = max(10, *(len(r["name"]) for r in rows))
-    print(f"{'image':<{width}}  {'PSNR-Y':>9}  {'SSIM-Y':>7}")
+
+    def line(name: str, r: dict) -> str:
+        return f"{name:<{width}}  {r['psnr']:9.4f}  {r['ssim']:7.4f}" + "".join(f"  {r[n]:8.4f}" for n in names)
+
+    print(f"{'image':<{width}}  {'PSNR-Y':>9}  {'SSIM-Y':>7}" + "".join(f"  {_HEADERS[n]:>8}" for n in names))
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['psnr']:9.4f}  {r['ssim']:7.4f}")
-    print(f"{'mean':<{width}}  {mean['psnr']:9.4f}  {mean['ssim']:7.4f}   ({len(rows)} images, x{args.scale}, Y, border {args.scale})")
+        print(line(r["name"], r))
+    print(line("mean", mean) + f"   ({len(rows)} images, x{args.scale}, Y, border {args.scale})")
+    if score is not None:
+        print(f"perceptual score {score:.4f} = {PERCEPTUAL_FORMULA} of the means")
 
     if args.json is not None:
         payload = {"images": rows, "mean": mean, "scale": args.scale, "sr": str(args.sr), "hr": str(args.hr)}
+        if score is not None:
+            payload.update(perceptual_score=score, perceptual_formula=PERCEPTUAL_FORMULA)
         atomic_write_text(args.json, json.dumps(payload, indent=2))
     return 0
 
