@@ -96,3 +96,31 @@ def tiny_compact_experts(tmp_path_factory) -> dict:
         img = torch.nn.functional.interpolate(base, size=(96, 96), mode="bicubic", align_corners=False).clamp(0, 1)
         write_image(hr_dir / f"img{i}.png", img)
     return {"root": root, "yaml": root / "experts.yaml", "hr": hr_dir}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_compact_experts, tmp_path_factory) -> Path:
+    """A tiny trained fusion run on the two Compact experts: extract_features → train.py 3 steps with validation
+    after every step (so metrics.csv holds train/* and val/* rows). Returns ``runs/r`` (ckpt/best, metrics.csv)."""
+    import yaml
+
+    import train as train_mod
+    from scripts import extract_features
+
+    root = tmp_path_factory.mktemp("trained_run")
+    threads = torch.get_num_threads()
+    try:
+        assert extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
+                                      "--hr", str(tiny_compact_experts["hr"]), "--out", str(root / "c.h5")]) == 0
+        model = yaml.safe_load((REPO_ROOT / "configs" / "fusion_tiny.yaml").read_text())["model"]
+        cfg = {"model": model,
+               "data": {"train_cache": str(root / "c.h5"), "val_cache": str(root / "c.h5"), "patch": 16,
+                        "batch_size": 2, "num_workers": 0},
+               "train": {"runs_dir": str(root / "runs"), "name": "r", "steps": 3, "warmup_steps": 1,
+                         "ckpt_every": 3, "val_every": 1, "log_every": 1, "threads": 1},
+               "submission": {"extra_data": True, "description": "test run"}}
+        (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        assert train_mod.main([str(root / "cfg.yaml")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root / "runs" / "r"
