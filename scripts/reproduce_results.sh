@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Re-evaluate the committed fusion of the three real experts (checkpoints/fusion_craft_ditn_span/) on Set5, Set14
+# and BSD100 through the user-facing path — experts.run / submit.py / evaluate.py — and print docs/RESULTS.md's table.
+#
+#   bash scripts/reproduce_results.sh                      # everything (needs ../shared)
+#   SETS="Set5" TTA=0 bash scripts/reproduce_results.sh    # quicker subset
+#
+# Environment: SHARED (default ../shared), CKPT (default checkpoints/fusion_craft_ditn_span), OUT (default
+# results/fusion_craft_ditn_span), SETS (default "Set5 Set14 BSD100"), TTA (1: also the x8 self-ensemble; default 1),
+# DEVICE (default cpu). Set5/Set14 use the official LR_bicubic/X4 images; BSD100 ships HR only, so its LR is made
+# with the MATLAB-compatible bicubic (scripts/make_lr.py). Finished steps are not redone (delete OUT to start over).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHARED=${SHARED:-../shared}
+CKPT=${CKPT:-checkpoints/fusion_craft_ditn_span}
+OUT=${OUT:-results/fusion_craft_ditn_span}
+SETS=${SETS:-Set5 Set14 BSD100}
+TTA=${TTA:-1}
+DEVICE=${DEVICE:-cpu}
+EXPERTS=configs/experts/shared_real.yaml
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || { bash scripts/setup_venv.sh; }
+
+[ -d "$SHARED/data/val" ] || { echo "reproduce_results: $SHARED/data/val not found (set SHARED=...)" >&2; exit 2; }
+[ -f "$CKPT/model.safetensors" ] || { echo "reproduce_results: no checkpoint at $CKPT" >&2; exit 2; }
+
+start=$(date +%s)
+for set in $SETS; do
+  src="$SHARED/data/val/$set"
+  work="$OUT/$set"
+  mkdir -p "$work/scores"
+  if [ -d "$src/HR" ]; then hr="$src/HR"; else hr="$src"; fi
+  if [ -d "$src/LR_bicubic/X4" ]; then
+    lr="$src/LR_bicubic/X4"
+  else
+    lr="$work/LR"
+    [ -d "$lr" ] || "$PY" scripts/make_lr.py --hr "$hr" --out "$lr" --scale 4
+  fi
+  echo "== $set: HR $hr, LR $lr"
+  if [ ! -f "$work/experts/fingerprints.json" ] || [ ! -d "$work/experts/_oracle" ]; then
+    "$PY" -m experts.run --config "$EXPERTS" --input "$lr" --output "$work/experts"
+    "$PY" scripts/expert_baselines.py --experts-dir "$work/experts" --hr "$hr"
+  fi
+  [ -f "$work/fusion/readme.txt" ] || \
+    "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$work/fusion" --device "$DEVICE"
+  if [ "$TTA" = 1 ] && [ ! -f "$work/fusion_tta/readme.txt" ]; then
+    "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$work/fusion_tta" --tta \
+      --device "$DEVICE"
+  fi
+  for m in craft ditn span _mean _oracle; do
+    "$PY" scripts/evaluate.py --sr "$work/experts/$m" --hr "$hr" --json "$work/scores/${m#_}.json" > /dev/null
+  done
+  for m in fusion fusion_tta; do
+    if [ -d "$work/$m" ]; then
+      "$PY" scripts/evaluate.py --sr "$work/$m" --hr "$hr" --json "$work/scores/$m.json" > /dev/null
+    fi
+  done
+done
+"$PY" scripts/results_table.py "$OUT" --sets $SETS
+echo "reproduce_results: $(( $(date +%s) - start )) s; per-image scores in $OUT/<set>/scores/*.json"

@@ -1,0 +1,69 @@
+"""scripts/expert_baselines.py (plain mean, per-pixel oracle) and scripts/results_table.py."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from pipeline.evaluation import pair_images, score_fidelity
+from pipeline.imageio import read_image, write_image
+from pipeline.metrics import psnr_y, rgb_to_y
+from scripts import expert_baselines, results_table
+
+
+def test_oracle_picks_the_expert_nearest_in_y_per_pixel():
+    hr = torch.rand(1, 3, 8, 8)
+    srs = (hr.unsqueeze(1) + 0.1 * torch.randn(1, 3, 3, 8, 8)).clamp(0, 1)  # (B,E,3,H,W)
+    oracle = expert_baselines.pixel_oracle(srs, hr)
+    err = (rgb_to_y(srs[0]) - rgb_to_y(hr)).abs()  # (E,1,H,W)
+    best = err.argmin(dim=0)[0]  # (H,W)
+    for y in range(8):
+        for x in range(8):
+            assert torch.equal(oracle[0, :, y, x], srs[0, best[y, x], :, y, x])
+    # no expert beats the oracle on PSNR-Y, the mean is the mean
+    for e in range(3):
+        assert psnr_y(oracle, hr, crop_border=0) >= psnr_y(srs[:, e], hr, crop_border=0)
+    assert torch.allclose(expert_baselines.expert_mean(srs), srs.mean(dim=1))
+
+
+def test_baselines_script_and_table(tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    hr_dir, exp = tmp_path / "hr", tmp_path / "exp"
+    names = ["a", "b", "c"]
+    (exp).mkdir()
+    (exp / "fingerprints.json").write_text(json.dumps([{"name": n} for n in names]))
+    for i in range(2):
+        hr = torch.rand(1, 3, 26, 30, generator=g)  # not a multiple of 4: cropped like the scoring does
+        write_image(hr_dir / f"img{i}.png", hr)
+        for k, n in enumerate(names):
+            noise = (0.02 + 0.03 * k) * torch.randn(1, 3, 24, 28, generator=g)
+            write_image(exp / n / f"img{i}x4.png", (hr[..., :24, :28] + noise).clamp(0, 1))
+    assert expert_baselines.main(["--experts-dir", str(exp), "--hr", str(hr_dir)]) == 0
+    assert sorted(p.name for p in (exp / "_oracle").iterdir()) == ["img0x4.png", "img1x4.png"]
+
+    scores = {}
+    for m in ["a", "b", "c", "_mean", "_oracle"]:
+        rows = score_fidelity(pair_images(exp / m, hr_dir, scale=4), scale=4)
+        scores[m.strip("_")] = sum(r["psnr"] for r in rows) / len(rows)
+        (tmp_path / "res" / "S" / "scores").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "res" / "S" / "scores" / f"{m.strip('_')}.json").write_text(
+            json.dumps({"images": rows, "mean": {"psnr": scores[m.strip("_")], "ssim": 0.5}}))
+    assert scores["oracle"] > max(scores["a"], scores["b"], scores["c"])
+    # the saved oracle PNG is exactly made of expert pixels (no rounding loss)
+    o = read_image(exp / "_oracle" / "img0x4.png")
+    stack = torch.stack([read_image(exp / n / "img0x4.png") for n in names])  # (E,1,3,H,W)
+    assert ((stack == o).all(dim=2)).any(dim=0).all()
+
+    # "fusion" = copy of the mean to exercise the margin line
+    (tmp_path / "res" / "S" / "scores" / "fusion.json").write_text(
+        (tmp_path / "res" / "S" / "scores" / "mean.json").read_text())
+    assert results_table.main([str(tmp_path / "res"), "--sets", "S", "--best-of", "a", "b", "c"]) == 0
+    out = capsys.readouterr().out
+    assert "per-pixel oracle" in out and f"{scores['oracle']:.3f}" in out
+    assert f"fusion − best expert: S {scores['mean'] - scores['a']:+.3f} dB vs a" in out
+
+
+def test_table_without_scores_is_an_error(tmp_path, capsys):
+    assert results_table.main([str(tmp_path), "--sets", "Set5"]) == 2
+    assert "no scores" in capsys.readouterr().err
