@@ -5,7 +5,8 @@
 #   bash scripts/reproduce_results.sh                      # everything (needs ../shared)
 #   SETS="Set5" TTA=0 bash scripts/reproduce_results.sh    # quicker subset
 #
-# Environment: SHARED (default ../shared), CKPT (default checkpoints/fusion_craft_ditn_span), OUT (default
+# Environment: SHARED (default ../shared), CKPT (default checkpoints/fusion_craft_ditn_span; a run folder → its best
+# checkpoint), OUT (default
 # results/fusion_craft_ditn_span), SETS (default "Set5 Set14 BSD100"), TTA (1: also the x8 self-ensemble; default 1),
 # DEVICE (default cpu). Set5/Set14 use the official LR_bicubic/X4 images; BSD100 ships HR only, so its LR is made
 # with the MATLAB-compatible bicubic (scripts/make_lr.py). Finished steps are not redone (delete OUT to start over).
@@ -23,7 +24,8 @@ PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || { bash scripts/setup_venv.sh; }
 
 [ -d "$SHARED/data/val" ] || { echo "reproduce_results: $SHARED/data/val not found (set SHARED=...)" >&2; exit 2; }
-[ -f "$CKPT/model.safetensors" ] || { echo "reproduce_results: no checkpoint at $CKPT" >&2; exit 2; }
+[ -f "$CKPT/model.safetensors" ] || [ -f "$CKPT/ckpt/best/model.safetensors" ] || \
+  { echo "reproduce_results: no checkpoint at $CKPT (a checkpoint folder or a run folder)" >&2; exit 2; }
 
 start=$(date +%s)
 for set in $SETS; do
