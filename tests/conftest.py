@@ -7,8 +7,10 @@ a missing ../shared is a failure, never a silent skip.
 
 from __future__ import annotations
 
+import csv
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,21 @@ def trained_run(tiny_compact_experts, tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root / "runs" / "r"
+
+
+def run_main(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Run a script's ``main(argv)`` in-process, restoring torch's thread count (scripts set ``train.threads``)."""
+    threads = torch.get_num_threads()
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """A run's ``metrics.csv`` → ``{tag: [(step, value), ...]}`` in file order."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    return out

@@ -3,7 +3,6 @@ to resume with another config/cache, the NaN guard, atomic checkpoints, live mod
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import read_metrics, run_main
 from safetensors.torch import load_file
 
 import train as train_mod
@@ -54,22 +54,6 @@ def _write_config(path: Path, cache: Path, runs: Path, **train_over) -> Path:
     return path
 
 
-def _run(argv: list[str]) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return train_mod.main(argv)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _csv(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {}
-    with open(run_dir / "metrics.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            out.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------------------
 def test_lr_schedule_and_stage_switching(tmp_path):
     cfg = load_run_config(None, ["train.steps=100", "train.warmup_steps=10", "train.lr=1e-3", "train.min_lr_ratio=0.1"])
@@ -101,11 +85,11 @@ def test_run_config_validation(overrides, message):
 
 def test_tiny_cached_run_learns_and_saves_everything(tiny_cache, tmp_path, capsys):
     cfg_path = _write_config(tmp_path / "cfg.yaml", tiny_cache, tmp_path / "runs")
-    assert _run([str(cfg_path)]) == 0
+    assert run_main(train_mod.main, [str(cfg_path)]) == 0
     run = tmp_path / "runs" / "tiny"
     out = capsys.readouterr()
     assert "val PSNR fusion" in out.err + out.out and "gain over best expert" in out.err + out.out
-    log = _csv(run)
+    log = read_metrics(run)
     losses = [v for _, v in log["train/loss"]]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss goes down
     fused = log["val/psnr"][-1][1]
@@ -130,7 +114,7 @@ def test_tiny_cached_run_learns_and_saves_everything(tiny_cache, tmp_path, capsy
     assert any((run / "tb").iterdir())
     # a second start with the same name refuses to overwrite the run
     with pytest.raises(SystemExit, match="already holds a run"):
-        _run([str(cfg_path)])
+        run_main(train_mod.main, [str(cfg_path)])
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -140,7 +124,7 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_resume_after_sigkill_is_bit_identical(tiny_cache, tmp_path):
     common = {"steps": 24, "ckpt_every": 8, "val_every": 1000, "log_every": 4}
     ref_cfg = _write_config(tmp_path / "ref.yaml", tiny_cache, tmp_path / "runs", name="ref", **common)
-    assert _run([str(ref_cfg)]) == 0
+    assert run_main(train_mod.main, [str(ref_cfg)]) == 0
     reference = _final_weights(tmp_path / "runs" / "ref")
 
     cfg = _write_config(tmp_path / "cut.yaml", tiny_cache, tmp_path / "runs", name="cut", **common)
@@ -157,21 +141,21 @@ def test_resume_after_sigkill_is_bit_identical(tiny_cache, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert resolve_checkpoint(run).name in ("step_00000008", "step_00000016")
-    assert _run(["--resume", str(run)]) == 0
+    assert run_main(train_mod.main, ["--resume", str(run)]) == 0
     resumed = _final_weights(run)
     assert resumed.keys() == reference.keys()
     for k in reference:
         assert torch.equal(resumed[k], reference[k]), k
-    steps = [s for s, _ in _csv(run)["train/loss"]]
+    steps = [s for s, _ in read_metrics(run)["train/loss"]]
     assert steps == sorted(set(steps)) and steps[-1] == 24  # the log has no duplicated steps after the resume
 
 
 def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, tmp_path):
     cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=4, val_every=1000)
-    assert _run([str(cfg)]) == 0
+    assert run_main(train_mod.main, [str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny"
     with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
-        _run([str(cfg), "train.lr=0.1", "--resume", str(run)])
+        run_main(train_mod.main, [str(cfg), "train.lr=0.1", "--resume", str(run)])
     # same config, but the cache at that path now holds other data
     from scripts import extract_features
 
@@ -187,7 +171,7 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
     saved["data"]["train_cache"] = saved["data"]["val_cache"] = str(moved)  # pretend the run used that path
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(SystemExit, match=r"training data differ.*images"):
-        _run([str(cfg2), "--resume", str(run)])
+        run_main(train_mod.main, [str(cfg2), "--resume", str(run)])
 
 
 def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
@@ -203,7 +187,7 @@ def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
     cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=30, val_every=1000,
                         ckpt_every=1000, max_nonfinite=4)
     with pytest.raises(SystemExit, match="4 non-finite steps in a row at step 8"):
-        _run([str(cfg)])
+        run_main(train_mod.main, [str(cfg)])
     state = load_train_state(resolve_checkpoint(tmp_path / "runs" / "tiny"))
     assert state["step"] == 8 and state["counters"]["nonfinite_total"] == 6
     for v in state["model"].values():
@@ -212,7 +196,7 @@ def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
 
 def test_checkpoint_write_is_atomic_under_a_crash(tiny_cache, tmp_path, monkeypatch):
     cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=4, val_every=1000)
-    assert _run([str(cfg)]) == 0
+    assert run_main(train_mod.main, [str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny"
     before = resolve_checkpoint(run)
     model = load_pretrained(before)
@@ -235,9 +219,9 @@ def test_live_mode_runs_the_experts(tiny_compact_experts, tmp_path):
     data["data"].update({"mode": "live", "experts": str(tiny_compact_experts["yaml"]),
                          "train_hr": str(tiny_compact_experts["hr"]), "val_cache": None})
     cfg.write_text(yaml.safe_dump(data))
-    assert _run([str(cfg)]) == 0
+    assert run_main(train_mod.main, [str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny"
-    assert len(_csv(run)["train/loss"]) == 3
+    assert len(read_metrics(run)["train/loss"]) == 3
     assert [e["name"] for e in read_extra(resolve_checkpoint(run))["experts"]] == ["noisy", "calm"]
 
 
@@ -251,6 +235,6 @@ def test_ddp_two_gloo_processes(tiny_cache, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
     assert resolve_checkpoint(run).name == "step_00000004"
-    log = _csv(run)
+    log = read_metrics(run)
     assert [s for s, _ in log["train/loss"]] == [2, 4]  # rank 0 alone logs
     assert math.isfinite(log["val/psnr"][-1][1])

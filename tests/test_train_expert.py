@@ -4,7 +4,6 @@ the patch dataset (LR folders, small images, image cache)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import pytest
 import spandrel
 import torch
 import yaml
-from conftest import assert_close
+from conftest import assert_close, read_metrics, run_main
 from safetensors.torch import load_file
 
 from experts.architectures import architecture_class, build_architecture, check_params, loader_round_trip
@@ -72,22 +71,6 @@ def _config(tmp_path: Path, images: dict, arch: str, *, name: str = "tiny", data
     return path
 
 
-def _run(argv: list[str]) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return train_expert.main(argv)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _csv(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {}
-    with open(run_dir / "metrics.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            out.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
-    return out
-
-
 def _ema_model(ckpt: Path) -> torch.nn.Module:
     """The EMA weights of the train state, in a model rebuilt from the checkpoint's config.json."""
     model = load_expert_model(ckpt)
@@ -99,9 +82,9 @@ def _ema_model(ckpt: Path) -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["HAT", "DAT", "NAFNetSR"])
 def test_tiny_run_saves_checkpoints_the_expert_loader_reads(arch, images, tmp_path):
-    assert _run([str(_config(tmp_path, images, arch))]) == 0
+    assert run_main(train_expert.main, [str(_config(tmp_path, images, arch))]) == 0
     run = tmp_path / "runs" / "tiny"
-    log = _csv(run)
+    log = read_metrics(run)
     assert [s for s, _ in log["train/loss"]] == [1, 2, 3]
     assert log["val/psnr"] == log["val/psnr_val"] and len(log["val/bicubic_val"]) == 1  # set named after HR/'s parent
     ckpt = resolve_checkpoint(run)
@@ -125,8 +108,8 @@ def test_tiny_run_saves_checkpoints_the_expert_loader_reads(arch, images, tmp_pa
 def test_loss_falls_on_a_learnable_case(images, tmp_path):
     cfg = _config(tmp_path, images, "HAT", steps=30, val_every=1000, ckpt_every=1000, lr=3e-3, warmup_steps=3,
                   data={"augment": False})
-    assert _run([str(cfg)]) == 0
-    losses = [v for _, v in _csv(tmp_path / "runs" / "tiny")["train/loss"]]
+    assert run_main(train_expert.main, [str(cfg)]) == 0
+    losses = [v for _, v in read_metrics(tmp_path / "runs" / "tiny")["train/loss"]]
     assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
 
 
@@ -135,10 +118,10 @@ def test_resume_is_bit_identical(images, tmp_path):
     # forward draws from the global RNG, so its state (and the data stream, the optimiser and EMA) must be restored
     common = {"steps": 8, "ckpt_every": 4, "val_every": 4, "log_every": 2}
     hat2 = {"params": dict(TINY["HAT"], depths=[2])}
-    assert _run([str(_config(tmp_path, images, "HAT", name="ref", model=hat2, **common))]) == 0
+    assert run_main(train_expert.main, [str(_config(tmp_path, images, "HAT", name="ref", model=hat2, **common))]) == 0
     reference = load_file(str(resolve_checkpoint(tmp_path / "runs" / "ref") / "model.safetensors"))
 
-    assert _run([str(_config(tmp_path, images, "HAT", name="cut", model=hat2, **common))]) == 0
+    assert run_main(train_expert.main, [str(_config(tmp_path, images, "HAT", name="cut", model=hat2, **common))]) == 0
     run = tmp_path / "runs" / "cut"
     # pretend the run died right after its step-4 checkpoint
     last = run / "ckpt" / "last"
@@ -146,7 +129,7 @@ def test_resume_is_bit_identical(images, tmp_path):
     os.symlink("step_00000004", last)
     shutil.rmtree(run / "ckpt" / "step_00000008")
     assert resolve_checkpoint(run).name == "step_00000004"
-    assert _run(["--resume", str(run)]) == 0
+    assert run_main(train_expert.main, ["--resume", str(run)]) == 0
     resumed = load_file(str(resolve_checkpoint(run) / "model.safetensors"))
     assert resolve_checkpoint(run).name == "step_00000008" and resumed.keys() == reference.keys()
     for k in reference:
@@ -154,10 +137,10 @@ def test_resume_is_bit_identical(images, tmp_path):
     raw_ref = load_train_state(resolve_checkpoint(tmp_path / "runs" / "ref"))["model"]
     raw = load_train_state(resolve_checkpoint(run))["model"]
     assert all(torch.equal(raw[k], raw_ref[k]) for k in raw_ref)
-    steps = [s for s, _ in _csv(run)["train/loss"]]
+    steps = [s for s, _ in read_metrics(run)["train/loss"]]
     assert steps == [2, 4, 6, 8]  # no duplicated rows after the resume
     with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
-        _run(["--resume", str(run), "train.lr=0.1"])
+        run_main(train_expert.main, ["--resume", str(run), "train.lr=0.1"])
 
 
 def test_unknown_or_mistyped_params_are_errors(images, tmp_path):
@@ -176,7 +159,7 @@ def test_unknown_or_mistyped_params_are_errors(images, tmp_path):
     # the command line says so before creating anything
     cfg = _config(tmp_path, images, "NAFNetSR", model={"params": {"width": 8, "blocks": 2}})
     with pytest.raises(SystemExit, match=r"config error: .*unknown parameter\(s\) \['blocks'\]"):
-        _run([str(cfg)])
+        run_main(train_expert.main, [str(cfg)])
     assert not (tmp_path / "runs" / "tiny").exists()
 
 
@@ -199,7 +182,7 @@ def test_params_the_loader_cannot_recover_are_refused(images, tmp_path):
 def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images, tmp_path):
     cfg = _config(tmp_path, images, arch, steps=2, val_every=2, ckpt_every=2)
     out = tmp_path / "zoo" / f"{arch.lower()}_tiny"
-    assert _run([str(cfg), "--export", str(out)]) == 0
+    assert run_main(train_expert.main, [str(cfg), "--export", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "expert.yaml",
                                                      "model.safetensors"]
     ckpt = resolve_checkpoint(tmp_path / "runs" / "tiny")
@@ -218,13 +201,13 @@ def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images
     assert feats[0].shape[-2:] == (16, 24)  # default hook conv_after_body, on the LR grid
 
     card = (out / "MODEL_CARD.md").read_text()
-    psnr = _csv(tmp_path / "runs" / "tiny")["val/psnr"][-1][1]
+    psnr = read_metrics(tmp_path / "runs" / "tiny")["val/psnr"][-1][1]
     assert f"| val (`{images['val']}`) | 2 | {psnr:.3f} |" in card  # measured through the loader = training's number
     assert "2 steps × batch 2 of 16×16 LR crops" in card and f"{arch}" in card
 
     # a finished run exports again without training (--resume of a complete run runs no step)
     again = tmp_path / "zoo" / "again"
-    assert _run(["--resume", str(tmp_path / "runs" / "tiny"), "--export", str(again), "--export-which", "best"]) == 0
+    assert run_main(train_expert.main, ["--resume", str(tmp_path / "runs" / "tiny"), "--export", str(again), "--export-which", "best"]) == 0
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
 
@@ -232,19 +215,19 @@ def test_fine_tuning(images, tmp_path):
     missing = tmp_path / "nowhere" / "weights.pth"
     cfg = _config(tmp_path, images, "NAFNetSR", name="ft", model={"init_from": str(missing)})
     with pytest.raises(SystemExit, match=f"checkpoint file not found: {missing}"):
-        _run([str(cfg)])
+        run_main(train_expert.main, [str(cfg)])
     missing_dir = tmp_path / "empty_run"
     missing_dir.mkdir()
     cfg = _config(tmp_path, images, "NAFNetSR", name="ft2", model={"init_from": str(missing_dir)})
     with pytest.raises(SystemExit, match=f"no model.safetensors in {missing_dir}"):
-        _run([str(cfg)])
+        run_main(train_expert.main, [str(cfg)])
 
     # from a finished run (its last checkpoint), with lr 0: the fine-tuned weights are the starting ones
-    assert _run([str(_config(tmp_path, images, "NAFNetSR", name="base"))]) == 0
+    assert run_main(train_expert.main, [str(_config(tmp_path, images, "NAFNetSR", name="base"))]) == 0
     base = load_file(str(resolve_checkpoint(tmp_path / "runs" / "base") / "model.safetensors"))
     cfg = _config(tmp_path, images, "NAFNetSR", name="ft3", model={"init_from": str(tmp_path / "runs" / "base")},
                   lr=0.0, steps=1, val_every=1, ckpt_every=1, warmup_steps=0)
-    assert _run([str(cfg)]) == 0
+    assert run_main(train_expert.main, [str(cfg)]) == 0
     tuned = load_file(str(resolve_checkpoint(tmp_path / "runs" / "ft3") / "model.safetensors"))
     assert all(torch.equal(tuned[k], base[k]) for k in base)
     # weights of another shape: an error naming the file and the mismatching tensors
@@ -252,7 +235,7 @@ def test_fine_tuning(images, tmp_path):
         "init_from": str(tmp_path / "runs" / "base"), "params": {"width": 12, "num_blocks": 2}})
     with pytest.raises(SystemExit, match=r"cannot fine-tune: .*model\.safetensors: the weights do not fit NAFNetSR.*"
                                          r"shape mismatches"):
-        _run([str(cfg)])
+        run_main(train_expert.main, [str(cfg)])
 
 
 def test_nafnet_sr_is_detected_with_every_hyperparameter(tmp_path):
