@@ -282,7 +282,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         lr, hr, srs, feats = batch_inputs(batch, ensemble, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = train_model(lr, srs, feats)
-        total, terms = criterion(out.sr.float(), hr, stage.weights, balance=out.load_balance_loss.float())
+        total, terms = criterion(out.sr.float(), hr, stage.weights, balance=out.load_balance_loss.float(),
+                                 gates=None if out.gates is None else out.gates.float(), srs=srs)
         ok = guarded_step(total, parameters=model.parameters(), optimizer=optimizer, grad_clip=cfg.train.grad_clip,
                           world=world)
         count_nonfinite(counters, ok)

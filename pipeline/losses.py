@@ -23,9 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.metrics import Y_WEIGHTS
+
 __all__ = [
     "LossWeights",
     "l1_loss",
+    "gate_oracle_loss",
     "charbonnier_loss",
     "fft_loss",
     "swt_loss",
@@ -49,11 +52,25 @@ class LossWeights:
     ssim: float = 0.0
     sobel: float = 0.0
     balance: float = 0.01  # gate load-balancing (MoE) auxiliary loss
+    gate_oracle: float = 0.0  # gates vs the per-pixel oracle expert (cross-entropy, weighted by what the choice costs)
     perceptual: float = 0.0
 
 
 def l1_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return (sr - hr).abs().mean()
+
+
+def gate_oracle_loss(gates: torch.Tensor, srs: torch.Tensor, hr: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Cross-entropy of the per-pixel gates against the oracle expert — at each pixel the one whose Y (BT.601, the
+    scored channel) is nearest the HR — weighted by how much the choice matters there (worst − best expert's |ΔY|),
+    so flat regions where every expert agrees do not count. ``gates (B,E,H,W)`` (softmax over E), ``srs (B,E,3,H,W)``,
+    ``hr (B,3,H,W)``; a scalar."""
+    w = srs.new_tensor(Y_WEIGHTS) / 255.0  # BT.601 luma on [0,1]; the 16/255 offset cancels in differences
+    err = ((srs * w.view(1, 1, 3, 1, 1)).sum(dim=2) - (hr * w.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)).abs()
+    label = err.argmin(dim=1, keepdim=True)  # (B,1,H,W)
+    weight = (err.amax(dim=1) - err.amin(dim=1)).detach()  # (B,H,W)
+    nll = -torch.log(gates.clamp_min(eps)).gather(1, label).squeeze(1)  # (B,H,W)
+    return (weight * nll).sum() / weight.sum().clamp_min(eps)
 
 
 def charbonnier_loss(sr: torch.Tensor, hr: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -205,7 +222,14 @@ class CombinedLoss(nn.Module):
         self.perceptual = perceptual
 
     def forward(
-        self, sr: torch.Tensor, hr: torch.Tensor, weights: LossWeights, *, balance: torch.Tensor | None = None
+        self,
+        sr: torch.Tensor,
+        hr: torch.Tensor,
+        weights: LossWeights,
+        *,
+        balance: torch.Tensor | None = None,
+        gates: torch.Tensor | None = None,  # (B,E,H,W), for gate_oracle
+        srs: torch.Tensor | None = None,  # (B,E,3,H,W), for gate_oracle
     ) -> tuple[torch.Tensor, dict[str, float]]:
         terms: dict[str, torch.Tensor] = {}
         if weights.l1:
@@ -222,6 +246,10 @@ class CombinedLoss(nn.Module):
             terms["sobel"] = sobel_loss(sr, hr)
         if weights.balance and balance is not None:
             terms["balance"] = balance
+        if weights.gate_oracle:
+            if gates is None or srs is None:
+                raise ValueError("the stage weights gate_oracle but the model has no gates (gating disabled?)")
+            terms["gate_oracle"] = gate_oracle_loss(gates, srs, hr)
         if weights.perceptual:
             if self.perceptual is None:
                 raise ValueError("the stage weights the perceptual loss but no VGG19 weights were configured")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["rgb_to_y", "psnr_y", "ssim_y", "crop_to_match", "gaussian_window"]
+__all__ = ["Y_WEIGHTS", "rgb_to_y", "psnr_y", "ssim_y", "crop_to_match", "gaussian_window"]
 
-_Y_WEIGHTS = (65.481, 128.553, 24.966)
+Y_WEIGHTS = (65.481, 128.553, 24.966)
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     if img.ndim != 4 or img.shape[1] != 3:
         raise ValueError(f"expected (B,3,H,W) RGB, got {tuple(img.shape)}")
     x = img.to(torch.float64)
-    y = 16.0 + _Y_WEIGHTS[0] * x[:, 0] + _Y_WEIGHTS[1] * x[:, 1] + _Y_WEIGHTS[2] * x[:, 2]  # on [0,1] → 0–255
+    y = 16.0 + Y_WEIGHTS[0] * x[:, 0] + Y_WEIGHTS[1] * x[:, 1] + Y_WEIGHTS[2] * x[:, 2]  # on [0,1] → 0–255
     return y.unsqueeze(1)
 
 

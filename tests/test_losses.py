@@ -15,6 +15,7 @@ from pipeline.losses import (
     VGGPerceptualLoss,
     charbonnier_loss,
     fft_loss,
+    gate_oracle_loss,
     l1_loss,
     sobel_loss,
     ssim_loss,
@@ -121,3 +122,24 @@ def test_ema_update_rule_and_warmup():
     again.load_state_dict(ema.state_dict())
     torch.testing.assert_close(again.module.weight, ema.module.weight)
     assert int(again.num_updates) == 1
+
+
+def test_gate_oracle_loss_by_hand():
+    # 2 experts, 1x3 pixels, grey images (Y difference = RGB difference · (65.481+128.553+24.966)/255)
+    hr = torch.full((1, 3, 1, 3), 0.5)
+    srs = torch.stack([torch.tensor([0.50, 0.60, 0.5]), torch.tensor([0.70, 0.52, 0.5])])  # (E,W)
+    srs = srs.view(1, 2, 1, 1, 3).expand(1, 2, 3, 1, 3).clone()  # (B,E,3,H,W)
+    gates = torch.tensor([[0.8, 0.3, 0.5], [0.2, 0.7, 0.5]]).view(1, 2, 1, 3)
+    k = (65.481 + 128.553 + 24.966) / 255
+    # pixel 0: oracle e0, weight |0.2|k; pixel 1: oracle e1, weight |0.1-0.02|k; pixel 2: no difference, weight 0
+    w0, w1 = 0.2 * k, 0.08 * k
+    want = (w0 * -math.log(0.8) + w1 * -math.log(0.7)) / (w0 + w1)
+    assert abs(float(gate_oracle_loss(gates, srs, hr)) - want) < 1e-5
+    # perfect gates → 0; the term needs gates
+    perfect = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]).view(1, 2, 1, 3)
+    assert float(gate_oracle_loss(perfect, srs, hr)) < 1e-5
+    with pytest.raises(ValueError, match="no gates"):
+        CombinedLoss()(srs[:, 0], hr, LossWeights(gate_oracle=1.0))
+    total, terms = CombinedLoss()(srs[:, 0], hr, LossWeights(charbonnier=0.0, balance=0.0, gate_oracle=2.0),
+                                  gates=gates, srs=srs)
+    assert set(terms) == {"gate_oracle"} and abs(float(total) - 2 * want) < 1e-5
