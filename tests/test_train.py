@@ -178,9 +178,9 @@ def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
     real = CombinedLoss.forward
     calls = {"n": 0}
 
-    def flaky(self, sr, hr, weights, *, balance=None):
+    def flaky(self, sr, hr, weights, *, balance=None, gates=None, srs=None):
         calls["n"] += 1
-        total, terms = real(self, sr, hr, weights, balance=balance)
+        total, terms = real(self, sr, hr, weights, balance=balance, gates=gates, srs=srs)
         return (total * float("nan") if calls["n"] in (2, 3) or calls["n"] >= 6 else total), terms
 
     monkeypatch.setattr(CombinedLoss, "forward", flaky)
