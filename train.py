@@ -12,6 +12,8 @@ Plain functions, top to bottom: config → data → model → optimiser → loop
   ``metrics.csv`` (every logged scalar), ``tb/`` (TensorBoard).
 * ``--resume runs/<name>`` continues exactly (bit-identical on CPU): the data stream is a function of the step, and
   the optimiser, EMA, step and RNG state are restored; a different config or cache is refused, naming what differs.
+* ``train.init_from=DIR`` fine-tunes a trained fusion (a checkpoint dir or a run dir's best checkpoint): same network
+  config and same experts (names + sha256) as the checkpoint, else an error naming the difference.
 * ``torchrun --nproc_per_node N train.py ...``: DistributedDataParallel (NCCL on GPUs, gloo on CPU); each rank takes
   ``data.batch_size`` crops per step (effective batch N × batch_size); only rank 0 validates, logs and saves.
 """
@@ -133,6 +135,30 @@ def build_model(cfg: RunConfig, meta, ensemble) -> FusionNet:
     return FusionNet(config=model_cfg)
 
 
+def load_init_weights(model: FusionNet, init_from: str, experts: list[dict]) -> Path:
+    """``train.init_from``: copy a trained fusion's weights into ``model`` (fine-tuning). The checkpoint must describe
+    the same network and have been trained on the same experts (names and checkpoint sha256) → its directory."""
+    from pipeline.model_io import load_pretrained, read_extra
+    from pipeline.run_checkpoint import verify_checksums
+
+    ckpt = resolve_checkpoint(init_from, which="best")
+    if (ckpt / "SHA256SUMS").is_file():
+        verify_checksums(ckpt)
+    init = load_pretrained(ckpt)
+    if config_to_dict(init.config) != config_to_dict(model.config):
+        mine, theirs = config_to_dict(model.config), config_to_dict(init.config)
+        diffs = [f"model.{k}: {theirs.get(k)!r} in {ckpt}, {mine.get(k)!r} here" for k in sorted(set(mine) | set(theirs))
+                 if mine.get(k) != theirs.get(k)]
+        raise SystemExit("train: train.init_from describes another network: " + "; ".join(diffs[:8]))
+    recorded = [(fp["name"], fp["sha256"]) for fp in read_extra(ckpt)["experts"]]
+    here = [(fp["name"], fp["sha256"]) for fp in experts]
+    if recorded != here:
+        raise SystemExit(f"train: train.init_from {ckpt} was trained on experts "
+                         f"{[f'{n} ({h[:12]}…)' for n, h in recorded]}, this run has {[f'{n} ({h[:12]}…)' for n, h in here]}")
+    model.load_state_dict(init.state_dict(), strict=True)
+    return ckpt
+
+
 def lr_at(step: int, cfg: RunConfig) -> float:
     t = cfg.train
     return cosine_lr(step, lr=t.lr, steps=t.steps, warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
@@ -210,7 +236,13 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         if diffs:
             raise SystemExit("train: cannot resume, the training data differ from the run's: " + "; ".join(diffs[:8]))
 
-    model = build_model(cfg, meta, ensemble).to(device)
+    model = build_model(cfg, meta, ensemble)
+    experts_fp = list(meta.experts) if meta is not None else [fp.to_dict() for fp in ensemble.fingerprints]
+    if cfg.train.init_from is not None and state is None:
+        src = load_init_weights(model, cfg.train.init_from, experts_fp)
+        if rank == 0:
+            print(f"train: weights initialised from {src}")
+    model = model.to(device)
     expert_names = meta.expert_names if meta is not None else ensemble.names
     ema = ModelEma(model, decay=cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
@@ -230,7 +262,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     log = ScalarLog(run_dir, start_step=start_step) if rank == 0 else None
     baseline = None
     extra_base = {
-        "experts": list(meta.experts) if meta is not None else [fp.to_dict() for fp in ensemble.fingerprints],
+        "experts": experts_fp,
         "cache": {"schema_version": SCHEMA_VERSION, "path": cfg.data.train_cache if meta is not None else None},
         "run": run_dir.name,
         "scale": meta.scale if meta is not None else ensemble.scale,

@@ -70,6 +70,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads in the main process (0 = leave torch's default)
     stages: tuple[StageConfig, ...] = (StageConfig(),)
+    # fine-tune: start from these weights (a checkpoint dir or a run dir → its best checkpoint); the model config and
+    # the experts (names + sha256) must be the checkpoint's. Ignored by --resume (the run's own state wins).
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

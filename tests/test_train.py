@@ -174,6 +174,36 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
         run_main(train_mod.main, [str(cfg2), "--resume", str(run)])
 
 
+def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache, tmp_path):
+    base_cfg = _write_config(tmp_path / "base.yaml", tiny_cache, tmp_path / "runs", name="base", steps=6,
+                             ckpt_every=6, val_every=1000)
+    assert run_main(train_mod.main, [str(base_cfg)]) == 0
+    base = resolve_checkpoint(tmp_path / "runs" / "base", which="best")
+    # lr 0: the fine-tuned run must end exactly at the initial weights (EMA of constant weights included)
+    ft_cfg = _write_config(tmp_path / "ft.yaml", tiny_cache, tmp_path / "runs", name="ft", steps=2, ckpt_every=2,
+                           val_every=1000, lr=0.0, init_from=str(tmp_path / "runs" / "base"))
+    assert run_main(train_mod.main, [str(ft_cfg)]) == 0
+    got, want = _final_weights(tmp_path / "runs" / "ft"), load_file(str(base / "model.safetensors"))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert load_run_config(tmp_path / "runs" / "ft" / "config.yaml").train.init_from == str(tmp_path / "runs" / "base")
+    # another network
+    with pytest.raises(SystemExit, match=r"init_from describes another network: model\.refine"):
+        run_main(train_mod.main, [str(ft_cfg), "train.name=ft2", "model.refine.enabled=false"])
+    # other experts: the recorded fingerprints no longer match the cache's
+    extra_path = base / "config.json"
+    import json
+
+    payload = json.loads(extra_path.read_text())
+    payload["extra"]["experts"][0]["sha256"] = "0" * 64
+    extra_path.write_text(json.dumps(payload))
+    (base / "SHA256SUMS").unlink(missing_ok=True)
+    with pytest.raises(SystemExit, match=r"was trained on experts \['noisy \(000000000000…\)'"):
+        run_main(train_mod.main, [str(ft_cfg), "train.name=ft3"])
+    # a missing checkpoint is an error naming it
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        run_main(train_mod.main, [str(ft_cfg), "train.name=ft4", f"train.init_from={tmp_path / 'nothing'}"])
+
+
 def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
     real = CombinedLoss.forward
     calls = {"n": 0}
