@@ -1,0 +1,39 @@
+"""The committed fusion of the real experts (checkpoints/fusion_craft_ditn_span) beats CRAFT, its best expert, on
+Set5 — measured through the user-facing path: scripts/submit.py writes the PNGs, scripts/evaluate.py scores them.
+
+docs/RESULTS.md has the full table (Set5, Set14, BSD100; scripts/reproduce_results.sh). The CRAFT reference is
+BasicSR's own number from ../shared/golden (the experts' per-image scores are checked against it in
+tests/test_experts_real.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO_ROOT, require_shared
+
+from scripts import evaluate, submit
+
+CKPT = REPO_ROOT / "checkpoints" / "fusion_craft_ditn_span"
+EXPERTS = REPO_ROOT / "configs" / "experts" / "shared_real.yaml"
+MIN_GAIN_DB = 0.01  # measured: +0.021 dB (docs/RESULTS.md); guards against a silent regression
+
+
+@pytest.mark.slow
+def test_committed_fusion_beats_craft_on_set5(tmp_path, capsys):
+    shared = require_shared("weights/craft_x4.pth", "weights/ditn_x4.pth", "weights/span_ch28_x4.pth",
+                            "data/val/Set5/LR_bicubic/X4", "golden/metrics_reference.json")
+    assert (CKPT / "model.safetensors").is_file(), f"the committed checkpoint is missing: {CKPT}"
+    lr = shared / "data" / "val" / "Set5" / "LR_bicubic" / "X4"
+    out = tmp_path / "set5"
+    assert submit.main(["--run", str(CKPT), "--experts", str(EXPERTS), "--input", str(lr), "--output", str(out),
+                        "--device", "cpu"]) == 0
+    assert evaluate.main(["--sr", str(out), "--hr", str(shared / "data" / "val" / "Set5" / "HR"),
+                          "--json", str(tmp_path / "s.json")]) == 0
+    fusion = json.loads((tmp_path / "s.json").read_text())["mean"]["psnr"]
+    golden = json.loads((shared / "golden" / "metrics_reference.json").read_text())["mean_Set5"]
+    best = max(v["psnr"] for k, v in golden.items() if k != "bicubic")
+    assert best == golden["craft_x4.pth"]["psnr"]
+    print(f"Set5: fusion {fusion:.4f} dB, CRAFT {best:.4f} dB, gain {fusion - best:+.4f} dB")
+    assert fusion >= best + MIN_GAIN_DB, f"fusion {fusion:.4f} dB vs CRAFT {best:.4f} dB"
