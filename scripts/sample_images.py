@@ -2,6 +2,9 @@
 
     python scripts/sample_images.py --out DIR [--names astronaut,chelsea,coffee,rocket]
 
+Names: any ``skimage.data`` image function (``astronaut``, ``chelsea``, ``coffee``, ``rocket``, ...) plus
+``motorcycle_left`` / ``motorcycle_right`` (the two views of ``skimage.data.stereo_motorcycle``).
+
 No file of a third party is committed to this repository and nothing is downloaded: ``skimage.data`` holds these
 photos in the installed package.
 """
@@ -19,15 +22,23 @@ import torch
 from pipeline.imageio import write_image
 
 DEFAULT_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
+_STEREO = {"motorcycle_left": 0, "motorcycle_right": 1}
+
+
+def load_sample(name: str) -> np.ndarray:
+    """``skimage.data`` photo ``name`` as an (H, W, C) uint8 array (from the installed wheel, never downloaded)."""
+    if name in _STEREO:
+        return np.asarray(skimage.data.stereo_motorcycle()[_STEREO[name]])
+    loader = getattr(skimage.data, name, None)
+    if loader is None or name.startswith("_"):
+        raise ValueError(f"skimage.data has no image {name!r}")
+    return np.asarray(loader())
 
 
 def write_samples(out: Path, names: tuple[str, ...] = DEFAULT_NAMES) -> list[Path]:
     paths = []
     for name in names:
-        loader = getattr(skimage.data, name, None)
-        if loader is None:
-            raise ValueError(f"skimage.data has no image {name!r}")
-        arr = np.asarray(loader())
+        arr = load_sample(name)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         img = torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
