@@ -1,7 +1,7 @@
 """The two reference points every fusion is measured against, made from the experts' own SR images.
 
     python -m experts.run --config configs/experts/shared_real.yaml --input LR_DIR --output EXP_DIR
-    python scripts/expert_baselines.py --experts-dir EXP_DIR --hr HR_DIR [--scale 4]
+    python scripts/expert_baselines.py --experts-dir EXP_DIR --hr HR_DIR [--scale 4] [--blocks 8 16] [--blend]
 
 ``EXP_DIR`` holds one sub-folder of SR PNGs per expert (``experts.run``'s layout, ``fingerprints.json`` gives the
 order). Writes, with the same file names:
@@ -10,6 +10,12 @@ order). Writes, with the same file names:
 * ``EXP_DIR/_oracle/``: the per-pixel oracle — at every pixel, the RGB value of the expert whose Y (BT.601, the
   scored channel) is closest to the HR's. No gating of these experts can score higher on PSNR-Y: it is the upper
   bound of any per-pixel selection (a soft mix could in principle land between experts, but not beyond the best one).
+* ``EXP_DIR/_oracle_b{B}/`` (``--blocks B ...``): the block oracle — per B×B block, the expert with the lowest
+  squared Y error over the block. A gate that is smooth at scale B cannot beat it: the per-pixel oracle overstates
+  what a learned gating can reach, the block oracles at 8–16 px are a realistic ceiling.
+* ``EXP_DIR/_blend/`` (``--blend``): one fixed linear blend ``Σ_e w_e·sr_e`` whose weights (any sign, no bias) are
+  the least-squares fit of the HR's Y on the experts' Y over the whole set (border cropped) — fitted on the scored
+  images themselves, so an upper bound of any fixed blend; the weights go to ``EXP_DIR/blend_weights.json``.
 
 Score both with ``scripts/evaluate.py --sr EXP_DIR/_mean --hr HR_DIR``. The HR is cropped to a multiple of the scale
 as in the scoring; SR/HR pairing and sizes are checked first.
@@ -29,7 +35,7 @@ from pipeline.evaluation import PairingError, check_sizes, pair_images
 from pipeline.imageio import read_image, write_image
 from pipeline.metrics import crop_to_match, rgb_to_y
 
-__all__ = ["expert_mean", "pixel_oracle", "main"]
+__all__ = ["expert_mean", "pixel_oracle", "block_oracle", "blend_weights", "main"]
 
 
 def expert_mean(srs: torch.Tensor) -> torch.Tensor:
@@ -44,12 +50,41 @@ def pixel_oracle(srs: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return torch.gather(srs, 1, best.expand(-1, 1, 3, -1, -1)).squeeze(1)
 
 
+def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tensor:
+    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per ``block``×``block`` tile (the last row/column of
+    tiles may be smaller), the expert with the lowest mean squared Y error over the tile."""
+    b, e, _, h, w = srs.shape
+    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
+    tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
+    best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
+    best = best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]  # (B,H,W)
+    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
+def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
+    """Least-squares ``w (E,)`` minimising Σ (Σ_e w_e·Y_e − Y_hr)² over every image's border-cropped pixels (float64
+    normal equations, accumulated image by image). ``pairs_per_image`` yields ``(srs (1,E,3,H,W), hr (1,3,H,W))``."""
+    xtx = xty = None
+    for srs, hr in pairs_per_image:
+        c = scale
+        ys = rgb_to_y(srs.flatten(0, 1))[..., c:-c, c:-c].reshape(srs.shape[1], -1).double()  # (E,N)
+        yh = rgb_to_y(hr)[..., c:-c, c:-c].reshape(-1).double()  # (N,)
+        xtx = ys @ ys.T if xtx is None else xtx + ys @ ys.T
+        xty = ys @ yh if xty is None else xty + ys @ yh
+    return torch.linalg.solve(xtx, xty).float()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts-dir", required=True, type=Path, help="experts.run output (one folder per expert)")
     ap.add_argument("--hr", required=True, type=Path, help="ground-truth HR folder")
     ap.add_argument("--scale", type=int, default=4)
+    ap.add_argument("--blocks", type=int, nargs="*", default=[], metavar="B",
+                    help="also the block oracles at these tile sides (SR pixels), e.g. 8 16")
+    ap.add_argument("--blend", action="store_true", help="also the least-squares fixed blend fitted on this set")
     args = ap.parse_args(argv)
+    if any(b < 1 for b in args.blocks):
+        ap.error(f"--blocks must be >= 1, got {args.blocks}")
 
     fp_file = args.experts_dir / "fingerprints.json"
     try:
@@ -65,13 +100,29 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    for i in tqdm(range(len(per_expert[0])), desc="mean+oracle", unit="img"):
-        pairs = [p[i] for p in per_expert]
-        srs = torch.stack([read_image(p.sr) for p in pairs], dim=1)  # (1,E,3,H,W)
-        hr = crop_to_match(read_image(pairs[0].hr), srs[:, 0], scale=args.scale)  # as the scoring crops it
-        write_image(args.experts_dir / "_mean" / pairs[0].sr.name, expert_mean(srs))
-        write_image(args.experts_dir / "_oracle" / pairs[0].sr.name, pixel_oracle(srs, hr))
-    print(f"expert_baselines: {len(per_expert[0])} images of {names} -> {args.experts_dir}/_mean, _oracle")
+    def images():
+        for i in range(len(per_expert[0])):
+            pairs = [p[i] for p in per_expert]
+            srs = torch.stack([read_image(p.sr) for p in pairs], dim=1)  # (1,E,3,H,W)
+            hr = crop_to_match(read_image(pairs[0].hr), srs[:, 0], scale=args.scale)  # as the scoring crops it
+            yield pairs[0].sr.name, srs, hr
+
+    weights = None
+    if args.blend:
+        weights = blend_weights(((srs, hr) for _, srs, hr in tqdm(images(), total=len(per_expert[0]),
+                                                                   desc="blend fit", unit="img")), scale=args.scale)
+        (args.experts_dir / "blend_weights.json").write_text(
+            json.dumps({"experts": names, "weights": [float(w) for w in weights]}, indent=2))
+        print("expert_baselines: least-squares blend " + ", ".join(f"{n} {float(w):+.4f}" for n, w in zip(names, weights)))
+    written = ["_mean", "_oracle", *(f"_oracle_b{b}" for b in args.blocks), *(["_blend"] if args.blend else [])]
+    for name, srs, hr in tqdm(images(), total=len(per_expert[0]), desc="baselines", unit="img"):
+        write_image(args.experts_dir / "_mean" / name, expert_mean(srs))
+        write_image(args.experts_dir / "_oracle" / name, pixel_oracle(srs, hr))
+        for b in args.blocks:
+            write_image(args.experts_dir / f"_oracle_b{b}" / name, block_oracle(srs, hr, b))
+        if weights is not None:
+            write_image(args.experts_dir / "_blend" / name, torch.einsum("e,bechw->bchw", weights, srs).clamp(0, 1))
+    print(f"expert_baselines: {len(per_expert[0])} images of {names} -> {args.experts_dir}/{{{','.join(written)}}}")
     return 0
 
 

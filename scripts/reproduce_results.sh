@@ -40,17 +40,17 @@ for set in $SETS; do
     [ -d "$lr" ] || "$PY" scripts/make_lr.py --hr "$hr" --out "$lr" --scale 4
   fi
   echo "== $set: HR $hr, LR $lr"
-  if [ ! -f "$work/experts/fingerprints.json" ] || [ ! -d "$work/experts/_oracle" ]; then
+  [ -f "$work/experts/fingerprints.json" ] || \
     "$PY" -m experts.run --config "$EXPERTS" --input "$lr" --output "$work/experts"
-    "$PY" scripts/expert_baselines.py --experts-dir "$work/experts" --hr "$hr"
-  fi
+  [ -d "$work/experts/_oracle_b8" ] || \
+    "$PY" scripts/expert_baselines.py --experts-dir "$work/experts" --hr "$hr" --blocks 8 16 --blend
   [ -f "$work/fusion/readme.txt" ] || \
     "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$work/fusion" --device "$DEVICE"
   if [ "$TTA" = 1 ] && [ ! -f "$work/fusion_tta/readme.txt" ]; then
     "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$work/fusion_tta" --tta \
       --device "$DEVICE"
   fi
-  for m in craft ditn span _mean _oracle; do
+  for m in craft ditn span _mean _blend _oracle_b16 _oracle_b8 _oracle; do
     "$PY" scripts/evaluate.py --sr "$work/experts/$m" --hr "$hr" --json "$work/scores/${m#_}.json" > /dev/null
   done
   for m in fusion fusion_tta; do

@@ -4,8 +4,8 @@
 
 Reads ``RESULTS_DIR/<set>/scores/<method>.json`` (written by scripts/reproduce_results.sh) and prints one row per
 method with mean PSNR/SSIM per set, then the fusion's margin over the best single expert of each set. Methods are
-listed in a fixed order when present (experts first, then ``mean``, ``fusion``, ``fusion_tta``, ``oracle``); others
-follow alphabetically.
+listed in a fixed order when present (experts first, then ``mean``, ``blend``, ``fusion``, ``fusion_tta``, the block
+oracles ``oracle_b16``/``oracle_b8`` and ``oracle``); others follow alphabetically.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 
 __all__ = ["load_scores", "format_table", "main"]
 
-ORDER = ("bicubic", "mean", "fusion", "fusion_tta", "oracle")
-LABELS = {"bicubic": "bicubic", "mean": "plain mean of the experts", "fusion": "**fusion**",
-          "fusion_tta": "**fusion + x8 TTA**", "oracle": "per-pixel oracle (upper bound)"}
+ORDER = ("bicubic", "mean", "blend", "fusion", "fusion_tta", "oracle_b16", "oracle_b8", "oracle")
+LABELS = {"bicubic": "bicubic", "mean": "plain mean of the experts",
+          "blend": "best fixed linear blend (least squares on the set itself)", "fusion": "**fusion**",
+          "fusion_tta": "**fusion + x8 TTA**", "oracle_b16": "16×16-block oracle (ceiling of a smooth gate)",
+          "oracle_b8": "8×8-block oracle", "oracle": "per-pixel oracle (upper bound)"}
 
 
 def load_scores(results: Path, sets: list[str]) -> dict[str, dict[str, dict[str, float]]]:

@@ -1,4 +1,5 @@
-"""scripts/expert_baselines.py (plain mean, per-pixel oracle) and scripts/results_table.py."""
+"""scripts/expert_baselines.py (plain mean, per-pixel and block oracles, least-squares blend) and
+scripts/results_table.py."""
 
 from __future__ import annotations
 
@@ -27,6 +28,33 @@ def test_oracle_picks_the_expert_nearest_in_y_per_pixel():
     assert torch.allclose(expert_baselines.expert_mean(srs), srs.mean(dim=1))
 
 
+def test_block_oracle_picks_per_tile_and_sits_between_pixel_oracle_and_best_expert():
+    g = torch.Generator().manual_seed(1)
+    hr = torch.rand(1, 3, 10, 13, generator=g)  # sides not multiples of the block: partial last tiles
+    srs = (hr.unsqueeze(1) + 0.1 * torch.randn(1, 3, 3, 10, 13, generator=g)).clamp(0, 1)
+    out = expert_baselines.block_oracle(srs, hr, 4)
+    err = (rgb_to_y(srs[0]) - rgb_to_y(hr)).square()[:, 0]  # (E,H,W)
+    for ty in range(0, 10, 4):
+        for tx in range(0, 13, 4):
+            best = err[:, ty:ty + 4, tx:tx + 4].mean(dim=(1, 2)).argmin()
+            assert torch.equal(out[0, :, ty:ty + 4, tx:tx + 4], srs[0, best, :, ty:ty + 4, tx:tx + 4]), (ty, tx)
+    p_block = psnr_y(out, hr, crop_border=0)
+    assert psnr_y(expert_baselines.pixel_oracle(srs, hr), hr, crop_border=0) > p_block
+    assert p_block > max(psnr_y(srs[:, e], hr, crop_border=0) for e in range(3))
+    assert torch.equal(expert_baselines.block_oracle(srs, hr, 1), expert_baselines.pixel_oracle(srs, hr))
+
+
+def test_blend_weights_recover_a_linear_combination():
+    g = torch.Generator().manual_seed(2)
+    data = []
+    for _ in range(2):
+        srs = torch.rand(1, 3, 3, 20, 20, generator=g)
+        hr = 0.7 * srs[:, 0] + 0.5 * srs[:, 1] - 0.2 * srs[:, 2]  # Y is affine: the offset is absorbed (0.7+0.5-0.2=1)
+        data.append((srs, hr))
+    w = expert_baselines.blend_weights(data, scale=4)
+    torch.testing.assert_close(w, torch.tensor([0.7, 0.5, -0.2]), atol=1e-4, rtol=0)
+
+
 def test_baselines_script_and_table(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     hr_dir, exp = tmp_path / "hr", tmp_path / "exp"
@@ -39,17 +67,21 @@ def test_baselines_script_and_table(tmp_path, capsys):
         for k, n in enumerate(names):
             noise = (0.02 + 0.03 * k) * torch.randn(1, 3, 24, 28, generator=g)
             write_image(exp / n / f"img{i}x4.png", (hr[..., :24, :28] + noise).clamp(0, 1))
-    assert expert_baselines.main(["--experts-dir", str(exp), "--hr", str(hr_dir)]) == 0
-    assert sorted(p.name for p in (exp / "_oracle").iterdir()) == ["img0x4.png", "img1x4.png"]
+    assert expert_baselines.main(["--experts-dir", str(exp), "--hr", str(hr_dir), "--blocks", "4", "--blend"]) == 0
+    for folder in ("_oracle", "_oracle_b4", "_blend"):
+        assert sorted(p.name for p in (exp / folder).iterdir()) == ["img0x4.png", "img1x4.png"], folder
+    blend = json.loads((exp / "blend_weights.json").read_text())
+    assert blend["experts"] == names and blend["weights"][0] > blend["weights"][2]  # a (least noise) weighs most
 
     scores = {}
-    for m in ["a", "b", "c", "_mean", "_oracle"]:
+    for m in ["a", "b", "c", "_mean", "_oracle", "_oracle_b4", "_blend"]:
         rows = score_fidelity(pair_images(exp / m, hr_dir, scale=4), scale=4)
         scores[m.strip("_")] = sum(r["psnr"] for r in rows) / len(rows)
         (tmp_path / "res" / "S" / "scores").mkdir(parents=True, exist_ok=True)
         (tmp_path / "res" / "S" / "scores" / f"{m.strip('_')}.json").write_text(
             json.dumps({"images": rows, "mean": {"psnr": scores[m.strip("_")], "ssim": 0.5}}))
-    assert scores["oracle"] > max(scores["a"], scores["b"], scores["c"])
+    assert scores["oracle"] > scores["oracle_b4"] >= max(scores["a"], scores["b"], scores["c"])  # a wins most tiles
+    assert scores["blend"] > max(scores["a"], scores["b"], scores["c"])  # independent noise: the blend averages it
     # the saved oracle PNG is exactly made of expert pixels (no rounding loss)
     o = read_image(exp / "_oracle" / "img0x4.png")
     stack = torch.stack([read_image(exp / n / "img0x4.png") for n in names])  # (E,1,3,H,W)
