@@ -52,6 +52,7 @@ from pipeline.training_loop import (
     guarded_step,
     pick_device,
     prepare_run,
+    release_run,
     setup_distributed,
     worker_init,
 )
@@ -380,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, run_dir = prepare_run(prog="train", config=args.config, overrides=args.overrides, resume=args.resume,
                                load=load_run_config, run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
                                write=int(os.environ.get("RANK", "0")) == 0)
-    summary = train(cfg, run_dir, resume=args.resume is not None)
+    try:
+        summary = train(cfg, run_dir, resume=args.resume is not None)
+    finally:
+        release_run(run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"train: done at step {summary['step']}; run directory {run_dir}")
     return 0

@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
 import os
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +39,7 @@ __all__ = [
     "guarded_step",
     "pick_device",
     "prepare_run",
+    "release_run",
     "setup_distributed",
     "worker_init",
 ]
@@ -207,6 +210,8 @@ def prepare_run(
 
     New run: ``load(config, overrides)``; the run directory (``run_dir_of(cfg)``) must not hold checkpoints yet; it
     is created and the resolved config saved as ``config.yaml`` (``write=False``: neither, for non-zero DDP ranks).
+    With ``write``, the run directory is locked for this process (``.lock``; a second trainer of the same run is an
+    error) until :func:`release_run` or the process ends.
     ``resume``: the config is the run's ``config.yaml`` (or ``config``) with ``overrides`` applied, and must equal the
     saved one. Errors are ``SystemExit`` messages prefixed with ``prog``.
     """
@@ -219,6 +224,8 @@ def prepare_run(
             diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
             if diffs:
                 raise SystemExit(f"{prog}: cannot resume, the config differs from the run's: " + "; ".join(diffs))
+            if write:
+                _lock_run(resume, prog)
             return cfg, resume
         if config is None:
             raise SystemExit(f"{prog}: a config file is required (or --resume RUN_DIR)")
@@ -230,6 +237,39 @@ def prepare_run(
     except ConfigError as exc:
         raise SystemExit(f"{prog}: config error: {exc}") from exc
     if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _lock_run(run_dir, prog)
         save_config(cfg, run_dir / "config.yaml")
     return cfg, run_dir
+
+
+_LOCKS: dict[Path, Any] = {}  # run directory → its open, flock-ed .lock file (released by release_run or at exit)
+
+
+def _lock_run(run_dir: Path, prog: str) -> None:
+    """One training process per run directory: a second one (a new run of the same name, or ``--resume`` of a run
+    that is still training) would interleave checkpoints and logs. The OS drops the lock when the process dies."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = run_dir.resolve()
+    if key in _LOCKS:
+        return
+    fh = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise SystemExit(f"{prog}: {run_dir} is being trained right now by {holder}: wait for it to finish or stop "
+                         "it first") from None
+    fh.truncate(0)
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    fh.flush()
+    _LOCKS[key] = fh
+
+
+def release_run(run_dir: Path) -> None:
+    """Release the lock that :func:`prepare_run` took on ``run_dir`` (no-op if this process holds none)."""
+    fh = _LOCKS.pop(run_dir.resolve(), None)
+    if fh is not None:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()

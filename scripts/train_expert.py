@@ -82,6 +82,7 @@ from pipeline.training_loop import (  # noqa: E402
     guarded_step,
     pick_device,
     prepare_run,
+    release_run,
     worker_init,
 )
 
@@ -501,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{PROG}: runs in one process (no torchrun / DDP): the small experts it trains do not need it")
     cfg, run_dir = prepare_run(prog=PROG, config=args.config, overrides=args.overrides, resume=args.resume,
                                load=load_expert_run_config, run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name)
-    summary = train(cfg, run_dir, resume=args.resume is not None)
+    try:
+        summary = train(cfg, run_dir, resume=args.resume is not None)
+    finally:
+        release_run(run_dir)
     print(f"{PROG}: done at step {summary['step']}; run directory {run_dir}")
     if args.export is not None:
         out = export_expert(run_dir, args.export, which=args.export_which, val_hr=args.export_val)

@@ -204,6 +204,25 @@ def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache,
         run_main(train_mod.main, [str(ft_cfg), "train.name=ft4", f"train.init_from={tmp_path / 'nothing'}"])
 
 
+def test_a_run_is_trained_by_one_process_at_a_time(tiny_cache, tmp_path):
+    cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=2, ckpt_every=2, val_every=1000)
+    assert run_main(train_mod.main, [str(cfg)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    holder = subprocess.Popen(  # another trainer of this run, as far as the lock is concerned
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); f.write('pid 4242 on box');"
+         "f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(run / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit, match=r"is being trained right now by pid 4242 on box"):
+            run_main(train_mod.main, ["--resume", str(run)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_main(train_mod.main, ["--resume", str(run)]) == 0  # the lock died with its process
+    assert run_main(train_mod.main, ["--resume", str(run)]) == 0  # and this process released its own
+
+
 def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
     real = CombinedLoss.forward
     calls = {"n": 0}
