@@ -1,0 +1,62 @@
+"""scripts/ablation.py: every variant trains with its switches on the same data and budget, is scored once with its
+final weights, a finished variant is not retrained, and the table compares against the default and the best expert."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, run_main
+
+from scripts import ablation, extract_features
+
+
+def test_ablation_trains_each_variant_once_and_tabulates(tiny_compact_experts, tmp_path, capsys):
+    cache = tmp_path / "c.h5"
+    assert run_main(extract_features.main, ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
+                                            "--hr", str(tiny_compact_experts["hr"]), "--out", str(cache)]) == 0
+    model = yaml.safe_load((REPO_ROOT / "configs" / "fusion_tiny.yaml").read_text())["model"]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": model,
+        "data": {"train_cache": str(cache), "patch": 16, "batch_size": 2, "num_workers": 0},
+        "train": {"steps": 100, "warmup_steps": 1, "log_every": 1, "threads": 1, "lr": 1e-3}}))
+    argv = [str(cfg), "--val-cache", str(cache), "--steps", "3", "--runs-dir", str(tmp_path / "abl"),
+            "--only", "default,no_gating,gating_only"]
+    assert run_main(ablation.main, argv) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    res = saved["results"]
+    assert set(res) == {"default", "no_gating", "gating_only"} and saved["steps"] == 3
+    assert res["gating_only"]["params"] < res["default"]["params"]
+    assert res["default"]["best_expert"] == "calm"
+    # each variant ran with its own switches and the common ones, validated only at its last step
+    run_cfg = yaml.safe_load((tmp_path / "abl" / "no_gating" / "config.yaml").read_text())
+    assert run_cfg["model"]["gating"]["enabled"] is False and run_cfg["train"]["val_every"] == 3
+    assert run_cfg["data"]["val_cache"] == str(cache)
+    val_steps = {r.split(",")[0] for r in (tmp_path / "abl" / "default" / "metrics.csv").read_text().splitlines()
+                 if ",val/psnr," in r}
+    assert val_steps == {"3"}
+    row = next(line for line in out.splitlines() if line.startswith("| no_gating |"))
+    assert f"{res['no_gating']['psnr'] - res['default']['psnr']:+.3f}" in row
+    assert "| default | — |" in out and "3 steps each, scored with the final EMA weights" in out
+
+    # a second call reuses the finished runs
+    mtime = (tmp_path / "abl" / "default" / "metrics.csv").stat().st_mtime_ns
+    assert run_main(ablation.main, argv) == 0
+    assert "default: finished earlier" in capsys.readouterr().out
+    assert (tmp_path / "abl" / "default" / "metrics.csv").stat().st_mtime_ns == mtime
+
+
+def test_ablation_rejects_unknown_variants_and_a_missing_cache(tmp_path):
+    with pytest.raises(SystemExit):
+        ablation.main(["cfg.yaml", "--val-cache", str(tmp_path), "--only", "no_such_thing"])
+    with pytest.raises(SystemExit):
+        ablation.main(["cfg.yaml", "--val-cache", str(tmp_path / "missing.h5")])
+    # every switch names a real config field
+    from pipeline.fusion_net import FusionConfig
+    from pipeline.config import load_config
+
+    for v in ablation.VARIANTS:
+        load_config(FusionConfig, None, [o.removeprefix("model.") for o in v.overrides])
