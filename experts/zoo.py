@@ -29,7 +29,7 @@ from torch import nn
 from experts.architectures import build_architecture, count_parameters
 from experts.loading import ExpertLoadError, jsonable, read_state_dict
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, read_format_json
 
 __all__ = [
     "CONFIG_NAME",
@@ -81,19 +81,11 @@ def save_expert(
 
 def read_expert_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a trained-expert directory (format checked); ExpertLoadError naming the file."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise ExpertLoadError(f"{path}: trained-expert config not found")
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ExpertLoadError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ExpertLoadError(f"{path}: not a {FORMAT!r} config (format {payload.get('format')!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ExpertLoadError(f"{path}: format_version {payload.get('format_version')!r}, this code reads "
-                              f"{FORMAT_VERSION}")
-    return payload
+        return read_format_json(Path(directory) / CONFIG_NAME, fmt=FORMAT, version=FORMAT_VERSION,
+                                what="trained-expert config")
+    except ConfigError as exc:
+        raise ExpertLoadError(str(exc)) from exc
 
 
 def load_weights_strict(model: nn.Module, path: str | os.PathLike, *, key: str | None = None) -> nn.Module:

@@ -31,6 +31,7 @@ from pipeline.atomic import atomic_write_text
 
 __all__ = [
     "ConfigError",
+    "read_format_json",
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
@@ -44,6 +45,27 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """Raised for any invalid configuration: unknown keys, wrong types, malformed overrides."""
+
+
+def read_format_json(path: str | os.PathLike, *, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """A JSON file tagged ``{"format": fmt, "format_version": version, ...}`` (checkpoint and zoo ``config.json``)
+    → its mapping. A missing file, invalid JSON, another format or version is a :class:`ConfigError` naming the file
+    (``what`` says what it should have been)."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        payload = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: not valid JSON ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ConfigError(f"{p}: not a {fmt!r} {what} (format {got!r})")
+    if payload.get("format_version") != version:
+        raise ConfigError(f"{p}: format_version {payload.get('format_version')!r}, this code reads {version}")
+    return payload
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
-from pipeline.config import config_from_dict, config_to_dict
+from pipeline.config import ConfigError, config_from_dict, config_to_dict, read_format_json
 from pipeline.fusion_net import FusionConfig, FusionNet
 
 __all__ = [
@@ -64,20 +64,10 @@ def save_pretrained(model: FusionNet, directory: str | os.PathLike, *, extra: Ma
 
 
 def _read_payload(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint config not found: {path}")
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT!r} checkpoint config")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {payload.get('format_version')!r}, this code reads {FORMAT_VERSION}"
-        )
-    return payload
+        return read_format_json(directory / CONFIG_NAME, fmt=FORMAT, version=FORMAT_VERSION, what="checkpoint config")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def load_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> FusionNet:

@@ -138,3 +138,22 @@ def test_save_and_reload_round_trip(tmp_path):
     assert again == cfg
     assert config_to_dict(cfg)["model"]["depths"] == [1, 2, 3]
     assert not list((tmp_path / "run").glob(".*tmp*"))  # no temp file left behind
+
+
+def test_read_format_json_names_the_file_and_the_problem(tmp_path):
+    from pipeline.config import read_format_json
+
+    p = tmp_path / "config.json"
+    with pytest.raises(ConfigError, match=r"config\.json: fusion checkpoint not found"):
+        read_format_json(p, fmt="sr-fusion", version=1, what="fusion checkpoint")
+    p.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        read_format_json(p, fmt="sr-fusion", version=1, what="fusion checkpoint")
+    p.write_text('["a list"]')
+    with pytest.raises(ConfigError, match=r"not a 'sr-fusion' fusion checkpoint \(format 'list'\)"):
+        read_format_json(p, fmt="sr-fusion", version=1, what="fusion checkpoint")
+    p.write_text('{"format": "sr-fusion", "format_version": 2}')
+    with pytest.raises(ConfigError, match="format_version 2, this code reads 1"):
+        read_format_json(p, fmt="sr-fusion", version=1, what="fusion checkpoint")
+    p.write_text('{"format": "sr-fusion", "format_version": 1, "x": 3}')
+    assert read_format_json(p, fmt="sr-fusion", version=1, what="fusion checkpoint")["x"] == 3
