@@ -24,7 +24,7 @@ import train as train_mod
 from pipeline.model_io import load_pretrained
 from pipeline.run_checkpoint import resolve_checkpoint
 
-__all__ = ["Variant", "VARIANTS", "run_variant", "final_scores", "format_table", "main"]
+__all__ = ["VARIANTS", "Variant", "final_scores", "format_table", "main", "run_variant"]
 
 
 @dataclass(frozen=True)

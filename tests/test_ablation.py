@@ -55,8 +55,8 @@ def test_ablation_rejects_unknown_variants_and_a_missing_cache(tmp_path):
     with pytest.raises(SystemExit):
         ablation.main(["cfg.yaml", "--val-cache", str(tmp_path / "missing.h5")])
     # every switch names a real config field
-    from pipeline.fusion_net import FusionConfig
     from pipeline.config import load_config
+    from pipeline.fusion_net import FusionConfig
 
     for v in ablation.VARIANTS:
         load_config(FusionConfig, None, [o.removeprefix("model.") for o in v.overrides])
