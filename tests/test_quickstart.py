@@ -5,9 +5,61 @@ photos. Plus the quickstart's refusals (a foreign --out folder, --lr without --h
 
 from __future__ import annotations
 
+import json
+import zipfile
+
+import pytest
 from conftest import REPO_ROOT, run_main
 
+from pipeline.imageio import read_image
 from scripts import quickstart
+
+
+@pytest.mark.slow
+def test_quickstart_reduced_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    argv = ["--out", str(out), "--device", "cpu", "--steps", "6", "--train-images", "1", "--test-images", "2",
+            "--max-side", "192"]
+    assert run_main(quickstart.main, argv) == 0
+    printed = capsys.readouterr().out
+    assert "fusion (submitted)" in printed and "experts' mean" in printed and "finished in" in printed
+
+    # photos → LR (MATLAB bicubic) → cache (verified) → fine-tuned run started from the bundled fusion
+    lrs = sorted(p.name for p in (out / "data" / "test_lr").glob("*.png"))
+    assert lrs == ["astronautx4.png", "chelseax4.png"]
+    assert read_image(out / "data" / "test_lr" / "astronautx4.png").shape[-2:] == (48, 48)
+    assert (out / "cache" / "train.h5").is_file()
+    saved = (out / "runs" / "finetune" / "config.yaml").read_text()
+    assert "fusion_zoo_small" in saved  # train.init_from
+    assert (out / "runs" / "finetune" / "ckpt" / "last" / "model.safetensors").is_file()
+
+    # challenge-format submission: one PNG per LR input with the same name, readme.txt, and the zip of both
+    sub = out / "submission"
+    assert sorted(p.name for p in sub.glob("*.png")) == lrs
+    assert read_image(sub / "chelseax4.png").shape[-2:] == (192, 192)
+    readme = (sub / "readme.txt").read_text()
+    assert "runtime per image" in readme and "CPU[1] / GPU[0]" in readme
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert sorted(z.namelist()) == sorted([*lrs, "readme.txt"])
+
+    # scores: evaluate.py on the submitted files, the report's table (bicubic, experts, mean, fusion) agrees
+    scores = json.loads((out / "scores.json").read_text())
+    report = json.loads((out / "report" / "scores.json").read_text())
+    assert (out / "report" / "index.html").is_file()
+    mean = report["mean"]
+    assert report["methods"] == ["bicubic", "expert:hat_s", "expert:dat_s", "expert:nafnet_sr_s", "mean", "fusion"]
+    assert mean["fusion"]["psnr"] == pytest.approx(scores["mean"]["psnr"], abs=1e-6)
+    experts = [mean[f"expert:{n}"]["psnr"] for n in ("hat_s", "dat_s", "nafnet_sr_s")]
+    assert min(experts) > mean["bicubic"]["psnr"] + 0.5  # trained experts (measured +0.66 dB or more), not random weights
+    assert mean["fusion"]["psnr"] > mean["mean"]["psnr"], mean  # the fusion beats the experts' mean
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["wall_s"] > 0 and set(summary["stages_s"]) == {"photos", "lr", "cache", "finetune", "submit",
+                                                                  "evaluate", "report"}
+
+    # a second run recreates the folder (it carries the quickstart's marker)
+    (out / "stale.txt").write_text("x")
+    assert run_main(quickstart.main, [*argv, "--steps", "1"]) == 0
+    assert not (out / "stale.txt").exists()
 
 
 def test_quickstart_refuses_a_foreign_out_folder_and_bad_flags(tmp_path, capsys):
