@@ -146,11 +146,10 @@ def load_init_weights(model: FusionNet, init_from: str, experts: list[dict]) -> 
     if (ckpt / "SHA256SUMS").is_file():
         verify_checksums(ckpt)
     init = load_pretrained(ckpt)
-    if config_to_dict(init.config) != config_to_dict(model.config):
-        mine, theirs = config_to_dict(model.config), config_to_dict(init.config)
-        diffs = [f"model.{k}: {theirs.get(k)!r} in {ckpt}, {mine.get(k)!r} here" for k in sorted(set(mine) | set(theirs))
-                 if mine.get(k) != theirs.get(k)]
-        raise SystemExit("train: train.init_from describes another network: " + "; ".join(diffs[:8]))
+    diffs = config_differences({"model": config_to_dict(init.config)}, {"model": config_to_dict(model.config)})
+    if diffs:  # "run has" = the checkpoint's value, "now" = this config's
+        raise SystemExit("train: train.init_from describes another network: " + "; ".join(diffs[:8])
+                         + f" (run = {ckpt})")
     recorded = [(fp["name"], fp["sha256"]) for fp in read_extra(ckpt)["experts"]]
     here = [(fp["name"], fp["sha256"]) for fp in experts]
     if recorded != here:
