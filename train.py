@@ -41,7 +41,12 @@ from pipeline.fusion_net import FusionNet
 from pipeline.imageio import quantize_8bit
 from pipeline.losses import CombinedLoss, VGGPerceptualLoss
 from pipeline.metrics import psnr_y, ssim_y
-from pipeline.run_checkpoint import load_train_state, prune_checkpoints, resolve_checkpoint, save_checkpoint
+from pipeline.run_checkpoint import (
+    load_train_state,
+    prune_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from pipeline.train_config import RunConfig, StageConfig, load_run_config
 from pipeline.training_loop import (
     ScalarLog,
@@ -97,7 +102,8 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
 def check_expert_files(experts_yaml: str, meta) -> None:
     """Cached mode with ``data.experts`` set: the YAML's checkpoints must be the files the cache was made with."""
     from experts.loading import sha256_file
-    from experts.spec import load_ensemble_spec, resolve_checkpoint as resolve_ckpt
+    from experts.spec import load_ensemble_spec
+    from experts.spec import resolve_checkpoint as resolve_ckpt
 
     spec = load_ensemble_spec(experts_yaml)
     names = [e.name for e in spec.experts]
