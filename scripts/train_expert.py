@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experts.architectures import build_architecture, count_parameters, loader_round_trip  # noqa: E402
 from experts.loading import ExpertLoadError, sha256_file  # noqa: E402
 from experts.zoo import (  # noqa: E402
+    CONFIG_NAME,
     WEIGHTS_NAME,
     expert_yaml,
     load_expert_model,
@@ -404,6 +405,7 @@ def export_expert(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = 
     out = Path(out_dir)
     model = load_expert_model(ckpt)  # rebuilt from architecture + params, loaded strictly
     meta = {k: extra[k] for k in ("run", "step", "train_images", "skipped_images", "init_from", "run_config")}
+    meta["history"] = training_history(meta["init_from"])  # read before out_dir may overwrite the starting weights
     save_expert(model, out, architecture=cfg_json["architecture"], params=cfg_json["params"],
                 scale=cfg_json["scale"], expect=cfg_json["expect"], extra=meta)
     sha = sha256_file(out / WEIGHTS_NAME)
@@ -422,13 +424,76 @@ def export_expert(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = 
     return out
 
 
-def model_card(name: str, cfg_json: dict, meta: dict, results: dict, sha: str, folders: list[str],
-               spec_text: str) -> str:
-    rc = meta["run_config"]
-    d, t = rc["data"], rc["train"]
+STAGE_KEYS = ("run", "step", "train_images", "skipped_images", "init_from", "run_config")
+
+
+def training_history(init: dict | None) -> list[dict]:
+    """The training stages before a fine-tuning run, oldest first, read from the export it started from.
+
+    ``init`` is the run's recorded ``init_from`` (path + sha256 of the starting weights). When the starting weights
+    are a project-format export or run checkpoint (a ``config.json`` beside them), its stage — and the stages before
+    it, which an export records under ``history`` — are returned, so an expert fine-tuned twice still says how it was
+    trained from scratch. Weights from elsewhere (a ``.pth``) give one stage ``{"external": path, "sha256": ...}``;
+    weights that changed since the run started from them give ``{"unreadable": path, ...}`` with the reason — never a
+    guessed history."""
+    if init is None:
+        return []
+    path = Path(init["path"])
+    if not path.is_file():
+        return [{"unreadable": str(path), "sha256": init["sha256"], "why": "the file no longer exists"}]
+    if sha256_file(path) != init["sha256"]:
+        return [{"unreadable": str(path), "sha256": init["sha256"],
+                 "why": "the file changed since the run started from it"}]
+    if not (path.parent / CONFIG_NAME).is_file():
+        return [{"external": str(path), "sha256": init["sha256"]}]
+    parent = read_expert_config(path.parent)["extra"]
+    if not all(k in parent for k in STAGE_KEYS):
+        return [{"external": str(path), "sha256": init["sha256"]}]
+    earlier = parent["history"] if "history" in parent else training_history(parent["init_from"])
+    return [*earlier, {k: parent[k] for k in STAGE_KEYS}]
+
+
+def _stage_lines(stage: dict) -> list[str]:
+    """Markdown bullets describing one training stage (a run's data, schedule and starting point)."""
+    if "external" in stage:
+        return [f"- started from outside weights `{stage['external']}` (sha256 `{stage['sha256']}`)"]
+    if "unreadable" in stage:
+        return [(f"- started from `{stage['unreadable']}` (sha256 `{stage['sha256']}`), whose own training is not "
+                 f"recorded here: {stage['why']}")]
+    d, t = stage["run_config"]["data"], stage["run_config"]["train"]
     lr_text = ("pre-made LR folders " + ", ".join(f"`{x}`" for x in d["train_lr"]) if d["train_lr"]
                else "made on the fly from each HR crop with the MATLAB-compatible bicubic (`pipeline.resize.imresize`, "
                     "uint8 path — what MATLAB's `imresize` writes to a PNG)")
+    init = stage["init_from"]
+    return [
+        f"- HR data: {', '.join(f'`{x}`' for x in d['train_hr'])} ({stage['train_images']} images"
+        + (f"; {len(stage['skipped_images'])} smaller than the HR patch left out" if stage["skipped_images"] else "")
+        + ")",
+        f"- LR: {lr_text}",
+        (f"- {stage['step']} steps" + (f" (of a {t['steps']}-step schedule)" if stage["step"] != t["steps"] else "")
+         + f" × batch {d['batch_size']} of {d['patch']}×{d['patch']} LR crops (random flips/rotations: {d['augment']})"),
+        (f"- loss {t['loss']}; AdamW lr {t['lr']} (betas {t['betas']}, weight decay {t['weight_decay']}), "
+         f"{t['warmup_steps']} warm-up steps then cosine to ×{t['min_lr_ratio']}; "
+         f"gradient clip {t['grad_clip'] or 'off'}; EMA decay {t['ema_decay']}; seed {t['seed']}"),
+        "- initialised from: " + (f"`{init['path']}` (sha256 `{init['sha256']}`)" if init
+                                   else "random (trained from scratch)"),
+    ]
+
+
+def model_card(name: str, cfg_json: dict, meta: dict, results: dict, sha: str, folders: list[str],
+               spec_text: str) -> str:
+    t = meta["run_config"]["train"]
+    stages = [*meta["history"], {k: meta[k] for k in STAGE_KEYS}]
+    if len(stages) == 1:
+        training = _stage_lines(stages[0])
+    else:
+        total = sum(s["step"] for s in stages if "run_config" in s)
+        training = [f"{len(stages)} stages, each fine-tuning the previous one's exported EMA weights "
+                    f"({total} steps in all):"]
+        for i, stage in enumerate(stages, 1):
+            title = f"run `{stage['run']}`" if "run" in stage else "weights from elsewhere"
+            training += ["", f"Stage {i} — {title}" + (" (this export)" if i == len(stages) else "") + ":", ""]
+            training += _stage_lines(stage)
     lines = [
         f"# {name} — ×{cfg_json['scale']} SR expert ({cfg_json['architecture']}, {cfg_json['num_params']:,} parameters)",
         "",
@@ -451,17 +516,7 @@ def model_card(name: str, cfg_json: dict, meta: dict, results: dict, sha: str, f
         "",
         "## Training",
         "",
-        f"- HR data: {', '.join(f'`{x}`' for x in d['train_hr'])} ({meta['train_images']} images"
-        + (f"; {len(meta['skipped_images'])} smaller than the HR patch left out" if meta["skipped_images"] else "")
-        + ")",
-        f"- LR: {lr_text}",
-        (f"- {t['steps']} steps × batch {d['batch_size']} of {d['patch']}×{d['patch']} LR crops "
-         f"(random flips/rotations: {d['augment']})"),
-        (f"- loss {t['loss']}; AdamW lr {t['lr']} (betas {t['betas']}, weight decay {t['weight_decay']}), "
-         f"{t['warmup_steps']} warm-up steps then cosine to ×{t['min_lr_ratio']}; "
-         f"gradient clip {t['grad_clip'] or 'off'}; EMA decay {t['ema_decay']}; seed {t['seed']}"),
-        "- initialised from: " + (f"`{meta['init_from']['path']}` (sha256 `{meta['init_from']['sha256']}`)"
-                                   if meta["init_from"] else "random (trained from scratch)"),
+        *training,
         "",
         "## Validation",
         "",

@@ -238,6 +238,47 @@ def test_fine_tuning(images, tmp_path):
         run_main(train_expert.main, [str(cfg)])
 
 
+def test_fine_tuned_exports_keep_their_whole_training_history(images, tmp_path):
+    """Exporting a fine-tuned expert over the export it started from (the zoo workflow) records every stage; weights
+    from elsewhere or changed since are said to be so, never guessed."""
+    zoo = tmp_path / "zoo" / "e"
+
+    def stage(name: str, init: Path | None, steps: int, out: Path = zoo) -> dict:
+        cfg = _config(tmp_path, images, "NAFNetSR", name=name, steps=steps, val_every=steps, ckpt_every=steps,
+                      model={"init_from": str(init)} if init else None)
+        assert run_main(train_expert.main, [str(cfg), "--export", str(out)]) == 0
+        return read_expert_config(out)["extra"]
+
+    assert stage("scratch", None, 2)["history"] == []
+    second = stage("ft1", zoo, 1)  # reads zoo/e before overwriting it
+    assert [h["run"] for h in second["history"]] == ["scratch"] and second["history"][0]["init_from"] is None
+    third = stage("ft2", zoo, 1)
+    assert [h["run"] for h in third["history"]] == ["scratch", "ft1"]
+    card = (zoo / "MODEL_CARD.md").read_text()
+    assert "3 stages, each fine-tuning the previous one's exported EMA weights (4 steps in all)" in card
+    assert "Stage 1 — run `scratch`:" in card and "Stage 3 — run `ft2` (this export):" in card
+    assert card.count("- initialised from: random (trained from scratch)") == 1
+    assert card.count(f"- initialised from: `{zoo / 'model.safetensors'}`") == 2
+
+    # outside weights (a plain file with no config.json beside it)
+    plain = tmp_path / "plain" / "w.safetensors"
+    plain.parent.mkdir()
+    shutil.copy(zoo / "model.safetensors", plain)
+    ext = stage("ft_ext", plain, 1, out=tmp_path / "zoo" / "ext")
+    assert ext["history"] == [{"external": str(plain), "sha256": ext["init_from"]["sha256"]}]
+    assert "started from outside weights" in (tmp_path / "zoo" / "ext" / "MODEL_CARD.md").read_text()
+
+    # starting weights replaced between the run and its export: said so, not guessed
+    cfg = _config(tmp_path, images, "NAFNetSR", name="ft_late", steps=1, val_every=1, ckpt_every=1,
+                  model={"init_from": str(plain)})
+    assert run_main(train_expert.main, [str(cfg)]) == 0
+    plain.write_bytes((tmp_path / "zoo" / "ext" / "model.safetensors").read_bytes())
+    late = train_expert.export_expert(tmp_path / "runs" / "ft_late", tmp_path / "zoo" / "late")
+    history = read_expert_config(late)["extra"]["history"]
+    assert history[0]["why"] == "the file changed since the run started from it"
+    assert "whose own training is not recorded here" in (late / "MODEL_CARD.md").read_text()
+
+
 def test_nafnet_sr_is_detected_with_every_hyperparameter(tmp_path):
     params = {"channels": 3, "width": 12, "num_blocks": 3, "dw_expand": 1, "ffn_expand": 3, "upscale": 2}
     model = NAFNetSR(**params)
