@@ -3,21 +3,22 @@
 # experts/zoo/ (HAT-S, DAT-S, NAFNetSR-S; configs/experts/train/) and the fusion trained on them
 # (checkpoints/fusion_zoo_small/, configs/train/fusion_zoo_small.yaml) — what scripts/quickstart.sh starts from.
 #
-#   bash scripts/reproduce_zoo.sh            # everything: ~2.2 h for the experts (run side by side, 1 thread each)
-#                                            # + ~10 min caches + the fusion, on 2 CPU cores
+#   bash scripts/reproduce_zoo.sh            # everything, on 2 CPU cores: the experts side by side, 1 thread each
+#                                            # (stage 1 ~2.2 h; HAT-S/DAT-S stage 2 ~1.5 h more), then ~4 min of
+#                                            # caches and ~15 min of fusion training
 #   STAGE=fusion bash scripts/reproduce_zoo.sh   # only the caches + fusion (experts already exported)
 #
-# Environment: SHARED (default ../shared), STEPS (expert steps, default 4000 = what the committed experts used),
-# FUSION_STEPS (default 1500), STAGE (all | experts | fusion). Runs go to runs/, caches to caches/; a finished step is
-# not redone (an interrupted training resumes from its last checkpoint). The exported files replace experts/zoo/* and
-# checkpoints/fusion_zoo_small/: after retraining, copy each expert's sha256 (its expert.yaml) into
-# configs/experts/zoo_small.yaml.
+# The experts: configs/experts/train/*.yaml as they stand (4000 steps each); HAT-S and DAT-S then get a second stage
+# of 4000 steps fine-tuning the first one's EMA weights (see expert() below; each model card lists its stages).
+# Environment: SHARED (default ../shared), STAGE (all | experts | fusion). Runs go to runs/, caches to caches/; a
+# finished run is not redone (an interrupted one resumes from its last checkpoint); an expert whose experts/zoo/NAME
+# exists is skipped (delete it to retrain). After exporting, the sha256 pins of configs/experts/zoo_small.yaml are
+# rewritten to the new weights, and the fusion is retrained on them into checkpoints/fusion_zoo_small/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SHARED=${SHARED:-../shared}
 STEPS=${STEPS:-4000}
-FUSION_STEPS=${FUSION_STEPS:-1500}
 STAGE=${STAGE:-all}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || { bash scripts/setup_venv.sh; }
@@ -25,29 +26,46 @@ PY=${PY:-.venv/bin/python}
 mkdir -p caches runs
 start=$(date +%s)
 
-train_expert() {  # config run_name zoo_name
-  local cfg=$1 run=runs/$2 zoo=experts/zoo/$3
-  if [ -f "$zoo/model.safetensors" ]; then
-    echo "reproduce_zoo: $zoo exists (delete it to retrain)"; return 0
-  fi
-  local common=(train.steps="$STEPS" train.ckpt_every=250 train.val_every=500 train.threads=1)
-  if [ -d "$run/ckpt" ]; then
-    "$PY" scripts/train_expert.py --resume "$run" > "caches/train_expert_$2.log" 2>&1
+stage() {  # run_name config [override ...]: train one run to its end (resumed if interrupted; a no-op once finished)
+  local run=$1 cfg=$2
+  shift 2
+  if [ -d "runs/$run/ckpt" ]; then
+    "$PY" scripts/train_expert.py --resume "runs/$run" >> "caches/train_expert_$run.log" 2>&1
   else
-    "$PY" scripts/train_expert.py "$cfg" "${common[@]}" > "caches/train_expert_$2.log" 2>&1
+    "$PY" scripts/train_expert.py "$cfg" train.name="$run" train.ckpt_every=250 train.val_every=500 train.threads=1 \
+        "$@" > "caches/train_expert_$run.log" 2>&1
   fi
-  "$PY" scripts/train_expert.py --resume "$run" --export "$zoo"
 }
 
-if [ "$STAGE" = all ] || [ "$STAGE" = experts ]; then
-  echo "reproduce_zoo: training HAT-S, DAT-S and NAFNetSR-S side by side (logs: caches/train_expert_*.log)"
-  train_expert configs/experts/train/hat_s.yaml hat_s hat_s &
-  p1=$!
-  train_expert configs/experts/train/dat_s.yaml dat_s dat_s &
-  p2=$!
-  train_expert configs/experts/train/nafnet_sr.yaml nafnet_sr_s nafnet_sr_s &
-  p3=$!
-  wait $p1 && wait $p2 && wait $p3
+expert() {  # zoo_name config fine_tune(yes|no): stage 1 from scratch, then (yes) stage 2 fine-tuning its last weights
+  local name=$1 cfg=$2 ft=$3 last=$1
+  if [ -f "experts/zoo/$name/model.safetensors" ]; then
+    echo "reproduce_zoo: experts/zoo/$name exists (delete it to retrain)"; return 0
+  fi
+  stage "$name" "$cfg"
+  if [ "$ft" = yes ]; then  # a second cosine cycle from the first one's EMA weights (what the committed HAT-S/DAT-S got)
+    last=${name}_ft
+    stage "$last" "$cfg" model.init_from="runs/$name" train.steps=4000 train.lr=4e-4 train.warmup_steps=100
+  fi
+  "$PY" scripts/train_expert.py --resume "runs/$last" --export "experts/zoo/$name"  # model card: every stage
+}
+
+if [ "$STAGE" = all ] || [ "$STAGE" = experts ]; then  # pin the exported weights (extraction checks the pins)
+  "$PY" - <<'PY'
+import re
+from pathlib import Path
+
+import yaml
+
+path = Path("configs/experts/zoo_small.yaml")
+text = path.read_text()
+for name in ("hat_s", "dat_s", "nafnet_sr_s"):
+    sha = yaml.safe_load(Path(f"experts/zoo/{name}/expert.yaml").read_text())["experts"][0]["sha256"]
+    text, n = re.subn(rf"(checkpoint: experts/zoo/{name}/model\.safetensors\n\s+sha256: )[0-9a-f]{{64}}", rf"\g<1>{sha}", text)
+    assert n == 1, f"no sha256 pin under experts/zoo/{name} in {path}"
+path.write_text(text)
+print(f"reproduce_zoo: {path} pinned to the exported weights")
+PY
 fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = fusion ]; then
@@ -58,7 +76,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = fusion ]; then
   if [ -d runs/fusion_zoo_small/ckpt ]; then
     "$PY" train.py --resume runs/fusion_zoo_small
   else
-    "$PY" train.py configs/train/fusion_zoo_small.yaml train.steps="$FUSION_STEPS"
+    "$PY" train.py configs/train/fusion_zoo_small.yaml
   fi
   mkdir -p checkpoints/fusion_zoo_small
   best=runs/fusion_zoo_small/ckpt/best
