@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", nargs="?", help="run config YAML (e.g. configs/fusion.yaml); optional with --resume")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 data.batch_size=8")
     ap.add_argument("--resume", type=Path, default=None, help="run directory to continue (runs/NAME)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # dotted overrides may follow the options
     if args.config is not None and "=" in args.config:  # only overrides were given (with --resume)
         args.overrides.insert(0, args.config)
         args.config = None

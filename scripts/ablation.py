@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=750)
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/ablation"))
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # dotted overrides may follow the options
     names = [v.name for v in VARIANTS]
     chosen = VARIANTS
     if args.only:

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-full", action="store_true")
     parser.add_argument("--no-experts", action="store_true")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one variant's peak memory
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # dotted overrides may follow the options
     if args.memory_probe is not None:
         return memory_probe(args, args.memory_probe)
 

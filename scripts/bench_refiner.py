@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="square image sides")
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="CPU thread counts (tiny mode)")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # dotted overrides may follow the options
     if args.config is None:
         if args.overrides:
             parser.error("overrides need --config")

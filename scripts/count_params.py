@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path, help="YAML file with a 'model:' section")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.gating.enabled=false")
     parser.add_argument("--depth", type=int, default=1, help="also list sub-modules down to this depth")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # dotted overrides may follow the options
 
     cfg = load_fusion_config(args.config, args.overrides)
     model = FusionNet(config=cfg)

@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="checkpoint to export: the final one (default) or the best by validation PSNR")
     ap.add_argument("--export-val", nargs="+", default=None, metavar="HR_DIR",
                     help="validation HR folders for the model card (default: the run's data.val_hr)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # dotted overrides may follow the options
     if args.config is not None and "=" in args.config:  # only overrides were given (with --resume)
         args.overrides.insert(0, args.config)
         args.config = None
