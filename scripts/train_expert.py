@@ -389,6 +389,9 @@ def _repo_relative(path: Path) -> str:
         return str(p)
 
 
+STAGE_KEYS = ("run", "step", "train_images", "skipped_images", "init_from", "run_config")  # one training stage
+
+
 def export_expert(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "last",
                   val_hr: Sequence[str] | None = None) -> Path:
     """Write the EMA weights of a run's checkpoint (``which``: last | best) as a zoo entry ``out_dir``:
@@ -404,7 +407,7 @@ def export_expert(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = 
     run_cfg = extra["run_config"]
     out = Path(out_dir)
     model = load_expert_model(ckpt)  # rebuilt from architecture + params, loaded strictly
-    meta = {k: extra[k] for k in ("run", "step", "train_images", "skipped_images", "init_from", "run_config")}
+    meta = {k: extra[k] for k in STAGE_KEYS}
     meta["history"] = training_history(meta["init_from"])  # read before out_dir may overwrite the starting weights
     save_expert(model, out, architecture=cfg_json["architecture"], params=cfg_json["params"],
                 scale=cfg_json["scale"], expect=cfg_json["expect"], extra=meta)
@@ -424,9 +427,6 @@ def export_expert(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = 
     return out
 
 
-STAGE_KEYS = ("run", "step", "train_images", "skipped_images", "init_from", "run_config")
-
-
 def training_history(init: dict | None) -> list[dict]:
     """The training stages before a fine-tuning run, oldest first, read from the export it started from.
 
@@ -444,9 +444,7 @@ def training_history(init: dict | None) -> list[dict]:
     if sha256_file(path) != init["sha256"]:
         return [{"unreadable": str(path), "sha256": init["sha256"],
                  "why": "the file changed since the run started from it"}]
-    if not (path.parent / CONFIG_NAME).is_file():
-        return [{"external": str(path), "sha256": init["sha256"]}]
-    parent = read_expert_config(path.parent)["extra"]
+    parent = read_expert_config(path.parent)["extra"] if (path.parent / CONFIG_NAME).is_file() else {}
     if not all(k in parent for k in STAGE_KEYS):
         return [{"external": str(path), "sha256": init["sha256"]}]
     earlier = parent["history"] if "history" in parent else training_history(parent["init_from"])
