@@ -18,7 +18,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SHARED=${SHARED:-../shared}
-STEPS=${STEPS:-4000}
 STAGE=${STAGE:-all}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || { bash scripts/setup_venv.sh; }
