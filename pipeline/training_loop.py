@@ -190,6 +190,12 @@ def _flatten(d, prefix=""):
     return out
 
 
+# what a resumed run may change: none of it alters the weights a step produces (up to the float rounding of another
+# device or thread count) or the order of the batches (keyed by step, not by worker)
+RESUME_MAY_CHANGE = ("train.threads", "train.device", "train.log_every", "train.val_every", "train.ckpt_every",
+                     "data.num_workers")
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Every dotted key whose value differs between two nested dicts, as ``key: run has A, now B``."""
     a, b = _flatten(saved), _flatten(current)
@@ -213,7 +219,9 @@ def prepare_run(
     With ``write``, the run directory is locked for this process (``.lock``; a second trainer of the same run is an
     error) until :func:`release_run` or the process ends.
     ``resume``: the config is the run's ``config.yaml`` (or ``config``) with ``overrides`` applied, and must equal the
-    saved one. Errors are ``SystemExit`` messages prefixed with ``prog``.
+    saved one but for :data:`RESUME_MAY_CHANGE` (where and how fast it runs, how often it logs, validates and saves:
+    a run started on one machine can go on on another); those changes are printed and saved into ``config.yaml``.
+    Errors are ``SystemExit`` messages prefixed with ``prog``.
     """
     try:
         if resume is not None:
@@ -222,10 +230,15 @@ def prepare_run(
                 raise SystemExit(f"{prog}: {saved} not found: is {resume} a run directory?")
             cfg = load(config or saved, overrides)
             diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
-            if diffs:
-                raise SystemExit(f"{prog}: cannot resume, the config differs from the run's: " + "; ".join(diffs))
+            fixed = [d for d in diffs if d.split(":")[0] not in RESUME_MAY_CHANGE]
+            if fixed:
+                raise SystemExit(f"{prog}: cannot resume, the config differs from the run's: " + "; ".join(fixed)
+                                 + f" (only {', '.join(RESUME_MAY_CHANGE)} may change on resume)")
             if write:
                 _lock_run(resume, prog)
+                if diffs:
+                    print(f"{prog}: resuming with " + "; ".join(diffs), flush=True)
+                    save_config(cfg, saved)
             return cfg, resume
         if config is None:
             raise SystemExit(f"{prog}: a config file is required (or --resume RUN_DIR)")

@@ -129,7 +129,10 @@ def test_resume_is_bit_identical(images, tmp_path):
     os.symlink("step_00000004", last)
     shutil.rmtree(run / "ckpt" / "step_00000008")
     assert resolve_checkpoint(run).name == "step_00000004"
-    assert run_main(train_expert.main, ["--resume", str(run)]) == 0
+    # how often it validates may change on resume (RESUME_MAY_CHANGE); the config.yaml then says so
+    assert run_main(train_expert.main, ["--resume", str(run), "train.val_every=2"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["val_every"] == 2
+    assert [s for s, _ in read_metrics(run)["val/psnr"]] == [4, 6, 8]
     resumed = load_file(str(resolve_checkpoint(run) / "model.safetensors"))
     assert resolve_checkpoint(run).name == "step_00000008" and resumed.keys() == reference.keys()
     for k in reference:
@@ -139,8 +142,8 @@ def test_resume_is_bit_identical(images, tmp_path):
     assert all(torch.equal(raw[k], raw_ref[k]) for k in raw_ref)
     steps = [s for s, _ in read_metrics(run)["train/loss"]]
     assert steps == [2, 4, 6, 8]  # no duplicated rows after the resume
-    with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
-        run_main(train_expert.main, ["--resume", str(run), "train.lr=0.1"])
+    with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1 \(only train\.threads"):
+        run_main(train_expert.main, ["--resume", str(run), "train.lr=0.1", "train.threads=1"])
 
 
 def test_unknown_or_mistyped_params_are_errors(images, tmp_path):
