@@ -8,8 +8,9 @@
 #                                            # caches and ~15 min of fusion training
 #   STAGE=fusion bash scripts/reproduce_zoo.sh   # only the caches + fusion (experts already exported)
 #
-# The experts: configs/experts/train/*.yaml as they stand (4000 steps each); HAT-S and DAT-S then get a second stage
-# of 4000 steps fine-tuning the first one's EMA weights (see expert() below; each model card lists its stages).
+# The experts: the stages of configs/experts/zoo_recipe.yaml — each one's configs/experts/train/*.yaml as it stands
+# (4000 steps), then (HAT-S, DAT-S) fine-tuning stages from the previous stage's EMA weights; each model card lists
+# its stages.
 # Environment: SHARED (default ../shared), STAGE (all | experts | fusion). Runs go to runs/, caches to caches/; a
 # finished run is not redone (an interrupted one resumes from its last checkpoint); an expert whose experts/zoo/NAME
 # exists is skipped (delete it to retrain). After exporting, the sha256 pins of configs/experts/zoo_small.yaml are
@@ -36,18 +37,27 @@ stage() {  # run_name config [override ...]: train one run to its end (resumed i
   fi
 }
 
-expert() {  # zoo_name config fine_tune(yes|no): stage 1 from scratch, then (yes) stage 2 fine-tuning its last weights
-  local name=$1 cfg=$2 ft=$3 last=$1
+expert() {  # zoo_name: its stages in configs/experts/zoo_recipe.yaml (each fine-tuning the previous one), the export
+  local name=$1 stages run args last=""
   if [ -f "experts/zoo/$name/model.safetensors" ]; then
     echo "reproduce_zoo: experts/zoo/$name exists (delete it to retrain)"; return 0
   fi
-  stage "$name" "$cfg"
-  if [ "$ft" = yes ]; then  # a second cosine cycle from the first one's EMA weights (what the committed HAT-S/DAT-S got)
-    last=${name}_ft
-    stage "$last" "$cfg" model.init_from="runs/$name" train.steps=4000 train.lr=4e-4 train.warmup_steps=100
-  fi
+  stages=$("$PY" -m pipeline.zoo_recipe configs/experts/zoo_recipe.yaml "$name")  # "run<TAB>config overrides..."
+  while IFS=$'\t' read -r run args; do
+    # shellcheck disable=SC2086  # config + overrides: words without spaces (checked by pipeline/zoo_recipe.py)
+    stage "$run" $args
+    last=$run
+  done <<< "$stages"
   "$PY" scripts/train_expert.py --resume "runs/$last" --export "experts/zoo/$name"  # model card: every stage
 }
+
+if [ "$STAGE" = all ] || [ "$STAGE" = experts ]; then  # side by side, one thread each; any failure stops the script
+  pids=()
+  for name in $("$PY" -m pipeline.zoo_recipe configs/experts/zoo_recipe.yaml); do
+    expert "$name" & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = experts ]; then  # pin the exported weights (extraction checks the pins)
   "$PY" - <<'PY'
@@ -56,9 +66,11 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.zoo_recipe import load_zoo_recipe
+
 path = Path("configs/experts/zoo_small.yaml")
 text = path.read_text()
-for name in ("hat_s", "dat_s", "nafnet_sr_s"):
+for name in load_zoo_recipe("configs/experts/zoo_recipe.yaml").experts:
     sha = yaml.safe_load(Path(f"experts/zoo/{name}/expert.yaml").read_text())["experts"][0]["sha256"]
     text, n = re.subn(rf"(checkpoint: experts/zoo/{name}/model\.safetensors\n\s+sha256: )[0-9a-f]{{64}}", rf"\g<1>{sha}", text)
     assert n == 1, f"no sha256 pin under experts/zoo/{name} in {path}"

@@ -1,12 +1,16 @@
 """The project's committed artefacts agree with each other and with the recipe that made them.
 
-experts/zoo/* (weights, sha256 pins, model cards, the training stages in config.json against configs/experts/train/
-and scripts/reproduce_zoo.sh), checkpoints/fusion_zoo_small and checkpoints/fusion_craft_ditn_span (the experts they
+experts/zoo/* (weights, sha256 pins, model cards, the training stages in config.json against
+configs/experts/zoo_recipe.yaml, which scripts/reproduce_zoo.sh runs), checkpoints/fusion_zoo_small and checkpoints/fusion_craft_ditn_span (the experts they
 were trained on = the pinned ones) — and, with ../shared, every model card's Set5 score measured again."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +20,14 @@ from experts.expert import load_expert
 from experts.loading import sha256_file
 from experts.spec import load_ensemble_spec
 from experts.zoo import read_expert_config
-from pipeline.config import config_to_dict
+from pipeline.config import ConfigError, config_to_dict
 from pipeline.expert_train_config import load_expert_run_config
 from pipeline.model_io import read_extra
+from pipeline.zoo_recipe import load_zoo_recipe, stages
 from scripts.train_expert import evaluate, load_val_sets
 
 REPO = Path(__file__).resolve().parents[1]
-ZOO = {"hat_s": "hat_s", "dat_s": "dat_s", "nafnet_sr_s": "nafnet_sr"}  # zoo entry -> configs/experts/train/NAME.yaml
-TWO_STAGES = ("hat_s", "dat_s")
+RECIPE = REPO / "configs" / "experts" / "zoo_recipe.yaml"
 # what a run's result depends on (not where it logs, how often it validates, how many threads it uses)
 RESULT_KEYS = ("steps", "lr", "warmup_steps", "min_lr_ratio", "betas", "weight_decay", "loss", "ema_decay", "seed",
                "grad_clip")
@@ -35,21 +39,26 @@ def _recipe(stage_config: dict) -> dict:
             "train": {k: stage_config["train"][k] for k in RESULT_KEYS}}
 
 
-def _fine_tune_overrides() -> list[str]:
-    """The second-stage overrides scripts/reproduce_zoo.sh passes (train.KEY=VALUE after model.init_from)."""
-    text = (REPO / "scripts" / "reproduce_zoo.sh").read_text()
-    match = re.search(r'model\.init_from="runs/\$name" ((?:train\.\w+=\S+ ?)+)', text)
-    assert match, "scripts/reproduce_zoo.sh: no fine-tuning stage found"
-    return match.group(1).split()
-
-
 def _card_psnr(card: str, set_name: str) -> float:
     match = re.search(rf"^\| {set_name} \(`[^`]+`\) \| \d+ \| ([0-9.]+) \|", card, re.MULTILINE)
     assert match, f"no {set_name} row in the model card"
     return float(match.group(1))
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+def test_the_recipe_covers_the_zoo():
+    assert sorted(load_zoo_recipe(RECIPE).experts) == sorted(p.name for p in (REPO / "experts" / "zoo").iterdir()
+                                                             if p.is_dir())
+
+
+@pytest.mark.parametrize("stage", ["model.init_from=runs/x", "train.name=x", "train.lr = 1e-4", "train.lr"])
+def test_a_recipe_stage_cannot_set_what_the_stage_sets_itself_or_break_the_shell(tmp_path, stage):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"experts:\n  a:\n    config: a.yaml\n    fine_tune:\n      - ['{stage}']\n")
+    with pytest.raises(ConfigError, match="fine_tune"):
+        load_zoo_recipe(path)
+
+
+@pytest.mark.parametrize("name", list(load_zoo_recipe(RECIPE).experts))
 def test_zoo_expert_is_pinned_and_was_trained_by_the_shipped_recipe(name):
     entry = REPO / "experts" / "zoo" / name
     sha = sha256_file(entry / "model.safetensors")
@@ -59,18 +68,16 @@ def test_zoo_expert_is_pinned_and_was_trained_by_the_shipped_recipe(name):
     assert f"sha256 `{sha}`" in card
 
     extra = read_expert_config(entry)["extra"]
-    stages = [*extra["history"], extra]
-    path = REPO / "configs" / "experts" / "train" / f"{ZOO[name]}.yaml"
-    config = config_to_dict(load_expert_run_config(path))
-    assert _recipe(stages[0]["run_config"]) == _recipe(config), "stage 1 is not the shipped training config"
-    assert stages[0]["init_from"] is None and stages[0]["step"] == config["train"]["steps"]
-    if name in TWO_STAGES:
-        assert len(stages) == 2 and "2 stages, each fine-tuning" in card
-        tuned = config_to_dict(load_expert_run_config(path, _fine_tune_overrides()))
-        assert _recipe(stages[1]["run_config"]) == _recipe(tuned), "stage 2 is not scripts/reproduce_zoo.sh's"
-        assert stages[1]["init_from"] is not None and stages[1]["step"] == tuned["train"]["steps"]
-    else:
-        assert len(stages) == 1
+    recorded = [*extra["history"], extra]  # every stage the export went through, the last one = the export
+    shipped = stages(load_zoo_recipe(RECIPE), name)
+    assert len(recorded) == len(shipped), f"{len(recorded)} recorded stages, the recipe has {len(shipped)}"
+    if len(shipped) > 1:
+        assert f"{len(shipped)} stages, each fine-tuning" in card
+    for i, (done, stage) in enumerate(zip(recorded, shipped)):
+        config = config_to_dict(load_expert_run_config(REPO / stage.config, stage.overrides[1:]))  # not init_from
+        assert _recipe(done["run_config"]) == _recipe(config), f"stage {i + 1} is not the recipe's"
+        assert done["step"] == config["train"]["steps"]
+        assert (done["init_from"] is None) == (i == 0)
 
 
 @pytest.mark.parametrize(("checkpoint", "experts"), [
@@ -83,7 +90,7 @@ def test_committed_fusions_were_trained_on_the_pinned_experts(checkpoint, expert
     assert [(e["name"], e["sha256"]) for e in trained_on] == [(e.name, e.sha256) for e in pinned]
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("name", list(load_zoo_recipe(RECIPE).experts))
 def test_zoo_model_card_scores_measure_again(name, shared_dir, single_thread):
     """Each card's Set5 PSNR-Y, measured again through the expert loader on ../shared's Set5."""
     entry = REPO / "experts" / "zoo" / name
@@ -93,3 +100,54 @@ def test_zoo_model_card_scores_measure_again(name, shared_dir, single_thread):
     card = (entry / "MODEL_CARD.md").read_text()
     assert results["Set5"]["psnr"] == pytest.approx(_card_psnr(card, "Set5"), abs=6e-4)
     assert results["Set5"]["psnr"] > results["Set5"]["bicubic_psnr"] + 1.0
+
+
+FAKE_PYTHON = """#!{python}
+# Stands in for the interpreter of scripts/reproduce_zoo.sh: records every call; `-m` and `-` (the recipe, the pins)
+# run for real; an export writes a weights file and an expert YAML with a made-up sha256 (one per entry).
+import hashlib, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+if args[0] in ("-m", "-"):
+    os.execv(sys.executable, [sys.executable, *args])
+if "--export" in args:
+    out = Path(args[args.index("--export") + 1])
+    out.mkdir(parents=True)
+    (out / "model.safetensors").write_bytes(b"")
+    sha = hashlib.sha256(out.name.encode()).hexdigest()
+    (out / "expert.yaml").write_text(f"experts:\\n- name: {{out.name}}\\n  sha256: {{sha}}\\n")
+"""
+
+
+def test_reproduce_zoo_runs_every_stage_of_the_recipe_then_pins_the_exports(tmp_path):
+    """STAGE=experts of scripts/reproduce_zoo.sh, with an interpreter that records what it is asked to train."""
+    root = tmp_path / "repo"
+    for rel in ("scripts/reproduce_zoo.sh", "configs/experts/zoo_recipe.yaml", "configs/experts/zoo_small.yaml"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text((REPO / rel).read_text())
+    (tmp_path / "shared" / "data" / "train" / "T91").mkdir(parents=True)
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "PY": str(fake), "STAGE": "experts", "SHARED": str(tmp_path / "shared"),
+           "FAKE_LOG": str(log), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["bash", str(root / "scripts" / "reproduce_zoo.sh")], check=False, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    calls = log.read_text().splitlines()
+    recipe = load_zoo_recipe(RECIPE)
+    for name in recipe.experts:
+        shipped = stages(recipe, name)
+        runs = {f"train.name={stage.run}" for stage in shipped}
+        trained = [c for c in calls if c.startswith("scripts/train_expert.py ") and set(c.split()) & runs]
+        assert trained == [f"scripts/train_expert.py {stage.config} train.name={stage.run} train.ckpt_every=250 "
+                           f"train.val_every=500 train.threads=1 {' '.join(stage.overrides)}".rstrip()
+                           for stage in shipped]
+        assert f"scripts/train_expert.py --resume runs/{shipped[-1].run} --export experts/zoo/{name}" in calls
+        sha = hashlib.sha256(name.encode()).hexdigest()
+        assert load_ensemble_spec(root / "configs" / "experts" / "zoo_small.yaml").by_name(name).sha256 == sha
