@@ -17,7 +17,8 @@ Data flow (LR = H×W, HR = 4H×4W; C = ``width``, T = ``token_channels``; every 
    edge          LaplacianEdgeEnhance2d   3-level Laplacian-pyramid gains
 
 Every branch that adds to the image ends in a zero-initialised layer and the gates start uniform, so an untrained
-model returns the experts' mean (to float rounding; or, with ``start_expert``, exactly that expert). Only the last
+model returns the experts' mean (to float rounding; with ``start_expert``, exactly that expert; with
+``gating.prior``, that fixed blend). Only the last
 layer of each branch is zero, never two factors of one product, so after at most two optimiser steps every
 parameter receives a non-zero gradient (tests/test_fusion_net.py checks it).
 
@@ -137,6 +138,9 @@ class GatingConfig:
     hidden: int = 64
     temperature: float = 1.0
     learnable_temperature: bool = False
+    # Initial gate of each expert (positive, summing to 1): the untrained fusion is then this fixed blend instead of
+    # the plain mean — e.g. the least-squares blend of the training cache (scripts/fit_gate_prior.py). None: uniform.
+    prior: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,12 @@ def _validate(cfg: FusionConfig) -> None:
         raise ConfigError(f"inputs.feat_channels must list >= 1 positive widths, got {cfg.inputs.feat_channels}")
     if cfg.start_expert is not None and not 0 <= cfg.start_expert < e:
         raise ConfigError(f"start_expert={cfg.start_expert} is not an expert index (E={e})")
+    prior = cfg.gating.prior
+    if prior is not None:
+        if not cfg.gating.enabled or cfg.start_expert is not None:
+            raise ConfigError("gating.prior needs gating.enabled and no start_expert (it is where the gates start)")
+        if len(prior) != e or min(prior) <= 0 or abs(sum(prior) - 1.0) > 1e-3:
+            raise ConfigError(f"gating.prior must be {e} positive weights summing to 1 (one per expert), got {prior}")
     for name, sub in (("cross_band", cfg.cross_band), ("cross_expert", cfg.cross_expert)):
         if sub.enabled and (sub.heads < 1 or cfg.token_channels % sub.heads):
             raise ConfigError(f"{name}.heads={sub.heads} must divide token_channels={cfg.token_channels}")
@@ -326,6 +336,7 @@ class FusionNet(nn.Module):
                 temperature=g.temperature,
                 learnable_temperature=g.learnable_temperature,
                 scale=SCALE,
+                prior=g.prior,
             )
             if g.enabled
             else None

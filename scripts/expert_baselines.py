@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +37,7 @@ from pipeline.evaluation import PairingError, check_sizes, pair_images
 from pipeline.imageio import read_image, write_image
 from pipeline.metrics import crop_to_match, rgb_to_y
 
-__all__ = ["expert_mean", "pixel_oracle", "block_oracle", "blend_weights", "main"]
+__all__ = ["BlendStats", "blend_stats", "blend_weights", "block_oracle", "expert_mean", "main", "pixel_oracle"]
 
 
 def expert_mean(srs: torch.Tensor) -> torch.Tensor:
@@ -61,17 +63,51 @@ def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tenso
     return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
 
 
-def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
-    """Least-squares ``w (E,)`` minimising Σ (Σ_e w_e·Y_e − Y_hr)² over every image's border-cropped pixels (float64
-    normal equations, accumulated image by image). ``pairs_per_image`` yields ``(srs (1,E,3,H,W), hr (1,3,H,W))``."""
+@dataclass(frozen=True)
+class BlendStats:
+    """The normal equations of the least-squares blend of the experts' Y on the HR's Y (float64, 0–255 scale, less
+    the 16 offset: Y − 16 is linear in RGB, so the Y of the RGB blend ``Σ_e w_e·sr_e`` is exactly ``16 + Σ_e
+    w_e·(Y_e − 16)`` whatever the weights sum to). Every fixed blend's fit and pooled PSNR (one MSE over all pixels)
+    follow from them without another pass over the images."""
+
+    xtx: torch.Tensor  # (E,E) Σ (Y_e−16)·(Y_f−16)
+    xty: torch.Tensor  # (E,) Σ (Y_e−16)·(Y_hr−16)
+    yty: float  # Σ (Y_hr−16)²
+    n: int  # pixels
+
+    def solve(self) -> torch.Tensor:
+        """Least-squares weights ``w (E,)`` (any sign, no bias), float64."""
+        return torch.linalg.solve(self.xtx, self.xty)
+
+    def pooled_psnr(self, w: torch.Tensor) -> float:
+        """PSNR-Y (peak 255) of the blend ``w`` over all pixels: MSE = (wᵀXᵀXw − 2wᵀXᵀy + yᵀy) / N."""
+        w = w.double()
+        mse = (float(w @ self.xtx @ w) - 2.0 * float(w @ self.xty) + self.yty) / self.n
+        return 10.0 * math.log10(255.0**2 / max(mse, 1e-20))
+
+
+def blend_stats(pairs_per_image, *, border: int) -> BlendStats:
+    """Accumulate :class:`BlendStats` image by image; ``pairs_per_image`` yields ``(srs (1,E,3,H,W), hr (1,3,H,W))``,
+    ``border`` pixels are cropped at each side (the scoring's crop)."""
     xtx = xty = None
+    yty, n = 0.0, 0
+    c = border
     for srs, hr in pairs_per_image:
-        c = scale
-        ys = rgb_to_y(srs.flatten(0, 1))[..., c:-c, c:-c].reshape(srs.shape[1], -1).double()  # (E,N)
-        yh = rgb_to_y(hr)[..., c:-c, c:-c].reshape(-1).double()  # (N,)
+        ys = rgb_to_y(srs.flatten(0, 1))[..., c:-c, c:-c].reshape(srs.shape[1], -1) - 16.0  # (E,N)
+        yh = rgb_to_y(hr)[..., c:-c, c:-c].reshape(-1) - 16.0  # (N,)
         xtx = ys @ ys.T if xtx is None else xtx + ys @ ys.T
         xty = ys @ yh if xty is None else xty + ys @ yh
-    return torch.linalg.solve(xtx, xty).float()
+        yty += float(yh @ yh)
+        n += yh.numel()
+    if xtx is None:
+        raise ValueError("no images to fit a blend on")
+    return BlendStats(xtx=xtx, xty=xty, yty=yty, n=n)
+
+
+def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
+    """Least-squares ``w (E,)`` minimising Σ (Σ_e w_e·Y_e − Y_hr)² over every image's border-cropped pixels (border =
+    ``scale``, as NTIRE's); ``pairs_per_image`` as for :func:`blend_stats`."""
+    return blend_stats(pairs_per_image, border=scale).solve().float()
 
 
 def main(argv: list[str] | None = None) -> int:

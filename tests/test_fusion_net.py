@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_close
-from pipeline.fusion_net import PHASE_SWITCHES, FusionConfig, FusionNet, FusionOutput, LiveFusion, load_fusion_config
+
+from pipeline.config import ConfigError
+from pipeline.fusion_net import (
+    PHASE_SWITCHES,
+    FusionConfig,
+    FusionNet,
+    FusionOutput,
+    LiveFusion,
+    load_fusion_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "fusion_tiny.yaml"
@@ -75,6 +83,34 @@ def test_start_expert_outputs_exactly_that_expert(gating: bool) -> None:
         assert model.start_mix.grad.abs() > 0
     else:
         assert model.start_mix is None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_gate_prior_starts_the_untrained_fusion_at_that_fixed_blend(temperature: float) -> None:
+    prior = (0.6, 0.3, 0.1)
+    base = tiny_config()
+    cfg = dataclasses.replace(base, gating=dataclasses.replace(base.gating, prior=prior, temperature=temperature))
+    model = FusionNet(config=cfg)
+    lr, srs, feats = make_inputs(cfg)
+    with torch.no_grad():
+        out = model(lr, srs, feats)
+    blend = sum(w * srs[:, e] for e, w in enumerate(prior))
+    assert_close(out.gates, torch.tensor(prior).view(1, 3, 1, 1).expand_as(out.gates), atol=1e-6, rtol=0)
+    assert_close(out.sr, blend, atol=1e-5, rtol=0)
+    assert (out.sr - srs.mean(dim=1)).abs().max() > 1e-3  # not the mean
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model.gating.prior=[0.5,0.5]"], "3 positive weights summing to 1"),
+    (["model.gating.prior=[0.5,0.6,-0.1]"], "3 positive weights summing to 1"),
+    (["model.gating.prior=[0.5,0.3,0.1]"], "3 positive weights summing to 1"),
+    (["model.gating.prior=[0.5,0.3,0.2]", "model.start_expert=0"], "needs gating.enabled and no start_expert"),
+    (["model.gating.prior=[0.5,0.3,0.2]", "model.gating.enabled=false"], "needs gating.enabled"),
+])
+def test_a_gate_prior_must_be_one_positive_weight_per_expert(overrides: list[str], match: str) -> None:
+    cfg = load_fusion_config(TINY, overrides).with_feat_channels((6, 10, 4))
+    with pytest.raises(ConfigError, match=match):
+        FusionNet(config=cfg)
 
 
 def test_every_parameter_gets_a_gradient_default_config() -> None:

@@ -4,13 +4,20 @@ scripts/results_table.py."""
 from __future__ import annotations
 
 import json
+import math
+import re
+from pathlib import Path
 
+import pytest
 import torch
 
 from pipeline.evaluation import pair_images, score_fidelity
+from pipeline.fusion_net import FusionNet, load_fusion_config
 from pipeline.imageio import read_image, write_image
 from pipeline.metrics import psnr_y, rgb_to_y
 from scripts import expert_baselines, results_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_oracle_picks_the_expert_nearest_in_y_per_pixel():
@@ -99,3 +106,36 @@ def test_baselines_script_and_table(tmp_path, capsys):
 def test_table_without_scores_is_an_error(tmp_path, capsys):
     assert results_table.main([str(tmp_path), "--sets", "Set5"]) == 2
     assert "no scores" in capsys.readouterr().err
+
+
+def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.rand(1, 2, 3, 16, 12, generator=g), torch.rand(1, 3, 16, 12, generator=g)) for _ in range(2)]
+    stats = expert_baselines.blend_stats(data, border=2)
+    for w in (torch.tensor([1.0, 0.0]), torch.tensor([0.3, 0.9])):  # any weights, summing to 1 or not
+        err = torch.cat([(rgb_to_y((w.view(1, 2, 1, 1, 1) * srs).sum(1)) - rgb_to_y(hr))[..., 2:-2, 2:-2].flatten()
+                         for srs, hr in data])
+        assert stats.pooled_psnr(w) == pytest.approx(10 * math.log10(255**2 / err.square().mean().item()), abs=1e-6)
+    assert stats.pooled_psnr(stats.solve()) >= max(stats.pooled_psnr(w) for w in torch.eye(2))
+
+
+def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_compact_experts, tmp_path, capsys):
+    from scripts import extract_features, fit_gate_prior
+
+    cache = tmp_path / "c.h5"
+    assert extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
+                                  "--hr", str(tiny_compact_experts["hr"]), "--out", str(cache)]) == 0
+    capsys.readouterr()
+    assert fit_gate_prior.main([str(cache)]) == 0
+    out = capsys.readouterr().out
+    scores = {m.group(1): float(m.group(2)) for m in re.finditer(r"^  (\S+(?: \S+)*?) +([0-9.]+) dB", out, re.MULTILINE)}
+    assert scores["least-squares blend"] >= max(scores["noisy"], scores["calm"], scores["mean"])
+    override = out.strip().splitlines()[-1]
+    assert override.startswith("model.gating.prior=[")
+    cfg = load_fusion_config(REPO / "configs" / "fusion_tiny.yaml", [override]).with_feat_channels((8, 8))
+    prior = cfg.gating.prior
+    assert prior is not None and len(prior) == 2 and min(prior) >= 0.0099 and sum(prior) == pytest.approx(1, abs=1e-3)
+    assert prior[1] > prior[0]  # "calm" has the weaker residual: nearer the smooth HR
+    FusionNet(config=cfg)  # a valid start
+    assert fit_gate_prior.main([str(tmp_path / "missing.h5")]) == 2
+    assert "cache index not found" in capsys.readouterr().err

@@ -3,12 +3,14 @@ mixture-of-experts load-balancing loss.
 
 Gates and difficulty are predicted at LR resolution and brought to HR by pixel shuffle (16 sub-pixel values per
 LR pixel), so every HR pixel has its own gate vector at LR cost. Both heads end in zero-initialised 1×1 convs:
-untrained, the gates are uniform (the output is the experts' mean) and the difficulty is 0.5 everywhere.
+untrained, the gates are uniform (the output is the experts' mean) — or, with a ``prior``, equal to it everywhere
+(the gate head's bias is ``T·log prior``) — and the difficulty is 0.5 everywhere.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +45,13 @@ class ExpertGating2d(nn.Module):
         temperature: float,
         learnable_temperature: bool,
         scale: int = 4,
+        prior: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if prior is not None and (len(prior) != num_experts or min(prior) <= 0):
+            raise ValueError(f"prior must be {num_experts} positive weights, got {prior}")
         self.num_experts = num_experts
         self.scale = scale
         self.body = nn.Conv2d(channels, hidden, 3, padding=1)
@@ -55,6 +60,11 @@ class ExpertGating2d(nn.Module):
         for head in (self.gate_head, self.difficulty_head):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        if prior is not None:  # channel e·s² + k is sub-pixel k of expert e after the pixel shuffle
+            p = torch.tensor([float(v) for v in prior], dtype=torch.float64)
+            bias = (temperature * (p / p.sum()).log()).repeat_interleave(scale * scale)
+            with torch.no_grad():
+                self.gate_head.bias.copy_(bias.float())
         log_t = torch.tensor(math.log(temperature))
         if learnable_temperature:
             self.log_temperature = nn.Parameter(log_t)
