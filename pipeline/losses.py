@@ -51,7 +51,10 @@ class LossWeights:
     swt: float = 0.0
     ssim: float = 0.0
     sobel: float = 0.0
-    balance: float = 0.01  # gate load-balancing (MoE) auxiliary loss
+    # Gate load-balancing (the MoE auxiliary loss). Off by default: it pushes every expert towards an equal share,
+    # which for experts of unequal quality fights the fit (CRAFT/DITN/SPAN at 0.01: gates held at 0.26/0.41/0.33,
+    # +0.004 dB over CRAFT on Set14; at 0: 0.66/0.29/0.05 and +0.022 dB, docs/RESULTS.md).
+    balance: float = 0.0
     gate_oracle: float = 0.0  # gates vs the per-pixel oracle expert (cross-entropy, weighted by what the choice costs)
     perceptual: float = 0.0
 
