@@ -89,12 +89,14 @@ class BlendStats:
 def blend_stats(pairs_per_image, *, border: int) -> BlendStats:
     """Accumulate :class:`BlendStats` image by image; ``pairs_per_image`` yields ``(srs (1,E,3,H,W), hr (1,3,H,W))``,
     ``border`` pixels are cropped at each side (the scoring's crop)."""
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}")
     xtx = xty = None
     yty, n = 0.0, 0
-    c = border
+    inner = slice(border, -border or None)  # border 0: the whole image
     for srs, hr in pairs_per_image:
-        ys = rgb_to_y(srs.flatten(0, 1))[..., c:-c, c:-c].reshape(srs.shape[1], -1) - 16.0  # (E,N)
-        yh = rgb_to_y(hr)[..., c:-c, c:-c].reshape(-1) - 16.0  # (N,)
+        ys = rgb_to_y(srs.flatten(0, 1))[..., inner, inner].reshape(srs.shape[1], -1) - 16.0  # (E,N)
+        yh = rgb_to_y(hr)[..., inner, inner].reshape(-1) - 16.0  # (N,)
         xtx = ys @ ys.T if xtx is None else xtx + ys @ ys.T
         xty = ys @ yh if xty is None else xty + ys @ yh
         yty += float(yh @ yh)

@@ -117,6 +117,8 @@ def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
                          for srs, hr in data])
         assert stats.pooled_psnr(w) == pytest.approx(10 * math.log10(255**2 / err.square().mean().item()), abs=1e-6)
     assert stats.pooled_psnr(stats.solve()) >= max(stats.pooled_psnr(w) for w in torch.eye(2))
+    whole = expert_baselines.blend_stats(data, border=0)  # no crop: every pixel
+    assert whole.n == 2 * 16 * 12 and stats.n == 2 * 12 * 8
 
 
 def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_compact_experts, tmp_path, capsys):
