@@ -57,10 +57,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = experts ]; then  # side by side, one threa
     expert "$name" & pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
-fi
-
-if [ "$STAGE" = all ] || [ "$STAGE" = experts ]; then  # pin the exported weights (extraction checks the pins)
-  "$PY" - <<'PY'
+  "$PY" - <<'PY'  # pin the exported weights (extraction checks the pins)
 import re
 from pathlib import Path
 
