@@ -80,8 +80,9 @@ def run_variant(v: Variant, *, config: str, runs_dir: Path, steps: int, val_cach
         print(f"ablation: {v.name}: finished earlier ({done['psnr']:.3f} dB)")
         return done
     common = [f"train.runs_dir={runs_dir}", f"train.name={v.name}", f"train.steps={steps}",
-              f"train.val_every={steps}", f"train.ckpt_every={min(250, steps)}", f"data.val_cache={val_cache}"]
-    argv = [config, *overrides, *common, *v.overrides]
+              f"train.val_every={steps}", f"data.val_cache={val_cache}"]
+    # a checkpoint every 250 steps unless the overrides say otherwise (they come after it, so they win)
+    argv = [config, f"train.ckpt_every={min(250, steps)}", *overrides, *common, *v.overrides]
     if (run / "ckpt").exists():
         argv += ["--resume", str(run)]
     print(f"ablation: {v.name}: train.py {' '.join(argv)}", flush=True)

@@ -23,7 +23,7 @@ def test_ablation_trains_each_variant_once_and_tabulates(tiny_compact_experts, t
         "data": {"train_cache": str(cache), "patch": 16, "batch_size": 2, "num_workers": 0},
         "train": {"steps": 100, "warmup_steps": 1, "log_every": 1, "threads": 1, "lr": 1e-3}}))
     argv = [str(cfg), "--val-cache", str(cache), "--steps", "3", "--runs-dir", str(tmp_path / "abl"),
-            "--only", "default,no_gating,gating_only", "train.lr=2e-3"]  # overrides may follow the options
+            "--only", "default,no_gating,gating_only", "train.lr=2e-3", "train.ckpt_every=2"]  # after the options
     assert run_main(ablation.main, argv) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
@@ -34,7 +34,8 @@ def test_ablation_trains_each_variant_once_and_tabulates(tiny_compact_experts, t
     # each variant ran with its own switches and the common ones, validated only at its last step
     run_cfg = yaml.safe_load((tmp_path / "abl" / "no_gating" / "config.yaml").read_text())
     assert run_cfg["model"]["gating"]["enabled"] is False and run_cfg["train"]["val_every"] == 3
-    assert run_cfg["train"]["lr"] == 2e-3 and saved["overrides"] == ["train.lr=2e-3"]
+    assert run_cfg["train"]["lr"] == 2e-3 and saved["overrides"] == ["train.lr=2e-3", "train.ckpt_every=2"]
+    assert run_cfg["train"]["ckpt_every"] == 2  # the caller's checkpoint period wins over the default 250
     assert run_cfg["data"]["val_cache"] == str(cache)
     val_steps = {r.split(",")[0] for r in (tmp_path / "abl" / "default" / "metrics.csv").read_text().splitlines()
                  if ",val/psnr," in r}
