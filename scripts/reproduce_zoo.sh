@@ -4,13 +4,13 @@
 # (checkpoints/fusion_zoo_small/, configs/train/fusion_zoo_small.yaml) — what scripts/quickstart.sh starts from.
 #
 #   bash scripts/reproduce_zoo.sh            # everything, on 2 CPU cores: the experts side by side, 1 thread each
-#                                            # (stage 1 ~2.2 h; HAT-S/DAT-S stage 2 ~1.5 h more), then ~4 min of
-#                                            # caches and ~15 min of fusion training
+#                                            # (stage 1 ~2.2 h; HAT-S/DAT-S stage 2 ~1.5 h more; HAT-S stages 3
+#                                            # and 4 ~4.5 h more), then ~4 min of caches and ~15 min of fusion
 #   STAGE=fusion bash scripts/reproduce_zoo.sh   # only the caches + fusion (experts already exported)
 #
 # The experts: the stages of configs/experts/zoo_recipe.yaml — each one's configs/experts/train/*.yaml as it stands
-# (4000 steps), then (HAT-S, DAT-S) fine-tuning stages from the previous stage's EMA weights; each model card lists
-# its stages.
+# (4000 steps), then fine-tuning stages from the previous stage's EMA weights (DAT-S one, HAT-S three); each model
+# card lists its stages.
 # Environment: SHARED (default ../shared), STAGE (all | experts | fusion). Runs go to runs/, caches to caches/; a
 # finished run is not redone (an interrupted one resumes from its last checkpoint); an expert whose experts/zoo/NAME
 # exists is skipped (delete it to retrain). After exporting, the sha256 pins of configs/experts/zoo_small.yaml are
