@@ -102,9 +102,9 @@ def format_table(results: dict[str, dict], variants: tuple[Variant, ...], *, ste
         r = results.get(v.name)
         if r is None:
             continue
-        d_ref = f"{r['psnr'] - ref['psnr']:+.3f}" if ref is not None and v.name != "default" else "—"
-        lines.append(f"| {v.name} | {v.off} | {r['params']:,} | {r['psnr']:.3f} / {r['ssim']:.4f} | {d_ref} | "
-                     f"{r['psnr'] - r['best_expert_psnr']:+.3f} ({r['best_expert']}) |")
+        d_ref = f"{r['psnr'] - ref['psnr']:+.4f}" if ref is not None and v.name != "default" else "—"
+        lines.append(f"| {v.name} | {v.off} | {r['params']:,} | {r['psnr']:.4f} / {r['ssim']:.4f} | {d_ref} | "
+                     f"{r['psnr'] - r['best_expert_psnr']:+.4f} ({r['best_expert']}) |")
     any_r = next(iter(results.values()))
     lines.append(f"\n{steps} steps each, scored with the final EMA weights on {val} (best expert "
                  f"{any_r['best_expert']} {any_r['best_expert_psnr']:.3f} dB, plain mean {any_r['mean_psnr']:.3f} dB).")

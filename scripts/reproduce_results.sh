@@ -9,7 +9,10 @@
 # checkpoint), OUT (default
 # results/fusion_craft_ditn_span), SETS (default "Set5 Set14 BSD100"), TTA (1: also the x8 self-ensemble; default 1),
 # DEVICE (default cpu). Set5/Set14 use the official LR_bicubic/X4 images; BSD100 ships HR only, so its LR is made
-# with the MATLAB-compatible bicubic (scripts/make_lr.py). Finished steps are not redone (delete OUT to start over).
+# with the MATLAB-compatible bicubic (scripts/make_lr.py). Finished steps are not redone (delete OUT to start over),
+# except the fusion's images when they were made by another checkpoint: each fusion folder has a
+# <folder>.checkpoint.sha256 stamp (the sha256 of the model.safetensors that made it), and a folder without a stamp
+# or with another one is deleted and made again — scores of a stale checkpoint must never reach the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +29,21 @@ PY=${PY:-.venv/bin/python}
 [ -d "$SHARED/data/val" ] || { echo "reproduce_results: $SHARED/data/val not found (set SHARED=...)" >&2; exit 2; }
 [ -f "$CKPT/model.safetensors" ] || [ -f "$CKPT/ckpt/best/model.safetensors" ] || \
   { echo "reproduce_results: no checkpoint at $CKPT (a checkpoint folder or a run folder)" >&2; exit 2; }
+
+ckpt_file="$CKPT/model.safetensors"
+[ -f "$ckpt_file" ] || ckpt_file="$CKPT/ckpt/best/model.safetensors"
+ckpt_sha=$(sha256sum "$ckpt_file" | cut -d' ' -f1)
+echo "reproduce_results: checkpoint $ckpt_file (sha256 ${ckpt_sha:0:16}…)"
+
+# fusion_images DIR [--tta]: the fusion's SR images of this set, made by this checkpoint
+fusion_images() {
+  local dir=$1; shift
+  if [ -f "$dir/readme.txt" ] && [ "$(cat "$dir.checkpoint.sha256" 2>/dev/null)" = "$ckpt_sha" ]; then return 0; fi
+  if [ -e "$dir" ]; then echo "reproduce_results: $dir was made by another checkpoint (or is unfinished): redoing it"; fi
+  rm -rf "$dir" "$dir.checkpoint.sha256"
+  "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$dir" --device "$DEVICE" "$@"
+  echo "$ckpt_sha" > "$dir.checkpoint.sha256"
+}
 
 start=$(date +%s)
 for set in $SETS; do
@@ -44,18 +62,16 @@ for set in $SETS; do
     "$PY" -m experts.run --config "$EXPERTS" --input "$lr" --output "$work/experts"
   [ -d "$work/experts/_oracle_b8" ] || \
     "$PY" scripts/expert_baselines.py --experts-dir "$work/experts" --hr "$hr" --blocks 8 16 --blend
-  [ -f "$work/fusion/readme.txt" ] || \
-    "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$work/fusion" --device "$DEVICE"
-  if [ "$TTA" = 1 ] && [ ! -f "$work/fusion_tta/readme.txt" ]; then
-    "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$work/fusion_tta" --tta \
-      --device "$DEVICE"
-  fi
+  fusion_images "$work/fusion"
+  if [ "$TTA" = 1 ]; then fusion_images "$work/fusion_tta" --tta; fi
   for m in craft ditn span _mean _blend _oracle_b16 _oracle_b8 _oracle; do
     "$PY" scripts/evaluate.py --sr "$work/experts/$m" --hr "$hr" --json "$work/scores/${m#_}.json" > /dev/null
   done
   for m in fusion fusion_tta; do
-    if [ -d "$work/$m" ]; then
+    if [ -d "$work/$m" ] && [ "$(cat "$work/$m.checkpoint.sha256" 2>/dev/null)" = "$ckpt_sha" ]; then
       "$PY" scripts/evaluate.py --sr "$work/$m" --hr "$hr" --json "$work/scores/$m.json" > /dev/null
+    else
+      rm -f "$work/scores/$m.json"  # no score of another checkpoint's images
     fi
   done
 done

@@ -41,7 +41,7 @@ def test_ablation_trains_each_variant_once_and_tabulates(tiny_compact_experts, t
                  if ",val/psnr," in r}
     assert val_steps == {"3"}
     row = next(line for line in out.splitlines() if line.startswith("| no_gating |"))
-    assert f"{res['no_gating']['psnr'] - res['default']['psnr']:+.3f}" in row
+    assert f"{res['no_gating']['psnr'] - res['default']['psnr']:+.4f}" in row
     assert "| default | — |" in out and "3 steps each, scored with the final EMA weights" in out
 
     # a second call reuses the finished runs
