@@ -35,10 +35,13 @@ ckpt_file="$CKPT/model.safetensors"
 ckpt_sha=$(sha256sum "$ckpt_file" | cut -d' ' -f1)
 echo "reproduce_results: checkpoint $ckpt_file (sha256 ${ckpt_sha:0:16}…)"
 
+# made_by_ckpt DIR: DIR is a finished set of fusion images made by this checkpoint
+made_by_ckpt() { [ -f "$1/readme.txt" ] && [ "$(cat "$1.checkpoint.sha256" 2>/dev/null)" = "$ckpt_sha" ]; }
+
 # fusion_images DIR [--tta]: the fusion's SR images of this set, made by this checkpoint
 fusion_images() {
   local dir=$1; shift
-  if [ -f "$dir/readme.txt" ] && [ "$(cat "$dir.checkpoint.sha256" 2>/dev/null)" = "$ckpt_sha" ]; then return 0; fi
+  if made_by_ckpt "$dir"; then return 0; fi
   if [ -e "$dir" ]; then echo "reproduce_results: $dir was made by another checkpoint (or is unfinished): redoing it"; fi
   rm -rf "$dir" "$dir.checkpoint.sha256"
   "$PY" scripts/submit.py --run "$CKPT" --experts "$EXPERTS" --input "$lr" --output "$dir" --device "$DEVICE" "$@"
@@ -68,7 +71,7 @@ for set in $SETS; do
     "$PY" scripts/evaluate.py --sr "$work/experts/$m" --hr "$hr" --json "$work/scores/${m#_}.json" > /dev/null
   done
   for m in fusion fusion_tta; do
-    if [ -d "$work/$m" ] && [ "$(cat "$work/$m.checkpoint.sha256" 2>/dev/null)" = "$ckpt_sha" ]; then
+    if made_by_ckpt "$work/$m"; then
       "$PY" scripts/evaluate.py --sr "$work/$m" --hr "$hr" --json "$work/scores/$m.json" > /dev/null
     else
       rm -f "$work/scores/$m.json"  # no score of another checkpoint's images
