@@ -27,13 +27,15 @@ PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || { bash scripts/setup_venv.sh; }
 
 [ -d "$SHARED/data/val" ] || { echo "reproduce_results: $SHARED/data/val not found (set SHARED=...)" >&2; exit 2; }
-[ -f "$CKPT/model.safetensors" ] || [ -f "$CKPT/ckpt/best/model.safetensors" ] || \
-  { echo "reproduce_results: no checkpoint at $CKPT (a checkpoint folder or a run folder)" >&2; exit 2; }
-
-ckpt_file="$CKPT/model.safetensors"
-[ -f "$ckpt_file" ] || ckpt_file="$CKPT/ckpt/best/model.safetensors"
-ckpt_sha=$(sha256sum "$ckpt_file" | cut -d' ' -f1)
-echo "reproduce_results: checkpoint $ckpt_file (sha256 ${ckpt_sha:0:16}…)"
+# the checkpoint folder submit.py will load (a run folder → its best checkpoint), resolved by the same function
+ckpt_dir=$("$PY" -c 'import sys
+from pipeline.run_checkpoint import resolve_checkpoint
+try:
+    print(resolve_checkpoint(sys.argv[1], which="best"))
+except FileNotFoundError as exc:
+    sys.exit(f"reproduce_results: {exc}")' "$CKPT") || exit 2
+ckpt_sha=$(sha256sum "$ckpt_dir/model.safetensors" | cut -d' ' -f1)
+echo "reproduce_results: checkpoint $ckpt_dir (model.safetensors sha256 ${ckpt_sha:0:16}…)"
 
 # made_by_ckpt DIR: DIR is a finished set of fusion images made by this checkpoint
 made_by_ckpt() { [ -f "$1/readme.txt" ] && [ "$(cat "$1.checkpoint.sha256" 2>/dev/null)" = "$ckpt_sha" ]; }
