@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from cache.dataset import CachedFullImageDataset, CachedSRDataset
 from cache.schema import SCHEMA_VERSION
+from pipeline.cli import run_cli
 from pipeline.config import config_to_dict
 from pipeline.ema import ModelEma
 from pipeline.fusion_net import FusionNet
@@ -44,11 +45,13 @@ from pipeline.metrics import psnr_y, ssim_y
 from pipeline.run_checkpoint import (
     load_train_state,
     prune_checkpoints,
+    remove_stale_temps,
     resolve_checkpoint,
     save_checkpoint,
 )
-from pipeline.train_config import RunConfig, StageConfig, load_run_config
+from pipeline.train_config import RunConfig, StageConfig, check_run_inputs, load_run_config
 from pipeline.training_loop import (
+    RunError,
     ScalarLog,
     StepBatchSampler,
     config_differences,
@@ -108,11 +111,11 @@ def check_expert_files(experts_yaml: str, meta) -> None:
     spec = load_ensemble_spec(experts_yaml)
     names = [e.name for e in spec.experts]
     if tuple(names) != meta.expert_names:
-        raise SystemExit(f"data.experts lists {names}, the cache was made with {list(meta.expert_names)}")
+        raise RunError(f"data.experts lists {names}, the cache was made with {list(meta.expert_names)}")
     for e, fp in zip(spec.experts, meta.experts):
         digest = sha256_file(resolve_ckpt(e))
         if digest != fp["sha256"]:
-            raise SystemExit(f"expert {e.name}: {resolve_ckpt(e)} (sha256 {digest[:12]}…) is not the checkpoint the "
+            raise RunError(f"expert {e.name}: {resolve_ckpt(e)} (sha256 {digest[:12]}…) is not the checkpoint the "
                              f"cache was made with (sha256 {fp['sha256'][:12]}…)")
 
 
@@ -154,12 +157,12 @@ def load_init_weights(model: FusionNet, init_from: str, experts: list[dict]) -> 
     init = load_pretrained(ckpt)
     diffs = config_differences({"model": config_to_dict(init.config)}, {"model": config_to_dict(model.config)})
     if diffs:  # "run has" = the checkpoint's value, "now" = this config's
-        raise SystemExit("train: train.init_from describes another network: " + "; ".join(diffs[:8])
+        raise RunError("train.init_from describes another network: " + "; ".join(diffs[:8])
                          + f" (run = {ckpt})")
     recorded = [(fp["name"], fp["sha256"]) for fp in read_extra(ckpt)["experts"]]
     here = [(fp["name"], fp["sha256"]) for fp in experts]
     if recorded != here:
-        raise SystemExit(f"train: train.init_from {ckpt} was trained on experts "
+        raise RunError(f"train.init_from {ckpt} was trained on experts "
                          f"{[f'{n} ({h[:12]}…)' for n, h in recorded]}, this run has {[f'{n} ({h[:12]}…)' for n, h in here]}")
     model.load_state_dict(init.state_dict(), strict=True)
     return ckpt
@@ -191,7 +194,7 @@ def validate(model: FusionNet, val_ds, device: torch.device, expert_names, basel
     for i in range(len(val_ds)):
         item = val_ds[i]
         if "hr" not in item:
-            raise SystemExit(f"{val_ds.reader.path}: validation needs HR images (re-extract with --hr)")
+            raise RunError(f"{val_ds.reader.path}: validation needs HR images (re-extract with --hr)")
         lr, hr, srs = item["lr"][None].to(device), item["hr"][None].to(device), item["srs"][None].to(device)
         feats = [f[None].to(device) for f in item["feats"]]
         out = model.forward_with_precomputed(lr, srs, feats)
@@ -232,6 +235,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     ckpt_root = run_dir / "ckpt"
+    if rank == 0:
+        remove_stale_temps(ckpt_root)  # what a killed run left (unfinished checkpoint dirs, .last.tmp-PID links)
 
     state = load_train_state(resolve_checkpoint(run_dir)) if resume else None
     start_step = int(state["step"]) if state is not None else 0
@@ -240,7 +245,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     if state is not None:
         diffs = config_differences(state["cache"], signature)
         if diffs:
-            raise SystemExit("train: cannot resume, the training data differ from the run's: " + "; ".join(diffs[:8]))
+            raise RunError("cannot resume, the training data differ from the run's: " + "; ".join(diffs[:8]))
 
     model = build_model(cfg, meta, ensemble)
     experts_fp = list(meta.experts) if meta is not None else [fp.to_dict() for fp in ensemble.fingerprints]
@@ -333,7 +338,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
                            f"({counters['nonfinite_run']} in a row, {counters['nonfinite_total']} in total)")
             if counters["nonfinite_run"] >= cfg.train.max_nonfinite:
                 checkpoint(step, None)
-                raise SystemExit(f"train: {counters['nonfinite_run']} non-finite steps in a row at step {step}: "
+                raise RunError(f"{counters['nonfinite_run']} non-finite steps in a row at step {step}: "
                                  f"aborting (checkpoint saved to {ckpt_root / 'last'}); lower train.lr or check the data")
         step += 1
         steps_since += 1
@@ -371,8 +376,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", nargs="?", help="run config YAML (e.g. configs/fusion.yaml); optional with --resume")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 data.batch_size=8")
     ap.add_argument("--resume", type=Path, default=None, help="run directory to continue (runs/NAME)")
@@ -385,14 +390,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("a config file is required (or --resume RUN_DIR)")
     cfg, run_dir = prepare_run(prog="train", config=args.config, overrides=args.overrides, resume=args.resume,
                                load=load_run_config, run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
-                               write=int(os.environ.get("RANK", "0")) == 0)
+                               write=int(os.environ.get("RANK", "0")) == 0, check=check_run_inputs)
+    ok = False
     try:
         summary = train(cfg, run_dir, resume=args.resume is not None)
+        ok = True
     finally:
-        release_run(run_dir)
+        release_run(run_dir, discard=not ok)  # a new run that failed before its first checkpoint leaves no folder
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"train: done at step {summary['step']}; run directory {run_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``train.py`` with the toolkit's error handling: input and config errors are one line and exit status 2."""
+    return run_cli("train", _main, argv)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ import h5py
 import numpy as np
 import torch
 
+from pipeline.errors import ToolkitError
 from cache.schema import SCHEMA_VERSION, CacheMeta, describe_mismatch
 from cache.writer import CacheMismatchError, data_dir_of, sha256_of
 
 __all__ = ["CacheReader", "CacheSample", "CacheError"]
 
 
-class CacheError(RuntimeError):
+class CacheError(ToolkitError, RuntimeError):
     """The cache is missing, incomplete or unreadable."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.errors import ToolkitError
 from cache.schema import (
     COMPRESSIONS,
     DATA_DIR_SUFFIX,
@@ -41,11 +42,11 @@ __all__ = ["CacheWriter", "CacheLockedError", "CacheMismatchError", "data_dir_of
 _META_FILE = "meta.json"
 
 
-class CacheLockedError(RuntimeError):
+class CacheLockedError(ToolkitError, RuntimeError):
     """Another process is writing this cache."""
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(ToolkitError, ValueError):
     """A cache was made with other experts / scale / LR method than expected."""
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.errors import ToolkitError
+
 __all__ = ["DeviceError", "precision_dtype", "resolve_device"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ToolkitError, RuntimeError):
     """A device string is malformed or names a device this machine does not have."""
 
 

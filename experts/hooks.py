@@ -30,10 +30,12 @@ from typing import Self
 import torch
 from torch import nn
 
+from pipeline.errors import ToolkitError
+
 __all__ = ["FeatureHooks", "HookError", "default_hook_layers"]
 
 
-class HookError(RuntimeError):
+class HookError(ToolkitError, RuntimeError):
     """A hook layer does not exist, did not run exactly once, or did not return a tensor."""
 
 

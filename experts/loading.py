@@ -38,6 +38,7 @@ from spandrel import (
     canonicalize_state_dict,
 )
 
+from pipeline.errors import ToolkitError
 from experts.archs import ARCHITECTURES
 
 __all__ = ["EXPERT_REGISTRY", "ExpertLoadError", "jsonable", "load_descriptor", "read_state_dict", "sha256_file"]
@@ -54,7 +55,7 @@ EXPERT_REGISTRY: ArchRegistry = _expert_registry()
 """spandrel's architectures plus the project's own (``experts.archs.ARCHITECTURES``, detected first)."""
 
 
-class ExpertLoadError(ValueError):
+class ExpertLoadError(ToolkitError, ValueError):
     """A checkpoint cannot become a trustworthy expert; the message names the file."""
 
 

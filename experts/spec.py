@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, NonNegInt, PosInt, load_config
 
 __all__ = [
     "REPO_ROOT",
@@ -59,13 +59,13 @@ class ExpertSpec:
     name: str
     checkpoint: str
     architecture: str
-    scale: int
+    scale: PosInt
     hooks: tuple[str, ...] = ()
     input: str = "lr"
     precision: Precision = "fp32"
     device: str = "cpu"
-    tile: int = 0
-    tile_overlap: int = 32
+    tile: NonNegInt = 0
+    tile_overlap: NonNegInt = 32
     # Take the state dict from this top-level key of the checkpoint (e.g. ``params_ema``); None = spandrel's
     # canonical unwrapping (model_state_dict, state_dict, params_ema, params, model, net).
     checkpoint_key: str | None = None
@@ -108,7 +108,7 @@ class EnsembleSpec:
     """The experts of one ensemble, in output order, and the ensemble's SR factor."""
 
     experts: tuple[ExpertSpec, ...]
-    scale: int = 4
+    scale: PosInt = 4
 
     def __post_init__(self) -> None:
         if not self.experts:

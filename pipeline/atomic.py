@@ -1,6 +1,9 @@
 """Atomic file writes: write a temporary file in the destination folder, fsync, then ``os.replace``.
 
-A reader never sees a half-written file under the final name, whatever moment the writer is killed at.
+A reader never sees a half-written file under the final name, whatever moment the writer is killed at. The file
+gets the permissions a plain ``open(path, "w")`` would give it (0666 less the umask, i.e. usually 0644) — not the
+0600 of the temporary file — so a submission folder is readable by others. A kill leaves at most a hidden
+``.<name>.<random>.tmp`` file, which :func:`pipeline.outputs.remove_stale_temps` deletes on the next run.
 """
 
 from __future__ import annotations
@@ -9,7 +12,14 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "default_file_mode"]
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode ``open(path, "w")`` creates files with."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -18,6 +28,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), default_file_mode())  # mkstemp makes 0600
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -6,6 +6,10 @@ dotted command-line overrides (``train.lr=1e-4 model.width=48``). Everything is 
 * an unknown key is an error that lists the valid keys of that section;
 * a value of the wrong type is an error that names the dotted key and the expected type;
 * numbers such as ``2e-4`` parse as floats (PyYAML's YAML-1.1 resolver would read them as strings);
+* a number outside its field's range is an error naming the key and the range: numeric fields are annotated with
+  :class:`Range` (``steps: PosInt``, ``lr: PosFloat``, ``ema_decay: Annotated[float, Range(ge=0, lt=1)]``), and NaN
+  or infinity is never accepted for a ranged field;
+* a file that is not valid YAML is an error naming the file and the line;
 * nothing is ever ``eval``-ed: values are parsed with a safe YAML loader.
 
 The resolved config (defaults + file + overrides) is what a run saves next to its outputs (:func:`save_config`).
@@ -17,20 +21,28 @@ Supported field types: ``bool``, ``int``, ``float`` (an int is accepted and conv
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
+from pipeline.errors import ToolkitError
 from pipeline.atomic import atomic_write_text
 
 __all__ = [
     "ConfigError",
+    "Range",
+    "PosInt",
+    "NonNegInt",
+    "PosFloat",
+    "NonNegFloat",
+    "UnitFloat",
     "read_format_json",
     "config_from_dict",
     "config_to_dict",
@@ -43,8 +55,38 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ToolkitError, ValueError):
     """Raised for any invalid configuration: unknown keys, wrong types, malformed overrides."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config field, used as ``Annotated[int, Range(ge=1)]``; checked after type conversion."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def check(self, value: float, key: str) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        bad = ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+               or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt))
+        if bad:
+            raise ConfigError(f"{key}: must be {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        return " and ".join(parts) or "any finite number"
+
+
+PosInt = Annotated[int, Range(ge=1)]
+NonNegInt = Annotated[int, Range(ge=0)]
+PosFloat = Annotated[float, Range(gt=0)]
+NonNegFloat = Annotated[float, Range(ge=0)]
+UnitFloat = Annotated[float, Range(ge=0, le=1)]  # a fraction / probability / decay
 
 
 def read_format_json(path: str | os.PathLike, *, fmt: str, version: int, what: str) -> dict[str, Any]:
@@ -122,6 +164,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
     if tp is Any:
         return value
+    if origin is Annotated:
+        converted = _convert(value, args[0], key)
+        for bound in tp.__metadata__:
+            if isinstance(bound, Range):
+                bound.check(converted, key)
+        return converted
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -180,7 +228,7 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = ""
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     section = _prefix or "<root>"
     unknown = [k for k in data if k not in fields]
@@ -250,7 +298,15 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    data = _yaml_load(p.read_text(encoding="utf-8"))
+    try:
+        data = _yaml_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a text file ({exc.reason})") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -262,7 +318,12 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     """Defaults of ``cls`` ← YAML file ``path`` (optional) ← dotted ``overrides``; validated strictly."""
     data = load_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides)
-    return config_from_dict(cls, data)
+    try:
+        return config_from_dict(cls, data)
+    except ConfigError as exc:
+        if path is None or str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:

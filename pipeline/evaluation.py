@@ -12,13 +12,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.errors import ToolkitError
 from pipeline.imageio import image_size, list_images, read_image
 from pipeline.metrics import crop_to_match, psnr_y, ssim_y
 
 __all__ = ["ImagePair", "PairingError", "pair_images", "check_sizes", "score_fidelity", "strip_scale_suffix", "mean_of"]
 
 
-class PairingError(ValueError):
+class PairingError(ToolkitError, ValueError):
     """SR and HR folders do not correspond one-to-one."""
 
 

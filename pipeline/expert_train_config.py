@@ -27,19 +27,22 @@ import os
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from experts.architectures import architecture_class, check_params
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
 
 __all__ = ["ExpertDataConfig", "ExpertModelConfig", "ExpertRunConfig", "ExpertTrainConfig", "load_expert_run_config"]
+
+
+Beta = Annotated[float, Range(ge=0, lt=1)]  # Adam betas, EMA decay
 
 
 @dataclass(frozen=True)
 class ExpertModelConfig:
     architecture: str
     params: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
-    scale: int = 4
+    scale: PosInt = 4
     init_from: str | None = None  # fine-tune from these weights (loaded strictly into the model built from params)
     init_key: str | None = None  # take the state dict from this top-level key of a .pth
 
@@ -49,9 +52,9 @@ class ExpertDataConfig:
     train_hr: tuple[str, ...] = ()
     train_lr: tuple[str, ...] | None = None
     val_hr: tuple[str, ...] = ()
-    patch: int = 48  # LR patch side
-    batch_size: int = 16
-    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    patch: Annotated[int, Range(ge=8)] = 48  # LR patch side
+    batch_size: PosInt = 16
+    num_workers: NonNegInt = 0  # DataLoader worker processes (0 = load in the training process)
     augment: bool = True  # random flips / 90° rotations
     skip_small: bool = False  # leave out (and list) training images smaller than the HR patch instead of failing
     cache_images: bool = False  # keep decoded training images in memory (decode once, not once per crop)
@@ -61,25 +64,25 @@ class ExpertDataConfig:
 class ExpertTrainConfig:
     name: str = "expert"  # run directory: runs_dir/name
     runs_dir: str = "runs"
-    steps: int = 10_000
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.01  # cosine decays to lr × min_lr_ratio
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 0.0  # max gradient norm (0 = off)
+    steps: PosInt = 10_000
+    lr: NonNegFloat = 5e-4
+    min_lr_ratio: UnitFloat = 0.01  # cosine decays to lr × min_lr_ratio
+    warmup_steps: NonNegInt = 200
+    weight_decay: NonNegFloat = 0.0
+    betas: tuple[Beta, Beta] = (0.9, 0.99)
+    grad_clip: NonNegFloat = 0.0  # max gradient norm (0 = off)
     loss: Literal["l1", "charbonnier"] = "l1"
-    ema_decay: float = 0.999
+    ema_decay: Beta = 0.999
     ema_warmup: bool = True  # effective decay min(decay, (1+n)/(10+n)): short runs are not dominated by the init
-    seed: int = 0
-    log_every: int = 50
-    val_every: int = 1000
-    ckpt_every: int = 1000
-    keep_best: int = 2  # keep the K best checkpoints by validation PSNR (plus last)
-    max_nonfinite: int = 20  # consecutive NaN/Inf steps before aborting (a checkpoint is saved first)
+    seed: NonNegInt = 0
+    log_every: PosInt = 50
+    val_every: PosInt = 1000
+    ckpt_every: PosInt = 1000
+    keep_best: NonNegInt = 2  # keep the K best checkpoints by validation PSNR (plus last)
+    max_nonfinite: PosInt = 20  # consecutive NaN/Inf steps before aborting (a checkpoint is saved first)
     bf16: bool = False  # bf16 autocast on CUDA (the CPU always trains in fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    threads: NonNegInt = 0  # torch CPU threads (0 = leave torch's default)
 
 
 @dataclass(frozen=True)

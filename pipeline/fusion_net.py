@@ -32,7 +32,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,17 @@ from pipeline.blocks import (
     RefineCNN2d,
     load_balance_loss,
 )
-from pipeline.config import ConfigError, apply_overrides, config_from_dict, load_yaml
+from pipeline.config import (
+    ConfigError,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Range,
+    apply_overrides,
+    config_from_dict,
+    load_yaml,
+)
 
 __all__ = [
     "SCALE",
@@ -85,68 +95,68 @@ SCALE = 4
 class InputsConfig:
     # Channel count of each expert's hooked feature, in ensemble order. Defaults: the real experts CRAFT (embed
     # dim 48), DITN (dim 60), SPAN (28) — the input of each model's upsampler, at LR resolution.
-    feat_channels: tuple[int, ...] = (48, 60, 28)
+    feat_channels: tuple[PosInt, ...] = (48, 60, 28)
     feat_norm: bool = True  # LayerNorm each expert's feature (their scales differ wildly)
 
 
 @dataclass(frozen=True)
 class FreqConfig:
     enabled: bool = True
-    channels: int = 16  # width of the band components (the trunk is projected down before the transforms)
-    dct_block: int = 8
-    dct_split: tuple[float, float] = (2.5, 6.5)  # initial (or fixed) DCT radius (u+v, 0..14) thresholds
-    dct_softness: float = 0.25
+    channels: PosInt = 16  # width of the band components (the trunk is projected down before the transforms)
+    dct_block: PosInt = 8
+    dct_split: tuple[NonNegFloat, NonNegFloat] = (2.5, 6.5)  # initial (or fixed) DCT radius (u+v, 0..14) thresholds
+    dct_softness: PosFloat = 0.25
     adaptive_split: bool = True  # predict the DCT split per image
-    split_hidden: int = 32
-    fft_cutoff: float = 0.15  # initial FFT low-pass cutoff, cycles/pixel (learnable)
-    fft_softness: float = 0.02
+    split_hidden: PosInt = 32
+    fft_cutoff: Annotated[float, Range(gt=0, le=0.5)] = 0.15  # initial FFT low-pass cutoff, cycles/pixel (learnable)
+    fft_softness: PosFloat = 0.02
 
 
 @dataclass(frozen=True)
 class CrossBandConfig:
     enabled: bool = True
-    depth: int = 1
-    heads: int = 2
+    depth: PosInt = 1
+    heads: PosInt = 2
 
 
 @dataclass(frozen=True)
 class CrossExpertConfig:
     enabled: bool = True
-    depth: int = 1
-    heads: int = 2
+    depth: PosInt = 1
+    heads: PosInt = 2
 
 
 @dataclass(frozen=True)
 class FourierUnitConfig:
     enabled: bool = True
-    hidden: int = 48
-    kernels: int = 4  # frequency dynamic convolution: number of 1×1 kernels mixed per frequency
+    hidden: PosInt = 48
+    kernels: PosInt = 4  # frequency dynamic convolution: number of 1×1 kernels mixed per frequency
 
 
 @dataclass(frozen=True)
 class HierarchicalConfig:
     enabled: bool = True
-    inner_channels: int = 96  # stage 1 (LR) U-Net body width (runs at half LR resolution)
-    blocks: int = 3  # stage 1 dense residual blocks
-    mid_channels: int = 24  # stage 2 (½ HR) width
-    hr_channels: int = 8  # stage 3 (HR) width
+    inner_channels: PosInt = 96  # stage 1 (LR) U-Net body width (runs at half LR resolution)
+    blocks: PosInt = 3  # stage 1 dense residual blocks
+    mid_channels: PosInt = 24  # stage 2 (½ HR) width
+    hr_channels: PosInt = 8  # stage 3 (HR) width
 
 
 @dataclass(frozen=True)
 class GatingConfig:
     enabled: bool = True
-    hidden: int = 64
-    temperature: float = 1.0
+    hidden: PosInt = 64
+    temperature: PosFloat = 1.0
     learnable_temperature: bool = False
     # Initial gate of each expert (positive, summing to 1): the untrained fusion is then this fixed blend instead of
     # the plain mean — e.g. the least-squares blend of the training cache (scripts/fit_gate_prior.py). None: uniform.
-    prior: tuple[float, ...] | None = None
+    prior: tuple[PosFloat, ...] | None = None
 
 
 @dataclass(frozen=True)
 class RefineConfig:
     enabled: bool = True
-    blocks: int = 1
+    blocks: PosInt = 1
 
 
 @dataclass(frozen=True)
@@ -158,14 +168,14 @@ class LRResidualConfig:
 @dataclass(frozen=True)
 class EdgeConfig:
     enabled: bool = True
-    levels: int = 3
+    levels: PosInt = 3
 
 
 @dataclass(frozen=True)
 class HessianConfig:
     enabled: bool = True  # needs edge or refine (it builds their detail feature)
-    channels: int = 16
-    dilations: tuple[int, ...] = (1, 2, 3)
+    channels: PosInt = 16
+    dilations: tuple[PosInt, ...] = (1, 2, 3)
 
 
 # The config sections that switch a phase on/off (ablations, benchmarks, tests).
@@ -185,13 +195,13 @@ PHASE_SWITCHES = (
 
 @dataclass(frozen=True)
 class FusionConfig:
-    width: int = 64  # trunk width at LR resolution
+    width: PosInt = 64  # trunk width at LR resolution
     # Width of the per-pixel tokens that attention runs over (guidance bands, experts): narrower than the trunk,
     # because per-pixel attention over K tokens costs K× a 1×1 conv at this width.
-    token_channels: int = 32
+    token_channels: PosInt = 32
     # None: start as the experts' mean. An index: start exactly as that expert (a learnable mix, initially 0,
     # moves towards the gated mixture; needs gating to learn to use the others).
-    start_expert: int | None = None
+    start_expert: NonNegInt | None = None
     inputs: InputsConfig = field(default_factory=InputsConfig)
     freq: FreqConfig = field(default_factory=FreqConfig)
     cross_band: CrossBandConfig = field(default_factory=CrossBandConfig)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.errors import ToolkitError
 from pipeline.atomic import atomic_write_bytes
 
 __all__ = [
@@ -45,7 +46,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Pillow's own guard against decompression bombs stays on; the largest images of SR benchmarks are far below it.
 
 
-class ImageReadError(ValueError):
+class ImageReadError(ToolkitError, ValueError):
     """A file could not be read as an image; the message names the file and the reason."""
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.config import NonNegFloat
 from pipeline.metrics import Y_WEIGHTS
 
 __all__ = [
@@ -44,19 +45,19 @@ __all__ = [
 class LossWeights:
     """Weights of each loss term in one training stage (0 = off)."""
 
-    l1: float = 0.0
-    charbonnier: float = 1.0
-    fft: float = 0.0
-    fft_hf_weight: float = 0.0  # high-frequency emphasis inside the FFT loss
-    swt: float = 0.0
-    ssim: float = 0.0
-    sobel: float = 0.0
+    l1: NonNegFloat = 0.0
+    charbonnier: NonNegFloat = 1.0
+    fft: NonNegFloat = 0.0
+    fft_hf_weight: NonNegFloat = 0.0  # high-frequency emphasis inside the FFT loss
+    swt: NonNegFloat = 0.0
+    ssim: NonNegFloat = 0.0
+    sobel: NonNegFloat = 0.0
     # Gate load-balancing (the MoE auxiliary loss). Off by default: it pushes every expert towards an equal share,
     # which for experts of unequal quality fights the fit (CRAFT/DITN/SPAN at 0.01: gates held at 0.26/0.41/0.33,
     # +0.004 dB over CRAFT on Set14; at 0: 0.66/0.29/0.05 and +0.022 dB, docs/RESULTS.md).
-    balance: float = 0.0
-    gate_oracle: float = 0.0  # gates vs the per-pixel oracle expert (cross-entropy, weighted by what the choice costs)
-    perceptual: float = 0.0
+    balance: NonNegFloat = 0.0
+    gate_oracle: NonNegFloat = 0.0  # gates vs the per-pixel oracle expert (cross-entropy, weighted by what the choice costs)
+    perceptual: NonNegFloat = 0.0
 
 
 def l1_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from pipeline.errors import ToolkitError
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.config import ConfigError, config_from_dict, config_to_dict, read_format_json
 from pipeline.fusion_net import FusionConfig, FusionNet
@@ -37,7 +38,7 @@ FORMAT = "sr-fusion-net"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ToolkitError, RuntimeError):
     """A checkpoint directory is missing files, malformed, or does not match the model its config describes."""
 
 

@@ -55,6 +55,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.errors import ToolkitError
 from pipeline.evaluation import ImagePair
 from pipeline.imageio import image_size, read_image
 from pipeline.metrics import crop_to_match
@@ -117,20 +118,20 @@ _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS
                 "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(ToolkitError, FileNotFoundError):
     """Weight files the perceptual metrics need are missing (or are not the published files); the message names
     each one, where it must be and where it is published."""
 
 
-class PerceptualWeightsError(RuntimeError):
+class PerceptualWeightsError(ToolkitError, RuntimeError):
     """A metric was built but its weights were not (all) loaded from the file."""
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(ToolkitError, ValueError):
     """An SR image is too small for the perceptual metrics (NIQE's 96x96 block)."""
 
 
-class PerceptualSetupError(RuntimeError):
+class PerceptualSetupError(ToolkitError, RuntimeError):
     """pyiqa / torch hub / huggingface_hub would read other folders than the checked ones (imported too early)."""
 
 

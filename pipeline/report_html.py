@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
+from pipeline.errors import ToolkitError
 from pipeline.svg_plot import Series, line_plot_svg
 from pipeline.visual import VIRIDIS, CropBox, colormap_css_gradient
 
@@ -43,7 +44,7 @@ GENERATOR = "sr-fusion scripts/report.py"  # <meta name="generator">: marks a fo
 _MAX_PLOT_POINTS = 1500
 
 
-class MetricsError(ValueError):
+class MetricsError(ToolkitError, ValueError):
     """metrics.csv is missing or malformed; the message names the file (and line)."""
 
 

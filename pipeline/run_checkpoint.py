@@ -28,11 +28,12 @@ from typing import Any
 import torch
 
 from experts.loading import sha256_file
+from pipeline.errors import ToolkitError
 from pipeline.fusion_net import FusionNet
 from pipeline.model_io import save_pretrained
 
 __all__ = ["TRAIN_STATE", "CHECKSUMS", "ChecksumError", "save_checkpoint", "save_model_checkpoint", "load_train_state",
-           "resolve_checkpoint", "prune_checkpoints", "write_checksums", "verify_checksums"]
+           "resolve_checkpoint", "prune_checkpoints", "remove_stale_temps", "TrainStateError", "write_checksums", "verify_checksums"]
 
 TRAIN_STATE = "train_state.pt"
 _DONE = "COMPLETE"
@@ -41,8 +42,12 @@ CHECKSUMS = "SHA256SUMS"
 _CHECKED_FILES = ("model.safetensors", "config.json")
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(ToolkitError, RuntimeError):
     """A checkpoint file is missing or differs from its recorded sha256."""
+
+
+class TrainStateError(ToolkitError, RuntimeError):
+    """A checkpoint's ``train_state.pt`` is missing or cannot be read safely."""
 
 
 def write_checksums(ckpt_dir: str | os.PathLike) -> Path:
@@ -155,10 +160,20 @@ def resolve_checkpoint(path: str | os.PathLike, *, which: str = "last") -> Path:
 
 
 def load_train_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """The train state of a checkpoint, loaded with ``weights_only=True`` (never executes pickled code). A missing,
+    truncated, tampered or foreign file is a :class:`TrainStateError` naming it."""
     path = Path(ckpt_dir) / TRAIN_STATE
     if not path.is_file():
-        raise FileNotFoundError(f"training state not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise TrainStateError(f"training state not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; all mean "not a train state"
+        reason = " ".join(str(exc).split())[:160]
+        raise TrainStateError(f"{path}: not a readable training state ({type(exc).__name__}: {reason}); "
+                              "resume from an earlier checkpoint or start a new run") from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise TrainStateError(f"{path}: not a training state of this toolkit (no 'step' entry)")
+    return state
 
 
 def prune_checkpoints(ckpt_root: str | os.PathLike, *, keep_best: int) -> list[Path]:
@@ -180,6 +195,18 @@ def prune_checkpoints(ckpt_root: str | os.PathLike, *, keep_best: int) -> list[P
         if d.resolve() not in keep:
             shutil.rmtree(d)
             removed.append(d)
-    for d in root.glob(".tmp_step_*"):
-        shutil.rmtree(d, ignore_errors=True)
+    remove_stale_temps(root)
     return removed
+
+
+def remove_stale_temps(ckpt_root: str | os.PathLike) -> None:
+    """Delete what a killed trainer left in ``ckpt/``: unfinished ``.tmp_step_*`` / ``.old_step_*`` directories and
+    ``.last.tmp-PID`` / ``.best.tmp-PID`` links. Only the run's one trainer (it holds the run lock) calls this."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return
+    for d in [*root.glob(".tmp_step_*"), *root.glob(".old_step_*")]:
+        shutil.rmtree(d, ignore_errors=True)
+    for link in [*root.glob(".last.tmp-*"), *root.glob(".best.tmp-*")]:
+        if link.is_symlink() or link.is_file():
+            link.unlink(missing_ok=True)

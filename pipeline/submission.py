@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.errors import ToolkitError
 from pipeline.imageio import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, read_image, write_image
 from pipeline.inference import FusionPipeline, load_pipeline, super_resolve
 
@@ -29,7 +30,7 @@ __all__ = ["EXPERTS_YAML", "SubmitError", "check_folders", "check_inputs", "chec
 EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir, checkpoints relative to model_dir
 
 
-class SubmitError(RuntimeError):
+class SubmitError(ToolkitError, RuntimeError):
     """A problem found before any work was done."""
 
 

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
 from pipeline.fusion_net import FusionConfig
 from pipeline.losses import LossWeights
 
-__all__ = ["DataConfig", "StageConfig", "TrainConfig", "LossConfig", "SubmissionConfig", "RunConfig", "load_run_config"]
+__all__ = ["DataConfig", "StageConfig", "TrainConfig", "LossConfig", "SubmissionConfig", "RunConfig", "check_run_inputs",
+           "load_run_config"]
+
+
+Beta = Annotated[float, Range(ge=0, lt=1)]  # Adam betas, EMA decay
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,11 @@ class DataConfig:
     val_cache: str | None = None  # full-image validation cache (fusion vs each expert vs their mean)
     experts: str | None = None  # expert YAML: needed in live mode; in cached mode, optional fingerprint check
     train_hr: str | None = None  # live mode: HR image folder (LR made on the fly with the MATLAB bicubic)
-    patch: int = 48  # LR patch side (HR/SR patches are scale × patch)
-    batch_size: int = 16  # per process
+    patch: Annotated[int, Range(ge=8)] = 48  # LR patch side (HR/SR patches are scale × patch)
+    batch_size: PosInt = 16  # per process
     skip_small: bool = False  # leave out training images whose LR is smaller than the patch (else an error)
-    repeat: int = 1
-    num_workers: int = 2
+    repeat: PosInt = 1
+    num_workers: NonNegInt = 2
     augment: bool = True
 
 
@@ -43,7 +48,7 @@ class StageConfig:
     """Loss weights used while ``step < until_step`` (stages are ordered; the last one runs to the end)."""
 
     name: str = "pixel"
-    until_step: int = 1_000_000_000
+    until_step: PosInt = 1_000_000_000
     weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -51,24 +56,24 @@ class StageConfig:
 class TrainConfig:
     name: str = "fusion"  # run directory: runs_dir/name
     runs_dir: str = "runs"
-    steps: int = 20_000
-    lr: float = 2e-4
-    min_lr_ratio: float = 0.01  # cosine decays to lr × min_lr_ratio
-    warmup_steps: int = 500
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0  # max gradient norm (0 = off)
-    ema_decay: float = 0.999
+    steps: PosInt = 20_000
+    lr: NonNegFloat = 2e-4  # 0 freezes the weights (e.g. to check a fine-tuning set-up)
+    min_lr_ratio: UnitFloat = 0.01  # cosine decays to lr × min_lr_ratio
+    warmup_steps: NonNegInt = 500
+    weight_decay: NonNegFloat = 1e-4
+    betas: tuple[Beta, Beta] = (0.9, 0.99)
+    grad_clip: NonNegFloat = 1.0  # max gradient norm (0 = off)
+    ema_decay: Beta = 0.999
     ema_warmup: bool = False
-    seed: int = 0
-    log_every: int = 50
-    val_every: int = 1000
-    ckpt_every: int = 1000
-    keep_best: int = 3  # keep the K best checkpoints by validation PSNR (plus last)
-    max_nonfinite: int = 20  # consecutive NaN/Inf steps before aborting (a checkpoint is saved first)
+    seed: NonNegInt = 0
+    log_every: PosInt = 50
+    val_every: PosInt = 1000
+    ckpt_every: PosInt = 1000
+    keep_best: NonNegInt = 3  # keep the K best checkpoints by validation PSNR (plus last)
+    max_nonfinite: PosInt = 20  # consecutive NaN/Inf steps before aborting (a checkpoint is saved first)
     bf16: bool = True  # bf16 autocast on CUDA (CPU always trains in fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads in the main process (0 = leave torch's default)
+    threads: NonNegInt = 0  # torch CPU threads in the main process (0 = leave torch's default)
     stages: tuple[StageConfig, ...] = (StageConfig(),)
     # fine-tune: start from these weights (a checkpoint dir or a run dir → its best checkpoint); the model config and
     # the experts (names + sha256) must be the checkpoint's. Ignored by --resume (the run's own state wins).
@@ -114,3 +119,36 @@ def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = (
     if any(s.weights.perceptual for s in t.stages) and cfg.loss.vgg_weights is None:
         raise ConfigError("a stage weights the perceptual loss: set loss.vgg_weights to a local vgg19 state dict")
     return cfg
+
+
+def check_run_inputs(cfg: RunConfig) -> None:
+    """Every input a run reads exists and is what it should be — checked before the run directory is made: the
+    caches open as caches (index readable, schema current), the expert YAML, HR folder, ``init_from`` checkpoint and
+    VGG weights exist. A problem is a :class:`ConfigError` naming the key and the path."""
+    from cache.reader import CacheReader
+    from pipeline.errors import ToolkitError
+    from pipeline.run_checkpoint import resolve_checkpoint
+
+    d = cfg.data
+
+    def cache(key: str, path: str) -> None:
+        try:
+            CacheReader(path)
+        except (ToolkitError, OSError) as exc:
+            raise ConfigError(f"{key}={path}: {' '.join(str(exc).split())}") from None
+
+    if d.mode == "cached":
+        cache("data.train_cache", d.train_cache)
+    if d.val_cache is not None:
+        cache("data.val_cache", d.val_cache)
+    if d.experts is not None and not Path(d.experts).is_file():
+        raise ConfigError(f"data.experts={d.experts}: expert YAML not found")
+    if d.mode == "live" and not Path(d.train_hr).is_dir():
+        raise ConfigError(f"data.train_hr={d.train_hr}: HR image folder not found")
+    if cfg.loss.vgg_weights is not None and not Path(cfg.loss.vgg_weights).is_file():
+        raise ConfigError(f"loss.vgg_weights={cfg.loss.vgg_weights}: file not found")
+    if cfg.train.init_from is not None:
+        try:
+            resolve_checkpoint(cfg.train.init_from, which="best")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"train.init_from={cfg.train.init_from}: {exc}") from None

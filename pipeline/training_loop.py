@@ -19,6 +19,7 @@ import csv
 import fcntl
 import math
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -29,8 +30,10 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from pipeline.config import ConfigError, config_to_dict, load_yaml, save_config
+from pipeline.errors import ToolkitError
 
 __all__ = [
+    "RunError",
     "ScalarLog",
     "StepBatchSampler",
     "config_differences",
@@ -66,7 +69,7 @@ def pick_device(want: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(want)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"train.device={want} but CUDA is not available on this machine")
+        raise RunError(f"train.device={want} but CUDA is not available on this machine")
     return dev
 
 
@@ -202,6 +205,10 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+class RunError(ToolkitError, RuntimeError):
+    """A training run cannot start or go on: its directory, config, inputs or data are not what it needs."""
+
+
 def prepare_run(
     *,
     prog: str,
@@ -211,6 +218,7 @@ def prepare_run(
     load: Callable[[str | os.PathLike, Sequence[str]], C],
     run_dir_of: Callable[[C], Path],
     write: bool = True,
+    check: Callable[[C], None] | None = None,
 ) -> tuple[C, Path]:
     """Resolve the config and the run directory of a training command.
 
@@ -221,19 +229,23 @@ def prepare_run(
     ``resume``: the config is the run's ``config.yaml`` (or ``config``) with ``overrides`` applied, and must equal the
     saved one but for :data:`RESUME_MAY_CHANGE` (where and how fast it runs, how often it logs, validates and saves:
     a run started on one machine can go on on another); those changes are printed and saved into ``config.yaml``.
-    Errors are ``SystemExit`` messages prefixed with ``prog``.
+    ``check(cfg)`` validates the run's inputs (caches, folders, weights) *before* the run directory is created or
+    touched, so a run refused for a config or input error leaves nothing behind.
+    Errors are :class:`RunError` (a config or input error names the file and key).
     """
     try:
         if resume is not None:
             saved = resume / "config.yaml"
             if not saved.is_file():
-                raise SystemExit(f"{prog}: {saved} not found: is {resume} a run directory?")
+                raise RunError(f"{saved} not found: is {resume} a run directory?")
             cfg = load(config or saved, overrides)
             diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
             fixed = [d for d in diffs if d.split(":")[0] not in RESUME_MAY_CHANGE]
             if fixed:
-                raise SystemExit(f"{prog}: cannot resume, the config differs from the run's: " + "; ".join(fixed)
+                raise RunError("cannot resume, the config differs from the run's: " + "; ".join(fixed)
                                  + f" (only {', '.join(RESUME_MAY_CHANGE)} may change on resume)")
+            if check is not None:
+                check(cfg)
             if write:
                 _lock_run(resume, prog)
                 if diffs:
@@ -241,21 +253,25 @@ def prepare_run(
                     save_config(cfg, saved)
             return cfg, resume
         if config is None:
-            raise SystemExit(f"{prog}: a config file is required (or --resume RUN_DIR)")
+            raise RunError("a config file is required (or --resume RUN_DIR)")
         cfg = load(config, overrides)
         run_dir = run_dir_of(cfg)
         if (run_dir / "ckpt").exists():
-            raise SystemExit(f"{prog}: {run_dir} already holds a run: use --resume {run_dir} or another "
-                             f"train.name=...")
+            raise RunError(f"{run_dir} already holds a run: use --resume {run_dir} or another train.name=...")
+        if check is not None:
+            check(cfg)
     except ConfigError as exc:
-        raise SystemExit(f"{prog}: config error: {exc}") from exc
+        raise RunError(f"config error: {exc}") from None
     if write:
+        if not run_dir.exists():
+            _CREATED.add(run_dir.resolve())
         _lock_run(run_dir, prog)
         save_config(cfg, run_dir / "config.yaml")
     return cfg, run_dir
 
 
 _LOCKS: dict[Path, Any] = {}  # run directory → its open, flock-ed .lock file (released by release_run or at exit)
+_CREATED: set[Path] = set()  # run directories that prepare_run created in this process
 
 
 def _lock_run(run_dir: Path, prog: str) -> None:
@@ -272,17 +288,23 @@ def _lock_run(run_dir: Path, prog: str) -> None:
         fh.seek(0)
         holder = fh.read().strip() or "another process"
         fh.close()
-        raise SystemExit(f"{prog}: {run_dir} is being trained right now by {holder}: wait for it to finish or stop "
-                         "it first") from None
+        raise RunError(f"{run_dir} is being trained right now by {holder}: wait for it to finish or stop "
+                       "it first") from None
     fh.truncate(0)
     fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     fh.flush()
     _LOCKS[key] = fh
 
 
-def release_run(run_dir: Path) -> None:
-    """Release the lock that :func:`prepare_run` took on ``run_dir`` (no-op if this process holds none)."""
-    fh = _LOCKS.pop(run_dir.resolve(), None)
+def release_run(run_dir: Path, *, discard: bool = False) -> None:
+    """Release the lock that :func:`prepare_run` took on ``run_dir`` (no-op if this process holds none).
+    ``discard``: the run failed before it saved anything — if this process created the directory and it holds no
+    checkpoint, it is removed (a refused or crashed new run leaves no half-made run folder behind)."""
+    key = run_dir.resolve()
+    fh = _LOCKS.pop(key, None)
     if fh is not None:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+    if discard and key in _CREATED and run_dir.is_dir() and not (run_dir / "ckpt").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    _CREATED.discard(key)

@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.errors import ToolkitError
 from experts.loading import sha256_file
 from experts.spec import EnsembleSpec
 from experts.spec import resolve_checkpoint as expert_checkpoint
@@ -60,7 +61,7 @@ _TEAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")  # the package must be im
 _DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}  # import name → pip name
 
 
-class ExportError(RuntimeError):
+class ExportError(ToolkitError, RuntimeError):
     """A problem found before anything was written."""
 
 

@@ -36,6 +36,8 @@ import torch
 import train as train_mod  # the repo-root training script (an installed module: pyproject's py-modules)
 from scripts import evaluate, extract_features, make_lr, report, sample_images, submit
 
+from pipeline.errors import ToolkitError
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_EXPERTS = REPO / "configs" / "experts" / "zoo_small.yaml"
 BUNDLED_FUSION = REPO / "checkpoints" / "fusion_zoo_small"
@@ -45,7 +47,7 @@ TEST_PHOTOS = ("astronaut", "chelsea", "coffee")
 MARKER = ".quickstart"  # written into --out: proves the folder is ours to delete on the next run
 
 
-class QuickstartError(RuntimeError):
+class QuickstartError(ToolkitError, RuntimeError):
     pass
 
 

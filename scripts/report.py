@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.errors import ToolkitError
 from pipeline.atomic import atomic_write_text
 from pipeline.evaluation import PairingError, check_sizes, pair_images, strip_scale_suffix
 from pipeline.imageio import (
@@ -77,7 +78,7 @@ OVERVIEW_SIDE = 640
 MISMATCH_LEVELS = 0.5  # mean |submitted − re-run| in grey levels above which an image is flagged
 
 
-class ReportError(RuntimeError):
+class ReportError(ToolkitError, RuntimeError):
     """A problem found before any work was done."""
 
 

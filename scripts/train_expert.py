@@ -59,6 +59,7 @@ from experts.zoo import (  # noqa: E402
     read_expert_config,
     save_expert,
 )
+from pipeline.cli import run_cli  # noqa: E402
 from pipeline.config import ConfigError, config_to_dict  # noqa: E402
 from pipeline.ema import ModelEma  # noqa: E402
 from pipeline.expert_train_config import ExpertRunConfig, load_expert_run_config  # noqa: E402
@@ -70,11 +71,13 @@ from pipeline.resize import bicubic_upscale, make_lr  # noqa: E402
 from pipeline.run_checkpoint import (  # noqa: E402
     load_train_state,
     prune_checkpoints,
+    remove_stale_temps,
     resolve_checkpoint,
     save_model_checkpoint,
     verify_checksums,
 )
 from pipeline.training_loop import (  # noqa: E402
+    RunError,
     ScalarLog,
     StepBatchSampler,
     config_differences,
@@ -120,9 +123,9 @@ def init_path(init_from: str) -> Path:
             return p / WEIGHTS_NAME
         if (p / "ckpt" / "last" / WEIGHTS_NAME).is_file():
             return p / "ckpt" / "last" / WEIGHTS_NAME
-        raise SystemExit(f"{PROG}: model.init_from={init_from}: no {WEIGHTS_NAME} in {p} (nor in {p}/ckpt/last)")
+        raise RunError(f"model.init_from={init_from}: no {WEIGHTS_NAME} in {p} (nor in {p}/ckpt/last)")
     if not p.is_file():
-        raise SystemExit(f"{PROG}: model.init_from: checkpoint file not found: {p}")
+        raise RunError(f"model.init_from: checkpoint file not found: {p}")
     return p
 
 
@@ -166,7 +169,7 @@ def load_val_sets(folders: Sequence[str], scale: int) -> dict[str, list[ValImage
     for folder in folders:
         files = list_images(folder)
         if not files:
-            raise SystemExit(f"{PROG}: no validation images in {folder}")
+            raise RunError(f"no validation images in {folder}")
         name = val_set_name(folder)
         while name in sets:
             name += "_"
@@ -243,6 +246,7 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     ckpt_root = run_dir / "ckpt"
+    remove_stale_temps(ckpt_root)  # what a killed run left (unfinished checkpoint dirs, .last.tmp-PID links)
     scale = cfg.model.scale
 
     state = load_train_state(resolve_checkpoint(run_dir)) if resume else None
@@ -250,7 +254,7 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
     try:
         built = build_model(cfg)
     except ConfigError as exc:
-        raise SystemExit(f"{PROG}: config error: {exc}") from exc
+        raise RunError(f"config error: {exc}") from exc
     model = built.model
     n_params = count_parameters(model)
     if state is not None:  # a resumed run has its weights in the train state (the init file is not needed)
@@ -261,7 +265,7 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
         try:
             load_weights_strict(model, path, key=cfg.model.init_key)
         except ExpertLoadError as exc:
-            raise SystemExit(f"{PROG}: cannot fine-tune: {exc}") from exc
+            raise RunError(f"cannot fine-tune: {exc}") from exc
         tqdm.write(f"{PROG}: fine-tuning from {path}")
     else:
         init = None
@@ -270,7 +274,7 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
     if state is not None:
         diffs = config_differences(state["data"], signature)
         if diffs:
-            raise SystemExit(f"{PROG}: cannot resume, the training data differ from the run's: " + "; ".join(diffs[:8]))
+            raise RunError("cannot resume, the training data differ from the run's: " + "; ".join(diffs[:8]))
     if dataset.skipped:
         tqdm.write(f"{PROG}: left out {len(dataset.skipped)} image(s) smaller than the HR patch "
                    f"{scale * cfg.data.patch}: {[p.name for p in dataset.skipped]}")
@@ -346,7 +350,7 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
                        f"{counters['nonfinite_total']} in total)")
             if in_a_row >= t.max_nonfinite:
                 checkpoint(step, None)
-                raise SystemExit(f"{PROG}: {in_a_row} non-finite steps in a row at step {step}: aborting "
+                raise RunError(f"{in_a_row} non-finite steps in a row at step {step}: aborting "
                                  f"(checkpoint saved to {ckpt_root / 'last'}); lower train.lr or check the data")
         step += 1
         steps_since += 1
@@ -534,8 +538,8 @@ def model_card(name: str, cfg_json: dict, meta: dict, results: dict, sha: str, f
 # ---------------------------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="train_expert.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", nargs="?", help="run config YAML (e.g. configs/experts/train/nafnet_sr.yaml)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=2000 data.batch_size=8")
     ap.add_argument("--resume", type=Path, default=None, help="run directory to continue (runs/NAME)")
@@ -552,18 +556,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is None and args.config is None:
         ap.error("a config file is required (or --resume RUN_DIR)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit(f"{PROG}: runs in one process (no torchrun / DDP): the small experts it trains do not need it")
+        raise RunError("runs in one process (no torchrun / DDP): the small experts it trains do not need it")
     cfg, run_dir = prepare_run(prog=PROG, config=args.config, overrides=args.overrides, resume=args.resume,
                                load=load_expert_run_config, run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name)
+    ok = False
     try:
         summary = train(cfg, run_dir, resume=args.resume is not None)
+        ok = True
     finally:
-        release_run(run_dir)
+        release_run(run_dir, discard=not ok)
     print(f"{PROG}: done at step {summary['step']}; run directory {run_dir}")
     if args.export is not None:
         out = export_expert(run_dir, args.export, which=args.export_which, val_hr=args.export_val)
         print(f"{PROG}: exported to {out} ({out / 'MODEL_CARD.md'})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":

@@ -128,11 +128,13 @@ def trained_run(tiny_compact_experts, tmp_path_factory) -> Path:
     return root / "runs" / "r"
 
 
-def run_main(main: Callable[[list[str]], int], argv: list[str]) -> int:
-    """Run a script's ``main(argv)`` in-process, restoring torch's thread count (scripts set ``train.threads``)."""
+def run_main(main: Callable[[list[str]], int], argv: list[str], *, debug: bool = False) -> int:
+    """Run a script's ``main(argv)`` in-process, restoring torch's thread count (scripts set ``train.threads``).
+    ``debug``: the CLI's ``--debug`` mode — a typed library error propagates (for ``pytest.raises``) instead of
+    becoming a one-line message and exit status 2."""
     threads = torch.get_num_threads()
     try:
-        return main(argv)
+        return main([*argv, "--debug"] if debug else argv)
     finally:
         torch.set_num_threads(threads)
 

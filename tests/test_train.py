@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import train as train_mod
 from pipeline.config import ConfigError
+from pipeline.training_loop import RunError
 from pipeline.losses import CombinedLoss
 from pipeline.model_io import load_pretrained, read_extra
 from pipeline.run_checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
@@ -113,8 +114,8 @@ def test_tiny_cached_run_learns_and_saves_everything(tiny_cache, tmp_path, capsy
     assert model.config.inputs.feat_channels == (8, 8)  # read from the cache fingerprints, not the YAML's (48,60,28)
     assert any((run / "tb").iterdir())
     # a second start with the same name refuses to overwrite the run
-    with pytest.raises(SystemExit, match="already holds a run"):
-        run_main(train_mod.main, [str(cfg_path)])
+    with pytest.raises(RunError, match="already holds a run"):
+        run_main(train_mod.main, [str(cfg_path)], debug=True)
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -154,8 +155,8 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
     cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=4, val_every=1000)
     assert run_main(train_mod.main, [str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny"
-    with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
-        run_main(train_mod.main, [str(cfg), "train.lr=0.1", "--resume", str(run)])
+    with pytest.raises(RunError, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
+        run_main(train_mod.main, [str(cfg), "train.lr=0.1", "--resume", str(run)], debug=True)
     # same config, but the cache at that path now holds other data
     from scripts import extract_features
 
@@ -170,8 +171,8 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
     saved = yaml.safe_load((run / "config.yaml").read_text())
     saved["data"]["train_cache"] = saved["data"]["val_cache"] = str(moved)  # pretend the run used that path
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    with pytest.raises(SystemExit, match=r"training data differ.*images"):
-        run_main(train_mod.main, [str(cfg2), "--resume", str(run)])
+    with pytest.raises(RunError, match=r"training data differ.*images"):
+        run_main(train_mod.main, [str(cfg2), "--resume", str(run)], debug=True)
 
 
 def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache, tmp_path):
@@ -187,8 +188,8 @@ def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache,
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert load_run_config(tmp_path / "runs" / "ft" / "config.yaml").train.init_from == str(tmp_path / "runs" / "base")
     # another network
-    with pytest.raises(SystemExit, match=r"init_from describes another network: model\.refine"):
-        run_main(train_mod.main, [str(ft_cfg), "train.name=ft2", "model.refine.enabled=false"])
+    with pytest.raises(RunError, match=r"init_from describes another network: model\.refine"):
+        run_main(train_mod.main, [str(ft_cfg), "train.name=ft2", "model.refine.enabled=false"], debug=True)
     # other experts: the recorded fingerprints no longer match the cache's
     extra_path = base / "config.json"
     import json
@@ -197,11 +198,13 @@ def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache,
     payload["extra"]["experts"][0]["sha256"] = "0" * 64
     extra_path.write_text(json.dumps(payload))
     (base / "SHA256SUMS").unlink(missing_ok=True)
-    with pytest.raises(SystemExit, match=r"was trained on experts \['noisy \(000000000000…\)'"):
-        run_main(train_mod.main, [str(ft_cfg), "train.name=ft3"])
-    # a missing checkpoint is an error naming it
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        run_main(train_mod.main, [str(ft_cfg), "train.name=ft4", f"train.init_from={tmp_path / 'nothing'}"])
+    with pytest.raises(RunError, match=r"was trained on experts \['noisy \(000000000000…\)'"):
+        run_main(train_mod.main, [str(ft_cfg), "train.name=ft3"], debug=True)
+    # a missing checkpoint is an error naming the key and the path, before the run folder is made
+    with pytest.raises(RunError, match=r"train\.init_from=.*nothing: no complete checkpoint"):
+        run_main(train_mod.main, [str(ft_cfg), "train.name=ft4", f"train.init_from={tmp_path / 'nothing'}"],
+                 debug=True)
+    assert not (tmp_path / "runs" / "ft4").exists()
 
 
 def test_a_run_is_trained_by_one_process_at_a_time(tiny_cache, tmp_path):
@@ -214,8 +217,8 @@ def test_a_run_is_trained_by_one_process_at_a_time(tiny_cache, tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(SystemExit, match=r"is being trained right now by pid 4242 on box"):
-            run_main(train_mod.main, ["--resume", str(run)])
+        with pytest.raises(RunError, match=r"is being trained right now by pid 4242 on box"):
+            run_main(train_mod.main, ["--resume", str(run)], debug=True)
     finally:
         holder.kill()
         holder.wait()
@@ -235,8 +238,8 @@ def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(CombinedLoss, "forward", flaky)
     cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=30, val_every=1000,
                         ckpt_every=1000, max_nonfinite=4)
-    with pytest.raises(SystemExit, match="4 non-finite steps in a row at step 8"):
-        run_main(train_mod.main, [str(cfg)])
+    with pytest.raises(RunError, match="4 non-finite steps in a row at step 8"):
+        run_main(train_mod.main, [str(cfg)], debug=True)
     state = load_train_state(resolve_checkpoint(tmp_path / "runs" / "tiny"))
     assert state["step"] == 8 and state["counters"]["nonfinite_total"] == 6
     for v in state["model"].values():

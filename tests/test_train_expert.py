@@ -23,6 +23,7 @@ from experts.expert import load_expert
 from experts.spec import ExpertSpec
 from experts.zoo import load_expert_model, read_expert_config
 from pipeline.config import ConfigError
+from pipeline.training_loop import RunError
 from pipeline.expert_train_config import load_expert_run_config
 from pipeline.imageio import write_image
 from pipeline.patch_data import SRPatchDataset
@@ -142,8 +143,8 @@ def test_resume_is_bit_identical(images, tmp_path):
     assert all(torch.equal(raw[k], raw_ref[k]) for k in raw_ref)
     steps = [s for s, _ in read_metrics(run)["train/loss"]]
     assert steps == [2, 4, 6, 8]  # no duplicated rows after the resume
-    with pytest.raises(SystemExit, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1 \(only train\.threads"):
-        run_main(train_expert.main, ["--resume", str(run), "train.lr=0.1", "train.threads=1"])
+    with pytest.raises(RunError, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1 \(only train\.threads"):
+        run_main(train_expert.main, ["--resume", str(run), "train.lr=0.1", "train.threads=1"], debug=True)
 
 
 def test_unknown_or_mistyped_params_are_errors(images, tmp_path):
@@ -161,8 +162,8 @@ def test_unknown_or_mistyped_params_are_errors(images, tmp_path):
         build_architecture("NAFNetSR", {"width": 8.5})
     # the command line says so before creating anything
     cfg = _config(tmp_path, images, "NAFNetSR", model={"params": {"width": 8, "blocks": 2}})
-    with pytest.raises(SystemExit, match=r"config error: .*unknown parameter\(s\) \['blocks'\]"):
-        run_main(train_expert.main, [str(cfg)])
+    with pytest.raises(RunError, match=r"config error: .*unknown parameter\(s\) \['blocks'\]"):
+        run_main(train_expert.main, [str(cfg)], debug=True)
     assert not (tmp_path / "runs" / "tiny").exists()
 
 
@@ -217,13 +218,13 @@ def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images
 def test_fine_tuning(images, tmp_path):
     missing = tmp_path / "nowhere" / "weights.pth"
     cfg = _config(tmp_path, images, "NAFNetSR", name="ft", model={"init_from": str(missing)})
-    with pytest.raises(SystemExit, match=f"checkpoint file not found: {missing}"):
-        run_main(train_expert.main, [str(cfg)])
+    with pytest.raises(RunError, match=f"checkpoint file not found: {missing}"):
+        run_main(train_expert.main, [str(cfg)], debug=True)
     missing_dir = tmp_path / "empty_run"
     missing_dir.mkdir()
     cfg = _config(tmp_path, images, "NAFNetSR", name="ft2", model={"init_from": str(missing_dir)})
-    with pytest.raises(SystemExit, match=f"no model.safetensors in {missing_dir}"):
-        run_main(train_expert.main, [str(cfg)])
+    with pytest.raises(RunError, match=f"no model.safetensors in {missing_dir}"):
+        run_main(train_expert.main, [str(cfg)], debug=True)
 
     # from a finished run (its last checkpoint), with lr 0: the fine-tuned weights are the starting ones
     assert run_main(train_expert.main, [str(_config(tmp_path, images, "NAFNetSR", name="base"))]) == 0
@@ -236,9 +237,9 @@ def test_fine_tuning(images, tmp_path):
     # weights of another shape: an error naming the file and the mismatching tensors
     cfg = _config(tmp_path, images, "NAFNetSR", name="ft4", model={
         "init_from": str(tmp_path / "runs" / "base"), "params": {"width": 12, "num_blocks": 2}})
-    with pytest.raises(SystemExit, match=r"cannot fine-tune: .*model\.safetensors: the weights do not fit NAFNetSR.*"
+    with pytest.raises(RunError, match=r"cannot fine-tune: .*model\.safetensors: the weights do not fit NAFNetSR.*"
                                          r"shape mismatches"):
-        run_main(train_expert.main, [str(cfg)])
+        run_main(train_expert.main, [str(cfg)], debug=True)
 
 
 def test_fine_tuned_exports_keep_their_whole_training_history(images, tmp_path):

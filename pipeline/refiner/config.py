@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, NonNegInt, PosFloat, PosInt
 
 __all__ = [
     "POOL_EMBEDS_FILE",
@@ -61,18 +61,18 @@ class RefinerConfig:
     base_dir: str = ""
     lora_dir: str = ""
     embedding_dir: str = ""
-    transformer_lora_rank: int = 64
-    transformer_lora_alpha: float = 64.0
-    vae_lora_rank: int = 64
-    vae_lora_alpha: float = 64.0
+    transformer_lora_rank: PosInt = 64
+    transformer_lora_alpha: PosFloat = 64.0
+    vae_lora_rank: PosInt = 64
+    vae_lora_alpha: PosFloat = 64.0
     colour_fix: ColourFix = "wavelet"
-    wavelet_levels: int = 5
+    wavelet_levels: PosInt = 5
     deterministic: bool = False
-    seed: int = 0
-    latent_tile: int = 64
-    latent_overlap: int = 8
-    vae_tile: int = 128
-    vae_overlap: int = 16
+    seed: NonNegInt = 0
+    latent_tile: NonNegInt = 64
+    latent_overlap: NonNegInt = 8
+    vae_tile: NonNegInt = 128
+    vae_overlap: NonNegInt = 16
     precision: Precision = "fp32"
     device: str = "cpu"
 

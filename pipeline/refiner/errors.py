@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pipeline.errors import ToolkitError
+
 __all__ = ["LoRAFormatError", "RefinerError", "RefinerFileNotFoundError", "RefinerWeightsError"]
 
 
-class RefinerError(RuntimeError):
+class RefinerError(ToolkitError, RuntimeError):
     """Base class: the refiner cannot run as configured (or produced an unusable result)."""
 
 
