@@ -24,6 +24,8 @@ import h5py
 import numpy as np
 
 from pipeline.errors import ToolkitError
+from pipeline.errors import OutputPathError
+from pipeline.outputs import check_output_file
 from cache.schema import (
     COMPRESSIONS,
     DATA_DIR_SUFFIX,
@@ -37,7 +39,8 @@ from cache.schema import (
     describe_mismatch,
 )
 
-__all__ = ["CacheWriter", "CacheLockedError", "CacheMismatchError", "data_dir_of", "part_path", "sha256_of"]
+__all__ = ["CacheWriter", "CacheLockedError", "CacheMismatchError", "check_cache_out", "data_dir_of", "is_cache_index",
+           "part_path", "sha256_of"]
 
 _META_FILE = "meta.json"
 
@@ -52,6 +55,31 @@ class CacheMismatchError(ToolkitError, ValueError):
 
 def data_dir_of(index_path: Path) -> Path:
     return index_path.with_name(index_path.name + DATA_DIR_SUFFIX)
+
+
+def is_cache_index(path: Path) -> bool:
+    """``path`` is an HDF5 file carrying this toolkit's ``schema_version`` attribute (any version)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "schema_version" in f.attrs and "manifest" in f
+    except (OSError, ValueError):
+        return False
+
+
+def check_cache_out(path: str | os.PathLike) -> Path:
+    """The cache index ``path`` (and its data folder) may be written — checked before any work, ``--overwrite`` or
+    not: a file there must be a cache index and a data folder there must be an (interrupted) cache's own
+    (``meta.json``) or empty. Anything else is refused with :class:`pipeline.errors.OutputPathError`: extraction
+    never replaces a file it did not make."""
+    p = Path(path)
+    check_output_file(p, ours=is_cache_index, create_parents=True, label="cache index")
+    data = data_dir_of(p)
+    if data.exists() and not data.is_dir():
+        raise OutputPathError(f"cache data folder {data} exists and is not a folder: refusing to replace it")
+    if data.is_dir() and not (data / _META_FILE).is_file() and any(data.iterdir()):
+        raise OutputPathError(f"cache data folder {data} holds files that are not a cache's (no {_META_FILE}): "
+                              "refusing to write into it")
+    return p
 
 
 def part_path(data_dir: Path, name: str) -> Path:

@@ -28,6 +28,7 @@ import torch
 from experts.devices import resolve_device
 from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
 from experts.spec import EnsembleSpec, input_source, load_ensemble_spec
+from pipeline.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.resize import bicubic_upscale
 
 __all__ = ["EnsembleOutput", "ExpertEnsemble"]
@@ -147,6 +148,18 @@ class ExpertEnsemble:
         srs = torch.stack([results[e.name][0] for e in self.experts], dim=1)  # (B,E,3,sH,sW)
         feats = [results[e.name][1].contiguous() for e in self.experts]
         return EnsembleOutput(srs=srs, feats=feats)
+
+    def self_ensemble(self, lr: torch.Tensor) -> EnsembleOutput:
+        """×8 self-ensemble of **each expert**: every expert runs on the 8 dihedral transforms of ``lr`` (rot90 ×
+        flip, :mod:`pipeline.augment`), each output is transformed back, and the 8 are averaged per expert — the
+        "+" results of the SR papers, what challenge teams submit. ``srs (B,E,3,sH,sW)`` are those averages (float32,
+        not quantised); ``feats`` come from the identity pass (k = 0), as the fusion reads them."""
+        first = self(lr)  # k = 0: the identity pass, its features are kept
+        total = first.srs.double()
+        for k in range(1, AUGMENTATIONS):
+            out = self(augment(lr, k))
+            total += deaugment(out.srs, k).double()  # (B,E,3,sH,sW)
+        return EnsembleOutput(srs=(total / AUGMENTATIONS).float(), feats=first.feats)
 
     def _run_one(self, expert: Expert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sr, feat = expert.run(x)

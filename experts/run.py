@@ -6,7 +6,9 @@
 Writes ``OUT_DIR/<expert>/<image stem>.png`` (8-bit, rounded) for every expert and every image of ``LR_DIR``, and
 ``OUT_DIR/fingerprints.json`` (name, architecture, sha256, hooks, feature channels, detected hyper-parameters of each
 expert). Checkpoint paths in the config are relative to the repository root unless ``--root`` says otherwise.
-``--device craft=cuda:1`` moves one expert without editing the YAML.
+``--device craft=cuda:1`` moves one expert without editing the YAML. ``--tta``: ×8 self-ensemble of each expert
+(:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`; ``fingerprints.json`` records ``self_ensemble: 8``).
+Every input is decoded and the output folder checked (new, empty, or made by this command) before any work.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from experts.devices import DeviceError
 from experts.ensemble import ExpertEnsemble
-from experts.hooks import HookError
-from experts.loading import ExpertLoadError
 from experts.spec import load_ensemble_spec, with_devices
 from pipeline.atomic import atomic_write_text
+from pipeline.cli import run_cli
 from pipeline.config import ConfigError
-from pipeline.imageio import ImageReadError, list_images, read_image, write_image
+from pipeline.imageio import read_image, scan_image_folder, write_image
+from pipeline.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
 
 __all__ = ["main", "parse_device_map"]
 
@@ -41,7 +42,7 @@ def parse_device_map(items: list[str]) -> dict[str, str]:
     return devices
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m experts.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -53,32 +54,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", action="append", default=[], metavar="NAME=DEVICE", help="per-expert device override")
     ap.add_argument("--gather-device", default="cpu", help="device the outputs are gathered on (default cpu)")
+    ap.add_argument("--tta", action="store_true", help="x8 self-ensemble of each expert (flips x rot90, averaged)")
     args = ap.parse_args(argv)
 
-    try:
-        files = list_images(args.input)
-        if not files:
-            raise FileNotFoundError(f"no images in {args.input}")
-        spec = with_devices(load_ensemble_spec(args.config), parse_device_map(args.device))
-        ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device=args.gather_device)
-    except (ConfigError, ExpertLoadError, DeviceError, HookError, FileNotFoundError, ValueError) as exc:
-        print(f"experts.run: {exc}", file=sys.stderr)
-        return 2
+    # the output folder and every input (decoded) are checked before an expert is loaded or anything written
+    if args.output.resolve() == args.input.resolve():
+        raise OutputPathError(f"output folder {args.output} is the input folder: choose another one")
+    check_output_dir(args.output, ours=is_marked)
+    files = scan_image_folder(args.input)
+    spec = with_devices(load_ensemble_spec(args.config), parse_device_map(args.device))
+    ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device=args.gather_device)
 
-    args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        args.output / "fingerprints.json", json.dumps([fp.to_dict() for fp in ensemble.fingerprints], indent=2)
-    )
-    for path in tqdm(files, desc="experts", unit="img"):
-        try:
-            lr = read_image(path)  # (1,3,H,W)
-        except ImageReadError as exc:
-            print(f"experts.run: {exc}", file=sys.stderr)
-            return 2
-        out = ensemble(lr)
+    mark_output_dir(args.output, tool="experts.run")
+    for name in ensemble.names:
+        mark_output_dir(args.output / name, tool="experts.run")
+    fingerprints = [{**fp.to_dict(), "self_ensemble": 8 if args.tta else 1} for fp in ensemble.fingerprints]
+    atomic_write_text(args.output / "fingerprints.json", json.dumps(fingerprints, indent=2))
+    for path in tqdm(files, desc="experts x8" if args.tta else "experts", unit="img"):
+        lr = read_image(path)  # (1,3,H,W)
+        out = ensemble.self_ensemble(lr) if args.tta else ensemble(lr)
         for i, name in enumerate(ensemble.names):
             write_image(args.output / name / f"{path.stem}.png", out.srs[0, i])  # (3,4H,4W)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("experts.run", _main, argv)
 
 
 if __name__ == "__main__":

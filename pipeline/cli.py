@@ -6,7 +6,8 @@
 :func:`run_cli` strips a ``--debug`` flag from ``argv``, calls the real ``main`` and turns the library's typed errors
 (:class:`pipeline.errors.ToolkitError`) into one line on stderr — ``prog: message`` — and exit status 2. With
 ``--debug`` (or ``SR_FUSION_DEBUG=1``) the traceback is shown instead. Any other exception is a bug and keeps its
-traceback. A ``KeyboardInterrupt`` is one line and status 130.
+traceback. A ``KeyboardInterrupt`` is one line and status 130. A
+:class:`pipeline.errors.BadInputsError` prints one line per bad input, then its summary.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.errors import ToolkitError
+from pipeline.errors import BadInputsError, ToolkitError
 
 __all__ = ["DEBUG_FLAG", "one_line", "run_cli"]
 
@@ -38,7 +39,12 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: Sequence[s
     except ToolkitError as exc:
         if debug:
             raise
-        print(f"{prog}: {one_line(exc)}", file=sys.stderr)
+        if isinstance(exc, BadInputsError):
+            for problem in exc.problems:
+                print(f"{prog}: {problem}", file=sys.stderr)
+            print(f"{prog}: {' '.join(exc.summary.split())}", file=sys.stderr)
+        else:
+            print(f"{prog}: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:

@@ -174,13 +174,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        for arg in options:
             try:
                 return _convert(value, arg, key)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+        if len(options) == 1:  # ``X | None``: X's own message says what is wrong (a range, an item's type)
+            raise errors[0]
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if origin is typing.Literal:
         if value in args:

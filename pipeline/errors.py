@@ -10,7 +10,7 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["ToolkitError", "OutputPathError"]
+__all__ = ["BadInputsError", "OutputPathError", "ToolkitError"]
 
 
 class ToolkitError(Exception):
@@ -19,3 +19,13 @@ class ToolkitError(Exception):
 
 class OutputPathError(ToolkitError, ValueError):
     """An output path that must not be written: it holds something this tool did not make, or is not writable."""
+
+
+class BadInputsError(ToolkitError, ValueError):
+    """Several inputs are bad (unreadable, truncated, too small, unpaired ...): every one is listed, one line each, so
+    a user fixes them all in one go. ``problems`` are the lines; ``summary`` says where and what happens next."""
+
+    def __init__(self, summary: str, problems: list[str]) -> None:
+        self.summary = summary
+        self.problems = [" ".join(p.split()) for p in problems]
+        super().__init__(f"{summary}: " + "; ".join(self.problems) if self.problems else summary)

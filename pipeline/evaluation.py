@@ -13,10 +13,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.errors import ToolkitError
-from pipeline.imageio import image_size, list_images, read_image
+from pipeline.errors import BadInputsError
+from pipeline.imageio import ImageReadError, image_size, list_images, read_image, read_image_array
 from pipeline.metrics import crop_to_match, psnr_y, ssim_y
 
-__all__ = ["ImagePair", "PairingError", "pair_images", "check_sizes", "score_fidelity", "strip_scale_suffix", "mean_of"]
+__all__ = ["ImagePair", "PairingError", "pair_images", "check_pairs", "check_sizes", "is_scores_json", "score_fidelity", "strip_scale_suffix", "mean_of"]
 
 
 class PairingError(ToolkitError, ValueError):
@@ -91,6 +92,28 @@ def check_sizes(pairs: list[ImagePair], *, scale: int) -> None:
         raise PairingError(f"size mismatch for {len(errors)} image(s): " + "; ".join(errors))
 
 
+def check_pairs(pairs: list[ImagePair], *, scale: int) -> None:
+    """Decode every SR and HR image fully and check each pair's sizes (:func:`check_sizes`' rule): every unreadable
+    or truncated file and every size mismatch is reported together, one line each, before any scoring
+    (:class:`pipeline.errors.BadInputsError`)."""
+    problems = []
+    sizes: dict[Path, tuple[int, int]] = {}
+    for path in sorted({p for pair in pairs for p in (pair.sr, pair.hr)}):
+        try:
+            sizes[path] = read_image_array(path).shape[:2]
+        except ImageReadError as exc:
+            problems.append(str(exc))
+    for pair in pairs:
+        if pair.sr in sizes and pair.hr in sizes:
+            (sh, sw), (hh, hw) = sizes[pair.sr], sizes[pair.hr]
+            hc, wc = hh - hh % scale, hw - hw % scale
+            if (sh, sw) != (hc, wc):
+                problems.append(f"{pair.sr}: size mismatch: {sw}x{sh} (WxH), but {pair.hr.name} cropped to a multiple of {scale} "
+                                f"is {wc}x{hc}")
+    if problems:
+        raise BadInputsError(f"{len(problems)} bad input(s); nothing was scored", problems)
+
+
 def score_fidelity(pairs: list[ImagePair], *, scale: int, progress: bool = False) -> list[dict]:
     """NTIRE PSNR/SSIM (Y channel, border = scale) per pair; all sizes are checked before any image is scored, and
     images are loaded one pair at a time (memory stays bounded for large test sets)."""
@@ -107,6 +130,17 @@ def score_fidelity(pairs: list[ImagePair], *, scale: int, progress: bool = False
             }
         )
     return rows
+
+
+def is_scores_json(path: Path) -> bool:
+    """A JSON file of per-image and mean scores as ``scripts/evaluate.py --json`` writes it (may be replaced)."""
+    import json
+
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(payload, dict) and {"images", "mean", "scale"} <= payload.keys()
 
 
 def mean_of(rows: list[dict], key: str) -> float:

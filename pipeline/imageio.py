@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import ToolkitError
 from pipeline.atomic import atomic_write_bytes
+from pipeline.errors import BadInputsError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,6 +40,8 @@ __all__ = [
     "to_uint8",
     "quantize_8bit",
     "image_size",
+    "scan_image_folder",
+    "check_min_side",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -173,3 +176,61 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not d.is_dir():
         raise FileNotFoundError(f"image folder not found: {d}")
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan_image_folder(
+    folder: str | os.PathLike,
+    *,
+    min_side: int = 1,
+    other_files: bool = True,
+    subfolders: bool = True,
+    label: str = "input folder",
+) -> list[Path]:
+    """The images directly inside ``folder`` (sorted), each one **fully decoded** first, so that every bad input is
+    found before any work: zero-byte, truncated or non-image files with an image extension, images whose shorter
+    side is below ``min_side``, and — unless allowed — other files (``other_files``) and sub-folders
+    (``subfolders``; images are never searched recursively). Hidden files (``.name``) are ignored. All problems are
+    raised together as one :class:`BadInputsError`, one line per file; a missing or empty folder is one too."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise BadInputsError(f"{label} not found: {d}", [])
+    problems: list[str] = []
+    files = []
+    for p in sorted(d.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if not subfolders:
+                problems.append(f"{p}: a folder inside the {label} (images are not searched in sub-folders)")
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            if not other_files:
+                problems.append(f"{p}: not an image file (extension {p.suffix or 'none'!r})")
+            continue
+        try:
+            arr = read_image_array(p)
+        except ImageReadError as exc:
+            problems.append(" ".join(str(exc).split()))
+            continue
+        h, w = arr.shape[:2]
+        if min(h, w) < min_side:
+            problems.append(f"{p}: {w}x{h} is smaller than the minimum side {min_side}")
+            continue
+        files.append(p)
+    if problems:
+        raise BadInputsError(f"{len(problems)} bad input(s) in {d}; nothing was written", problems)
+    if not files:
+        raise BadInputsError(f"no images in {d} (looked for {'/'.join(IMAGE_EXTENSIONS)} files)", [])
+    return files
+
+
+def check_min_side(files: list[Path], min_side: int, *, what: str = "the experts' minimum LR side") -> None:
+    """Every image's shorter side (read from its header) is at least ``min_side``; all offenders are listed, one
+    line each (:class:`BadInputsError`)."""
+    small = []
+    for f in files:
+        h, w = image_size(f)
+        if min(h, w) < min_side:
+            small.append(f"{f}: {w}x{h} is smaller than {what} {min_side}")
+    if small:
+        raise BadInputsError(f"{len(small)} image(s) too small; nothing was written", small)

@@ -19,12 +19,18 @@ import torch
 
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
+from pipeline.errors import ToolkitError
 from pipeline.augment import augment, deaugment
+from pipeline.ensemblers import Ensembler, apply
 from pipeline.fusion_net import FusionNet
 from pipeline.model_io import load_pretrained, read_extra
 from pipeline.run_checkpoint import resolve_checkpoint, verify_checksums
 
-__all__ = ["FusionPipeline", "expert_spec", "load_pipeline", "super_resolve"]
+__all__ = ["REGIMES", "FusionPipeline", "PipelineError", "ensemble_super_resolve", "expert_spec", "expert_spec_from_yaml", "load_pipeline", "super_resolve"]
+
+class PipelineError(ToolkitError, ValueError):
+    """The checkpoint and the experts do not belong together (names, hooks, sha256, feature widths)."""
+
 
 @dataclass
 class FusionPipeline:
@@ -53,16 +59,16 @@ def _spec_from_yaml(path: Path, fps: list[dict[str, Any]], *, device: str | None
     spec = load_ensemble_spec(path)
     names = [e.name for e in spec.experts]
     if names != [fp["name"] for fp in fps]:
-        raise ValueError(f"{path} lists experts {names}; the fusion was trained with {[fp['name'] for fp in fps]}")
+        raise PipelineError(f"{path} lists experts {names}; the fusion was trained with {[fp['name'] for fp in fps]}")
     experts = []
     for e, fp in zip(spec.experts, fps):
         if e.architecture != fp["architecture"] or e.input != fp["input"]:
-            raise ValueError(f"{path}: expert {e.name!r} is {e.architecture}/{e.input}, the fusion was trained with "
+            raise PipelineError(f"{path}: expert {e.name!r} is {e.architecture}/{e.input}, the fusion was trained with "
                              f"{fp['architecture']}/{fp['input']}")
         if e.hooks and tuple(e.hooks) != tuple(fp["hook_layers"]):
-            raise ValueError(f"{path}: expert {e.name!r} hooks {list(e.hooks)}, trained with {fp['hook_layers']}")
+            raise PipelineError(f"{path}: expert {e.name!r} hooks {list(e.hooks)}, trained with {fp['hook_layers']}")
         if e.sha256 is not None and e.sha256 != fp["sha256"]:
-            raise ValueError(f"{path}: expert {e.name!r} pins sha256 {e.sha256[:12]}…, trained with {fp['sha256'][:12]}…")
+            raise PipelineError(f"{path}: expert {e.name!r} pins sha256 {e.sha256[:12]}…, trained with {fp['sha256'][:12]}…")
         changes: dict[str, Any] = {"sha256": fp["sha256"], "hooks": tuple(fp["hook_layers"])}  # loading verifies it
         if device is not None:
             changes["device"] = device
@@ -84,10 +90,20 @@ def expert_spec(
     or from ``experts_yaml`` checked against them; every expert checkpoint is pinned to the recorded sha256."""
     fps = extra.get("experts")
     if not fps:
-        raise ValueError(f"{ckpt}: config.json records no expert fingerprints; cannot know which experts to run")
+        raise PipelineError(f"{ckpt}: config.json records no expert fingerprints; cannot know which experts to run")
     if experts_yaml is not None:
         return _spec_from_yaml(Path(experts_yaml), fps, device=device, tile=tile)
     return _spec_from_fingerprints(fps, scale=int(extra.get("scale", 4)), device=device, tile=tile or 0)
+
+
+def expert_spec_from_yaml(path: str | os.PathLike, *, device: str = "cpu", tile: int | None = None) -> EnsembleSpec:
+    """An expert YAML with every expert on ``device`` (and ``tile`` LR pixels when given): the experts of a
+    training-free ensemble, which records no fingerprints of its own beyond its weights file."""
+    spec = load_ensemble_spec(Path(path))
+    changes: dict[str, Any] = {"device": device}
+    if tile is not None:
+        changes["tile"] = tile
+    return EnsembleSpec(experts=tuple(dataclasses.replace(e, **changes) for e in spec.experts), scale=spec.scale)
 
 
 def load_pipeline(
@@ -109,24 +125,48 @@ def load_pipeline(
     fps = extra["experts"]
     fusion = load_pretrained(ckpt, device=device)
     if tuple(fusion.config.inputs.feat_channels) != tuple(int(fp["feature_channels"]) for fp in fps):
-        raise ValueError(f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
+        raise PipelineError(f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
                          f"recorded experts' {[fp['feature_channels'] for fp in fps]}")
     ensemble = ExpertEnsemble.from_spec(spec, root=experts_root, gather_device=device)
     got = [fp.feature_channels for fp in ensemble.fingerprints]
     if got != [int(fp["feature_channels"]) for fp in fps]:
-        raise ValueError(f"experts give feature widths {got}, the fusion was trained with "
+        raise PipelineError(f"experts give feature widths {got}, the fusion was trained with "
                          f"{[fp['feature_channels'] for fp in fps]}")
     return FusionPipeline(fusion=fusion, ensemble=ensemble, checkpoint=ckpt, extra=extra, device=torch.device(device))
 
 
+REGIMES = ("none", "experts-x8", "pipeline-x8")  # self-ensemble: none, ×8 of each expert, ×8 of the whole pipeline
+
+
 @torch.inference_mode()
-def super_resolve(pipe: FusionPipeline, lr: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
-    """``lr (1,3,H,W)`` in [0,1] → ``sr (1,3,sH,sW)`` in [0,1] (not quantised)."""
+def super_resolve(pipe: FusionPipeline, lr: torch.Tensor, *, tta: bool = False, expert_tta: bool = False) -> torch.Tensor:
+    """``lr (1,3,H,W)`` in [0,1] → ``sr (1,3,sH,sW)`` in [0,1] (not quantised). ``tta``: ×8 self-ensemble of the whole
+    pipeline (experts and fusion run on each of the 8 transforms); ``expert_tta``: the fusion runs once, on each
+    expert's ×8 self-ensemble (features from the identity pass)."""
+    if tta and expert_tta:
+        raise PipelineError("choose one self-ensemble: of the whole pipeline (tta) or of each expert (expert_tta)")
     lr = lr.to(pipe.device)
+    if expert_tta:
+        srs, feats = pipe.ensemble.self_ensemble(lr)
+        return pipe.fusion.forward_with_precomputed(lr, srs, feats).sr.clamp_(0, 1)
     outs = []
     for k in range(8) if tta else (0,):
         x = augment(lr, k)
         srs, feats = pipe.ensemble(x)
         sr = pipe.fusion.forward_with_precomputed(x, srs, feats).sr
         outs.append(deaugment(sr, k))
+    return torch.stack(outs).mean(dim=0).clamp_(0, 1)
+
+
+@torch.inference_mode()
+def ensemble_super_resolve(
+    ensemble: ExpertEnsemble, ens: Ensembler, lr: torch.Tensor, *, tta: bool = False, expert_tta: bool = False
+) -> torch.Tensor:
+    """A training-free ensembler (:mod:`pipeline.ensemblers`) on the experts' outputs for ``lr (1,3,H,W)`` →
+    ``sr (1,3,sH,sW)``; ``tta`` / ``expert_tta`` as in :func:`super_resolve`."""
+    if tta and expert_tta:
+        raise PipelineError("choose one self-ensemble: of the whole pipeline (tta) or of each expert (expert_tta)")
+    if expert_tta:
+        return apply(ens, ensemble.self_ensemble(lr).srs)
+    outs = [deaugment(apply(ens, ensemble(augment(lr, k)).srs), k) for k in (range(8) if tta else (0,))]
     return torch.stack(outs).mean(dim=0).clamp_(0, 1)

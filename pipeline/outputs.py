@@ -23,7 +23,10 @@ from pathlib import Path
 
 from pipeline.errors import OutputPathError
 
-__all__ = ["OutputPathError", "check_output_dir", "check_output_file", "remove_stale_temps"]
+__all__ = ["MARKER", "OutputPathError", "check_output_dir", "check_output_file", "is_marked", "mark_output_dir",
+           "remove_stale_temps"]
+
+MARKER = ".sr-fusion-output"  # a hidden file in each output folder a script created: "this folder is ours"
 
 Ours = Callable[[Path], bool]
 
@@ -37,14 +40,14 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check_writable_dir(folder: Path, *, label: str, target: Path) -> None:
     if not folder.is_dir():
-        raise OutputPathError(f"{label} {target}: {folder} is not a folder")
+        raise OutputPathError(f"{label} {target} is not writable: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{label} {target}: folder {folder} is not writable")
+        raise OutputPathError(f"{label} {target} is not writable: no write permission in {folder}")
     try:  # os.access is not the whole truth (read-only mounts, root on some file systems): probe for real
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise OutputPathError(f"{label} {target}: folder {folder} is not writable ({exc.strerror})") from None
+        raise OutputPathError(f"{label} {target} is not writable: {folder}: {exc.strerror}") from None
 
 
 def check_output_file(
@@ -73,13 +76,13 @@ def check_output_dir(
 ) -> Path:
     """``path`` may be written into: it does not exist (it will be created; its nearest existing ancestor must be
     writable), or it is an empty folder, or a folder that ``ours`` recognises as this tool's own output. Names in
-    ``ignore`` (e.g. the hidden temp files of an interrupted run) do not count as content."""
+    ``ignore`` and the hidden temp files of an interrupted atomic write do not count as content."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"{label} {p} exists and is not a folder")
     if p.is_dir():
         skip = set(ignore)
-        content = sorted(c.name for c in p.iterdir() if c.name not in skip)
+        content = sorted(c.name for c in p.iterdir() if c.name not in skip and not _ATOMIC_TMP.match(c.name))
         if content and (ours is None or not ours(p)):
             shown = ", ".join(content[:5]) + (f", … ({len(content)} entries)" if len(content) > 5 else "")
             raise OutputPathError(f"{label} {p} already holds files this tool did not write ({shown}): choose a new "
@@ -105,3 +108,20 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed
+
+
+def is_marked(folder: Path) -> bool:
+    """``folder`` was created by one of this toolkit's scripts (:func:`mark_output_dir`)."""
+    return (Path(folder) / MARKER).is_file()
+
+
+def mark_output_dir(folder: str | os.PathLike, *, tool: str) -> Path:
+    """Create ``folder`` (checked before with :func:`check_output_dir`) and mark it as this toolkit's, so a rerun may
+    write into it again; deletes the temp files a killed earlier run left there."""
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    marker = d / MARKER
+    if not marker.is_file():
+        marker.write_text(f"written by {tool} (sr-fusion); a rerun may replace the files in this folder\n")
+    remove_stale_temps(d)
+    return d

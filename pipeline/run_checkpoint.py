@@ -33,7 +33,8 @@ from pipeline.fusion_net import FusionNet
 from pipeline.model_io import save_pretrained
 
 __all__ = ["TRAIN_STATE", "CHECKSUMS", "ChecksumError", "save_checkpoint", "save_model_checkpoint", "load_train_state",
-           "resolve_checkpoint", "prune_checkpoints", "remove_stale_temps", "TrainStateError", "write_checksums", "verify_checksums"]
+           "resolve_checkpoint", "prune_checkpoints", "remove_stale_temps", "TrainStateError",
+           "CheckpointNotFoundError", "write_checksums", "verify_checksums"]
 
 TRAIN_STATE = "train_state.pt"
 _DONE = "COMPLETE"
@@ -44,6 +45,10 @@ _CHECKED_FILES = ("model.safetensors", "config.json")
 
 class ChecksumError(ToolkitError, RuntimeError):
     """A checkpoint file is missing or differs from its recorded sha256."""
+
+
+class CheckpointNotFoundError(ToolkitError, FileNotFoundError):
+    """No complete checkpoint where one was expected."""
 
 
 class TrainStateError(ToolkitError, RuntimeError):
@@ -156,7 +161,7 @@ def resolve_checkpoint(path: str | os.PathLike, *, which: str = "last") -> Path:
         if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
             if (cand / _DONE).exists() or not (cand / TRAIN_STATE).exists():
                 return cand.resolve()
-    raise FileNotFoundError(f"no complete checkpoint at {p} (looked for ckpt/{which}/, {which}/ and the folder itself)")
+    raise CheckpointNotFoundError(f"no complete checkpoint at {p} (looked for ckpt/{which}/, {which}/ and the folder itself)")
 
 
 def load_train_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Challenge outputs, shared by scripts/submit.py and the exported NTIRE code submission (scripts/export_ntire.py).
 
-* :func:`check_folders` finds every input problem (missing/empty input folder, non-image files, an LR image too
-  small for the experts, an unwritable output folder) before any work is done.
+* :func:`check_folders` finds every input problem (missing/empty input folder, non-image files, sub-folders,
+  unreadable or truncated images — every file is decoded —, an LR image too small for the experts) and every output
+  problem (an unwritable output folder, a folder or ``OUT.zip`` holding something this tool did not write) before
+  any work is done.
 * :func:`super_resolve_files` runs the whole pipeline on each LR file and writes ``<stem>.png`` atomically into the
   output folder (``0901x4.png`` stays ``0901x4.png``); it yields the seconds each image took.
 * :func:`run_model_dir` is the NTIRE entry point ``main(model_dir, input_path, output_path, device)`` of an exported
@@ -13,19 +15,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
+import zipfile
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from pipeline.errors import ToolkitError
-from pipeline.imageio import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, read_image, write_image
-from pipeline.inference import FusionPipeline, load_pipeline, super_resolve
+from pipeline.imageio import read_image, scan_image_folder, write_image
+from experts.ensemble import ExpertEnsemble
+from pipeline.ensemblers import Ensembler
+from pipeline.inference import FusionPipeline, ensemble_super_resolve, load_pipeline, super_resolve
+from pipeline.outputs import OutputPathError, check_output_dir, check_output_file, is_marked, mark_output_dir
 
-__all__ = ["EXPERTS_YAML", "SubmitError", "check_folders", "check_inputs", "check_output",
-           "output_name", "run_model_dir", "super_resolve_files"]
+__all__ = ["EXPERTS_YAML", "README", "ZIP_COMMENT", "SubmitError", "check_folders", "check_inputs", "check_output",
+           "is_submission_dir", "is_submission_zip", "output_name", "prepare_output", "run_model_dir",
+           "super_resolve_files", "zip_path", "SRMethod", "fusion_method", "ensembler_method"]
 
 EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir, checkpoints relative to model_dir
 
@@ -35,46 +42,69 @@ class SubmitError(ToolkitError, RuntimeError):
 
 
 def check_inputs(input_dir: Path, min_lr: int) -> list[Path]:
-    if not input_dir.is_dir():
-        raise SubmitError(f"input folder not found: {input_dir}")
-    files = list_images(input_dir)
-    others = sorted(p.name for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
-                    and not p.name.startswith("."))
-    if not files:
-        raise SubmitError(f"no images in {input_dir}" + (f" (found only {others[:5]})" if others else ""))
-    if others:
-        raise SubmitError(f"{input_dir} holds non-image files: {others[:10]} — the submission must match the inputs")
-    problems = []
-    for f in files:
-        try:
-            h, w = image_size(f)
-        except ImageReadError as exc:
-            problems.append(str(exc))
-            continue
-        if min(h, w) < min_lr:
-            problems.append(f"{f.name}: {w}x{h} is smaller than the experts' minimum LR side {min_lr}")
-    if problems:
-        raise SubmitError("bad input image(s): " + "; ".join(problems))
-    return files
+    """The LR files of ``input_dir``, sorted — after decoding every one of them: unreadable, truncated or non-image
+    files, images smaller than ``min_lr``, other files and sub-folders (the submission must match the inputs one to
+    one) are all reported together, one line each (:class:`pipeline.errors.BadInputsError`)."""
+    return scan_image_folder(input_dir, min_side=max(1, min_lr), other_files=False, subfolders=False)
 
 
-def check_output(out_dir: Path) -> None:
+README = "readme.txt"
+README_FIRST = "runtime per image [s] : "  # the NTIRE readme's first line: how a submission folder is recognised
+ZIP_COMMENT = b"sr-fusion submission"  # written into every zip this tool makes: how it recognises its own
+
+
+def is_submission_dir(folder: Path) -> bool:
+    """A folder this tool wrote: marked by :func:`prepare_output` (also when a killed run left it half-written), or —
+    made before the marker existed — its ``readme.txt`` is an NTIRE readme and it holds only PNGs besides."""
+    if is_marked(folder):
+        return True
+    readme = folder / README
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise SubmitError(f"output folder {out_dir} is not writable: {exc}") from exc
+        if not readme.read_text(encoding="utf-8").startswith(README_FIRST):
+            return False
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(c.name == README or c.name.startswith(".") or (c.is_file() and c.suffix.lower() == ".png")
+               for c in folder.iterdir())
 
 
-def check_folders(input_dir: Path, output_dir: Path, *, min_lr: int) -> list[Path]:
-    """:func:`check_inputs`, then the output folder (created; must differ from the input folder, as the outputs keep
-    the input file names). Returns the LR files, sorted."""
-    files = check_inputs(input_dir, min_lr)
+def zip_path(out_dir: Path) -> Path:
+    """``OUT.zip`` next to the output folder — the folder's full name plus ``.zip`` (``run.v1`` → ``run.v1.zip``)."""
+    return out_dir.with_name(out_dir.name + ".zip")
+
+
+def is_submission_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.comment == ZIP_COMMENT
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_output(out_dir: Path, *, zip_too: bool = False) -> None:
+    """The output folder (and ``OUT.zip`` with ``zip_too``) may be written: new, empty, or an earlier submission of
+    this tool; never a folder or zip holding something else. Nothing is created here."""
+    try:
+        check_output_dir(out_dir, ours=is_submission_dir, label="output folder")
+        if zip_too:
+            check_output_file(zip_path(out_dir), ours=is_submission_zip, create_parents=True, label="zip")
+    except OutputPathError as exc:
+        raise SubmitError(str(exc)) from None
+
+
+def check_folders(input_dir: Path, output_dir: Path, *, min_lr: int, zip_too: bool = False) -> list[Path]:
+    """The output paths (:func:`check_output`, first: cheap), then every input (:func:`check_inputs`); the output
+    folder must differ from the input folder, as the outputs keep the input file names. Returns the LR files."""
     if output_dir.resolve() == input_dir.resolve():
         raise SubmitError("the output folder must differ from the input folder (outputs keep the input file names)")
-    check_output(output_dir)
-    return files
+    check_output(output_dir, zip_too=zip_too)
+    return check_inputs(input_dir, min_lr)
+
+
+def prepare_output(output_dir: Path) -> None:
+    """Create the (checked) output folder, mark it as this tool's (a hidden ``.sr-fusion-output``; never in the zip)
+    and delete the temp files a killed earlier run left in it."""
+    mark_output_dir(output_dir, tool="submit.py")
 
 
 def output_name(lr_path: Path) -> str:
@@ -82,26 +112,77 @@ def output_name(lr_path: Path) -> str:
     return f"{lr_path.stem}.png"
 
 
+@dataclass(frozen=True)
+class SRMethod:
+    """What a submission runs on each LR image: the fusion or a training-free ensembler, in one self-ensemble regime
+    (:data:`pipeline.inference.REGIMES`)."""
+
+    name: str  # "fusion" or the ensembler's method
+    regime: str
+    device: torch.device
+    run: Callable[[torch.Tensor], torch.Tensor]  # lr (1,3,H,W) → sr (1,3,sH,sW) in [0,1]
+    description: str  # the readme's method description
+    extra_data: bool
+    min_lr: int
+
+
+_REGIME_TEXT = {"none": "no", "experts-x8": "yes, x8 of each expert before combining",
+                "pipeline-x8": "yes, x8 of the whole pipeline"}
+
+
+def fusion_method(pipe: FusionPipeline, *, regime: str = "none") -> SRMethod:
+    experts = ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in pipe.extra["experts"])
+    params = sum(p.numel() for p in pipe.fusion.parameters())
+    sub = pipe.extra.get("submission", {})
+    description = (f"Multi-expert fusion: frozen experts {experts}; a {params / 1e3:.0f}K-parameter fusion network "
+                   f"(frequency decomposition, cross-expert attention, per-pixel gating) trained on the experts' "
+                   f"outputs; self-ensemble: {_REGIME_TEXT[regime]}.")
+    if sub.get("description"):
+        description += " " + sub["description"]
+    return SRMethod(name="fusion", regime=regime, device=pipe.device, description=description,
+                    run=lambda lr: super_resolve(pipe, lr, tta=regime == "pipeline-x8",
+                                                 expert_tta=regime == "experts-x8"),
+                    extra_data=bool(sub.get("extra_data")), min_lr=pipe.ensemble.min_lr_size)
+
+
+def ensembler_method(ensemble: ExpertEnsemble, ens: Ensembler, *, regime: str = "none", device: str = "cpu",
+                     extra_data: bool = False) -> SRMethod:
+    experts = ", ".join(f"{fp.name} ({fp.architecture})" for fp in ensemble.fingerprints)
+    how = {"mean": "the per-pixel mean", "zzpm": "ZZPM (per-image softmax weights, NTIRE 2023)",
+           "blend": f"a fixed blend with least-squares weights {[round(float(w), 4) for w in ens.weights]}"
+           if ens.weights is not None else "a fixed blend",
+           "ensir": "EnsIR (per-intensity-bin weights by EM on a Gaussian mixture, NeurIPS 2024)"}[ens.method]
+    description = (f"Training-free ensemble of frozen experts {experts}: {how}; self-ensemble: "
+                   f"{_REGIME_TEXT[regime]}.")
+    dev = torch.device(device)
+
+    def run(lr: torch.Tensor) -> torch.Tensor:
+        return ensemble_super_resolve(ensemble, ens, lr.to(dev), tta=regime == "pipeline-x8",
+                                      expert_tta=regime == "experts-x8")
+
+    return SRMethod(name=ens.method, regime=regime, device=dev, run=run, description=description,
+                    extra_data=extra_data, min_lr=ensemble.min_lr_size)
+
+
 def super_resolve_files(
-    pipe: FusionPipeline,
+    method: SRMethod,
     files: Sequence[Path],
     output_dir: Path,
     *,
-    tta: bool = False,
     refine: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[float]:
     """Super-resolve each LR file into ``output_dir/<stem>.png``; yields the seconds of each image (I/O excluded).
-    ``refine`` (e.g. the TSD-SR refiner) maps each fused ``sr (1,3,sH,sW)`` to the image that is written."""
+    ``refine`` (e.g. the TSD-SR refiner) maps each ``sr (1,3,sH,sW)`` to the image that is written."""
     for f in files:
         lr = read_image(f)  # (1,3,H,W)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
+        if method.device.type == "cuda":
+            torch.cuda.synchronize(method.device)
         t0 = time.perf_counter()
-        sr = super_resolve(pipe, lr, tta=tta)  # (1,3,sH,sW)
+        sr = method.run(lr)  # (1,3,sH,sW)
         if refine is not None:
             sr = refine(sr)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
+        if method.device.type == "cuda":
+            torch.cuda.synchronize(method.device)
         seconds = time.perf_counter() - t0
         write_image(output_dir / output_name(f), sr.cpu())
         yield seconds
@@ -123,6 +204,7 @@ def run_model_dir(
     pipe = load_pipeline(model_dir, experts_yaml=model_dir / EXPERTS_YAML, experts_root=model_dir, device=str(device))
     output_dir = Path(output_path)
     files = check_folders(Path(input_path), output_dir, min_lr=pipe.ensemble.min_lr_size)
-    seconds = list(super_resolve_files(pipe, files, output_dir))
+    prepare_output(output_dir)
+    seconds = list(super_resolve_files(fusion_method(pipe), files, output_dir))
     print(f"{len(files)} images super-resolved into {output_dir} ({sum(seconds) / len(seconds):.2f} s/image)")
     return [output_dir / output_name(f) for f in files]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import train as train_mod
+from pipeline.cli import run_cli
 from pipeline.model_io import load_pretrained
 from pipeline.run_checkpoint import resolve_checkpoint
 
@@ -111,7 +112,7 @@ def format_table(results: dict[str, dict], variants: tuple[Variant, ...], *, ste
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="train config of the default network (e.g. configs/train/fusion_craft_ditn_span.yaml)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant")
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results, chosen, steps=args.steps, val=args.val_cache))
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("ablation", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

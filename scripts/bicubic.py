@@ -11,11 +11,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.cli import run_cli
 from pipeline.imageio import list_images, read_image, write_image
 from pipeline.resize import bicubic_upscale
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, type=Path)
     ap.add_argument("--output", required=True, type=Path)
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bicubic: wrote {len(files)} images to {args.output}")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("bicubic", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

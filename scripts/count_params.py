@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torch import nn  # noqa: E402
 
+from pipeline.cli import run_cli
 from pipeline.fusion_net import FusionNet, load_fusion_config  # noqa: E402
 
 PHASES = {
@@ -36,7 +37,7 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path, help="YAML file with a 'model:' section")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.gating.enabled=false")
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'total':48s} {'':32s} {total:10,d}")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("count_params", _main, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

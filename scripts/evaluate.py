@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import atomic_write_text
-from pipeline.evaluation import PairingError, check_sizes, mean_of, pair_images, score_fidelity
+from pipeline.cli import run_cli
+from pipeline.evaluation import PairingError, check_pairs, is_scores_json, mean_of, pair_images, score_fidelity
+from pipeline.outputs import check_output_file
 from pipeline.perceptual import (
     FETCH_HINT,
     METRIC_NAMES,
@@ -52,9 +54,9 @@ def _epilog() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        description=__doc__, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="evaluate.py", description=__doc__, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--sr", required=True, type=Path, help="folder of super-resolved images")
     ap.add_argument("--hr", required=True, type=Path, help="folder of ground-truth HR images")
@@ -69,23 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights_dir is not None and not args.perceptual:
         ap.error("--weights-dir is only used with --perceptual")
 
-    try:
-        pairs = pair_images(args.sr, args.hr, scale=args.scale)
-        check_sizes(pairs, scale=args.scale)  # every mismatch is reported before any work is done
-        if args.perceptual:
-            check_image_sizes(pairs)
-            dirs = use_weights_dir(args.weights_dir)  # offline; must precede any pyiqa import
-            check_weights(dirs)  # every missing weight file, before any work
-    except (PairingError, ImageTooSmallError, FileNotFoundError) as exc:  # MissingWeightsError: a FileNotFoundError
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return 2
-
-    if args.perceptual:  # built before any image is scored: a weight problem stops everything at once
-        try:
-            metrics = build_metrics(dirs, device=args.device)
-        except (MissingWeightsError, PerceptualSetupError, PerceptualWeightsError) as exc:
-            print(f"evaluate: {exc}", file=sys.stderr)
-            return 2
+    # everything is checked before any image is scored: the output path, the folders, every file (decoded)
+    if args.json is not None:
+        check_output_file(args.json, ours=is_scores_json, create_parents=True, label="--json")
+    for folder in (args.sr, args.hr):
+        if not folder.is_dir():
+            raise PairingError(f"image folder not found: {folder}")
+    pairs = pair_images(args.sr, args.hr, scale=args.scale)
+    check_pairs(pairs, scale=args.scale)  # every unreadable file and every size mismatch, one line each
+    if args.perceptual:
+        check_image_sizes(pairs)
+        dirs = use_weights_dir(args.weights_dir)  # offline; must precede any pyiqa import
+        check_weights(dirs)  # every missing weight file, before any work
+        metrics = build_metrics(dirs, device=args.device)  # a weight problem stops everything at once
 
     rows = score_fidelity(pairs, scale=args.scale, progress=True)
     mean = {"psnr": mean_of(rows, "psnr"), "ssim": mean_of(rows, "ssim")}
@@ -118,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             payload.update(perceptual_score=score, perceptual_formula=PERCEPTUAL_FORMULA)
         atomic_write_text(args.json, json.dumps(payload, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("evaluate", _main, argv)
 
 
 if __name__ == "__main__":

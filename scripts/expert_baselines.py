@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.cli import run_cli
 from pipeline.evaluation import PairingError, check_sizes, pair_images
 from pipeline.imageio import read_image, write_image
 from pipeline.metrics import crop_to_match, rgb_to_y
@@ -112,7 +113,7 @@ def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
     return blend_stats(pairs_per_image, border=scale).solve().float()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts-dir", required=True, type=Path, help="experts.run output (one folder per expert)")
     ap.add_argument("--hr", required=True, type=Path, help="ground-truth HR folder")
@@ -163,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"expert_baselines: {len(per_expert[0])} images of {names} -> {args.experts_dir}/{{{','.join(written)}}}")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("expert_baselines", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.cli import run_cli
 from pipeline.errors import ToolkitError
 from experts.loading import sha256_file
 from experts.spec import EnsembleSpec
@@ -289,7 +290,7 @@ def replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, type=Path, help="run directory (its best checkpoint) or checkpoint dir")
     ap.add_argument("--team-id", required=True, type=int)
@@ -304,8 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out.resolve()
         if out.exists() and not out.is_dir():
             raise ExportError(f"--out {out} is a file")
-        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-            raise ExportError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+        if out.is_dir() and any(out.iterdir()):
+            content = {c.name for c in out.iterdir()}
+            if not args.overwrite:
+                raise ExportError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+            if not content <= {"models", "model_zoo"}:  # --overwrite replaces an earlier export, nothing else
+                raise ExportError(f"--out {out} holds files an export does not make ({', '.join(sorted(content)[:5])}):"
+                                  " refusing to replace it, even with --overwrite")
         ckpt = resolve_checkpoint(args.run, which="best")
         verify_checksums(ckpt)
         spec, files = checked_experts(ckpt, args.experts)
@@ -326,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(experts {[e.name for e in spec.experts]})")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("export_ntire", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

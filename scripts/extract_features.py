@@ -1,7 +1,7 @@
 """Run the frozen experts once and cache their SR outputs + hooked features in HDF5 (layout: cache/schema.py).
 
     python scripts/extract_features.py --experts configs/experts/shared_real.yaml --hr HR_DIR [--lr LR_DIR] \\
-        --out caches/train.h5 [--compression none|lzf] [--overwrite] [--strict] [--verify]
+        --out caches/train.h5 [--compression none|lzf] [--overwrite] [--skip-bad] [--verify]
     python scripts/extract_features.py --out caches/train.h5 --verify          # check an existing cache
     torchrun --nproc_per_node 8 scripts/extract_features.py ...                # one share of the images per rank
 
@@ -10,8 +10,12 @@
   HR ``NAME.png`` and the sizes must agree.
 * Crash-safe and resumable: kill it at any moment and rerun the same command; finished images are kept, half-written
   ones are redone, the index appears only when every image is done. ``--overwrite`` starts from scratch.
-* Bad inputs (unreadable image, LR/HR size mismatch, image smaller than an expert's minimum) are reported and
-  skipped (``--strict``: abort); nothing already written is lost.
+* Bad inputs (an unreadable, truncated or non-image file — every input is fully decoded first —, an LR/HR size
+  mismatch, an image smaller than the scale or an expert's minimum) are all reported before any work, one line each,
+  and the run stops with exit status 2 having written nothing; ``--skip-bad`` skips them instead (each one recorded
+  with its reason in the index). Nothing already written is lost.
+* ``--out`` must be new, a cache index or an interrupted extraction's own data: any other file there is refused,
+  ``--overwrite`` or not.
 * Under ``torchrun`` each rank extracts images ``i % world_size == rank`` into the shared data folder, on GPU
   ``cuda:LOCAL_RANK`` when CUDA is available (gloo on CPU), and rank 0 writes the index.
 """
@@ -33,11 +37,13 @@ from tqdm import tqdm
 
 from cache.reader import CacheReader
 from cache.schema import COMPRESSIONS, CacheMeta
-from cache.writer import CacheWriter
+from cache.writer import CacheWriter, check_cache_out, data_dir_of, part_path
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, load_ensemble_spec
 from pipeline.evaluation import strip_scale_suffix
-from pipeline.imageio import ImageReadError, list_images, read_image, to_uint8
+from pipeline.cli import run_cli
+from pipeline.errors import BadInputsError, ToolkitError
+from pipeline.imageio import ImageReadError, list_images, read_image, read_image_array, to_uint8
 from pipeline.resize import make_lr
 
 
@@ -49,7 +55,34 @@ class Job:
 
 
 class SkipImage(Exception):
-    """This input is reported and skipped (or aborts the run with --strict)."""
+    """This input is bad: reported before any work (or skipped with --skip-bad)."""
+
+
+class ExtractError(ToolkitError, ValueError):
+    """The inputs of an extraction do not form a cache (no images, unpaired folders, duplicate names)."""
+
+
+def check_job(job: Job, scale: int, min_lr: int) -> str | None:
+    """Why ``job`` cannot be cached (its files fully decoded, sizes checked as :func:`load_pair` will), or None."""
+    try:
+        hr = read_image_array(job.hr) if job.hr is not None else None
+        lr = read_image_array(job.lr) if job.lr is not None else None
+    except ImageReadError as exc:
+        return str(exc)
+    if lr is None:
+        hh, hw = hr.shape[:2]
+        if min(hh, hw) < scale:
+            return f"{job.hr}: HR {hw}x{hh} is smaller than the scale"
+        h, w = hh // scale, hw // scale
+    else:
+        h, w = lr.shape[:2]
+        if hr is not None:
+            hh, hw = hr.shape[:2]
+            if (hh - hh % scale, hw - hw % scale) != (scale * h, scale * w):
+                return f"{job.lr}: LR {w}x{h} does not match HR {job.hr} ({hw}x{hh}) at x{scale}"
+    if min(h, w) < min_lr:
+        return f"{job.lr or job.hr}: LR {w}x{h} is smaller than the experts' minimum side {min_lr}"
+    return None
 
 
 def build_jobs(hr_dirs: Sequence[Path], lr_dir: Path | None, scale: int) -> list[Job]:
@@ -58,24 +91,27 @@ def build_jobs(hr_dirs: Sequence[Path], lr_dir: Path | None, scale: int) -> list
     Several HR folders (e.g. T91 and BSD200) form one cache; a name found in two of them is an error (the cache is
     keyed by name)."""
     if not hr_dirs and lr_dir is None:
-        raise SystemExit("extract_features: give --hr and/or --lr (or --verify with an existing --out)")
+        raise ExtractError("give --hr and/or --lr (or --verify with an existing --out)")
     if len(hr_dirs) > 1 and lr_dir is not None:
-        raise SystemExit("extract_features: --lr pairs with a single --hr folder")
+        raise ExtractError("--lr pairs with a single --hr folder")
+    for folder in [*hr_dirs, *([lr_dir] if lr_dir is not None else [])]:
+        if not folder.is_dir():
+            raise ExtractError(f"image folder not found: {folder}")
     hr: dict[str, Path] = {}
     for hr_dir in hr_dirs:
         for p in list_images(hr_dir):
             if p.stem in hr:
-                raise SystemExit(f"extract_features: image name {p.stem!r} is in two HR folders: {hr[p.stem]} and {p}")
+                raise ExtractError(f"image name {p.stem!r} is in two HR folders: {hr[p.stem]} and {p}")
             hr[p.stem] = p
     hr_dir = hr_dirs[0] if hr_dirs else None
     lr = {strip_scale_suffix(p.stem, scale): p for p in list_images(lr_dir)} if lr_dir is not None else {}
     if hr_dir is not None and lr_dir is not None:
         missing = sorted(set(hr) ^ set(lr))
         if missing:
-            raise SystemExit(f"extract_features: HR and LR folders do not pair up; unmatched: {missing[:10]}")
+            raise ExtractError(f"HR and LR folders do not pair up; unmatched: {missing[:10]}")
     names = sorted(hr or lr)
     if not names:
-        raise SystemExit(f"extract_features: no images found in {', '.join(map(str, hr_dirs)) or lr_dir}")
+        raise ExtractError(f"no images found in {', '.join(map(str, hr_dirs)) or lr_dir}")
     return [Job(name=n, hr=hr.get(n), lr=lr.get(n)) for n in names]
 
 
@@ -124,8 +160,8 @@ def verify_cache(path: Path) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="extract_features.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=Path, help="expert ensemble YAML (configs/experts/*.yaml)")
     ap.add_argument("--hr", type=Path, nargs="+", default=[], help="HR image folder(s), e.g. T91 BSD200")
     ap.add_argument("--lr", type=Path, default=None, help="LR image folder (NAMEx4.png); default: made from --hr")
@@ -135,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     "under torchrun with CUDA: cuda:LOCAL_RANK)")
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) cache first")
-    ap.add_argument("--strict", action="store_true", help="abort on the first bad input instead of skipping it")
+    ap.add_argument("--skip-bad", action="store_true",
+                    help="skip bad inputs (recorded in the index) instead of refusing to start")
     ap.add_argument("--verify", action="store_true", help="re-read and check every sample (after extracting)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     args = ap.parse_args(argv)
@@ -146,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return verify_cache(args.out)
     if args.experts is None:
         ap.error("--experts is required to extract")
+    check_cache_out(args.out)  # before anything is read or written: never replace a file that is not a cache
 
     rank, world, local_rank = _dist_setup()
     try:
@@ -157,12 +195,22 @@ def main(argv: list[str] | None = None) -> int:
         scale = spec.scale
         jobs = build_jobs(args.hr, args.lr, scale)
         ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device="cpu")
+        min_lr = ensemble.min_lr_size
+        already = data_dir_of(args.out)
+        pending = [j for j in jobs if args.overwrite or not part_path(already, j.name).is_file()]
+        bad = {}
+        for j in tqdm(pending, desc="check inputs", unit="img", disable=rank != 0 or len(pending) < 50):
+            reason = check_job(j, scale, min_lr)
+            if reason is not None:
+                bad[j.name] = reason
+        if bad and not args.skip_bad:
+            raise BadInputsError(f"{len(bad)} bad input(s); nothing was written (fix or remove them, or rerun with "
+                                 "--skip-bad to leave them out)", list(bad.values()))
         meta = CacheMeta(
             scale=scale,
             experts=tuple(fp.to_dict() for fp in ensemble.fingerprints),
             lr_method="given" if args.lr is not None else "matlab_bicubic",
         )
-        min_lr = ensemble.min_lr_size
 
         if args.overwrite and world > 1:  # rank 0 wipes before anyone writes
             if rank == 0:
@@ -176,15 +224,18 @@ def main(argv: list[str] | None = None) -> int:
             cached = sum(writer.is_done(j.name) for j in jobs)
             print(f"extract_features: {len(jobs)} images ({cached} already cached), experts {list(ensemble.names)} "
                   f"(x{scale}), {world} process(es)")
-        skipped: list[dict] = []
+        skipped: list[dict] = [{"name": n, "reason": r} for n, r in bad.items() if n in {j.name for j in mine}]
+        for entry in skipped:
+            tqdm.write(f"extract_features: skipped {entry['reason']}", file=sys.stderr)
+        todo = [j for j in todo if j.name not in bad]
         bar = tqdm(todo, desc=f"extract[rank {rank}]" if world > 1 else "extract", unit="img",
                    position=rank)
         for job in bar:
             try:
                 lr, hr = load_pair(job, scale, min_lr)
-            except SkipImage as exc:
-                if args.strict:
-                    raise SystemExit(f"extract_features: --strict: {exc}") from exc
+            except SkipImage as exc:  # the file changed since the check
+                if not args.skip_bad:
+                    raise BadInputsError("a bad input; nothing more was written", [str(exc)]) from None
                 skipped.append({"name": job.name, "reason": str(exc)})
                 tqdm.write(f"extract_features: skipped {exc}", file=sys.stderr)
                 continue
@@ -218,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("extract_features", _main, argv)
 
 
 if __name__ == "__main__":

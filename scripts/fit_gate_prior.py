@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cli import run_cli
 from cache.reader import CacheError, CacheReader
 from scripts.expert_baselines import blend_stats
 
@@ -32,7 +33,7 @@ def gate_prior(w: torch.Tensor, *, floor: float) -> list[float]:
     return [round(float(v), 4) for v in p]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cache", type=Path, help="a training cache with HR (scripts/extract_features.py --hr)")
     ap.add_argument("--floor", type=float, default=0.01, help="smallest prior weight of an expert (default 0.01)")
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model.gating.prior=[{','.join(str(v) for v in prior)}]")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("fit_gate_prior", _main, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

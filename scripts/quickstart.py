@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import train as train_mod  # the repo-root training script (an installed module: pyproject's py-modules)
+from pipeline.cli import run_cli
 from scripts import evaluate, extract_features, make_lr, report, sample_images, submit
 
 from pipeline.errors import ToolkitError
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("quickstart_out"), help="work folder (recreated on every run)")
     ap.add_argument("--hr", type=Path, default=None, help="your HR evaluation images (default: bundled photos)")
@@ -214,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("quickstart", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.cli import run_cli
 from pipeline.errors import ToolkitError
 from pipeline.atomic import atomic_write_text
 from pipeline.evaluation import PairingError, check_sizes, pair_images, strip_scale_suffix
@@ -277,7 +278,7 @@ def prune_images(out: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, type=Path, help="run directory (runs/NAME)")
     ap.add_argument("--sr", required=True, type=Path, help="folder of submitted SR images (scripts/submit.py)")
@@ -362,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.out / 'index.html'}")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("report", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

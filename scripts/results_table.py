@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from pipeline.cli import run_cli
 
 __all__ = ["load_scores", "format_table", "main"]
 
@@ -70,7 +71,7 @@ def format_table(table: dict[str, dict[str, dict[str, float]]], experts: list[st
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", type=Path, help="results folder of scripts/reproduce_results.sh")
     ap.add_argument("--sets", nargs="+", default=["Set5", "Set14", "BSD100"])
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(table, args.best_of))
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("results_table", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ import numpy as np
 import skimage.data
 import torch
 
+from pipeline.cli import run_cli
 from pipeline.imageio import write_image
 
 DEFAULT_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -46,7 +47,7 @@ def write_samples(out: Path, names: tuple[str, ...] = DEFAULT_NAMES) -> list[Pat
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--names", default=",".join(DEFAULT_NAMES), help="comma-separated skimage.data image names")
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sample_images: wrote {len(paths)} HR photos to {args.out}")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("sample_images", _main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,9 @@
 """Turn a trained run into an NTIRE ×4 submission: SR PNGs with the input file names, readme.txt, optional zip.
 
-    python scripts/submit.py --run runs/NAME --input LR_DIR --output OUT_DIR [--tta] [--zip] [--device cpu|cuda]
-                             [--experts configs/experts/X.yaml] [--tile 256]
+    python scripts/submit.py --run runs/NAME --input LR_DIR --output OUT_DIR [--tta | --expert-tta] [--zip]
+                             [--device cpu|cuda] [--experts configs/experts/X.yaml] [--tile 256]
+    python scripts/submit.py --method zzpm|mean|blend|ensir --experts configs/experts/X.yaml [--weights FIT.json] \
+                             --input LR_DIR --output OUT_DIR [--tta | --expert-tta] [--zip]
 
 * ``--run``: a run directory (its ``best`` checkpoint) or a checkpoint directory (model.safetensors + config.json +
   SHA256SUMS). The checkpoint's checksums are verified and the experts are loaded from the fingerprints it records —
@@ -9,14 +11,23 @@
 * Every LR image runs through the whole pipeline at full resolution (experts tiled with ``--tile`` LR pixels to
   bound memory); outputs are written atomically as PNG with exactly the input file names (``0901x4.png`` stays
   ``0901x4.png``).
-* ``--tta``: ×8 self-ensemble (flips × rot90) of the whole pipeline.
+* ``--tta``: ×8 self-ensemble (flips × rot90) of the whole pipeline; ``--expert-tta``: ×8 self-ensemble of each
+  expert, then one fusion (or ensemble) of the averages. The readme and the first printed line say which.
+* ``--method mean|zzpm|blend|ensir --experts X.yaml [--weights FIT.json]``: a training-free ensemble of the experts
+  (pipeline/ensemblers.py) through the same verified path; ``blend`` and ``ensir`` need the file that
+  ``scripts/fit_ensembler.py`` fitted on a training cache, and a file fitted for other experts is refused.
 * ``--refiner configs/refiner/tsdsr.yaml``: perceptual track — every fused image is refined by the one-step TSD-SR
   diffusion model (pipeline/refiner/; lowers PSNR, never use it for the fidelity track). ``--refiner-override
   key=value`` changes a refiner config value (e.g. ``device=cuda:1``).
 * ``readme.txt`` in the NTIRE format with the measured runtime per image; ``--zip`` packs PNGs + readme.txt at the
-  zip root (``OUT_DIR.zip``) and checks the image count.
-* Every input problem (empty/missing input folder, non-image files, an LR too small for the experts, an unwritable
-  output folder, a missing or modified checkpoint) is reported before any work is done.
+  zip root (``OUT_DIR.zip``: the folder's whole name plus ``.zip``, so ``run.v1`` → ``run.v1.zip``) and checks the
+  image count.
+* Every input problem (empty/missing input folder, non-image files, sub-folders, unreadable or truncated images —
+  each LR is fully decoded first —, an LR too small for the experts, a missing or modified checkpoint) and every
+  output problem (an unwritable output folder; an output folder or zip holding something this tool did not write,
+  which is never replaced) is reported before any work is done: one line per bad file, exit status 2.
+* Outputs are written atomically with the usual file permissions (0644 under the common umask); a killed run's
+  temp files are deleted by the next run into the same folder.
 """
 
 from __future__ import annotations
@@ -30,13 +41,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_write_text
-from pipeline.inference import FusionPipeline, load_pipeline
-from pipeline.refiner import RefinerError
-from pipeline.run_checkpoint import ChecksumError
-from pipeline.submission import SubmitError, check_folders, check_inputs, output_name, super_resolve_files
+from pipeline.atomic import atomic_write_text, default_file_mode
+from pipeline.cli import run_cli
+from experts.ensemble import ExpertEnsemble
+from pipeline.ensemblers import METHODS, fit
+from pipeline.ensemblers import load as load_ensembler
+from pipeline.imageio import check_min_side
+from pipeline.inference import expert_spec_from_yaml, load_pipeline
+from pipeline.submission import (
+    README,
+    ZIP_COMMENT,
+    SRMethod,
+    SubmitError,
+    check_folders,
+    ensembler_method,
+    fusion_method,
+    is_submission_zip,
+    output_name,
+    prepare_output,
+    super_resolve_files,
+    zip_path,
+)
 
-__all__ = ["SubmitError", "check_inputs", "main", "make_zip", "readme_text"]
+__all__ = ["SubmitError", "main", "make_zip", "readme_text"]
 
 
 def load_refiner(path: Path, overrides: list[str]):
@@ -48,79 +75,107 @@ def load_refiner(path: Path, overrides: list[str]):
     return TSDSRRefiner.from_config(load_config(RefinerConfig, path, overrides))
 
 
-def readme_text(pipe: FusionPipeline, *, runtime: float, tta: bool, refined: bool = False) -> str:
-    sub = pipe.extra.get("submission", {})
-    experts = ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in pipe.extra["experts"])
-    params = sum(p.numel() for p in pipe.fusion.parameters())
-    description = (f"Multi-expert fusion: frozen experts {experts}; a {params / 1e3:.0f}K-parameter fusion network "
-                   f"(frequency decomposition, cross-expert attention, per-pixel gating) trained on the experts' "
-                   f"outputs; self-ensemble x8: {'yes' if tta else 'no'}.")
+def readme_text(method: SRMethod, *, runtime: float, refined: bool = False) -> str:
+    description = method.description
     if refined:
         description += " Perceptual refinement: one-step TSD-SR (SD3-medium + TSD-SR LoRA) on the fused image."
-    if sub.get("description"):
-        description += " " + sub["description"]
     return (
         f"runtime per image [s] : {runtime:.2f}\n"
-        f"CPU[1] / GPU[0] : {0 if pipe.device.type == 'cuda' else 1}\n"
-        f"Extra Data [1] / No Extra Data [0] : {1 if sub.get('extra_data') else 0}\n"
+        f"CPU[1] / GPU[0] : {0 if method.device.type == 'cuda' else 1}\n"
+        f"Extra Data [1] / No Extra Data [0] : {1 if method.extra_data else 0}\n"
         f"Other description : {description}\n"
     )
 
 
 def make_zip(out_dir: Path, names: list[str]) -> Path:
-    zip_path = out_dir.with_suffix(".zip")
-    tmp = zip_path.with_name(f".{zip_path.name}.tmp")
+    """``OUT.zip`` beside the folder (:func:`pipeline.submission.zip_path`: ``run.v1`` → ``run.v1.zip``): the PNGs and
+    readme.txt at the zip root, checked after writing, replacing only a zip this tool made (its comment)."""
+    target = zip_path(out_dir)
+    if target.exists() and not is_submission_zip(target):  # checked up front too; never replace a foreign zip
+        raise SubmitError(f"{target} already exists and was not written by this tool: refusing to replace it")
+    tmp = target.with_name(f".{target.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
         for name in names:
             zf.write(out_dir / name, arcname=name)
-        zf.write(out_dir / "readme.txt", arcname="readme.txt")
+        zf.write(out_dir / README, arcname=README)
+        zf.comment = ZIP_COMMENT
     with zipfile.ZipFile(tmp) as zf:
         pngs = [n for n in zf.namelist() if n.lower().endswith(".png")]
         if len(pngs) != len(names) or any("/" in n for n in zf.namelist()):
             tmp.unlink()
             raise SubmitError(f"zip check failed: {len(pngs)} PNGs for {len(names)} inputs")
-    os.replace(tmp, zip_path)
-    return zip_path
+    os.chmod(tmp, default_file_mode())
+    os.replace(tmp, target)
+    return target
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="submit.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=("fusion", *METHODS), default="fusion",
+                    help="the fusion network (default) or a training-free ensemble of the experts")
+    ap.add_argument("--run", type=Path, default=None, help="fusion: run directory or checkpoint directory")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="blend / ensir (optional for mean / zzpm): the file of scripts/fit_ensembler.py")
+    ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
+    ap.add_argument("--output", required=True, type=Path, help="folder for the SR images (+ readme.txt)")
+    ap.add_argument("--experts", type=Path, default=None,
+                    help="expert YAML (required for an ensemble; for the fusion it overrides the recorded paths)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
+    ap.add_argument("--tta", action="store_true", help="x8 self-ensemble of the whole pipeline (flips x rot90)")
+    ap.add_argument("--expert-tta", action="store_true", help="x8 self-ensemble of each expert before combining")
+    ap.add_argument("--zip", action="store_true", help="also write OUTPUT.zip (PNGs + readme.txt at the root)")
+    ap.add_argument("--extra-data", action="store_true", help="ensembles: declare extra training data in readme.txt")
+    ap.add_argument("--refiner", type=Path, default=None, help="TSD-SR refiner config (perceptual track)")
+    ap.add_argument("--refiner-override", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    args = ap.parse_args(argv)
+    if args.tta and args.expert_tta:
+        ap.error("--tta (x8 of the whole pipeline) and --expert-tta (x8 of each expert) exclude each other")
+    regime = "pipeline-x8" if args.tta else "experts-x8" if args.expert_tta else "none"
+    if args.method == "fusion":
+        if args.run is None or args.weights is not None:
+            ap.error("--method fusion needs --run (and no --weights)")
+    elif args.experts is None or args.run is not None:
+        ap.error(f"--method {args.method} needs --experts (and no --run)")
+    elif args.method in ("blend", "ensir") and args.weights is None:
+        ap.error(f"--method {args.method} needs --weights (fit it with scripts/fit_ensembler.py)")
+
+    # every input and output is checked before a model is loaded or anything is written
+    files = check_folders(args.input, args.output, min_lr=1, zip_too=args.zip)  # every LR decoded once
+    if args.method == "fusion":
+        method = fusion_method(load_pipeline(args.run, experts_yaml=args.experts, device=args.device,
+                                             tile=args.tile), regime=regime)
+        source = f"checkpoint {args.run}"
+    else:
+        ensemble = ExpertEnsemble.from_spec(expert_spec_from_yaml(args.experts, device=args.device, tile=args.tile),
+                                            gather_device=args.device)
+        fps = [fp.to_dict() for fp in ensemble.fingerprints]
+        ens = load_ensembler(args.weights, experts=fps) if args.weights is not None else fit(args.method, [], experts=fps)
+        if ens.method != args.method:
+            raise SubmitError(f"{args.weights} holds a {ens.method!r} ensembler, not {args.method!r}")
+        method = ensembler_method(ensemble, ens, regime=regime, device=args.device, extra_data=args.extra_data)
+        source = f"weights {args.weights}" if args.weights is not None else "no fitted weights"
+    check_min_side(files, method.min_lr)
+    refiner = load_refiner(args.refiner, args.refiner_override) if args.refiner is not None else None
+
+    print(f"submit: {len(files)} images, method {method.name} ({source}), self-ensemble {regime}, "
+          f"device {args.device}")
+    prepare_output(args.output)
+    times = list(tqdm(super_resolve_files(method, files, args.output, refine=refiner),
+                      total=len(files), desc="submit", unit="img"))
+    runtime = sum(times) / len(times)
+    atomic_write_text(args.output / README, readme_text(method, runtime=runtime, refined=refiner is not None))
+    print(f"submit: wrote {len(files)} images + readme.txt to {args.output} ({runtime:.2f} s/image)")
+    if args.zip:
+        z = make_zip(args.output, [output_name(f) for f in files])
+        print(f"submit: {z} ({z.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, type=Path, help="run directory or checkpoint directory")
-    ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
-    ap.add_argument("--output", required=True, type=Path, help="folder for the SR images (+ readme.txt)")
-    ap.add_argument("--experts", type=Path, default=None, help="expert YAML overriding the recorded paths")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
-    ap.add_argument("--tta", action="store_true", help="x8 self-ensemble (flips x rot90)")
-    ap.add_argument("--zip", action="store_true", help="also write OUTPUT.zip (PNGs + readme.txt at the root)")
-    ap.add_argument("--refiner", type=Path, default=None, help="TSD-SR refiner config (perceptual track)")
-    ap.add_argument("--refiner-override", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
-
-    try:
-        pipe = load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile)
-        files = check_folders(args.input, args.output, min_lr=pipe.ensemble.min_lr_size)
-        refiner = load_refiner(args.refiner, args.refiner_override) if args.refiner is not None else None
-    except (SubmitError, ChecksumError, FileNotFoundError, ValueError, RefinerError) as exc:
-        print(f"submit: {exc}", file=sys.stderr)
-        return 2
-
-    print(f"submit: {len(files)} images, checkpoint {pipe.checkpoint}, experts {list(pipe.ensemble.names)}, "
-          f"device {args.device}, TTA {'x8' if args.tta else 'off'}")
-    times = list(tqdm(super_resolve_files(pipe, files, args.output, tta=args.tta, refine=refiner),
-                      total=len(files), desc="submit", unit="img"))
-    runtime = sum(times) / len(times)
-    atomic_write_text(args.output / "readme.txt",
-                      readme_text(pipe, runtime=runtime, tta=args.tta, refined=refiner is not None))
-    print(f"submit: wrote {len(files)} images + readme.txt to {args.output} ({runtime:.2f} s/image)")
-    if args.zip:
-        try:
-            z = make_zip(args.output, [output_name(f) for f in files])
-        except SubmitError as exc:
-            print(f"submit: {exc}", file=sys.stderr)
-            return 1
-        print(f"submit: {z} ({z.stat().st_size / 2**20:.1f} MiB)")
-    return 0
+    return run_cli("submit", _main, argv)
 
 
 if __name__ == "__main__":

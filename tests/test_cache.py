@@ -307,11 +307,15 @@ def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys):
 
     # a second writer on the same cache is refused while the first holds the lock
     with CacheWriter(out, meta=CacheReader(out).meta):
-        with pytest.raises(CacheLockedError, match="being written by another process"):
-            _extract([*args, "--out", out])
+        capsys.readouterr()
+        assert _extract([*args, "--out", out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "being written by another process" in err[0]  # one line, no traceback
+        with pytest.raises(CacheLockedError):
+            _extract([*args, "--out", out, "--debug"])
 
 
-def test_extract_bad_inputs_are_skipped_or_abort_with_strict(tiny_setup, tmp_path, capsys):
+def test_extract_bad_inputs_refused_before_work_or_skipped(tiny_setup, tmp_path, capsys):
     root = tiny_setup
     hr = tmp_path / "hr"
     hr.mkdir()
@@ -320,13 +324,16 @@ def test_extract_bad_inputs_are_skipped_or_abort_with_strict(tiny_setup, tmp_pat
     (hr / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     write_image(hr / "tiny.png", torch.rand(1, 3, 3, 3))  # smaller than the scale
     args = ["--experts", root / "experts.yaml", "--hr", hr, "--out", tmp_path / "c.h5"]
-    assert _extract(args) == 0
+    assert _extract(args) == 2  # every bad input listed, one line each, before anything is written
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "broken.png" in line] and [line for line in err if "tiny.png" in line]
+    assert len(err) == 3 and "--skip-bad" in err[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr"]
+    assert _extract([*args, "--skip-bad"]) == 0
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.png" in err and "tiny.png" in err
     r = CacheReader(tmp_path / "c.h5")
     assert len(r) == 2 and {s["name"] for s in r.skipped} == {"broken", "tiny"}
-    with pytest.raises(SystemExit, match="--strict"):
-        _extract([*args, "--strict", "--overwrite"])
 
 
 def test_extract_lr_only_and_lr_hr_pairs(tiny_setup, tmp_path):

@@ -54,7 +54,7 @@ def test_evaluate_missing_extra_and_size_mismatch(folders, capsys):
     write_image(sr_dir / "0001x4.png", _img(60, 48, 3))  # wrong size
     assert evaluate.main(["--sr", str(sr_dir), "--hr", str(hr_dir)]) == 2
     err = capsys.readouterr().err
-    assert "size mismatch" in err and "0001x4.png is 48x60" in err and "cropped to a multiple of 4 is 48x64" in err
+    assert "size mismatch" in err and "0001x4.png: size mismatch: 48x60" in err and "cropped to a multiple of 4 is 48x64" in err
 
 
 def test_evaluate_empty_folder(tmp_path, folders, capsys):
@@ -70,7 +70,7 @@ def test_make_lr_names_and_sizes(tmp_path):
     write_image(hr_dir / "b.png", _img(32, 32, 1))
     (hr_dir / "readme.txt").write_text("not an image, ignored")
     assert make_lr.main(["--hr", str(hr_dir), "--out", str(tmp_path / "lr"), "--hr-out", str(tmp_path / "hrc")]) == 0
-    assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == ["ax4.png", "bx4.png"]
+    assert sorted(p.name for p in (tmp_path / "lr").glob("*.png")) == ["ax4.png", "bx4.png"]
     assert read_image(tmp_path / "lr" / "ax4.png").shape == (1, 3, 16, 12)
     assert read_image(tmp_path / "hrc" / "a.png").shape == (1, 3, 64, 48)
 
@@ -79,7 +79,7 @@ def test_make_lr_then_evaluate_bicubic_on_real_set5(shared_dir, tmp_path, capsys
     """The user path: make LR from Set5 HR, upscale with bicubic, score — Set5 bicubic is 28.42 dB (published)."""
     hr_dir = shared_dir / "data" / "val" / "Set5" / "HR"
     assert make_lr.main(["--hr", str(hr_dir), "--out", str(tmp_path / "lr")]) == 0
-    for p in sorted((tmp_path / "lr").iterdir()):
+    for p in sorted((tmp_path / "lr").glob("*.png")):
         write_image(tmp_path / "sr" / p.name, bicubic_upscale(read_image(p)))
     assert evaluate.main(["--sr", str(tmp_path / "sr"), "--hr", str(hr_dir), "--json", str(tmp_path / "s.json")]) == 0
     mean = json.loads((tmp_path / "s.json").read_text())["mean"]

@@ -110,7 +110,7 @@ def test_isolated_main_matches_submit(exported, trained_run, lr_dir, tmp_path):
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "written: 0901x4.png 0902x4.png" in res.stdout
-    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["0901x4.png", "0902x4.png"]
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir() if not p.name.startswith(".")) == ["0901x4.png", "0902x4.png"]
 
     assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "sub")]) == 0
     for name in ("0901x4.png", "0902x4.png"):
@@ -168,6 +168,11 @@ def test_existing_out_needs_overwrite(trained_run, tmp_path, capsys):
     (out / "old.txt").write_text("x")
     assert export(trained_run, out) == 2
     assert "not empty (pass --overwrite" in capsys.readouterr().err and (out / "old.txt").exists()
+    assert export(trained_run, out, "--overwrite") == 2  # --overwrite replaces an earlier export, never other files
+    assert "refusing to replace it, even with --overwrite" in capsys.readouterr().err and (out / "old.txt").exists()
+    (out / "old.txt").unlink()
+    assert export(trained_run, out) == 0
+    assert export(trained_run, out) == 2  # an earlier export: --overwrite replaces it
     assert export(trained_run, out, "--overwrite") == 0
     assert sorted(p.name for p in out.iterdir()) == ["model_zoo", "models"]
     assert leftovers(tmp_path) == []

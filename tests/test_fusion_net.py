@@ -102,15 +102,14 @@ def test_gate_prior_starts_the_untrained_fusion_at_that_fixed_blend(temperature:
 
 @pytest.mark.parametrize(("overrides", "match"), [
     (["model.gating.prior=[0.5,0.5]"], "3 positive weights summing to 1"),
-    (["model.gating.prior=[0.5,0.6,-0.1]"], "3 positive weights summing to 1"),
+    (["model.gating.prior=[0.5,0.6,-0.1]"], r"gating\.prior\[2\]: must be > 0"),  # the config's range check
     (["model.gating.prior=[0.5,0.3,0.1]"], "3 positive weights summing to 1"),
     (["model.gating.prior=[0.5,0.3,0.2]", "model.start_expert=0"], "needs gating.enabled and no start_expert"),
     (["model.gating.prior=[0.5,0.3,0.2]", "model.gating.enabled=false"], "needs gating.enabled"),
 ])
 def test_a_gate_prior_must_be_one_positive_weight_per_expert(overrides: list[str], match: str) -> None:
-    cfg = load_fusion_config(TINY, overrides).with_feat_channels((6, 10, 4))
     with pytest.raises(ConfigError, match=match):
-        FusionNet(config=cfg)
+        FusionNet(config=load_fusion_config(TINY, overrides).with_feat_channels((6, 10, 4)))
 
 
 def test_every_parameter_gets_a_gradient_default_config() -> None:

@@ -12,7 +12,9 @@ import yaml
 
 from pipeline.imageio import read_image, write_image
 from pipeline.augment import augment, deaugment
+from pipeline.errors import BadInputsError
 from pipeline.inference import load_pipeline, super_resolve
+from pipeline.submission import check_inputs
 from scripts import submit
 
 # ``trained_run`` (a tiny trained fusion run on the two Compact experts) is a session fixture in tests/conftest.py.
@@ -36,14 +38,14 @@ def test_deaugment_inverts_augment():
 def test_submit_writes_challenge_format(trained_run, lr_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out), "--zip"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0901x4.png", "0902x4.png", "readme.txt"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["0901x4.png", "0902x4.png", "readme.txt"]
     assert read_image(out / "0902x4.png").shape == (1, 3, 68, 92)
     lines = (out / "readme.txt").read_text().splitlines()
     assert lines[0].startswith("runtime per image [s] : ") and float(lines[0].split(":")[1]) > 0
     assert lines[1] == "CPU[1] / GPU[0] : 1"
     assert lines[2] == "Extra Data [1] / No Extra Data [0] : 1"
     assert lines[3].startswith("Other description : Multi-expert fusion") and "noisy (Compact)" in lines[3]
-    assert "self-ensemble x8: no" in lines[3] and lines[3].endswith("test run")
+    assert "self-ensemble: no." in lines[3] and lines[3].endswith("test run")
     with zipfile.ZipFile(tmp_path / "out.zip") as zf:
         assert sorted(zf.namelist()) == ["0901x4.png", "0902x4.png", "readme.txt"]
 
@@ -84,15 +86,15 @@ def test_bad_inputs_are_refused_before_any_work(trained_run, lr_dir, tmp_path, c
     shutil.copytree(lr_dir, bad)
     (bad / "notes.txt").write_text("x")
     code, err = run(inp=bad)
-    assert code == 2 and "non-image files: ['notes.txt']" in err
+    assert code == 2 and "notes.txt: not an image file" in err
     (bad / "notes.txt").unlink()
     (bad / "0903x4.png").write_bytes(b"not a png")
     code, err = run(inp=bad)
     assert code == 2 and "0903x4.png" in err
     (bad / "0903x4.png").unlink()
     write_image(bad / "0904x4.png", torch.rand(1, 3, 3, 9))  # the tiny Compact experts accept any size, so the
-    with pytest.raises(submit.SubmitError, match="0904x4.png: 9x3 is smaller than the experts' minimum LR side 8"):
-        submit.check_inputs(bad, 8)  # check is shown with the minimum a real expert (e.g. DITN, SwinIR) declares
+    with pytest.raises(BadInputsError, match="0904x4.png: 9x3 is smaller than the minimum side 8"):
+        check_inputs(bad, 8)  # check is shown with the minimum a real expert (e.g. DITN, SwinIR) declares
     (bad / "0904x4.png").unlink()
 
     blocker = tmp_path / "file_not_dir"

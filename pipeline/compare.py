@@ -1,0 +1,211 @@
+"""The fusion against every ensemble a team could submit instead, on one test set, in two regimes.
+
+Regimes: ``none`` — each expert run once; ``x8`` — each expert's ×8 self-ensemble
+(:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`). Rows per regime: every expert, the training-free
+ensemblers (:mod:`pipeline.ensemblers`: mean, ZZPM, and the fitted files given, e.g. EnsIR and the least-squares
+blend), the fusion checkpoint (in ``x8``: on the ×8 experts, and the ×8 of the whole pipeline), and the 16×16-block
+oracle (the best expert per block, chosen with the HR in hand: a ceiling, not a method).
+
+Every image's expert outputs (both regimes, the identity pass's features, the fusion's two ×8 variants) are computed
+once and stored in ``cache_dir/<name>.pt`` (float16, atomic writes, ``meta.json`` pins the experts' and the
+fusion's sha256): a rerun, or a run killed half-way, recomputes nothing that is stored. Scores are the NTIRE ones
+(PSNR-Y / SSIM-Y, BT.601 with offsets, border = scale) of the 8-bit-rounded output, as submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.augment import AUGMENTATIONS, augment, deaugment
+from pipeline.ensemblers import Ensembler, apply
+from pipeline.errors import ToolkitError
+from pipeline.imageio import quantize_8bit
+from pipeline.metrics import psnr_y, rgb_to_y, ssim_y
+
+__all__ = ["REGIMES", "CompareError", "OutputStore", "Row", "block_oracle", "expert_outputs", "score_rows", "table_markdown"]
+
+REGIMES = ("none", "x8")
+
+
+class CompareError(ToolkitError, RuntimeError):
+    """The stored outputs belong to other experts or another fusion, or the inputs do not pair."""
+
+
+def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tensor:
+    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per ``block``×``block`` tile (the last row/column of
+    tiles may be smaller), the expert with the lowest mean squared Y error over the tile."""
+    b, e, _, h, w = srs.shape
+    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
+    tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
+    best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
+    best = best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]  # (B,H,W)
+    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# expert (and fusion) outputs, computed once per image
+# ---------------------------------------------------------------------------------------------------------------------
+Fuse = Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], torch.Tensor]  # (lr, srs, feats) → sr (1,3,sH,sW)
+
+
+@torch.inference_mode()
+def expert_outputs(ensemble, lr: torch.Tensor, *, fuse: Fuse | None = None) -> dict[str, Any]:
+    """One LR image ``(1,3,H,W)`` through the 8 dihedral transforms: ``srs`` (identity pass, ``(E,3,sH,sW)``),
+    ``srs_x8`` (each expert's ×8 mean), ``feats`` (identity pass), and with ``fuse``: ``fusion`` (identity),
+    ``fusion_x8_pipeline`` (the ×8 of the whole pipeline) and ``fusion_x8_experts`` (the fusion on the ×8 experts)."""
+    total_srs, total_fused = None, None
+    out: dict[str, Any] = {}
+    for k in range(AUGMENTATIONS):
+        x = augment(lr, k)
+        res = ensemble(x)  # srs (1,E,3,sH,sW), feats E × (1,C,H,W)
+        back = deaugment(res.srs, k).double()
+        total_srs = back if total_srs is None else total_srs + back
+        if k == 0:
+            out["srs"], out["feats"] = res.srs[0].float(), [f[0].float() for f in res.feats]
+        if fuse is not None:
+            fused = deaugment(fuse(x, res.srs, res.feats).clamp(0, 1), k).double()
+            total_fused = fused if total_fused is None else total_fused + fused
+            if k == 0:
+                out["fusion"] = fused[0].float()
+    out["srs_x8"] = (total_srs / AUGMENTATIONS)[0].float()
+    if fuse is not None:
+        out["fusion_x8_pipeline"] = (total_fused / AUGMENTATIONS)[0].float()
+        out["fusion_x8_experts"] = fuse(lr, out["srs_x8"][None], [f[None] for f in out["feats"]]).clamp(0, 1)[0].float()
+    return out
+
+
+class OutputStore:
+    """``folder/<name>.pt`` per image (float16 tensors, written atomically) + ``folder/meta.json`` (what made them).
+    A folder made for other experts or another fusion is refused, naming both."""
+
+    def __init__(self, folder: str | os.PathLike, *, meta: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.meta = meta
+        meta_path = self.folder / "meta.json"
+        if meta_path.is_file():
+            have = json.loads(meta_path.read_text(encoding="utf-8"))
+            if have != meta:
+                raise CompareError(f"{self.folder} holds outputs of {have}, this run is {meta}: use another "
+                                   "--cache-dir or delete it")
+        elif self.folder.exists() and any(p for p in self.folder.iterdir() if not p.name.startswith(".")):
+            raise CompareError(f"{self.folder} exists and is not an output store (no meta.json): refusing to use it")
+        else:
+            from pipeline.atomic import atomic_write_text
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.pt"
+
+    def has(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def put(self, name: str, outputs: dict[str, Any]) -> None:
+        half = {k: [t.half().cpu() for t in v] if isinstance(v, list) else v.half().cpu() for k, v in outputs.items()}
+        tmp = self.path(name).with_name(f".{name}.pt.tmp-{os.getpid()}")
+        torch.save(half, tmp)
+        os.replace(tmp, self.path(name))
+
+    def get(self, name: str) -> dict[str, Any]:
+        try:
+            data = torch.load(self.path(name), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and how to redo it
+            raise CompareError(f"{self.path(name)}: unreadable ({type(exc).__name__}); delete it to recompute") from None
+        return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in data.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    regime: str
+    method: str
+    kind: str  # "expert" | "ensembler" | "fusion" | "oracle"
+    psnr: list[float]
+    ssim: list[float]
+
+    @property
+    def mean_psnr(self) -> float:
+        return sum(self.psnr) / len(self.psnr)
+
+    @property
+    def mean_ssim(self) -> float:
+        return sum(self.ssim) / len(self.ssim)
+
+
+def _score(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
+    q = quantize_8bit(sr[None])  # what an 8-bit PNG holds
+    return float(psnr_y(q, hr[None], crop_border=scale)[0]), float(ssim_y(q, hr[None], crop_border=scale)[0])
+
+
+def score_rows(
+    items: Iterable[tuple[dict[str, Any], torch.Tensor]],
+    *,
+    expert_names: Sequence[str],
+    ensemblers: Sequence[Ensembler],
+    with_fusion: bool,
+    scale: int,
+    oracle_block: int = 16,
+) -> list[Row]:
+    """``items``: ``(stored outputs, hr (3,sH,sW))`` per image → every row of both regimes, per-image scores kept."""
+    rows: dict[tuple[str, str], Row] = {}
+
+    def add(regime: str, method: str, kind: str, sr: torch.Tensor, hr: torch.Tensor) -> None:
+        row = rows.setdefault((regime, method), Row(regime=regime, method=method, kind=kind, psnr=[], ssim=[]))
+        p, s = _score(sr, hr, scale)
+        row.psnr.append(p)
+        row.ssim.append(s)
+
+    for out, hr in items:
+        for regime, key in (("none", "srs"), ("x8", "srs_x8")):
+            srs = out[key]  # (E,3,sH,sW)
+            for j, n in enumerate(expert_names):
+                add(regime, n, "expert", srs[j], hr)
+            for ens in ensemblers:
+                add(regime, ens.method, "ensembler", apply(ens, srs[None])[0], hr)
+            if with_fusion:
+                if regime == "none":
+                    add(regime, "fusion", "fusion", out["fusion"], hr)
+                else:
+                    add(regime, "fusion on x8 experts", "fusion", out["fusion_x8_experts"], hr)
+                    add(regime, "fusion, x8 of the pipeline", "fusion", out["fusion_x8_pipeline"], hr)
+            add(regime, f"oracle {oracle_block}x{oracle_block} blocks", "oracle",
+                block_oracle(srs[None], hr[None], oracle_block)[0], hr)
+    return list(rows.values())
+
+
+def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per row: mean PSNR/SSIM, Δ PSNR vs the best expert of the same regime, images below that expert."""
+    out = []
+    for regime in REGIMES:
+        mine = [r for r in rows if r.regime == regime]
+        experts = [r for r in mine if r.kind == "expert"]
+        if not experts:
+            continue
+        best = max(experts, key=lambda r: r.mean_psnr)
+        for r in mine:
+            below = sum(p < b - 1e-9 for p, b in zip(r.psnr, best.psnr))
+            out.append({"regime": regime, "method": r.method, "kind": r.kind, "psnr": r.mean_psnr,
+                        "ssim": r.mean_ssim, "delta_vs_best_expert": r.mean_psnr - best.mean_psnr,
+                        "best_expert": best.method, "images_below_best_expert": int(below),
+                        "images": len(r.psnr)})
+    return out
+
+
+def table_markdown(summary: Sequence[dict[str, Any]], *, title: str) -> str:
+    lines = [f"### {title}", "", "| regime | method | PSNR-Y | SSIM-Y | Δ vs best expert | images below it |",
+             "|---|---|---:|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {s['regime']} | {s['method']} | {s['psnr']:.4f} | {s['ssim']:.4f} | "
+                     f"{s['delta_vs_best_expert']:+.4f} ({s['best_expert']}) | "
+                     f"{s['images_below_best_expert']}/{s['images']} |")
+    return "\n".join(lines) + "\n"

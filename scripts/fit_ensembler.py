@@ -1,0 +1,51 @@
+"""Fit a training-free ensembler on a training cache that holds HR (pipeline/ensemblers.py) → a small JSON file.
+
+    python scripts/fit_ensembler.py caches/train.h5 --method blend|ensir|zzpm|mean --out fits/blend.json
+
+The file records the experts' fingerprints: ``submit.py --method`` and ``compare_ensembles.py`` refuse it for other
+experts. Fit on training images only (e.g. the T91 + BSD200 cache), never on the set that will be scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pipeline.cli import run_cli
+from pipeline.ensemblers import METHODS, fit_on_cache, load, save
+from pipeline.outputs import check_output_file
+
+
+def _ours(path: Path) -> bool:
+    try:
+        load(path)
+    except Exception:  # noqa: BLE001 - anything unreadable as an ensembler file is not ours to replace
+        return False
+    return True
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fit_ensembler.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cache", type=Path, help="training cache with HR (scripts/extract_features.py --hr ...)")
+    ap.add_argument("--method", required=True, choices=METHODS)
+    ap.add_argument("--out", required=True, type=Path, help="the ensembler file (JSON)")
+    args = ap.parse_args(argv)
+    check_output_file(args.out, ours=_ours, create_parents=True, label="--out")
+    t0 = time.time()
+    ens = fit_on_cache(args.method, args.cache)
+    save(ens, args.out)
+    extra = f", weights {[round(float(w), 4) for w in ens.weights]}" if ens.weights is not None else ""
+    print(f"fit_ensembler: {args.method} for experts {list(ens.expert_names)} fitted on {args.cache} in "
+          f"{time.time() - t0:.1f} s{extra} → {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("fit_ensembler", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The ensembles a team would submit instead of the fusion: per-expert ×8, training-free ensemblers through
+submit.py, and the comparison table (pipeline/compare.py, scripts/compare_ensembles.py)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import run_main
+
+from experts import run as experts_run
+from experts.ensemble import ExpertEnsemble
+from pipeline.augment import augment, deaugment
+from pipeline.ensemblers import fit, save
+from pipeline.imageio import quantize_8bit, read_image, write_image
+from pipeline.inference import ensemble_super_resolve, load_pipeline, super_resolve
+from pipeline.metrics import psnr_y
+from scripts import compare_ensembles, submit
+
+
+def _lr_dir(tmp_path, n: int = 2):
+    d = tmp_path / "lr"
+    g = torch.Generator().manual_seed(5)
+    for i in range(n):
+        base = torch.rand(1, 3, 6, 7, generator=g)
+        write_image(d / f"09{i:02d}x4.png", torch.nn.functional.interpolate(base, size=(18, 21), mode="bilinear"))
+    return d
+
+
+def test_self_ensemble_is_the_mean_of_eight_transformed_runs(tiny_compact_experts):
+    ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
+    lr = torch.rand(1, 3, 9, 13, generator=torch.Generator().manual_seed(0))
+    by_hand = torch.stack([deaugment(ensemble(augment(lr, k)).srs, k) for k in range(8)]).mean(0)
+    out = ensemble.self_ensemble(lr)
+    torch.testing.assert_close(out.srs, by_hand, atol=1e-6, rtol=0)
+    assert not torch.allclose(out.srs, ensemble(lr).srs, atol=1e-4)  # the transforms really differ
+    for f, g in zip(out.feats, ensemble(lr).feats):
+        assert torch.equal(f, g)  # features: the identity pass
+
+
+def test_experts_run_tta_writes_the_self_ensemble(tiny_compact_experts, tmp_path):
+    lr_dir = _lr_dir(tmp_path, 1)
+    out = tmp_path / "out"
+    assert run_main(experts_run.main, ["--config", str(tiny_compact_experts["yaml"]), "--input", str(lr_dir),
+                                       "--output", str(out), "--tta"]) == 0
+    ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
+    want = ensemble.self_ensemble(read_image(lr_dir / "0900x4.png")).srs  # (1,E,3,H,W)
+    for j, name in enumerate(ensemble.names):
+        assert torch.equal(read_image(out / name / "0900x4.png"), quantize_8bit(want[:, j]))
+    assert all(fp["self_ensemble"] == 8 for fp in json.loads((out / "fingerprints.json").read_text()))
+
+
+def test_submit_method_writes_what_the_library_computes(tiny_compact_experts, tmp_path):
+    lr_dir = _lr_dir(tmp_path)
+    ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
+    fps = [fp.to_dict() for fp in ensemble.fingerprints]
+    hr = torch.rand(1, 3, 72, 84, generator=torch.Generator().manual_seed(3))
+    blend = fit("blend", [(ensemble(torch.nn.functional.avg_pool2d(hr, 4)).srs, hr)], experts=fps)
+    weights = save(blend, tmp_path / "blend.json")
+    for method, extra, regime in (("zzpm", [], {}), ("blend", ["--weights", str(weights)], {}),
+                                  ("mean", ["--expert-tta"], {"expert_tta": True}),
+                                  ("blend", ["--weights", str(weights), "--tta"], {"tta": True})):
+        out = tmp_path / f"{method}_{len(extra)}"
+        assert submit.main(["--method", method, "--experts", str(tiny_compact_experts["yaml"]),
+                            "--input", str(lr_dir), "--output", str(out), *extra]) == 0
+        ens = blend if method == "blend" else fit(method, [], experts=fps)
+        for f in sorted(lr_dir.glob("*.png")):
+            want = ensemble_super_resolve(ensemble, ens, read_image(f), **regime)
+            assert torch.equal(read_image(out / f.name), quantize_8bit(want)), (method, extra)
+        assert "Training-free ensemble" in (out / "readme.txt").read_text()
+
+
+def test_submit_refuses_weights_fitted_for_other_experts(tiny_compact_experts, tmp_path, capsys):
+    other = [{"name": "noisy", "sha256": "0" * 64}, {"name": "calm", "sha256": "1" * 64}]
+    path = save(fit("blend", [(torch.rand(1, 2, 3, 12, 12), torch.rand(1, 3, 12, 12))], experts=other, border=0),
+                tmp_path / "other.json")
+    out = tmp_path / "o"
+    code = submit.main(["--method", "blend", "--weights", str(path), "--experts", str(tiny_compact_experts["yaml"]),
+                        "--input", str(_lr_dir(tmp_path)), "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "other.json" in err[0] and not out.exists()
+
+
+def test_fusion_expert_tta_is_the_fusion_on_self_ensembled_experts(trained_run, tmp_path):
+    pipe = load_pipeline(trained_run)
+    lr = read_image(sorted(_lr_dir(tmp_path, 1).glob("*.png"))[0])
+    with torch.inference_mode():
+        srs, feats = pipe.ensemble.self_ensemble(lr)
+        want = pipe.fusion.forward_with_precomputed(lr, srs, feats).sr.clamp(0, 1)
+    torch.testing.assert_close(super_resolve(pipe, lr, expert_tta=True), want, atol=1e-6, rtol=0)
+    out = tmp_path / "sub"
+    assert submit.main(["--run", str(trained_run), "--input", str(tmp_path / "lr"), "--output", str(out),
+                        "--expert-tta"]) == 0
+    assert "x8 of each expert" in (out / "readme.txt").read_text()
+
+
+def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, tmp_path, capsys):
+    hr_dir = tiny_compact_experts["hr"]
+    args = ["--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr_dir), "--fusion", str(trained_run),
+            "--cache-dir", str(tmp_path / "store"), "--out", str(tmp_path / "t" / "table"), "--threads", "1"]
+    assert run_main(compare_ensembles.main, args) == 0
+    table = json.loads((tmp_path / "t" / "table.json").read_text())
+    rows = {(r["regime"], r["method"]): r for r in table["rows"]}
+    assert {"noisy", "calm", "mean", "zzpm", "fusion", "oracle 16x16 blocks"} <= {m for g, m in rows if g == "none"}
+    assert {"fusion on x8 experts", "fusion, x8 of the pipeline"} <= {m for g, m in rows if g == "x8"}
+    assert "| none | mean |" in (tmp_path / "t" / "table.md").read_text()
+    # the mean row equals an independent computation on the stored outputs
+    from pipeline.compare import OutputStore  # noqa: F401 - the store's files are plain torch files
+    from pipeline.resize import make_lr
+
+    ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
+    scores = []
+    for p in sorted(hr_dir.glob("*.png")):
+        hr, lr = make_lr(read_image(p), 4)
+        scores.append(float(psnr_y(quantize_8bit(ensemble(lr).srs.mean(1)), hr, crop_border=4)[0]))
+    assert abs(rows[("none", "mean")]["psnr"] - sum(scores) / len(scores)) < 2e-3  # fp16 storage
+    best = max(rows[("none", n)]["psnr"] for n in ("noisy", "calm"))
+    assert rows[("none", "oracle 16x16 blocks")]["psnr"] >= best
+    # a rerun computes nothing again (every image is stored) and gives the same table
+    capsys.readouterr()
+    assert run_main(compare_ensembles.main, args) == 0
+    assert f"{len(table['images'])} stored" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t" / "table.json").read_text())["rows"] == table["rows"]
