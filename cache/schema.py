@@ -52,7 +52,9 @@ COMPRESSIONS = ("none", "lzf")
 LR_METHODS = ("matlab_bicubic", "given")
 
 # fingerprint fields that must agree between a cache and what a fusion config expects
-FINGERPRINT_FIELDS = ("name", "architecture", "sha256", "hook_layers", "feature_channels", "scale", "input")
+FINGERPRINT_FIELDS = ("name", "architecture", "sha256", "hook_layers", "feature_channels", "scale", "input",
+                      "self_ensemble")
+SELF_ENSEMBLE_KEY = "self_ensemble"  # in a fingerprint: 8 when the cached SR is the expert's ×8 self-ensemble (absent: 1)
 
 
 @dataclass(frozen=True)

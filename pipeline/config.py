@@ -100,6 +100,8 @@ def read_format_json(path: str | os.PathLike, *, fmt: str, version: int, what: s
         raise ConfigError(f"{p}: {what} not found")
     try:
         payload = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: unreadable ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{p}: not valid JSON ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:

@@ -67,6 +67,7 @@ from typing import Any
 import torch
 
 from pipeline.atomic import atomic_write_text
+from pipeline.config import ConfigError, read_format_json
 from pipeline.errors import ToolkitError
 from pipeline.metrics import rgb_to_y
 
@@ -437,18 +438,9 @@ def load(path: str | os.PathLike, *, experts: Sequence[Mapping[str, Any]] | None
     :class:`EnsemblerError` naming the file (and the key)."""
     p = Path(path)
     try:
-        payload = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise EnsemblerError(f"{p}: ensembler file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EnsemblerError(f"{p}: unreadable ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise EnsemblerError(f"{p}: not valid JSON ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise EnsemblerError(f"{p}: format: not a {FORMAT!r} file (format {got!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise EnsemblerError(f"{p}: format_version {payload.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+        payload = read_format_json(p, fmt=FORMAT, version=FORMAT_VERSION, what="ensembler file")
+    except ConfigError as exc:
+        raise EnsemblerError(str(exc)) from None
     for key, kind in (("method", str), ("experts", list), ("params", dict)):
         if not isinstance(payload.get(key), kind):
             raise EnsemblerError(f"{p}: {key}: expected a JSON {kind.__name__}, got {payload.get(key)!r:.80}")

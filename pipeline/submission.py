@@ -131,6 +131,11 @@ _REGIME_TEXT = {"none": "no", "experts-x8": "yes, x8 of each expert before combi
 
 
 def fusion_method(pipe: FusionPipeline, *, regime: str = "none") -> SRMethod:
+    """The fusion in ``regime``. A fusion trained on ×8 self-ensembled experts (``extract_features.py --tta``: the
+    fingerprints say ``self_ensemble: 8``) sees such experts only with ``experts-x8``; any other regime is refused."""
+    x8 = sorted({int(fp.get("self_ensemble", 1)) for fp in pipe.extra["experts"]})
+    if x8 == [8] and regime != "experts-x8":
+        raise SubmitError(f"{pipe.checkpoint} was trained on each expert's x8 self-ensemble: run it with --expert-tta")
     experts = ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in pipe.extra["experts"])
     params = sum(p.numel() for p in pipe.fusion.parameters())
     sub = pipe.extra.get("submission", {})

@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.cli import run_cli
+from pipeline.compare import block_oracle
 from pipeline.evaluation import PairingError, check_sizes, pair_images
 from pipeline.imageio import read_image, write_image
 from pipeline.metrics import crop_to_match, rgb_to_y
@@ -51,17 +52,6 @@ def pixel_oracle(srs: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     err = (rgb_to_y(srs.flatten(0, 1)).unflatten(0, srs.shape[:2]) - rgb_to_y(hr).unsqueeze(1)).abs()  # (B,E,1,H,W)
     best = err.argmin(dim=1, keepdim=True)  # (B,1,1,H,W)
     return torch.gather(srs, 1, best.expand(-1, 1, 3, -1, -1)).squeeze(1)
-
-
-def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tensor:
-    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per ``block``×``block`` tile (the last row/column of
-    tiles may be smaller), the expert with the lowest mean squared Y error over the tile."""
-    b, e, _, h, w = srs.shape
-    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
-    tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
-    best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
-    best = best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]  # (B,H,W)
-    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
 
 
 @dataclass(frozen=True)

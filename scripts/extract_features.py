@@ -16,6 +16,9 @@
   with its reason in the index). Nothing already written is lost.
 * ``--out`` must be new, a cache index or an interrupted extraction's own data: any other file there is refused,
   ``--overwrite`` or not.
+* ``--tta``: each expert's SR is its ×8 self-ensemble (flips × rot90, averaged); the features come from the identity
+  pass. The fingerprints record ``self_ensemble: 8``: a cache made otherwise is never resumed into it, and a fusion
+  trained on it is run by ``submit.py --expert-tta`` (it refuses any other regime).
 * Under ``torchrun`` each rank extracts images ``i % world_size == rank`` into the shared data folder, on GPU
   ``cuda:LOCAL_RANK`` when CUDA is available (gloo on CPU), and rank 0 writes the index.
 """
@@ -36,7 +39,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cache.reader import CacheReader
-from cache.schema import COMPRESSIONS, CacheMeta
+from cache.schema import COMPRESSIONS, SELF_ENSEMBLE_KEY, CacheMeta
 from cache.writer import CacheWriter, check_cache_out, data_dir_of, part_path
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, load_ensemble_spec
@@ -175,6 +178,8 @@ def _main(argv: list[str] | None = None) -> int:
                     help="skip bad inputs (recorded in the index) instead of refusing to start")
     ap.add_argument("--verify", action="store_true", help="re-read and check every sample (after extracting)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    ap.add_argument("--tta", action="store_true", help="cache each expert's x8 self-ensemble (features: identity "
+                    "pass); recorded in the fingerprints, so a fusion trained on it runs with submit.py --expert-tta")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -208,7 +213,8 @@ def _main(argv: list[str] | None = None) -> int:
                                  "--skip-bad to leave them out)", list(bad.values()))
         meta = CacheMeta(
             scale=scale,
-            experts=tuple(fp.to_dict() for fp in ensemble.fingerprints),
+            experts=tuple({**fp.to_dict(), **({SELF_ENSEMBLE_KEY: 8} if args.tta else {})}
+                          for fp in ensemble.fingerprints),
             lr_method="given" if args.lr is not None else "matlab_bicubic",
         )
 
@@ -239,7 +245,7 @@ def _main(argv: list[str] | None = None) -> int:
                 skipped.append({"name": job.name, "reason": str(exc)})
                 tqdm.write(f"extract_features: skipped {exc}", file=sys.stderr)
                 continue
-            out = ensemble(lr)  # srs (1,E,3,sH,sW), feats E × (1,C_e,H,W)
+            out = ensemble.self_ensemble(lr) if args.tta else ensemble(lr)  # srs (1,E,3,sH,sW), feats E×(1,C_e,H,W)
             writer.write_sample(
                 job.name,
                 lr=to_uint8(lr).transpose(2, 0, 1).copy(),  # (3,h,w)

@@ -121,3 +121,28 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
     assert run_main(compare_ensembles.main, args) == 0
     assert f"{len(table['images'])} stored" in capsys.readouterr().out
     assert json.loads((tmp_path / "t" / "table.json").read_text())["rows"] == table["rows"]
+
+
+def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp_path, capsys):
+    from cache.reader import CacheReader
+    from pipeline.resize import make_lr
+    from scripts import extract_features
+
+    hr = tmp_path / "hr"
+    src = sorted(tiny_compact_experts["hr"].glob("*.png"))[0]
+    write_image(hr / src.name, read_image(src))
+    args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr)]
+    assert extract_features.main([*args, "--out", str(tmp_path / "x8.h5"), "--tta"]) == 0
+    reader = CacheReader(tmp_path / "x8.h5")
+    assert [fp["self_ensemble"] for fp in reader.meta.experts] == [8, 8]
+    _, lr = make_lr(read_image(src), 4)
+    ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
+    want = ensemble.self_ensemble(lr)
+    sample = reader.read(0)
+    torch.testing.assert_close(sample.srs, want.srs[0], atol=1e-3, rtol=0)  # float16 storage
+    torch.testing.assert_close(sample.feats[0], want.feats[0][0], atol=2e-3, rtol=1e-3)
+    # the same cache path without --tta is another cache: resuming into it is refused, naming the field
+    capsys.readouterr()
+    (tmp_path / "x8.h5").unlink()  # an interrupted --tta extraction (its data folder stays)
+    assert extract_features.main([*args, "--out", str(tmp_path / "x8.h5")]) == 2
+    assert "self_ensemble" in capsys.readouterr().err
