@@ -8,8 +8,8 @@ Plain functions, top to bottom: config → data → model → optimiser → loop
   EMA), bf16 autocast on CUDA (fp32 on CPU), multi-stage loss schedule (``train.stages``).
 * A NaN/Inf loss or gradient skips the step and is counted; ``train.max_nonfinite`` in a row saves a checkpoint and
   aborts.
-* ``runs/<name>/``: ``config.yaml`` (resolved), ``ckpt/step_*/`` with ``last``/``best`` links (pipeline/run_checkpoint.py),
-  ``metrics.csv`` (every logged scalar), ``tb/`` (TensorBoard).
+* ``runs/<name>/``: ``config.yaml`` (resolved), ``ckpt/step_*/`` with ``last``/``best`` links
+  (pipeline/run_checkpoint.py), ``metrics.csv`` (every logged scalar), ``tb/`` (TensorBoard).
 * ``--resume runs/<name>`` continues exactly (bit-identical on CPU): the data stream is a function of the step, and
   the optimiser, EMA, step and RNG state are restored; a different config or cache is refused, naming what differs.
 * ``train.init_from=DIR`` fine-tunes a trained fusion (a checkpoint dir or a run dir's best checkpoint): same network
@@ -35,13 +35,13 @@ from tqdm import tqdm
 
 from cache.dataset import CachedFullImageDataset, CachedSRDataset
 from cache.schema import SCHEMA_VERSION
-from pipeline.cli import run_cli
-from pipeline.config import config_to_dict
+from pipeline.core.cli import run_cli
+from pipeline.core.config import config_to_dict
+from pipeline.core.imageio import quantize_8bit
+from pipeline.core.metrics import psnr_y, ssim_y
 from pipeline.ema import ModelEma
-from pipeline.fusion_net import FusionNet
-from pipeline.imageio import quantize_8bit
 from pipeline.losses import CombinedLoss, VGGPerceptualLoss
-from pipeline.metrics import psnr_y, ssim_y
+from pipeline.model.fusion_net import FusionNet
 from pipeline.run_checkpoint import (
     load_train_state,
     prune_checkpoints,
@@ -76,11 +76,19 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
     d = cfg.data
     ensemble = None
     if d.mode == "cached":
-        train_ds = CachedSRDataset(d.train_cache, patch=d.patch, repeat=d.repeat, augment=d.augment, seed=cfg.train.seed,
-                                   skip_small=d.skip_small)
+        train_ds = CachedSRDataset(
+            d.train_cache,
+            patch=d.patch,
+            repeat=d.repeat,
+            augment=d.augment,
+            seed=cfg.train.seed,
+            skip_small=d.skip_small,
+        )
         if train_ds.skipped and rank == 0:
-            print(f"train: {len(train_ds.skipped)} training image(s) smaller than the {d.patch}px LR patch are left out "
-                  f"(data.skip_small): {', '.join(train_ds.skipped[:8])}{' ...' if len(train_ds.skipped) > 8 else ''}")
+            print(
+                f"train: {len(train_ds.skipped)} training image(s) smaller than the {d.patch}px LR patch are left out "
+                f"(data.skip_small): {', '.join(train_ds.skipped[:8])}{' ...' if len(train_ds.skipped) > 8 else ''}"
+            )
         meta = train_ds.meta
         if d.experts is not None:
             check_expert_files(d.experts, meta)
@@ -89,16 +97,24 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
         from pipeline.live_data import LiveHRDataset
 
         ensemble = ExpertEnsemble.from_yaml(d.experts, gather_device=str(device), grad_mode="no_grad")
-        train_ds = LiveHRDataset(d.train_hr, patch=d.patch, scale=ensemble.scale, augment=d.augment,
-                                 seed=cfg.train.seed)
+        train_ds = LiveHRDataset(
+            d.train_hr, patch=d.patch, scale=ensemble.scale, augment=d.augment, seed=cfg.train.seed
+        )
         meta = None
     val_ds = None
     if d.val_cache is not None and rank == 0:
         val_ds = CachedFullImageDataset(d.val_cache, expect=meta)
-    sampler = StepBatchSampler(start_step=start_step, steps=cfg.train.steps, batch_size=d.batch_size, rank=rank,
-                               world=world)
-    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers, worker_init_fn=worker_init,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    sampler = StepBatchSampler(
+        start_step=start_step, steps=cfg.train.steps, batch_size=d.batch_size, rank=rank, world=world
+    )
+    loader = DataLoader(
+        train_ds,
+        batch_sampler=sampler,
+        num_workers=d.num_workers,
+        worker_init_fn=worker_init,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
     return loader, val_ds, meta, ensemble
 
 
@@ -115,8 +131,10 @@ def check_expert_files(experts_yaml: str, meta) -> None:
     for e, fp in zip(spec.experts, meta.experts):
         digest = sha256_file(resolve_ckpt(e))
         if digest != fp["sha256"]:
-            raise RunError(f"expert {e.name}: {resolve_ckpt(e)} (sha256 {digest[:12]}…) is not the checkpoint the "
-                             f"cache was made with (sha256 {fp['sha256'][:12]}…)")
+            raise RunError(
+                f"expert {e.name}: {resolve_ckpt(e)} (sha256 {digest[:12]}…) is not the checkpoint the "
+                f"cache was made with (sha256 {fp['sha256'][:12]}…)"
+            )
 
 
 def batch_inputs(batch: dict, ensemble, device: torch.device):
@@ -139,8 +157,10 @@ def build_model(cfg: RunConfig, meta, ensemble) -> FusionNet:
     channels = meta.feature_channels if meta is not None else ensemble.feature_channels
     model_cfg = cfg.model
     if tuple(model_cfg.inputs.feat_channels) != tuple(channels):
-        print(f"train: model.inputs.feat_channels {list(model_cfg.inputs.feat_channels)} replaced by the experts' "
-              f"{list(channels)} (from the {'cache' if meta is not None else 'expert'} fingerprints)")
+        print(
+            f"train: model.inputs.feat_channels {list(model_cfg.inputs.feat_channels)} replaced by the experts' "
+            f"{list(channels)} (from the {'cache' if meta is not None else 'expert'} fingerprints)"
+        )
         model_cfg = model_cfg.with_feat_channels(channels)
     return FusionNet(config=model_cfg)
 
@@ -148,8 +168,7 @@ def build_model(cfg: RunConfig, meta, ensemble) -> FusionNet:
 def load_init_weights(model: FusionNet, init_from: str, experts: list[dict]) -> Path:
     """``train.init_from``: copy a trained fusion's weights into ``model`` (fine-tuning). The checkpoint must describe
     the same network and have been trained on the same experts (names and checkpoint sha256) → its directory."""
-    from pipeline.model_io import load_pretrained, read_extra
-    from pipeline.run_checkpoint import verify_checksums
+    from pipeline.model.io import load_pretrained, read_extra, verify_checksums
 
     ckpt = resolve_checkpoint(init_from, which="best")
     if (ckpt / "SHA256SUMS").is_file():
@@ -157,13 +176,14 @@ def load_init_weights(model: FusionNet, init_from: str, experts: list[dict]) -> 
     init = load_pretrained(ckpt)
     diffs = config_differences({"model": config_to_dict(init.config)}, {"model": config_to_dict(model.config)})
     if diffs:  # "run has" = the checkpoint's value, "now" = this config's
-        raise RunError("train.init_from describes another network: " + "; ".join(diffs[:8])
-                         + f" (run = {ckpt})")
+        raise RunError("train.init_from describes another network: " + "; ".join(diffs[:8]) + f" (run = {ckpt})")
     recorded = [(fp["name"], fp["sha256"]) for fp in read_extra(ckpt)["experts"]]
     here = [(fp["name"], fp["sha256"]) for fp in experts]
     if recorded != here:
-        raise RunError(f"train.init_from {ckpt} was trained on experts "
-                         f"{[f'{n} ({h[:12]}…)' for n, h in recorded]}, this run has {[f'{n} ({h[:12]}…)' for n, h in here]}")
+        raise RunError(
+            f"train.init_from {ckpt} was trained on experts "
+            f"{[f'{n} ({h[:12]}…)' for n, h in recorded]}, this run has {[f'{n} ({h[:12]}…)' for n, h in here]}"
+        )
     model.load_state_dict(init.state_dict(), strict=True)
     return ckpt
 
@@ -221,8 +241,14 @@ def cache_signature(meta, loader) -> dict:
     ds = loader.dataset
     if meta is None:
         return {"mode": "live", "files": [p.name for p in ds.files]}
-    return {"mode": "cached", "schema_version": SCHEMA_VERSION, "scale": meta.scale, "lr_method": meta.lr_method,
-            "experts": list(meta.experts), "images": ds.reader.names}
+    return {
+        "mode": "cached",
+        "schema_version": SCHEMA_VERSION,
+        "scale": meta.scale,
+        "lr_method": meta.lr_method,
+        "experts": list(meta.experts),
+        "images": ds.reader.names,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -256,8 +282,9 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     model = model.to(device)
     expert_names = meta.expert_names if meta is not None else ensemble.names
     ema = ModelEma(model, decay=cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                                  weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+    )
     counters = {"nonfinite_total": 0, "nonfinite_run": 0, "best_psnr": -math.inf}
     if state is not None:
         model.load_state_dict(state["model"], strict=True)
@@ -301,13 +328,20 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         extra = dict(extra_base, stage=stage_at(step - 1, cfg.train.stages).name)
         if metrics is not None:
             extra.update(val_psnr=metrics["val/psnr"], val_ssim=metrics["val/ssim"])
-        save_checkpoint(ckpt_root, step=step, ema_model=ema.module, train_state=train_state(step), extra=extra,
-                        is_best=is_best or val_ds is None)  # without validation, "best" is the latest
+        save_checkpoint(
+            ckpt_root,
+            step=step,
+            ema_model=ema.module,
+            train_state=train_state(step),
+            extra=extra,
+            is_best=is_best or val_ds is None,
+        )  # without validation, "best" is the latest
         prune_checkpoints(ckpt_root, keep_best=cfg.train.keep_best)
 
     stage = None
-    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step", disable=rank != 0,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.train.steps, initial=start_step, desc="train", unit="step", disable=rank != 0, dynamic_ncols=True
+    )
     t_last, steps_since = time.time(), 0
     step = start_step
     metrics = None
@@ -316,8 +350,10 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         if new_stage is not stage:
             stage = new_stage
             if rank == 0:
-                tqdm.write(f"train: step {step}: loss stage {stage.name!r} (until step {stage.until_step}): "
-                           f"{config_to_dict(stage.weights)}")
+                tqdm.write(
+                    f"train: step {step}: loss stage {stage.name!r} (until step {stage.until_step}): "
+                    f"{config_to_dict(stage.weights)}"
+                )
         lr_now = lr_at(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr_now
@@ -325,28 +361,43 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         lr, hr, srs, feats = batch_inputs(batch, ensemble, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = train_model(lr, srs, feats)
-        total, terms = criterion(out.sr.float(), hr, stage.weights, balance=out.load_balance_loss.float(),
-                                 gates=None if out.gates is None else out.gates.float(), srs=srs)
-        ok = guarded_step(total, parameters=model.parameters(), optimizer=optimizer, grad_clip=cfg.train.grad_clip,
-                          world=world)
+        total, terms = criterion(
+            out.sr.float(),
+            hr,
+            stage.weights,
+            balance=out.load_balance_loss.float(),
+            gates=None if out.gates is None else out.gates.float(),
+            srs=srs,
+        )
+        ok = guarded_step(
+            total, parameters=model.parameters(), optimizer=optimizer, grad_clip=cfg.train.grad_clip, world=world
+        )
         count_nonfinite(counters, ok)
         if ok:
             ema.update(model)
         else:
             if rank == 0:
-                tqdm.write(f"train: step {step}: non-finite loss or gradient, step skipped "
-                           f"({counters['nonfinite_run']} in a row, {counters['nonfinite_total']} in total)")
+                tqdm.write(
+                    f"train: step {step}: non-finite loss or gradient, step skipped "
+                    f"({counters['nonfinite_run']} in a row, {counters['nonfinite_total']} in total)"
+                )
             if counters["nonfinite_run"] >= cfg.train.max_nonfinite:
                 checkpoint(step, None)
-                raise RunError(f"{counters['nonfinite_run']} non-finite steps in a row at step {step}: "
-                                 f"aborting (checkpoint saved to {ckpt_root / 'last'}); lower train.lr or check the data")
+                raise RunError(
+                    f"{counters['nonfinite_run']} non-finite steps in a row at step {step}: "
+                    f"aborting (checkpoint saved to {ckpt_root / 'last'}); lower train.lr or check the data"
+                )
         step += 1
         steps_since += 1
         bar.update(1)
         if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
             now = time.time()
-            scalars = {"train/loss": float(total.detach()), "train/lr": lr_now, "train/steps_per_s": steps_since / (now - t_last),
-                       "train/nonfinite_total": counters["nonfinite_total"]}
+            scalars = {
+                "train/loss": float(total.detach()),
+                "train/lr": lr_now,
+                "train/steps_per_s": steps_since / (now - t_last),
+                "train/nonfinite_total": counters["nonfinite_total"],
+            }
             scalars.update({f"train/{k}": v for k, v in terms.items()})
             g_mean = out.gates.detach().float().mean(dim=(0, 2, 3))
             scalars.update({f"train/gate_{n}": float(g) for n, g in zip(expert_names, g_mean)})
@@ -359,9 +410,11 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
             best_expert = max(expert_names, key=lambda n: baseline[n])
             metrics["val/gain_over_best_expert"] = metrics["val/psnr"] - baseline[best_expert]
             log.log(step, {**metrics, **{f"val/expert_{k}": v for k, v in baseline.items()}})
-            tqdm.write(f"train: step {step}: val PSNR fusion {metrics['val/psnr']:.3f} dB | "
-                       + " | ".join(f"{k} {v:.3f}" for k, v in baseline.items())
-                       + f" | gain over best expert ({best_expert}) {metrics['val/gain_over_best_expert']:+.3f} dB")
+            tqdm.write(
+                f"train: step {step}: val PSNR fusion {metrics['val/psnr']:.3f} dB | "
+                + " | ".join(f"{k} {v:.3f}" for k, v in baseline.items())
+                + f" | gain over best expert ({best_expert}) {metrics['val/gain_over_best_expert']:+.3f} dB"
+            )
         if world > 1:
             dist.barrier()
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps or metrics is not None:
@@ -369,15 +422,21 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     bar.close()
     if log is not None:
         log.close()
-    summary = {"step": step, "best_psnr": counters["best_psnr"], "nonfinite_total": counters["nonfinite_total"],
-               "baseline": baseline}
+    summary = {
+        "step": step,
+        "best_psnr": counters["best_psnr"],
+        "nonfinite_total": counters["nonfinite_total"],
+        "baseline": baseline,
+    }
     if world > 1:
         dist.destroy_process_group()
     return summary
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("config", nargs="?", help="run config YAML (e.g. configs/fusion.yaml); optional with --resume")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 data.batch_size=8")
     ap.add_argument("--resume", type=Path, default=None, help="run directory to continue (runs/NAME)")
@@ -388,9 +447,16 @@ def _main(argv: list[str] | None = None) -> int:
 
     if args.resume is None and args.config is None:
         ap.error("a config file is required (or --resume RUN_DIR)")
-    cfg, run_dir = prepare_run(prog="train", config=args.config, overrides=args.overrides, resume=args.resume,
-                               load=load_run_config, run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
-                               write=int(os.environ.get("RANK", "0")) == 0, check=check_run_inputs)
+    cfg, run_dir = prepare_run(
+        prog="train",
+        config=args.config,
+        overrides=args.overrides,
+        resume=args.resume,
+        load=load_run_config,
+        run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
+        write=int(os.environ.get("RANK", "0")) == 0,
+        check=check_run_inputs,
+    )
     ok = False
     try:
         summary = train(cfg, run_dir, resume=args.resume is not None)

@@ -20,9 +20,10 @@ from torch.utils.data import Dataset
 
 from cache.reader import CacheReader
 from cache.schema import CacheMeta
-from pipeline.augment import AUGMENTATIONS, augment
+from pipeline.core.augment import AUGMENTATIONS, augment
 
 __all__ = ["CachedSRDataset", "CachedFullImageDataset", "mix_seed"]
+
 
 class CachedSRDataset(Dataset):
     def __init__(
@@ -46,8 +47,10 @@ class CachedSRDataset(Dataset):
             raise ValueError(f"{self.path}: training needs HR images, but this cache was extracted with --lr only")
         small = [n for i, n in enumerate(self.reader.names) if min(self.reader.lr_size(i)) < patch]
         if small and not skip_small:
-            raise ValueError(f"{self.path}: {len(small)} LR image(s) are smaller than patch={patch}: {small[:5]} "
-                             "(use a smaller patch, or skip_small / data.skip_small=true to leave them out)")
+            raise ValueError(
+                f"{self.path}: {len(small)} LR image(s) are smaller than patch={patch}: {small[:5]} "
+                "(use a smaller patch, or skip_small / data.skip_small=true to leave them out)"
+            )
         self.skipped = tuple(small)
         self.images = [i for i, n in enumerate(self.reader.names) if n not in set(small)]  # sampled image indices
         if not self.images:

@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import torch
 
-from pipeline.errors import ToolkitError
 from cache.schema import SCHEMA_VERSION, CacheMeta, describe_mismatch
 from cache.writer import CacheMismatchError, data_dir_of, sha256_of
+from pipeline.core.errors import ToolkitError
 
 __all__ = ["CacheReader", "CacheSample", "CacheError"]
 
@@ -43,7 +43,11 @@ class CacheReader:
         self.path = Path(path)
         self.data_dir = data_dir_of(self.path)
         if not self.path.is_file():
-            partial = " (its data folder exists: extraction is unfinished — rerun extract_features)" if self.data_dir.is_dir() else ""
+            partial = (
+                " (its data folder exists: extraction is unfinished — rerun extract_features)"
+                if self.data_dir.is_dir()
+                else ""
+            )
             raise CacheError(f"cache index not found: {self.path}{partial}")
         try:
             with h5py.File(self.path, "r") as f:

@@ -6,7 +6,7 @@ Layout (schema version 1) — a cache called ``train.h5`` is the index file plus
       attrs  schema_version  int      SCHEMA_VERSION
              scale           int      SR scale (4)
              experts         str      JSON list of expert fingerprints, in expert order (see CacheMeta)
-             lr_method       str      "matlab_bicubic" (LR made from HR by pipeline.resize.make_lr) or "given"
+             lr_method       str      "matlab_bicubic" (LR made from HR by pipeline.core.resize.make_lr) or "given"
              has_hr          bool     whether every sample holds its HR image
              created         str      ISO-8601 UTC time of the index
              tool_version    str      version of this toolkit
@@ -52,9 +52,19 @@ COMPRESSIONS = ("none", "lzf")
 LR_METHODS = ("matlab_bicubic", "given")
 
 # fingerprint fields that must agree between a cache and what a fusion config expects
-FINGERPRINT_FIELDS = ("name", "architecture", "sha256", "hook_layers", "feature_channels", "scale", "input",
-                      "self_ensemble")
-SELF_ENSEMBLE_KEY = "self_ensemble"  # in a fingerprint: 8 when the cached SR is the expert's ×8 self-ensemble (absent: 1)
+FINGERPRINT_FIELDS = (
+    "name",
+    "architecture",
+    "sha256",
+    "hook_layers",
+    "feature_channels",
+    "scale",
+    "input",
+    "self_ensemble",
+)
+SELF_ENSEMBLE_KEY = (
+    "self_ensemble"  # in a fingerprint: 8 when the cached SR is the expert's ×8 self-ensemble (absent: 1)
+)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.errors import ToolkitError
-from pipeline.errors import OutputPathError
-from pipeline.outputs import check_output_file
 from cache.schema import (
     COMPRESSIONS,
     DATA_DIR_SUFFIX,
@@ -38,9 +35,19 @@ from cache.schema import (
     CacheMeta,
     describe_mismatch,
 )
+from pipeline.core.errors import OutputPathError, ToolkitError
+from pipeline.core.outputs import check_output_file
 
-__all__ = ["CacheWriter", "CacheLockedError", "CacheMismatchError", "check_cache_out", "data_dir_of", "is_cache_index",
-           "part_path", "sha256_of"]
+__all__ = [
+    "CacheWriter",
+    "CacheLockedError",
+    "CacheMismatchError",
+    "check_cache_out",
+    "data_dir_of",
+    "is_cache_index",
+    "part_path",
+    "sha256_of",
+]
 
 _META_FILE = "meta.json"
 
@@ -69,7 +76,7 @@ def is_cache_index(path: Path) -> bool:
 def check_cache_out(path: str | os.PathLike) -> Path:
     """The cache index ``path`` (and its data folder) may be written — checked before any work, ``--overwrite`` or
     not: a file there must be a cache index and a data folder there must be an (interrupted) cache's own
-    (``meta.json``) or empty. Anything else is refused with :class:`pipeline.errors.OutputPathError`: extraction
+    (``meta.json``) or empty. Anything else is refused with :class:`pipeline.core.errors.OutputPathError`: extraction
     never replaces a file it did not make."""
     p = Path(path)
     check_output_file(p, ours=is_cache_index, create_parents=True, label="cache index")
@@ -77,8 +84,9 @@ def check_cache_out(path: str | os.PathLike) -> Path:
     if data.exists() and not data.is_dir():
         raise OutputPathError(f"cache data folder {data} exists and is not a folder: refusing to replace it")
     if data.is_dir() and not (data / _META_FILE).is_file() and any(data.iterdir()):
-        raise OutputPathError(f"cache data folder {data} holds files that are not a cache's (no {_META_FILE}): "
-                              "refusing to write into it")
+        raise OutputPathError(
+            f"cache data folder {data} holds files that are not a cache's (no {_META_FILE}): refusing to write into it"
+        )
     return p
 
 
@@ -274,7 +282,9 @@ class CacheWriter:
             if not p.is_file():
                 raise FileNotFoundError(f"cannot index {name!r}: {p} is missing (extraction incomplete)")
             with h5py.File(p, "r") as f:
-                manifest.append({"name": name, "file": p.name, "lr_h": int(f.attrs["lr_h"]), "lr_w": int(f.attrs["lr_w"])})
+                manifest.append(
+                    {"name": name, "file": p.name, "lr_h": int(f.attrs["lr_h"]), "lr_w": int(f.attrs["lr_w"])}
+                )
                 has_hr &= "hr" in f
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with h5py.File(tmp, "w") as f:

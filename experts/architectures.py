@@ -39,7 +39,7 @@ from spandrel.__helpers.size_req import pad_tensor
 from torch import nn
 
 from experts.loading import EXPERT_REGISTRY, ExpertLoadError, jsonable, load_descriptor
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 
 __all__ = ["architecture_class", "build_architecture", "check_params", "count_parameters", "loader_round_trip"]
 
@@ -56,8 +56,10 @@ def architecture_class(name: str) -> type[nn.Module]:
     module = sys.modules[type(support.architecture).__module__]
     cls = getattr(module, name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"model.architecture: {module.__name__} defines no model class named {name!r}, so "
-                          f"{name} cannot be built from a config")
+        raise ConfigError(
+            f"model.architecture: {module.__name__} defines no model class named {name!r}, so "
+            f"{name} cannot be built from a config"
+        )
     return cls
 
 
@@ -155,8 +157,9 @@ def check_params(cls: type[nn.Module], params: Mapping[str, Any], *, where: str 
     }
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ConfigError(f"{where}: unknown parameter(s) {unknown} for {cls.__name__}; "
-                          f"its constructor takes {sorted(accepted)}")
+        raise ConfigError(
+            f"{where}: unknown parameter(s) {unknown} for {cls.__name__}; its constructor takes {sorted(accepted)}"
+        )
     hints = _annotations(cls)
     out: dict[str, Any] = {}
     for name, p in accepted.items():
@@ -182,8 +185,10 @@ def build_architecture(name: str, params: Mapping[str, Any]) -> nn.Module:
         raise ConfigError(f"model: {name}({kwargs}) cannot be built: {type(exc).__name__}: {exc}") from exc
     empty = [f"{k} {tuple(p.shape)}" for k, p in model.named_parameters() if p.numel() == 0]
     if empty:
-        raise ConfigError(f"model: {name} with these params has layers of zero width (e.g. a width divided by a "
-                          f"ratio larger than itself): {empty[:4]}")
+        raise ConfigError(
+            f"model: {name} with these params has layers of zero width (e.g. a width divided by a "
+            f"ratio larger than itself): {empty[:4]}"
+        )
     return model
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import ToolkitError
+from pipeline.core.errors import ToolkitError
 
 __all__ = ["DeviceError", "precision_dtype", "resolve_device"]
 

@@ -3,7 +3,7 @@
 * Order: outputs follow the order of the experts in the spec. Experts that take another expert's output
   (``input: expert:<name>``) run after it: the experts are grouped into stages by dependency depth.
 * Inputs: ``lr`` gets the LR batch; ``bicubic`` gets the MATLAB-bicubic ×scale upscale of it
-  (``pipeline.resize.bicubic_upscale``, computed once per call); ``expert:<name>`` gets that expert's clamped SR.
+  (``pipeline.core.resize.bicubic_upscale``, computed once per call); ``expert:<name>`` gets that expert's clamped SR.
 * Devices: each expert runs on its spec's device; outputs are gathered (float32) on ``gather_device``. When the
   experts of a stage sit on two or more devices (e.g. HAT on cuda:0, the others on cuda:1) each device's experts run
   in their own thread, so the GPUs work concurrently (every device has its own CUDA stream; experts sharing a device
@@ -28,8 +28,8 @@ import torch
 from experts.devices import resolve_device
 from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
 from experts.spec import EnsembleSpec, input_source, load_ensemble_spec
-from pipeline.augment import AUGMENTATIONS, augment, deaugment
-from pipeline.resize import bicubic_upscale
+from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
+from pipeline.core.resize import bicubic_upscale
 
 __all__ = ["EnsembleOutput", "ExpertEnsemble"]
 
@@ -88,7 +88,8 @@ class ExpertEnsemble:
         grad_mode: GradMode = "inference",
         concurrent: bool | None = None,
     ) -> ExpertEnsemble:
-        """``from_spec(load_ensemble_spec(path))`` — e.g. ``ExpertEnsemble.from_yaml("configs/experts/shared_real.yaml")``."""
+        """``from_spec(load_ensemble_spec(path))``, e.g.
+        ``ExpertEnsemble.from_yaml("configs/experts/shared_real.yaml")``."""
         return cls.from_spec(
             load_ensemble_spec(Path(path)),
             root=root,
@@ -151,7 +152,7 @@ class ExpertEnsemble:
 
     def self_ensemble(self, lr: torch.Tensor) -> EnsembleOutput:
         """×8 self-ensemble of **each expert**: every expert runs on the 8 dihedral transforms of ``lr`` (rot90 ×
-        flip, :mod:`pipeline.augment`), each output is transformed back, and the 8 are averaged per expert — the
+        flip, :mod:`pipeline.core.augment`), each output is transformed back, and the 8 are averaged per expert — the
         "+" results of the SR papers, what challenge teams submit. ``srs (B,E,3,sH,sW)`` are those averages (float32,
         not quantised); ``feats`` come from the identity pass (k = 0), as the fusion reads them."""
         first = self(lr)  # k = 0: the identity pass, its features are kept

@@ -30,7 +30,7 @@ from typing import Self
 import torch
 from torch import nn
 
-from pipeline.errors import ToolkitError
+from pipeline.core.errors import ToolkitError
 
 __all__ = ["FeatureHooks", "HookError", "default_hook_layers"]
 

@@ -38,8 +38,8 @@ from spandrel import (
     canonicalize_state_dict,
 )
 
-from pipeline.errors import ToolkitError
 from experts.archs import ARCHITECTURES
+from pipeline.core.errors import ToolkitError
 
 __all__ = ["EXPERT_REGISTRY", "ExpertLoadError", "jsonable", "load_descriptor", "read_state_dict", "sha256_file"]
 

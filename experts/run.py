@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
 from experts.spec import load_ensemble_spec, with_devices
-from pipeline.atomic import atomic_write_text
-from pipeline.cli import run_cli
-from pipeline.config import ConfigError
-from pipeline.imageio import read_image, scan_image_folder, write_image
-from pipeline.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.cli import run_cli
+from pipeline.core.config import ConfigError
+from pipeline.core.imageio import read_image, scan_image_folder, write_image
+from pipeline.core.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
 
 __all__ = ["main", "parse_device_map"]
 

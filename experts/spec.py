@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import ConfigError, NonNegInt, PosInt, load_config
+from pipeline.core.config import ConfigError, NonNegInt, PosInt, load_config
 
 __all__ = [
     "REPO_ROOT",

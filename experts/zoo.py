@@ -28,8 +28,8 @@ from torch import nn
 
 from experts.architectures import build_architecture, count_parameters
 from experts.loading import ExpertLoadError, jsonable, read_state_dict
-from pipeline.atomic import atomic_write_bytes, atomic_write_text
-from pipeline.config import ConfigError, read_format_json
+from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.core.config import ConfigError, read_format_json
 
 __all__ = [
     "CONFIG_NAME",
@@ -82,8 +82,9 @@ def save_expert(
 def read_expert_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a trained-expert directory (format checked); ExpertLoadError naming the file."""
     try:
-        return read_format_json(Path(directory) / CONFIG_NAME, fmt=FORMAT, version=FORMAT_VERSION,
-                                what="trained-expert config")
+        return read_format_json(
+            Path(directory) / CONFIG_NAME, fmt=FORMAT, version=FORMAT_VERSION, what="trained-expert config"
+        )
     except ConfigError as exc:
         raise ExpertLoadError(str(exc)) from exc
 
@@ -96,8 +97,11 @@ def load_weights_strict(model: nn.Module, path: str | os.PathLike, *, key: str |
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or mismatched:
         raise ExpertLoadError(
             f"{p}: the weights do not fit {type(model).__name__} built from the config: missing {missing[:6]}, "

@@ -23,13 +23,22 @@ from typing import Any
 
 import torch
 
-from pipeline.augment import AUGMENTATIONS, augment, deaugment
+from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
+from pipeline.core.errors import ToolkitError
+from pipeline.core.imageio import quantize_8bit
+from pipeline.core.metrics import psnr_y, rgb_to_y, ssim_y
 from pipeline.ensemblers import Ensembler, apply
-from pipeline.errors import ToolkitError
-from pipeline.imageio import quantize_8bit
-from pipeline.metrics import psnr_y, rgb_to_y, ssim_y
 
-__all__ = ["REGIMES", "CompareError", "OutputStore", "Row", "block_oracle", "expert_outputs", "score_rows", "table_markdown"]
+__all__ = [
+    "REGIMES",
+    "CompareError",
+    "OutputStore",
+    "Row",
+    "block_oracle",
+    "expert_outputs",
+    "score_rows",
+    "table_markdown",
+]
 
 REGIMES = ("none", "x8")
 
@@ -92,12 +101,13 @@ class OutputStore:
         if meta_path.is_file():
             have = json.loads(meta_path.read_text(encoding="utf-8"))
             if have != meta:
-                raise CompareError(f"{self.folder} holds outputs of {have}, this run is {meta}: use another "
-                                   "--cache-dir or delete it")
+                raise CompareError(
+                    f"{self.folder} holds outputs of {have}, this run is {meta}: use another --cache-dir or delete it"
+                )
         elif self.folder.exists() and any(p for p in self.folder.iterdir() if not p.name.startswith(".")):
             raise CompareError(f"{self.folder} exists and is not an output store (no meta.json): refusing to use it")
         else:
-            from pipeline.atomic import atomic_write_text
+            from pipeline.core.atomic import atomic_write_text
 
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
@@ -118,7 +128,9 @@ class OutputStore:
         try:
             data = torch.load(self.path(name), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and how to redo it
-            raise CompareError(f"{self.path(name)}: unreadable ({type(exc).__name__}); delete it to recompute") from None
+            raise CompareError(
+                f"{self.path(name)}: unreadable ({type(exc).__name__}); delete it to recompute"
+            ) from None
         return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in data.items()}
 
 
@@ -178,8 +190,13 @@ def score_rows(
                 else:
                     add(regime, "fusion on x8 experts", "fusion", out["fusion_x8_experts"], hr)
                     add(regime, "fusion, x8 of the pipeline", "fusion", out["fusion_x8_pipeline"], hr)
-            add(regime, f"oracle {oracle_block}x{oracle_block} blocks", "oracle",
-                block_oracle(srs[None], hr[None], oracle_block)[0], hr)
+            add(
+                regime,
+                f"oracle {oracle_block}x{oracle_block} blocks",
+                "oracle",
+                block_oracle(srs[None], hr[None], oracle_block)[0],
+                hr,
+            )
     return list(rows.values())
 
 
@@ -194,18 +211,33 @@ def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
         best = max(experts, key=lambda r: r.mean_psnr)
         for r in mine:
             below = sum(p < b - 1e-9 for p, b in zip(r.psnr, best.psnr))
-            out.append({"regime": regime, "method": r.method, "kind": r.kind, "psnr": r.mean_psnr,
-                        "ssim": r.mean_ssim, "delta_vs_best_expert": r.mean_psnr - best.mean_psnr,
-                        "best_expert": best.method, "images_below_best_expert": int(below),
-                        "images": len(r.psnr)})
+            out.append(
+                {
+                    "regime": regime,
+                    "method": r.method,
+                    "kind": r.kind,
+                    "psnr": r.mean_psnr,
+                    "ssim": r.mean_ssim,
+                    "delta_vs_best_expert": r.mean_psnr - best.mean_psnr,
+                    "best_expert": best.method,
+                    "images_below_best_expert": int(below),
+                    "images": len(r.psnr),
+                }
+            )
     return out
 
 
 def table_markdown(summary: Sequence[dict[str, Any]], *, title: str) -> str:
-    lines = [f"### {title}", "", "| regime | method | PSNR-Y | SSIM-Y | Δ vs best expert | images below it |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| regime | method | PSNR-Y | SSIM-Y | Δ vs best expert | images below it |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for s in summary:
-        lines.append(f"| {s['regime']} | {s['method']} | {s['psnr']:.4f} | {s['ssim']:.4f} | "
-                     f"{s['delta_vs_best_expert']:+.4f} ({s['best_expert']}) | "
-                     f"{s['images_below_best_expert']}/{s['images']} |")
+        lines.append(
+            f"| {s['regime']} | {s['method']} | {s['psnr']:.4f} | {s['ssim']:.4f} | "
+            f"{s['delta_vs_best_expert']:+.4f} ({s['best_expert']}) | "
+            f"{s['images_below_best_expert']}/{s['images']} |"
+        )
     return "\n".join(lines) + "\n"

@@ -21,9 +21,9 @@ Methods
 
 ``blend``
     One fixed linear blend ``Σ_e w_e·sr_e`` (any sign, no bias): the least-squares fit of the HR's NTIRE Y channel
-    (BT.601, :func:`pipeline.metrics.rgb_to_y`) on the experts' Y over every training pixel (border cropped), fitted
-    on ``Y − 16``: that is linear in RGB, so the Y of the RGB blend is exactly the fitted one whatever the weights sum
-    to. The E×E normal equations are accumulated in float64 image by image (streaming); the same fit as
+    (BT.601, :func:`pipeline.core.metrics.rgb_to_y`) on the experts' Y over every training pixel (border cropped),
+    fitted on ``Y − 16``: that is linear in RGB, so the Y of the RGB blend is exactly the fitted one whatever the
+    weights sum to. The E×E normal equations are accumulated in float64 image by image (streaming); the same fit as
     ``scripts/expert_baselines.py`` ``blend_weights`` and ``scripts/fit_gate_prior.py``.
 
 ``ensir``
@@ -66,10 +66,10 @@ from typing import Any
 
 import torch
 
-from pipeline.atomic import atomic_write_text
-from pipeline.config import ConfigError, read_format_json
-from pipeline.errors import ToolkitError
-from pipeline.metrics import rgb_to_y
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.config import ConfigError, read_format_json
+from pipeline.core.errors import ToolkitError
+from pipeline.core.metrics import rgb_to_y
 
 __all__ = [
     "ENSIR_BIN_WIDTH",
@@ -135,8 +135,9 @@ class Ensembler:
         given = {k for k in ("weights", "bin_width", "lut", "global_weights") if getattr(self, k) is not None}
         needed = {"mean": set(), "zzpm": set(), "blend": {"weights"}, "ensir": {"bin_width", "lut", "global_weights"}}
         if given != needed[self.method]:
-            raise EnsemblerError(f"params: method {self.method!r} takes {sorted(needed[self.method])}, "
-                                 f"got {sorted(given)}")
+            raise EnsemblerError(
+                f"params: method {self.method!r} takes {sorted(needed[self.method])}, got {sorted(given)}"
+            )
         if self.method == "blend":
             object.__setattr__(self, "weights", _as_param("weights", self.weights, (e,)))
         elif self.method == "ensir":
@@ -197,8 +198,10 @@ def apply(ens: Ensembler, srs: torch.Tensor) -> torch.Tensor:
     if srs.ndim != 5 or srs.shape[2] != 3:
         raise EnsemblerError(f"srs must be (B,E,3,H,W), got {tuple(srs.shape)}")
     if srs.shape[1] != ens.num_experts:
-        raise EnsemblerError(f"the {ens.method} ensembler was fitted for {ens.num_experts} experts "
-                             f"{list(ens.expert_names)}, got srs with {srs.shape[1]}")
+        raise EnsemblerError(
+            f"the {ens.method} ensembler was fitted for {ens.num_experts} experts "
+            f"{list(ens.expert_names)}, got srs with {srs.shape[1]}"
+        )
     if ens.method == "mean":
         out = srs.mean(dim=1)
     elif ens.method == "zzpm":
@@ -215,8 +218,9 @@ def apply(ens: Ensembler, srs: torch.Tensor) -> torch.Tensor:
 def _zzpm_weights(srs: torch.Tensor) -> torch.Tensor:
     """``srs (B,E,3,H,W)`` → ZZPM weights ``(B,E)`` float64, one expert at a time in float64 (0–255 scale)."""
     mean = srs.mean(dim=1, dtype=torch.float64)  # (B,3,H,W)
-    mse = torch.stack([((srs[:, e].double() - mean) * 255.0).square().mean(dim=(1, 2, 3))
-                       for e in range(srs.shape[1])], dim=1)  # (B,E)
+    mse = torch.stack(
+        [((srs[:, e].double() - mean) * 255.0).square().mean(dim=(1, 2, 3)) for e in range(srs.shape[1])], dim=1
+    )  # (B,E)
     return torch.softmax(1.0 / (_ZZPM_EPS + mse), dim=1)
 
 
@@ -292,23 +296,28 @@ def fit_on_cache(
     try:
         border = reader.scale if border is None else border
         if method in METHODS and method not in ("mean", "zzpm") and not reader.has_hr:
-            raise EnsemblerError(f"{cache_path}: holds no HR images (extracted without --hr): nothing to fit "
-                                 f"{method} against")
+            raise EnsemblerError(
+                f"{cache_path}: holds no HR images (extracted without --hr): nothing to fit {method} against"
+            )
         samples = ((s.srs[None], s.hr[None]) for s in (reader.read(i) for i in range(len(reader))))
-        return fit(method, samples, experts=reader.meta.experts, border=border, bin_width=bin_width,
-                   min_pixels=min_pixels)
+        return fit(
+            method, samples, experts=reader.meta.experts, border=border, bin_width=bin_width, min_pixels=min_pixels
+        )
     finally:
         reader.close()
 
 
-def _checked(samples: Iterable[tuple[torch.Tensor, torch.Tensor]], num_experts: int,
-             border: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _checked(
+    samples: Iterable[tuple[torch.Tensor, torch.Tensor]], num_experts: int, border: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The samples with their ``border`` cropped, shapes checked: ``srs (B,E,3,h,w)``, ``hr (B,3,h,w)``."""
     inner = slice(border, -border or None)  # border 0: the whole image
     for i, (srs, hr) in enumerate(samples):
         if srs.ndim != 5 or srs.shape[1:3] != (num_experts, 3) or hr.shape != srs[:, 0].shape:
-            raise EnsemblerError(f"sample {i}: expected srs (B,{num_experts},3,H,W) and hr (B,3,H,W), got "
-                                 f"{tuple(srs.shape)} and {tuple(hr.shape)}")
+            raise EnsemblerError(
+                f"sample {i}: expected srs (B,{num_experts},3,H,W) and hr (B,3,H,W), got "
+                f"{tuple(srs.shape)} and {tuple(hr.shape)}"
+            )
         yield srs[..., inner, inner], hr[..., inner, inner]
 
 
@@ -330,15 +339,18 @@ def _fit_blend(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tens
     return torch.linalg.lstsq(xtx.cpu(), xty.cpu().unsqueeze(1), rcond=1e-12, driver="gelsd").solution.squeeze(1)
 
 
-def _fit_ensir(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], num_experts: int, *, bin_width: int,
-               min_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_ensir(
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], num_experts: int, *, bin_width: int, min_pixels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """EnsIR's LUT ``(nb**E, 3, E)`` and global weights ``(3, E)`` from per-(bin set, channel) statistics, accumulated
     one image channel at a time (float64, CPU)."""
     e = num_experts
     rows = math.ceil(256 / bin_width) ** e
     if rows > ENSIR_MAX_BIN_SETS:
-        raise EnsemblerError(f"bin_width {bin_width} with {e} experts makes {rows} bin sets (at most "
-                             f"{ENSIR_MAX_BIN_SETS}): use a larger bin_width")
+        raise EnsemblerError(
+            f"bin_width {bin_width} with {e} experts makes {rows} bin sets (at most "
+            f"{ENSIR_MAX_BIN_SETS}): use a larger bin_width"
+        )
     count = torch.zeros(3, rows, dtype=torch.float64)  # pixels per (channel, bin set)
     s1 = torch.zeros(3, rows, e, dtype=torch.float64)  # Σ x_e          (x on 0–255)
     s2 = torch.zeros(3, rows, e, dtype=torch.float64)  # Σ x_e²
@@ -369,8 +381,9 @@ def _fit_ensir(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], num_experts: 
     return lut.transpose(0, 1).contiguous(), global_weights  # (rows,3,E)
 
 
-def _em(count: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, dev: torch.Tensor, hist: torch.Tensor,
-        *, block: int = 1024) -> torch.Tensor:
+def _em(
+    count: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, dev: torch.Tensor, hist: torch.Tensor, *, block: int = 1024
+) -> torch.Tensor:
     """EnsIR's EM for M independent mixtures (``block`` at a time) → ``π (M,E)``.
 
     Mixture m: ``count (M,)`` pixels; ``s1, s2, dev (M,E)`` sums of the experts' values (0–255), of their squares
@@ -388,8 +401,9 @@ def _em(count: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, dev: torch.Tens
     return pi
 
 
-def _em_block(count: torch.Tensor, hist: torch.Tensor, d2: torch.Tensor, var: torch.Tensor,
-              pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _em_block(
+    count: torch.Tensor, hist: torch.Tensor, d2: torch.Tensor, var: torch.Tensor, pi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """EM steps on ``count (M,)``, ``hist (M,256)``, ``d2 (M,256,E)`` = (level − μ)², from ``var, pi (M,E)``;
     each mixture stops on its own."""
     var, pi = var.clone(), pi.clone()
@@ -425,8 +439,13 @@ def save(ens: Ensembler, path: str | os.PathLike) -> Path:
         params = {"weights": ens.weights.tolist()}
     elif ens.method == "ensir":
         params = {"bin_width": ens.bin_width, "global_weights": ens.global_weights.tolist(), "lut": ens.lut.tolist()}
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "method": ens.method,
-               "experts": list(ens.experts), "params": params}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": ens.method,
+        "experts": list(ens.experts),
+        "params": params,
+    }
     # one top-level key per line, each value compact (an EnsIR LUT is thousands of numbers)
     lines = [f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in payload.items()]
     return atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
@@ -449,14 +468,21 @@ def load(path: str | os.PathLike, *, experts: Sequence[Mapping[str, Any]] | None
     if unknown:
         raise EnsemblerError(f"{p}: params: unknown keys {unknown}")
     try:
-        ens = Ensembler(method=payload["method"], experts=payload["experts"], weights=params.get("weights"),
-                        bin_width=params.get("bin_width"), lut=params.get("lut"),
-                        global_weights=params.get("global_weights"))
+        ens = Ensembler(
+            method=payload["method"],
+            experts=payload["experts"],
+            weights=params.get("weights"),
+            bin_width=params.get("bin_width"),
+            lut=params.get("lut"),
+            global_weights=params.get("global_weights"),
+        )
     except EnsemblerError as exc:
         raise EnsemblerError(f"{p}: {exc}") from exc
     if experts is not None:
         want = _check_experts(experts)
         if [(fp["name"], fp["sha256"]) for fp in ens.experts] != [(fp["name"], fp["sha256"]) for fp in want]:
-            raise EnsemblerError(f"{p} was fitted for the experts {_describe(ens.experts)}, "
-                                 f"not for the experts to run {_describe(want)} (name@sha256)")
+            raise EnsemblerError(
+                f"{p} was fitted for the experts {_describe(ens.experts)}, "
+                f"not for the experts to run {_describe(want)} (name@sha256)"
+            )
     return ens

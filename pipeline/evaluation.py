@@ -12,12 +12,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.errors import ToolkitError
-from pipeline.errors import BadInputsError
-from pipeline.imageio import ImageReadError, image_size, list_images, read_image, read_image_array
-from pipeline.metrics import crop_to_match, psnr_y, ssim_y
+from pipeline.core.errors import BadInputsError, ToolkitError
+from pipeline.core.imageio import ImageReadError, image_size, list_images, read_image, read_image_array
+from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
 
-__all__ = ["ImagePair", "PairingError", "pair_images", "check_pairs", "check_sizes", "is_scores_json", "score_fidelity", "strip_scale_suffix", "mean_of"]
+__all__ = [
+    "ImagePair",
+    "PairingError",
+    "pair_images",
+    "check_pairs",
+    "check_sizes",
+    "is_scores_json",
+    "score_fidelity",
+    "strip_scale_suffix",
+    "mean_of",
+]
 
 
 class PairingError(ToolkitError, ValueError):
@@ -95,7 +104,7 @@ def check_sizes(pairs: list[ImagePair], *, scale: int) -> None:
 def check_pairs(pairs: list[ImagePair], *, scale: int) -> None:
     """Decode every SR and HR image fully and check each pair's sizes (:func:`check_sizes`' rule): every unreadable
     or truncated file and every size mismatch is reported together, one line each, before any scoring
-    (:class:`pipeline.errors.BadInputsError`)."""
+    (:class:`pipeline.core.errors.BadInputsError`)."""
     problems = []
     sizes: dict[Path, tuple[int, int]] = {}
     for path in sorted({p for pair in pairs for p in (pair.sr, pair.hr)}):
@@ -108,8 +117,10 @@ def check_pairs(pairs: list[ImagePair], *, scale: int) -> None:
             (sh, sw), (hh, hw) = sizes[pair.sr], sizes[pair.hr]
             hc, wc = hh - hh % scale, hw - hw % scale
             if (sh, sw) != (hc, wc):
-                problems.append(f"{pair.sr}: size mismatch: {sw}x{sh} (WxH), but {pair.hr.name} cropped to a multiple of {scale} "
-                                f"is {wc}x{hc}")
+                problems.append(
+                    f"{pair.sr}: size mismatch: {sw}x{sh} (WxH), but {pair.hr.name} cropped to a multiple of {scale} "
+                    f"is {wc}x{hc}"
+                )
     if problems:
         raise BadInputsError(f"{len(problems)} bad input(s); nothing was scored", problems)
 

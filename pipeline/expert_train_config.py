@@ -5,7 +5,7 @@ is saved as ``runs/<name>/config.yaml``::
 
     model:                       # the expert: an architecture the expert loader detects, and its constructor args
       architecture: NAFNetSR     # spandrel's (HAT, DAT, SPAN, ...) or the project's own (experts/archs)
-      params: {width: 48, num_blocks: 12, upscale: 4}   # checked against the class's __init__ (experts/architectures.py)
+      params: {width: 48, num_blocks: 12, upscale: 4}   # checked against the class's __init__ (architectures.py)
       scale: 4
       init_from: null            # fine-tune: a .safetensors/.pth checkpoint, or a checkpoint / zoo / run directory
       init_key: null             # state dict key inside a .pth (e.g. params_ema); null = spandrel's unwrapping
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from experts.architectures import architecture_class, check_params
-from pipeline.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
+from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
 
 __all__ = ["ExpertDataConfig", "ExpertModelConfig", "ExpertRunConfig", "ExpertTrainConfig", "load_expert_run_config"]
 
@@ -105,8 +105,9 @@ def load_expert_run_config(path: str | os.PathLike | None, overrides: Sequence[s
     if not d.train_hr:
         raise ConfigError("data.train_hr: give at least one HR image folder")
     if d.train_lr is not None and len(d.train_lr) != len(d.train_hr):
-        raise ConfigError(f"data.train_lr: one LR folder per data.train_hr folder ({len(d.train_hr)}), "
-                          f"got {len(d.train_lr)}")
+        raise ConfigError(
+            f"data.train_lr: one LR folder per data.train_hr folder ({len(d.train_hr)}), got {len(d.train_lr)}"
+        )
     if d.patch < 8 or d.batch_size < 1:
         raise ConfigError(f"data: patch must be >= 8 and batch_size >= 1, got {d.patch}/{d.batch_size}")
     if m.scale < 1:

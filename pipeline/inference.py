@@ -19,14 +19,23 @@ import torch
 
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
-from pipeline.errors import ToolkitError
-from pipeline.augment import augment, deaugment
+from pipeline.core.augment import augment, deaugment
+from pipeline.core.errors import ToolkitError
 from pipeline.ensemblers import Ensembler, apply
-from pipeline.fusion_net import FusionNet
-from pipeline.model_io import load_pretrained, read_extra
-from pipeline.run_checkpoint import resolve_checkpoint, verify_checksums
+from pipeline.model.fusion_net import FusionNet
+from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
 
-__all__ = ["REGIMES", "FusionPipeline", "PipelineError", "ensemble_super_resolve", "expert_spec", "expert_spec_from_yaml", "load_pipeline", "super_resolve"]
+__all__ = [
+    "REGIMES",
+    "FusionPipeline",
+    "PipelineError",
+    "ensemble_super_resolve",
+    "expert_spec",
+    "expert_spec_from_yaml",
+    "load_pipeline",
+    "super_resolve",
+]
+
 
 class PipelineError(ToolkitError, ValueError):
     """The checkpoint and the experts do not belong together (names, hooks, sha256, feature widths)."""
@@ -47,9 +56,18 @@ class FusionPipeline:
 
 def _spec_from_fingerprints(fps: list[dict[str, Any]], *, scale: int, device: str, tile: int) -> EnsembleSpec:
     experts = tuple(
-        ExpertSpec(name=fp["name"], checkpoint=fp["checkpoint"], architecture=fp["architecture"], scale=fp["scale"],
-                   hooks=tuple(fp["hook_layers"]), input=fp["input"], precision=fp["precision"], device=device,
-                   tile=tile, sha256=fp["sha256"])
+        ExpertSpec(
+            name=fp["name"],
+            checkpoint=fp["checkpoint"],
+            architecture=fp["architecture"],
+            scale=fp["scale"],
+            hooks=tuple(fp["hook_layers"]),
+            input=fp["input"],
+            precision=fp["precision"],
+            device=device,
+            tile=tile,
+            sha256=fp["sha256"],
+        )
         for fp in fps
     )
     return EnsembleSpec(experts=experts, scale=scale)
@@ -63,12 +81,16 @@ def _spec_from_yaml(path: Path, fps: list[dict[str, Any]], *, device: str | None
     experts = []
     for e, fp in zip(spec.experts, fps):
         if e.architecture != fp["architecture"] or e.input != fp["input"]:
-            raise PipelineError(f"{path}: expert {e.name!r} is {e.architecture}/{e.input}, the fusion was trained with "
-                             f"{fp['architecture']}/{fp['input']}")
+            raise PipelineError(
+                f"{path}: expert {e.name!r} is {e.architecture}/{e.input}, the fusion was trained with "
+                f"{fp['architecture']}/{fp['input']}"
+            )
         if e.hooks and tuple(e.hooks) != tuple(fp["hook_layers"]):
             raise PipelineError(f"{path}: expert {e.name!r} hooks {list(e.hooks)}, trained with {fp['hook_layers']}")
         if e.sha256 is not None and e.sha256 != fp["sha256"]:
-            raise PipelineError(f"{path}: expert {e.name!r} pins sha256 {e.sha256[:12]}…, trained with {fp['sha256'][:12]}…")
+            raise PipelineError(
+                f"{path}: expert {e.name!r} pins sha256 {e.sha256[:12]}…, trained with {fp['sha256'][:12]}…"
+            )
         changes: dict[str, Any] = {"sha256": fp["sha256"], "hooks": tuple(fp["hook_layers"])}  # loading verifies it
         if device is not None:
             changes["device"] = device
@@ -125,13 +147,16 @@ def load_pipeline(
     fps = extra["experts"]
     fusion = load_pretrained(ckpt, device=device)
     if tuple(fusion.config.inputs.feat_channels) != tuple(int(fp["feature_channels"]) for fp in fps):
-        raise PipelineError(f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
-                         f"recorded experts' {[fp['feature_channels'] for fp in fps]}")
+        raise PipelineError(
+            f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
+            f"recorded experts' {[fp['feature_channels'] for fp in fps]}"
+        )
     ensemble = ExpertEnsemble.from_spec(spec, root=experts_root, gather_device=device)
     got = [fp.feature_channels for fp in ensemble.fingerprints]
     if got != [int(fp["feature_channels"]) for fp in fps]:
-        raise PipelineError(f"experts give feature widths {got}, the fusion was trained with "
-                         f"{[fp['feature_channels'] for fp in fps]}")
+        raise PipelineError(
+            f"experts give feature widths {got}, the fusion was trained with {[fp['feature_channels'] for fp in fps]}"
+        )
     return FusionPipeline(fusion=fusion, ensemble=ensemble, checkpoint=ckpt, extra=extra, device=torch.device(device))
 
 
@@ -139,7 +164,9 @@ REGIMES = ("none", "experts-x8", "pipeline-x8")  # self-ensemble: none, ×8 of e
 
 
 @torch.inference_mode()
-def super_resolve(pipe: FusionPipeline, lr: torch.Tensor, *, tta: bool = False, expert_tta: bool = False) -> torch.Tensor:
+def super_resolve(
+    pipe: FusionPipeline, lr: torch.Tensor, *, tta: bool = False, expert_tta: bool = False
+) -> torch.Tensor:
     """``lr (1,3,H,W)`` in [0,1] → ``sr (1,3,sH,sW)`` in [0,1] (not quantised). ``tta``: ×8 self-ensemble of the whole
     pipeline (experts and fusion run on each of the 8 transforms); ``expert_tta``: the fusion runs once, on each
     expert's ×8 self-ensemble (features from the identity pass)."""

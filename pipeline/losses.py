@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.config import NonNegFloat
-from pipeline.metrics import Y_WEIGHTS
+from pipeline.core.config import NonNegFloat
+from pipeline.core.metrics import Y_WEIGHTS
 
 __all__ = [
     "LossWeights",
@@ -56,7 +56,9 @@ class LossWeights:
     # which for experts of unequal quality fights the fit (CRAFT/DITN/SPAN at 0.01: gates held at 0.26/0.41/0.33,
     # +0.004 dB over CRAFT on Set14; at 0: 0.66/0.29/0.05 and +0.022 dB, docs/RESULTS.md).
     balance: NonNegFloat = 0.0
-    gate_oracle: NonNegFloat = 0.0  # gates vs the per-pixel oracle expert (cross-entropy, weighted by what the choice costs)
+    gate_oracle: NonNegFloat = (
+        0.0  # gates vs the per-pixel oracle expert (cross-entropy, weighted by what the choice costs)
+    )
     perceptual: NonNegFloat = 0.0
 
 

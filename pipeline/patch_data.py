@@ -1,7 +1,7 @@
 """Random aligned (LR, HR) training crops from HR image folders — LR made on the fly or read from LR folders.
 
 * HR only: a random ``scale·patch`` HR crop (on the LR grid), one random flip/rot90, and its LR made with the
-  MATLAB-compatible bicubic on the 8-bit crop (``pipeline.resize.imresize(..., uint8=True)``: what MATLAB's
+  MATLAB-compatible bicubic on the 8-bit crop (``pipeline.core.resize.imresize(..., uint8=True)``: what MATLAB's
   ``imresize`` writes to a PNG).
 * With LR folders (``lr_dirs``, one per HR folder): the LR image of ``<stem>.*`` is ``<stem>.*`` or
   ``<stem>x<scale>.*`` in the matching LR folder (the DIV2K / NTIRE naming); the HR is cropped to ``scale ×`` the LR
@@ -16,7 +16,7 @@ Images smaller than the HR patch are an error listing them, unless ``skip_small=
 ``skipped`` names them, and the training script prints and records them).
 
 ``cache_images=True`` keeps every decoded image in memory after its first use (8-bit images as uint8 — exactly the
-values :func:`pipeline.imageio.read_image` returns — others as float32), so decoding happens once per image instead
+values :func:`pipeline.core.imageio.read_image` returns — others as float32), so decoding happens once per image instead
 of once per crop: ~130 MB for T91 + BSD200. Each DataLoader worker process holds its own cache.
 """
 
@@ -30,9 +30,9 @@ import torch
 from torch.utils.data import Dataset
 
 from cache.dataset import mix_seed
-from pipeline.augment import AUGMENTATIONS, augment
-from pipeline.imageio import image_size, list_images, read_image
-from pipeline.resize import imresize
+from pipeline.core.augment import AUGMENTATIONS, augment
+from pipeline.core.imageio import image_size, list_images, read_image
+from pipeline.core.resize import imresize
 
 __all__ = ["SRPatchDataset", "find_lr_images"]
 
@@ -72,8 +72,10 @@ class SRPatchDataset(Dataset):
                 pairs = find_lr_images(lr_dirs[i], found, scale)
                 missing = [p.name for p, q in zip(found, pairs) if q is None]
                 if missing:
-                    raise FileNotFoundError(f"{lr_dirs[i]}: no LR image for {len(missing)} HR image(s) of {d} "
-                                            f"(looked for <stem>.* and <stem>x{scale}.*): {missing[:5]}")
+                    raise FileNotFoundError(
+                        f"{lr_dirs[i]}: no LR image for {len(missing)} HR image(s) of {d} "
+                        f"(looked for <stem>.* and <stem>x{scale}.*): {missing[:5]}"
+                    )
                 lr_files += [q for q in pairs if q is not None]
         need = scale * patch
         small = []
@@ -85,9 +87,11 @@ class SRPatchDataset(Dataset):
                 small.append(j)
         self.skipped = [files[j] for j in small]
         if small and not skip_small:
-            raise ValueError(f"{len(small)} image(s) are smaller than the HR patch {need}x{need} (data.patch={patch}): "
-                             f"{[p.name for p in self.skipped[:8]]}; use a smaller patch or skip them "
-                             f"(data.skip_small=true)")
+            raise ValueError(
+                f"{len(small)} image(s) are smaller than the HR patch {need}x{need} (data.patch={patch}): "
+                f"{[p.name for p in self.skipped[:8]]}; use a smaller patch or skip them "
+                f"(data.skip_small=true)"
+            )
         left_out = set(small)
         keep = [j for j in range(len(files)) if j not in left_out]
         if not keep:
@@ -141,8 +145,10 @@ class SRPatchDataset(Dataset):
         lr_full = self._read(self.lr_files[i])  # (3,h,w)
         h, w = lr_full.shape[-2:]
         if hr.shape[-2] < s * h or hr.shape[-1] < s * w:
-            raise ValueError(f"{path}: HR {hr.shape[-1]}x{hr.shape[-2]} is smaller than {s}x its LR "
-                             f"{self.lr_files[i].name} ({w}x{h})")
+            raise ValueError(
+                f"{path}: HR {hr.shape[-1]}x{hr.shape[-2]} is smaller than {s}x its LR "
+                f"{self.lr_files[i].name} ({w}x{h})"
+            )
         top = int(torch.randint(0, h - p + 1, (), generator=g))
         left = int(torch.randint(0, w - p + 1, (), generator=g))
         k = int(torch.randint(0, AUGMENTATIONS, (), generator=g)) if self.augment else 0

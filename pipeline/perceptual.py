@@ -55,10 +55,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.errors import ToolkitError
+from pipeline.core.errors import ToolkitError
+from pipeline.core.imageio import image_size, read_image
+from pipeline.core.metrics import crop_to_match
 from pipeline.evaluation import ImagePair
-from pipeline.imageio import image_size, read_image
-from pipeline.metrics import crop_to_match
 
 __all__ = [
     "CLIP_RN50_URL",
@@ -109,13 +109,17 @@ MIN_SIDE = 96  # NIQE splits the image into 96x96 blocks and fails on smaller im
 
 FETCH_HINT = (
     "Put them there (layout: `python scripts/evaluate.py --help`). To fetch them all at once on a machine with "
-    "internet: TORCH_HOME=DIR/torch HF_HOME=DIR/huggingface python -c \"import pyiqa; "
+    'internet: TORCH_HOME=DIR/torch HF_HOME=DIR/huggingface python -c "import pyiqa; '
     "[pyiqa.create_metric(n, device='cpu') for n in ('lpips', 'dists', 'niqe', 'musiq', 'maniqa', 'clipiqa')]\", "
     "then copy DIR (or use the existing ~/.cache/torch and ~/.cache/huggingface as DIR/torch and DIR/huggingface)."
 )
 
-_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "HF_HUB_DISABLE_TELEMETRY": "1"}
+_OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
 
 
 class MissingWeightsError(ToolkitError, FileNotFoundError):
@@ -183,11 +187,20 @@ def weight_files(names: tuple[str, ...] = METRIC_NAMES) -> list[WeightFile]:
         pyiqa_file("niqe", "niqe_modelparameters.mat", "NIQE pristine-image model"),
         pyiqa_file("musiq", "musiq_koniq_ckpt-e95806b9.pth", "MUSIQ trained on KonIQ-10k"),
         pyiqa_file("maniqa", "ckpt_koniq10k.pt", "MANIQA trained on KonIQ-10k"),
-        WeightFile(metric="maniqa", what="timm ViT-B/8 that MANIQA builds with pretrained=True",
-                   url=f"https://huggingface.co/{MANIQA_VIT_REPO}/resolve/main/{MANIQA_VIT_FILE}",
-                   hf_repo=MANIQA_VIT_REPO, hf_filename=MANIQA_VIT_FILE),
-        WeightFile(metric="clipiqa", what="OpenAI CLIP RN50 (CLIP-IQA backbone)", url=CLIP_RN50_URL,
-                   hub_path="clip/RN50.pt", sha256=CLIP_RN50_URL.rsplit("/", 2)[-2]),
+        WeightFile(
+            metric="maniqa",
+            what="timm ViT-B/8 that MANIQA builds with pretrained=True",
+            url=f"https://huggingface.co/{MANIQA_VIT_REPO}/resolve/main/{MANIQA_VIT_FILE}",
+            hf_repo=MANIQA_VIT_REPO,
+            hf_filename=MANIQA_VIT_FILE,
+        ),
+        WeightFile(
+            metric="clipiqa",
+            what="OpenAI CLIP RN50 (CLIP-IQA backbone)",
+            url=CLIP_RN50_URL,
+            hub_path="clip/RN50.pt",
+            sha256=CLIP_RN50_URL.rsplit("/", 2)[-2],
+        ),
     ]
     return [f for f in files if f.metric in names]
 
@@ -292,8 +305,9 @@ def _check_resolution(dirs: WeightDirs) -> None:
         problems.append(f"pyiqa's CLIP RN50 is {pyiqa_clip._MODELS.get('RN50')}, this module checks {CLIP_RN50_URL}")
     if problems:
         raise PerceptualSetupError(
-            "the perceptual metrics would not read the checked weight folders: " + "; ".join(problems) +
-            ". Call pipeline.perceptual.use_weights_dir() before pyiqa, timm or huggingface_hub are imported."
+            "the perceptual metrics would not read the checked weight folders: "
+            + "; ".join(problems)
+            + ". Call pipeline.perceptual.use_weights_dir() before pyiqa, timm or huggingface_hub are imported."
         )
 
 

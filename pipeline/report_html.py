@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from pipeline.errors import ToolkitError
+from pipeline.core.errors import ToolkitError
 from pipeline.svg_plot import Series, line_plot_svg
 from pipeline.visual import VIRIDIS, CropBox, colormap_css_gradient
 
@@ -157,26 +157,62 @@ def training_plots(
     ``val/expert_<e>``, ``val/expert_mean``, ``val/gain_over_best_expert``)."""
     hexes = [css_colour(c) for c in colours]
     loss = _series(metrics, "train/loss", "total loss", "#222222")
-    plots = [line_plot_svg([loss], title="Training loss", xlabel="step", ylabel="loss",
-                           log_y=bool(loss.values) and min(loss.values) > 0, empty_text="no train/loss logged")]
+    plots = [
+        line_plot_svg(
+            [loss],
+            title="Training loss",
+            xlabel="step",
+            ylabel="loss",
+            log_y=bool(loss.values) and min(loss.values) > 0,
+            empty_text="no train/loss logged",
+        )
+    ]
 
     means = {e: metrics[f"val/expert_{e}"][1] for e in experts if f"val/expert_{e}" in metrics}
     best = max(means, key=lambda e: sum(means[e]) / len(means[e])) if means else None
     val = [_series(metrics, "val/psnr", "fusion", "#000000", width=2.4)]
-    val += [_series(metrics, f"val/expert_{e}", e + (" (best)" if e == best else ""), h, dashed=True)
-            for e, h in zip(experts, hexes, strict=True)]
+    val += [
+        _series(metrics, f"val/expert_{e}", e + (" (best)" if e == best else ""), h, dashed=True)
+        for e, h in zip(experts, hexes, strict=True)
+    ]
     val.append(_series(metrics, "val/expert_mean", "experts' mean", "#888888", dashed=True))
-    plots.append(line_plot_svg(val, title="Validation PSNR-Y (validation cache)", xlabel="step", ylabel="PSNR-Y [dB]",
-                               empty_text="no validation logged (the run had no data.val_cache)"))
+    plots.append(
+        line_plot_svg(
+            val,
+            title="Validation PSNR-Y (validation cache)",
+            xlabel="step",
+            ylabel="PSNR-Y [dB]",
+            empty_text="no validation logged (the run had no data.val_cache)",
+        )
+    )
     gain = _series(metrics, "val/gain_over_best_expert", "fusion − best expert", "#1a7f37", width=2.0)
     if gain.values:
-        zero = Series(label="0 dB", steps=(gain.steps[0], gain.steps[-1]), values=(0.0, 0.0), colour="#999999",
-                      dashed=True, stroke_width=1.0)
-        plots.append(line_plot_svg([gain, zero], title="Fusion gain over the best expert (validation)",
-                                   xlabel="step", ylabel="ΔPSNR-Y [dB]"))
+        zero = Series(
+            label="0 dB",
+            steps=(gain.steps[0], gain.steps[-1]),
+            values=(0.0, 0.0),
+            colour="#999999",
+            dashed=True,
+            stroke_width=1.0,
+        )
+        plots.append(
+            line_plot_svg(
+                [gain, zero],
+                title="Fusion gain over the best expert (validation)",
+                xlabel="step",
+                ylabel="ΔPSNR-Y [dB]",
+            )
+        )
     gates = [_series(metrics, f"train/gate_{e}", e, h) for e, h in zip(experts, hexes, strict=True)]
-    plots.append(line_plot_svg(gates, title="Mean gate per expert (training batches)", xlabel="step",
-                               ylabel="mean gate", empty_text="no train/gate_* logged"))
+    plots.append(
+        line_plot_svg(
+            gates,
+            title="Mean gate per expert (training batches)",
+            xlabel="step",
+            ylabel="mean gate",
+            empty_text="no train/gate_* logged",
+        )
+    )
     return plots
 
 
@@ -185,8 +221,12 @@ def training_plots(
 # ---------------------------------------------------------------------------------------------------------------------
 def mean_scores(images: Sequence[ImageSection], methods: Sequence[Method]) -> dict[str, Score]:
     n = len(images)
-    return {m.key: Score(psnr=sum(i.scores[m.key].psnr for i in images) / n,
-                         ssim=sum(i.scores[m.key].ssim for i in images) / n) for m in methods}
+    return {
+        m.key: Score(
+            psnr=sum(i.scores[m.key].psnr for i in images) / n, ssim=sum(i.scores[m.key].ssim for i in images) / n
+        )
+        for m in methods
+    }
 
 
 _CSS = """
@@ -293,8 +333,10 @@ _JS = """
 }());
 """
 
-_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-        "base-uri 'none'; form-action 'none'")
+_CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 def _delta(value: float, ndigits: int) -> str:
@@ -325,59 +367,84 @@ def _table(page: ReportPage) -> str:
 
     def deltas(scores: Mapping[str, Score]) -> str:
         b, f, mn = scores[best], scores["fusion"], scores["mean"]
-        return (_delta(f.psnr - b.psnr, 3) + _delta(f.ssim - b.ssim, 4)
-                + _delta(mn.psnr - b.psnr, 3) + _delta(mn.ssim - b.ssim, 4))
+        return (
+            _delta(f.psnr - b.psnr, 3)
+            + _delta(f.ssim - b.ssim, 4)
+            + _delta(mn.psnr - b.psnr, 3)
+            + _delta(mn.ssim - b.ssim, 4)
+        )
 
     body = []
     for k, img in enumerate(page.images):
-        body.append(f'<tr><td class="name"><a href="#img-{k}">{escape(img.name)}</a></td>'
-                    f"{_score_cells(img.scores, methods)}{deltas(img.scores)}</tr>")
+        body.append(
+            f'<tr><td class="name"><a href="#img-{k}">{escape(img.name)}</a></td>'
+            f"{_score_cells(img.scores, methods)}{deltas(img.scores)}</tr>"
+        )
     mean = mean_scores(page.images, methods)
-    foot = (f'<tr><td class="name">mean ({len(page.images)} images)</td>{_score_cells(mean, methods)}'
-            f"{deltas(mean)}</tr>")
-    return (f'<table class="scores"><thead><tr>{"".join(head1)}</tr><tr>{head2}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody><tfoot>{foot}</tfoot></table>')
+    foot = f'<tr><td class="name">mean ({len(page.images)} images)</td>{_score_cells(mean, methods)}{deltas(mean)}</tr>'
+    return (
+        f'<table class="scores"><thead><tr>{"".join(head1)}</tr><tr>{head2}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table>"
+    )
 
 
 def _img(tile: Tile, *, cls: str, group: str, caption: str | None = None) -> str:
     cap = caption if caption is not None else tile.label + (f" — {tile.note}" if tile.note else "")
-    return (f'<img class="{cls} zoomable" src="{escape(tile.src)}" alt="{escape(tile.label)}" '
-            f'data-group="{group}" data-caption="{escape(cap)}" loading="eager">')
+    return (
+        f'<img class="{cls} zoomable" src="{escape(tile.src)}" alt="{escape(tile.label)}" '
+        f'data-group="{group}" data-caption="{escape(cap)}" loading="eager">'
+    )
 
 
 def _section(k: int, img: ImageSection, page: ReportPage) -> str:
     b = img.box
-    pct = (f"left:{100 * b.left / img.width:.3f}%;top:{100 * b.top / img.height:.3f}%;"
-           f"width:{100 * b.width / img.width:.3f}%;height:{100 * b.height / img.height:.3f}%")
+    pct = (
+        f"left:{100 * b.left / img.width:.3f}%;top:{100 * b.top / img.height:.3f}%;"
+        f"width:{100 * b.width / img.width:.3f}%;height:{100 * b.height / img.height:.3f}%"
+    )
     f, best = img.scores["fusion"], img.scores[page.best_key]
-    out = [f'<section class="image" id="img-{k}"><h3>{escape(img.name)} <small>{img.width}×{img.height}</small></h3>',
-           f'<p>fusion {f.psnr:.3f} dB / {f.ssim:.4f}; best expert {best.psnr:.3f} dB / {best.ssim:.4f} '
-           f'(Δ {f.psnr - best.psnr:+.3f} dB)</p>']
+    out = [
+        f'<section class="image" id="img-{k}"><h3>{escape(img.name)} <small>{img.width}×{img.height}</small></h3>',
+        f"<p>fusion {f.psnr:.3f} dB / {f.ssim:.4f}; best expert {best.psnr:.3f} dB / {best.ssim:.4f} "
+        f"(Δ {f.psnr - best.psnr:+.3f} dB)</p>",
+    ]
     if img.notes:
         out.append('<div class="notes">' + "<br>".join(escape(n) for n in img.notes) + "</div>")
     out.append('<div class="row">')
-    out.append(f'<figure><div class="ov">{_img(img.overview, cls="overview", group=f"o{k}")}'
-               f'<div class="box" style="{pct}"></div></div><figcaption>crop {b.width}×{b.height} at x={b.left}, '
-               f'y={b.top}: {escape(img.box_reason)}</figcaption></figure>')
+    out.append(
+        f'<figure><div class="ov">{_img(img.overview, cls="overview", group=f"o{k}")}'
+        f'<div class="box" style="{pct}"></div></div><figcaption>crop {b.width}×{b.height} at x={b.left}, '
+        f"y={b.top}: {escape(img.box_reason)}</figcaption></figure>"
+    )
     out.append(f'<div class="row crops" style="--cw:{b.width}">')
     for t in img.crops:
-        out.append(f"<figure>{_img(t, cls='crop', group=f'c{k}')}<figcaption><b>{escape(t.label)}</b>"
-                   f"{'<br>' + escape(t.note) if t.note else ''}</figcaption></figure>")
+        out.append(
+            f"<figure>{_img(t, cls='crop', group=f'c{k}')}<figcaption><b>{escape(t.label)}</b>"
+            f"{'<br>' + escape(t.note) if t.note else ''}</figcaption></figure>"
+        )
     out.append("</div></div>")
 
     maps = []
     if img.gate_composite is not None:
-        legend = "".join(f'<span class="swatch" style="background:{css_colour(c)}"></span>{escape(e)}'
-                         for e, c in zip(page.experts, page.expert_colours, strict=True))
-        maps.append(f'<figure>{_img(img.gate_composite, cls="map", group=f"m{k}")}<figcaption>'
-                    f'{escape(img.gate_composite.label)}<div class="legend">{legend}</div></figcaption></figure>')
+        legend = "".join(
+            f'<span class="swatch" style="background:{css_colour(c)}"></span>{escape(e)}'
+            for e, c in zip(page.experts, page.expert_colours, strict=True)
+        )
+        maps.append(
+            f"<figure>{_img(img.gate_composite, cls='map', group=f'm{k}')}<figcaption>"
+            f'{escape(img.gate_composite.label)}<div class="legend">{legend}</div></figcaption></figure>'
+        )
     for t in img.gate_maps + ((img.difficulty,) if img.difficulty is not None else ()):
-        maps.append(f'<figure>{_img(t, cls="map", group=f"m{k}")}<figcaption>{escape(t.label)}'
-                    f'{"<br>" + escape(t.note) if t.note else ""}</figcaption></figure>')
+        maps.append(
+            f"<figure>{_img(t, cls='map', group=f'm{k}')}<figcaption>{escape(t.label)}"
+            f"{'<br>' + escape(t.note) if t.note else ''}</figcaption></figure>"
+        )
     if maps:
-        cbar = (f'<figure><div class="cbar" style="background:{colormap_css_gradient(VIRIDIS)}"></div>'
-                '<div class="cbar-labels"><span>0</span><span>0.5</span><span>1</span></div>'
-                "<figcaption>colour scale of the gate and difficulty maps</figcaption></figure>")
+        cbar = (
+            f'<figure><div class="cbar" style="background:{colormap_css_gradient(VIRIDIS)}"></div>'
+            '<div class="cbar-labels"><span>0</span><span>0.5</span><span>1</span></div>'
+            "<figcaption>colour scale of the gate and difficulty maps</figcaption></figure>"
+        )
         out.append('<div class="row maps" style="margin-top:12px">' + "".join(maps) + cbar + "</div>")
     out.append("</section>")
     return "".join(out)
@@ -390,8 +457,9 @@ def render_page(page: ReportPage) -> str:
     """The whole ``index.html``."""
     facts = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in page.facts)
     notes = ('<div class="notes">' + "<br>".join(escape(n) for n in page.notes) + "</div>") if page.notes else ""
-    zoom = "".join(f'<button type="button" data-zoom="{z}"{_ACTIVE if z == 3 else ""}>{z}×</button>'
-                   for z in (1, 2, 3, 4, 6))
+    zoom = "".join(
+        f'<button type="button" data-zoom="{z}"{_ACTIVE if z == 3 else ""}>{z}×</button>' for z in (1, 2, 3, 4, 6)
+    )
     sections = "".join(_section(k, img, page) for k, img in enumerate(page.images))
     return f"""<!DOCTYPE html>
 <html lang="en">

@@ -3,7 +3,7 @@
 Each checkpoint is a directory ``step_XXXXXXXX/`` holding
 
 * ``model.safetensors`` + ``config.json`` — the **EMA** weights and everything needed to rebuild the model
-  (fusion network: :func:`pipeline.model_io.save_pretrained`, ``extra`` carries expert fingerprints, cache schema,
+  (fusion network: :func:`pipeline.model.io.save_pretrained`, ``extra`` carries expert fingerprints, cache schema,
   step, metrics; single expert, ``scripts/train_expert.py``: :func:`experts.zoo.save_expert`). Both formats keep
   the metrics in ``config.json``'s ``extra`` mapping (``extra.val_psnr`` ranks the checkpoints);
 * ``SHA256SUMS`` — sha256 of ``model.safetensors`` and ``config.json`` (verified by scripts/submit.py);
@@ -27,56 +27,39 @@ from typing import Any
 
 import torch
 
-from experts.loading import sha256_file
-from pipeline.errors import ToolkitError
-from pipeline.fusion_net import FusionNet
-from pipeline.model_io import save_pretrained
+from pipeline.core.errors import ToolkitError
+from pipeline.model.fusion_net import FusionNet
+from pipeline.model.io import (
+    CHECKSUMS,
+    COMPLETE_MARKER,
+    TRAIN_STATE,
+    CheckpointNotFoundError,
+    ChecksumError,
+    resolve_checkpoint,
+    save_pretrained,
+    verify_checksums,
+    write_checksums,
+)
 
-__all__ = ["TRAIN_STATE", "CHECKSUMS", "ChecksumError", "save_checkpoint", "save_model_checkpoint", "load_train_state",
-           "resolve_checkpoint", "prune_checkpoints", "remove_stale_temps", "TrainStateError",
-           "CheckpointNotFoundError", "write_checksums", "verify_checksums"]
-
-TRAIN_STATE = "train_state.pt"
-_DONE = "COMPLETE"
-
-CHECKSUMS = "SHA256SUMS"
-_CHECKED_FILES = ("model.safetensors", "config.json")
-
-
-class ChecksumError(ToolkitError, RuntimeError):
-    """A checkpoint file is missing or differs from its recorded sha256."""
-
-
-class CheckpointNotFoundError(ToolkitError, FileNotFoundError):
-    """No complete checkpoint where one was expected."""
+__all__ = [
+    "TRAIN_STATE",
+    "CHECKSUMS",
+    "ChecksumError",
+    "save_checkpoint",
+    "save_model_checkpoint",
+    "load_train_state",
+    "resolve_checkpoint",
+    "prune_checkpoints",
+    "remove_stale_temps",
+    "TrainStateError",
+    "CheckpointNotFoundError",
+    "write_checksums",
+    "verify_checksums",
+]
 
 
 class TrainStateError(ToolkitError, RuntimeError):
     """A checkpoint's ``train_state.pt`` is missing or cannot be read safely."""
-
-
-def write_checksums(ckpt_dir: str | os.PathLike) -> Path:
-    d = Path(ckpt_dir)
-    lines = [f"{sha256_file(d / name)}  {name}\n" for name in _CHECKED_FILES]
-    (d / CHECKSUMS).write_text("".join(lines))
-    return d / CHECKSUMS
-
-
-def verify_checksums(ckpt_dir: str | os.PathLike) -> None:
-    d = Path(ckpt_dir)
-    sums = d / CHECKSUMS
-    if not sums.is_file():
-        raise ChecksumError(f"{sums} is missing: cannot verify the checkpoint (re-save it with train.py)")
-    for line in sums.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        f = d / name
-        if not f.is_file():
-            raise ChecksumError(f"checkpoint file missing: {f}")
-        actual = sha256_file(f)
-        if actual != digest:
-            raise ChecksumError(f"{f} was modified: sha256 {actual[:16]}… differs from the recorded {digest[:16]}…")
-
-
 
 
 def _fsync_tree(path: Path) -> None:
@@ -138,7 +121,7 @@ def save_model_checkpoint(
     write_model(tmp)
     write_checksums(tmp)  # submit.py refuses a checkpoint whose weights or config were modified afterwards
     torch.save(dict(train_state), tmp / TRAIN_STATE)
-    (tmp / _DONE).write_text(json.dumps({"step": step}))
+    (tmp / COMPLETE_MARKER).write_text(json.dumps({"step": step}))
     _fsync_tree(tmp)
     if final.exists():  # re-saving the same step (e.g. abort right after a periodic save)
         old = root / f".old_step_{step:08d}-{os.getpid()}"
@@ -153,17 +136,6 @@ def save_model_checkpoint(
     return final
 
 
-def resolve_checkpoint(path: str | os.PathLike, *, which: str = "last") -> Path:
-    """A run directory (→ its ``ckpt/<which>``), a ``ckpt/`` directory, or a checkpoint directory → the checkpoint
-    directory. Raises FileNotFoundError naming what is missing."""
-    p = Path(path)
-    for cand in (p / "ckpt" / which, p / which, p):
-        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
-            if (cand / _DONE).exists() or not (cand / TRAIN_STATE).exists():
-                return cand.resolve()
-    raise CheckpointNotFoundError(f"no complete checkpoint at {p} (looked for ckpt/{which}/, {which}/ and the folder itself)")
-
-
 def load_train_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     """The train state of a checkpoint, loaded with ``weights_only=True`` (never executes pickled code). A missing,
     truncated, tampered or foreign file is a :class:`TrainStateError` naming it."""
@@ -174,8 +146,10 @@ def load_train_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; all mean "not a train state"
         reason = " ".join(str(exc).split())[:160]
-        raise TrainStateError(f"{path}: not a readable training state ({type(exc).__name__}: {reason}); "
-                              "resume from an earlier checkpoint or start a new run") from exc
+        raise TrainStateError(
+            f"{path}: not a readable training state ({type(exc).__name__}: {reason}); "
+            "resume from an earlier checkpoint or start a new run"
+        ) from exc
     if not isinstance(state, dict) or "step" not in state:
         raise TrainStateError(f"{path}: not a training state of this toolkit (no 'step' entry)")
     return state

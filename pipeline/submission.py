@@ -17,22 +17,38 @@ from __future__ import annotations
 import os
 import time
 import zipfile
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pipeline.errors import ToolkitError
-from pipeline.imageio import read_image, scan_image_folder, write_image
 from experts.ensemble import ExpertEnsemble
+from pipeline.core.errors import ToolkitError
+from pipeline.core.imageio import read_image, scan_image_folder, write_image
+from pipeline.core.outputs import OutputPathError, check_output_dir, check_output_file, is_marked, mark_output_dir
 from pipeline.ensemblers import Ensembler
 from pipeline.inference import FusionPipeline, ensemble_super_resolve, load_pipeline, super_resolve
-from pipeline.outputs import OutputPathError, check_output_dir, check_output_file, is_marked, mark_output_dir
 
-__all__ = ["EXPERTS_YAML", "README", "ZIP_COMMENT", "SubmitError", "check_folders", "check_inputs", "check_output",
-           "is_submission_dir", "is_submission_zip", "output_name", "prepare_output", "run_model_dir",
-           "super_resolve_files", "zip_path", "SRMethod", "fusion_method", "ensembler_method"]
+__all__ = [
+    "EXPERTS_YAML",
+    "README",
+    "ZIP_COMMENT",
+    "SubmitError",
+    "check_folders",
+    "check_inputs",
+    "check_output",
+    "is_submission_dir",
+    "is_submission_zip",
+    "output_name",
+    "prepare_output",
+    "run_model_dir",
+    "super_resolve_files",
+    "zip_path",
+    "SRMethod",
+    "fusion_method",
+    "ensembler_method",
+]
 
 EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir, checkpoints relative to model_dir
 
@@ -44,7 +60,7 @@ class SubmitError(ToolkitError, RuntimeError):
 def check_inputs(input_dir: Path, min_lr: int) -> list[Path]:
     """The LR files of ``input_dir``, sorted — after decoding every one of them: unreadable, truncated or non-image
     files, images smaller than ``min_lr``, other files and sub-folders (the submission must match the inputs one to
-    one) are all reported together, one line each (:class:`pipeline.errors.BadInputsError`)."""
+    one) are all reported together, one line each (:class:`pipeline.core.errors.BadInputsError`)."""
     return scan_image_folder(input_dir, min_side=max(1, min_lr), other_files=False, subfolders=False)
 
 
@@ -64,8 +80,10 @@ def is_submission_dir(folder: Path) -> bool:
             return False
     except (OSError, UnicodeDecodeError):
         return False
-    return all(c.name == README or c.name.startswith(".") or (c.is_file() and c.suffix.lower() == ".png")
-               for c in folder.iterdir())
+    return all(
+        c.name == README or c.name.startswith(".") or (c.is_file() and c.suffix.lower() == ".png")
+        for c in folder.iterdir()
+    )
 
 
 def zip_path(out_dir: Path) -> Path:
@@ -126,8 +144,11 @@ class SRMethod:
     min_lr: int
 
 
-_REGIME_TEXT = {"none": "no", "experts-x8": "yes, x8 of each expert before combining",
-                "pipeline-x8": "yes, x8 of the whole pipeline"}
+_REGIME_TEXT = {
+    "none": "no",
+    "experts-x8": "yes, x8 of each expert before combining",
+    "pipeline-x8": "yes, x8 of the whole pipeline",
+}
 
 
 def fusion_method(pipe: FusionPipeline, *, regime: str = "none") -> SRMethod:
@@ -139,34 +160,53 @@ def fusion_method(pipe: FusionPipeline, *, regime: str = "none") -> SRMethod:
     experts = ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in pipe.extra["experts"])
     params = sum(p.numel() for p in pipe.fusion.parameters())
     sub = pipe.extra.get("submission", {})
-    description = (f"Multi-expert fusion: frozen experts {experts}; a {params / 1e3:.0f}K-parameter fusion network "
-                   f"(frequency decomposition, cross-expert attention, per-pixel gating) trained on the experts' "
-                   f"outputs; self-ensemble: {_REGIME_TEXT[regime]}.")
+    description = (
+        f"Multi-expert fusion: frozen experts {experts}; a {params / 1e3:.0f}K-parameter fusion network "
+        f"(frequency decomposition, cross-expert attention, per-pixel gating) trained on the experts' "
+        f"outputs; self-ensemble: {_REGIME_TEXT[regime]}."
+    )
     if sub.get("description"):
         description += " " + sub["description"]
-    return SRMethod(name="fusion", regime=regime, device=pipe.device, description=description,
-                    run=lambda lr: super_resolve(pipe, lr, tta=regime == "pipeline-x8",
-                                                 expert_tta=regime == "experts-x8"),
-                    extra_data=bool(sub.get("extra_data")), min_lr=pipe.ensemble.min_lr_size)
+    return SRMethod(
+        name="fusion",
+        regime=regime,
+        device=pipe.device,
+        description=description,
+        run=lambda lr: super_resolve(pipe, lr, tta=regime == "pipeline-x8", expert_tta=regime == "experts-x8"),
+        extra_data=bool(sub.get("extra_data")),
+        min_lr=pipe.ensemble.min_lr_size,
+    )
 
 
-def ensembler_method(ensemble: ExpertEnsemble, ens: Ensembler, *, regime: str = "none", device: str = "cpu",
-                     extra_data: bool = False) -> SRMethod:
+def ensembler_method(
+    ensemble: ExpertEnsemble, ens: Ensembler, *, regime: str = "none", device: str = "cpu", extra_data: bool = False
+) -> SRMethod:
     experts = ", ".join(f"{fp.name} ({fp.architecture})" for fp in ensemble.fingerprints)
-    how = {"mean": "the per-pixel mean", "zzpm": "ZZPM (per-image softmax weights, NTIRE 2023)",
-           "blend": f"a fixed blend with least-squares weights {[round(float(w), 4) for w in ens.weights]}"
-           if ens.weights is not None else "a fixed blend",
-           "ensir": "EnsIR (per-intensity-bin weights by EM on a Gaussian mixture, NeurIPS 2024)"}[ens.method]
-    description = (f"Training-free ensemble of frozen experts {experts}: {how}; self-ensemble: "
-                   f"{_REGIME_TEXT[regime]}.")
+    how = {
+        "mean": "the per-pixel mean",
+        "zzpm": "ZZPM (per-image softmax weights, NTIRE 2023)",
+        "blend": f"a fixed blend with least-squares weights {[round(float(w), 4) for w in ens.weights]}"
+        if ens.weights is not None
+        else "a fixed blend",
+        "ensir": "EnsIR (per-intensity-bin weights by EM on a Gaussian mixture, NeurIPS 2024)",
+    }[ens.method]
+    description = f"Training-free ensemble of frozen experts {experts}: {how}; self-ensemble: {_REGIME_TEXT[regime]}."
     dev = torch.device(device)
 
     def run(lr: torch.Tensor) -> torch.Tensor:
-        return ensemble_super_resolve(ensemble, ens, lr.to(dev), tta=regime == "pipeline-x8",
-                                      expert_tta=regime == "experts-x8")
+        return ensemble_super_resolve(
+            ensemble, ens, lr.to(dev), tta=regime == "pipeline-x8", expert_tta=regime == "experts-x8"
+        )
 
-    return SRMethod(name=ens.method, regime=regime, device=dev, run=run, description=description,
-                    extra_data=extra_data, min_lr=ensemble.min_lr_size)
+    return SRMethod(
+        name=ens.method,
+        regime=regime,
+        device=dev,
+        run=run,
+        description=description,
+        extra_data=extra_data,
+        min_lr=ensemble.min_lr_size,
+    )
 
 
 def super_resolve_files(

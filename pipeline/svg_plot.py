@@ -92,19 +92,26 @@ def line_plot_svg(
     pw, ph = width - left - right, height - top - bottom
     clean = []
     for s in series:
-        pts = [(float(x), float(y)) for x, y in zip(s.steps, s.values, strict=True)
-               if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)]
+        pts = [
+            (float(x), float(y))
+            for x, y in zip(s.steps, s.values, strict=True)
+            if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)
+        ]
         clean.append((s, pts))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{left + pw / 2:.1f}" y="18" text-anchor="middle" font-size="14" font-weight="600">'
-           f'{escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{left + pw / 2:.1f}" y="18" text-anchor="middle" font-size="14" font-weight="600">'
+        f"{escape(title)}</text>",
+    ]
     all_pts = [p for _, pts in clean for p in pts]
     if not all_pts:
         out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#bbb"/>')
-        out.append(f'<text x="{left + pw / 2:.1f}" y="{top + ph / 2:.1f}" text-anchor="middle" font-size="13" '
-                   f'fill="#777">{escape(empty_text)}</text></svg>')
+        out.append(
+            f'<text x="{left + pw / 2:.1f}" y="{top + ph / 2:.1f}" text-anchor="middle" font-size="13" '
+            f'fill="#777">{escape(empty_text)}</text></svg>'
+        )
         return "".join(out)
 
     xs, ys = [p[0] for p in all_pts], [p[1] for p in all_pts]
@@ -127,8 +134,10 @@ def line_plot_svg(
     for t in xt:
         x = px(t)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11" fill="#444">'
-                   f'{_tick_label(t, xstep)}</text>')
+        out.append(
+            f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11" fill="#444">'
+            f"{_tick_label(t, xstep)}</text>"
+        )
     if log_y:
         yt, ystep = log_ticks(y0, y1), None
     else:
@@ -137,24 +146,31 @@ def line_plot_svg(
     for t in yt:
         y = py(t)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" fill="#444">'
-                   f'{_tick_label(t, ystep)}</text>')
+        out.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" fill="#444">'
+            f"{_tick_label(t, ystep)}</text>"
+        )
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="12">'
-               f'{escape(xlabel)}</text>')
-    out.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
-               f'font-size="12">{escape(ylabel + (" (log)" if log_y else ""))}</text>')
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="12">{escape(xlabel)}</text>'
+    )
+    out.append(
+        f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
+        f'font-size="12">{escape(ylabel + (" (log)" if log_y else ""))}</text>'
+    )
 
     # series and legend
     for k, (s, pts) in enumerate(clean):
         colour = escape(s.colour)
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
         last = f": {pts[-1][1]:.6g} at step {pts[-1][0]:g}" if pts else ": no data"
-        out.append(f'<g><title>{escape(s.label + last)}</title>')
+        out.append(f"<g><title>{escape(s.label + last)}</title>")
         if len(pts) > 1:
             coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-            out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" '
-                       f'stroke-width="{s.stroke_width}"{dash} stroke-linejoin="round"/>')
+            out.append(
+                f'<polyline points="{coords}" fill="none" stroke="{colour}" '
+                f'stroke-width="{s.stroke_width}"{dash} stroke-linejoin="round"/>'
+            )
         if 0 < len(pts) <= _MARKERS_UP_TO:
             out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.6" fill="{colour}"/>' for x, y in pts)
         out.append("</g>")

@@ -1,6 +1,6 @@
 """The schema of a training run (``python train.py CONFIG [dotted.overrides ...]``).
 
-A run config has four sections — ``model`` (:class:`pipeline.fusion_net.FusionConfig`), ``data``, ``train`` and
+A run config has four sections — ``model`` (:class:`pipeline.model.fusion_net.FusionConfig`), ``data``, ``train`` and
 ``loss`` — validated strictly like every config (unknown keys and wrong types are errors). The resolved config is
 saved as ``runs/<name>/config.yaml``.
 
@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pipeline.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
-from pipeline.fusion_net import FusionConfig
+from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
 from pipeline.losses import LossWeights
+from pipeline.model.fusion_net import FusionConfig
 
-__all__ = ["DataConfig", "StageConfig", "TrainConfig", "LossConfig", "SubmissionConfig", "RunConfig", "check_run_inputs",
-           "load_run_config"]
+__all__ = [
+    "DataConfig",
+    "StageConfig",
+    "TrainConfig",
+    "LossConfig",
+    "SubmissionConfig",
+    "RunConfig",
+    "check_run_inputs",
+    "load_run_config",
+]
 
 
 Beta = Annotated[float, Range(ge=0, lt=1)]  # Adam betas, EMA decay
@@ -126,8 +134,8 @@ def check_run_inputs(cfg: RunConfig) -> None:
     caches open as caches (index readable, schema current), the expert YAML, HR folder, ``init_from`` checkpoint and
     VGG weights exist. A problem is a :class:`ConfigError` naming the key and the path."""
     from cache.reader import CacheReader
-    from pipeline.errors import ToolkitError
-    from pipeline.run_checkpoint import resolve_checkpoint
+    from pipeline.core.errors import ToolkitError
+    from pipeline.model.io import resolve_checkpoint
 
     d = cfg.data
 

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from pipeline.config import ConfigError, config_to_dict, load_yaml, save_config
-from pipeline.errors import ToolkitError
+from pipeline.core.config import ConfigError, config_to_dict, load_yaml, save_config
+from pipeline.core.errors import ToolkitError
 
 __all__ = [
     "RunError",
@@ -195,8 +195,14 @@ def _flatten(d, prefix=""):
 
 # what a resumed run may change: none of it alters the weights a step produces (up to the float rounding of another
 # device or thread count) or the order of the batches (keyed by step, not by worker)
-RESUME_MAY_CHANGE = ("train.threads", "train.device", "train.log_every", "train.val_every", "train.ckpt_every",
-                     "data.num_workers")
+RESUME_MAY_CHANGE = (
+    "train.threads",
+    "train.device",
+    "train.log_every",
+    "train.val_every",
+    "train.ckpt_every",
+    "data.num_workers",
+)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -242,8 +248,11 @@ def prepare_run(
             diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
             fixed = [d for d in diffs if d.split(":")[0] not in RESUME_MAY_CHANGE]
             if fixed:
-                raise RunError("cannot resume, the config differs from the run's: " + "; ".join(fixed)
-                                 + f" (only {', '.join(RESUME_MAY_CHANGE)} may change on resume)")
+                raise RunError(
+                    "cannot resume, the config differs from the run's: "
+                    + "; ".join(fixed)
+                    + f" (only {', '.join(RESUME_MAY_CHANGE)} may change on resume)"
+                )
             if check is not None:
                 check(cfg)
             if write:
@@ -288,8 +297,9 @@ def _lock_run(run_dir: Path, prog: str) -> None:
         fh.seek(0)
         holder = fh.read().strip() or "another process"
         fh.close()
-        raise RunError(f"{run_dir} is being trained right now by {holder}: wait for it to finish or stop "
-                       "it first") from None
+        raise RunError(
+            f"{run_dir} is being trained right now by {holder}: wait for it to finish or stop it first"
+        ) from None
     fh.truncate(0)
     fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     fh.flush()

@@ -1,7 +1,7 @@
 """Pictures for people: a colormap, expert-gate composites, the crop where two images differ most, display sizes.
 
 Everything is numpy on top of the toolkit's tensors (no plotting library): maps come in as tensors, pictures go
-out as float32 ``(H,W,3)`` arrays in [0,1] that :func:`pipeline.imageio.write_image` saves.
+out as float32 ``(H,W,3)`` arrays in [0,1] that :func:`pipeline.core.imageio.write_image` saves.
 """
 
 from __future__ import annotations
@@ -30,10 +30,22 @@ __all__ = [
 # 0.004 of the full 256-entry table.
 VIRIDIS = np.array(
     [
-        (0.2670, 0.0049, 0.3294), (0.2823, 0.0950, 0.4173), (0.2788, 0.1755, 0.4834), (0.2590, 0.2515, 0.5247),
-        (0.2297, 0.3224, 0.5457), (0.1994, 0.3876, 0.5546), (0.1727, 0.4488, 0.5579), (0.1490, 0.5081, 0.5573),
-        (0.1276, 0.5669, 0.5506), (0.1206, 0.6258, 0.5335), (0.1579, 0.6838, 0.5017), (0.2461, 0.7389, 0.4520),
-        (0.3692, 0.7889, 0.3829), (0.5160, 0.8312, 0.2943), (0.6785, 0.8637, 0.1895), (0.8456, 0.8873, 0.0997),
+        (0.2670, 0.0049, 0.3294),
+        (0.2823, 0.0950, 0.4173),
+        (0.2788, 0.1755, 0.4834),
+        (0.2590, 0.2515, 0.5247),
+        (0.2297, 0.3224, 0.5457),
+        (0.1994, 0.3876, 0.5546),
+        (0.1727, 0.4488, 0.5579),
+        (0.1490, 0.5081, 0.5573),
+        (0.1276, 0.5669, 0.5506),
+        (0.1206, 0.6258, 0.5335),
+        (0.1579, 0.6838, 0.5017),
+        (0.2461, 0.7389, 0.4520),
+        (0.3692, 0.7889, 0.3829),
+        (0.5160, 0.8312, 0.2943),
+        (0.6785, 0.8637, 0.1895),
+        (0.8456, 0.8873, 0.0997),
         (0.9932, 0.9062, 0.1439),
     ],
     dtype=np.float64,
@@ -41,8 +53,14 @@ VIRIDIS = np.array(
 
 # Expert colours: with up to 3 experts pure-ish red/green/blue, so equal gates read as grey; then more hues.
 _PALETTE = (
-    (0.90, 0.12, 0.10), (0.10, 0.72, 0.15), (0.12, 0.35, 0.95), (0.95, 0.62, 0.05), (0.62, 0.22, 0.82),
-    (0.05, 0.75, 0.80), (0.85, 0.30, 0.60), (0.50, 0.50, 0.10),
+    (0.90, 0.12, 0.10),
+    (0.10, 0.72, 0.15),
+    (0.12, 0.35, 0.95),
+    (0.95, 0.62, 0.05),
+    (0.62, 0.22, 0.82),
+    (0.05, 0.75, 0.80),
+    (0.85, 0.30, 0.60),
+    (0.50, 0.50, 0.10),
 )
 
 
@@ -65,8 +83,9 @@ def _as_map(values: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr
 
 
-def colormap(values: torch.Tensor | np.ndarray, *, vmin: float = 0.0, vmax: float = 1.0,
-             table: np.ndarray = VIRIDIS) -> np.ndarray:
+def colormap(
+    values: torch.Tensor | np.ndarray, *, vmin: float = 0.0, vmax: float = 1.0, table: np.ndarray = VIRIDIS
+) -> np.ndarray:
     """Map ``values`` (H,W) — or (1,1,H,W) — linearly from [vmin, vmax] onto ``table`` → (H,W,3) float32 in [0,1].
     Values outside the range are clipped; NaN/Inf are an error (a map that is not finite is a bug upstream)."""
     if not vmax > vmin:

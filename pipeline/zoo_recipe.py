@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.config import ConfigError, load_config
+from pipeline.core.config import ConfigError, load_config
 
 __all__ = ["ZooEntryRecipe", "ZooRecipe", "ZooStage", "load_zoo_recipe", "stage_run_name", "stages"]
 
@@ -57,10 +57,15 @@ def load_zoo_recipe(path: str | os.PathLike) -> ZooRecipe:
     for name, entry in recipe.experts.items():
         for overrides in entry.fine_tune:
             for item in overrides:
-                if "=" not in item or any(c.isspace() for c in item) or item.startswith(("model.init_from=",
-                                                                                          "train.name=")):
-                    raise ConfigError(f"{path}: experts.{name}.fine_tune: {item!r} is not a dotted key=value without "
-                                      "spaces (model.init_from and train.name are set by the stage itself)")
+                if (
+                    "=" not in item
+                    or any(c.isspace() for c in item)
+                    or item.startswith(("model.init_from=", "train.name="))
+                ):
+                    raise ConfigError(
+                        f"{path}: experts.{name}.fine_tune: {item!r} is not a dotted key=value without "
+                        "spaces (model.init_from and train.name are set by the stage itself)"
+                    )
     return recipe
 
 
@@ -71,8 +76,13 @@ def stages(recipe: ZooRecipe, name: str) -> list[ZooStage]:
     entry = recipe.experts[name]
     out = [ZooStage(run=stage_run_name(name, 0), config=entry.config, overrides=())]
     for i, overrides in enumerate(entry.fine_tune, start=1):
-        out.append(ZooStage(run=stage_run_name(name, i), config=entry.config,
-                            overrides=(f"model.init_from=runs/{out[-1].run}", *overrides)))
+        out.append(
+            ZooStage(
+                run=stage_run_name(name, i),
+                config=entry.config,
+                overrides=(f"model.init_from=runs/{out[-1].run}", *overrides),
+            )
+        )
     return out
 
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import train as train_mod
-from pipeline.cli import run_cli
-from pipeline.model_io import load_pretrained
-from pipeline.run_checkpoint import resolve_checkpoint
+from pipeline.core.cli import run_cli
+from pipeline.model.io import load_pretrained, resolve_checkpoint
 
 __all__ = ["VARIANTS", "Variant", "final_scores", "format_table", "main", "run_variant"]
 
@@ -43,13 +42,24 @@ VARIANTS = (
     Variant("no_hierarchical", "hierarchical multi-resolution fusion", ("model.hierarchical.enabled=false",)),
     Variant("no_gating", "per-pixel expert gating (plain mean as the base)", ("model.gating.enabled=false",)),
     Variant("no_edge", "Laplacian edge enhancement", ("model.edge.enabled=false",)),
-    Variant("no_refine_edge", "refinement CNN + edge enhancement (+ Hessian, which feeds them)",
-            ("model.refine.enabled=false", "model.edge.enabled=false", "model.hessian.enabled=false")),
+    Variant(
+        "no_refine_edge",
+        "refinement CNN + edge enhancement (+ Hessian, which feeds them)",
+        ("model.refine.enabled=false", "model.edge.enabled=false", "model.hessian.enabled=false"),
+    ),
     Variant("no_fourier_unit", "Fourier-unit branch", ("model.fourier_unit.enabled=false",)),
     Variant("no_hessian", "Hessian detail attention", ("model.hessian.enabled=false",)),
-    Variant("gating_only", "every residual branch (hierarchical, refine, edge, Hessian, LR residual)",
-            ("model.hierarchical.enabled=false", "model.refine.enabled=false", "model.edge.enabled=false",
-             "model.hessian.enabled=false", "model.lr_residual.enabled=false")),
+    Variant(
+        "gating_only",
+        "every residual branch (hierarchical, refine, edge, Hessian, LR residual)",
+        (
+            "model.hierarchical.enabled=false",
+            "model.refine.enabled=false",
+            "model.edge.enabled=false",
+            "model.hessian.enabled=false",
+            "model.lr_residual.enabled=false",
+        ),
+    ),
 )
 
 
@@ -65,23 +75,36 @@ def final_scores(run: Path, steps: int) -> dict | None:
     last = {tag: v for s, tag, v in _read_rows(run) if s == steps and tag.startswith("val/")}
     if "val/psnr" not in last:
         return None
-    experts = {t.removeprefix("val/expert_"): v for t, v in last.items()
-               if t.startswith("val/expert_") and t != "val/expert_mean"}
+    experts = {
+        t.removeprefix("val/expert_"): v
+        for t, v in last.items()
+        if t.startswith("val/expert_") and t != "val/expert_mean"
+    }
     best = max(experts, key=experts.get)
     params = sum(p.numel() for p in load_pretrained(resolve_checkpoint(run, which="last")).parameters())
-    return {"psnr": last["val/psnr"], "ssim": last["val/ssim"], "params": params, "best_expert": best,
-            "best_expert_psnr": experts[best], "mean_psnr": last["val/expert_mean"]}
+    return {
+        "psnr": last["val/psnr"],
+        "ssim": last["val/ssim"],
+        "params": params,
+        "best_expert": best,
+        "best_expert_psnr": experts[best],
+        "mean_psnr": last["val/expert_mean"],
+    }
 
 
-def run_variant(v: Variant, *, config: str, runs_dir: Path, steps: int, val_cache: str,
-                overrides: list[str]) -> dict:
+def run_variant(v: Variant, *, config: str, runs_dir: Path, steps: int, val_cache: str, overrides: list[str]) -> dict:
     run = runs_dir / v.name
     done = final_scores(run, steps)
     if done is not None:
         print(f"ablation: {v.name}: finished earlier ({done['psnr']:.3f} dB)")
         return done
-    common = [f"train.runs_dir={runs_dir}", f"train.name={v.name}", f"train.steps={steps}",
-              f"train.val_every={steps}", f"data.val_cache={val_cache}"]
+    common = [
+        f"train.runs_dir={runs_dir}",
+        f"train.name={v.name}",
+        f"train.steps={steps}",
+        f"train.val_every={steps}",
+        f"data.val_cache={val_cache}",
+    ]
     # a checkpoint every 250 steps unless the overrides say otherwise (they come after it, so they win)
     argv = [config, f"train.ckpt_every={min(250, steps)}", *overrides, *common, *v.overrides]
     if (run / "ckpt").exists():
@@ -97,24 +120,32 @@ def run_variant(v: Variant, *, config: str, runs_dir: Path, steps: int, val_cach
 
 def format_table(results: dict[str, dict], variants: tuple[Variant, ...], *, steps: int, val: str) -> str:
     ref = results.get("default")
-    lines = ["| variant | switched off | parameters | PSNR-Y / SSIM-Y | Δ vs default | Δ vs best expert |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | switched off | parameters | PSNR-Y / SSIM-Y | Δ vs default | Δ vs best expert |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in variants:
         r = results.get(v.name)
         if r is None:
             continue
         d_ref = f"{r['psnr'] - ref['psnr']:+.4f}" if ref is not None and v.name != "default" else "—"
-        lines.append(f"| {v.name} | {v.off} | {r['params']:,} | {r['psnr']:.4f} / {r['ssim']:.4f} | {d_ref} | "
-                     f"{r['psnr'] - r['best_expert_psnr']:+.4f} ({r['best_expert']}) |")
+        lines.append(
+            f"| {v.name} | {v.off} | {r['params']:,} | {r['psnr']:.4f} / {r['ssim']:.4f} | {d_ref} | "
+            f"{r['psnr'] - r['best_expert_psnr']:+.4f} ({r['best_expert']}) |"
+        )
     any_r = next(iter(results.values()))
-    lines.append(f"\n{steps} steps each, scored with the final EMA weights on {val} (best expert "
-                 f"{any_r['best_expert']} {any_r['best_expert_psnr']:.3f} dB, plain mean {any_r['mean_psnr']:.3f} dB).")
+    lines.append(
+        f"\n{steps} steps each, scored with the final EMA weights on {val} (best expert "
+        f"{any_r['best_expert']} {any_r['best_expert_psnr']:.3f} dB, plain mean {any_r['mean_psnr']:.3f} dB)."
+    )
     return "\n".join(lines)
 
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", help="train config of the default network (e.g. configs/train/fusion_craft_ditn_span.yaml)")
+    ap.add_argument(
+        "config", help="train config of the default network (e.g. configs/train/fusion_craft_ditn_span.yaml)"
+    )
     ap.add_argument("overrides", nargs="*", help="dotted overrides applied to every variant")
     ap.add_argument("--val-cache", required=True, help="full-image cache to score on (e.g. caches/bsd100.h5)")
     ap.add_argument("--steps", type=int, default=750)
@@ -131,19 +162,38 @@ def _main(argv: list[str] | None = None) -> int:
         chosen = tuple(v for v in VARIANTS if v.name in wanted)
     if not Path(args.val_cache).exists():
         ap.error(f"--val-cache {args.val_cache} not found (make it with scripts/extract_features.py)")
-    results = {v.name: run_variant(v, config=args.config, runs_dir=args.runs_dir, steps=args.steps,
-                                   val_cache=args.val_cache, overrides=list(args.overrides)) for v in chosen}
+    results = {
+        v.name: run_variant(
+            v,
+            config=args.config,
+            runs_dir=args.runs_dir,
+            steps=args.steps,
+            val_cache=args.val_cache,
+            overrides=list(args.overrides),
+        )
+        for v in chosen
+    }
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    (args.runs_dir / "ablation.json").write_text(json.dumps(
-        {"config": args.config, "overrides": args.overrides, "steps": args.steps, "val_cache": args.val_cache,
-         "results": results, "switches": {v.name: list(v.overrides) for v in chosen}}, indent=2))
+    (args.runs_dir / "ablation.json").write_text(
+        json.dumps(
+            {
+                "config": args.config,
+                "overrides": args.overrides,
+                "steps": args.steps,
+                "val_cache": args.val_cache,
+                "results": results,
+                "switches": {v.name: list(v.overrides) for v in chosen},
+            },
+            indent=2,
+        )
+    )
     print(format_table(results, chosen, steps=args.steps, val=args.val_cache))
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("ablation", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

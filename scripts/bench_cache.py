@@ -26,10 +26,10 @@ from cache.dataset import CachedSRDataset
 from cache.schema import CacheMeta
 from cache.writer import CacheWriter
 from experts.ensemble import ExpertEnsemble
-from pipeline.fusion_net import FusionNet, load_fusion_config
-from pipeline.imageio import list_images, read_image, to_uint8, write_image
+from pipeline.core.imageio import list_images, read_image, to_uint8, write_image
+from pipeline.core.resize import make_lr
 from pipeline.losses import charbonnier_loss
-from pipeline.resize import make_lr
+from pipeline.model.fusion_net import FusionNet, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,9 @@ def _u8(t: torch.Tensor) -> np.ndarray:
 
 def bench_extraction(ens: ExpertEnsemble, files: list[Path], out: Path, compression: str) -> tuple[float, float, Path]:
     """→ (seconds experts alone, seconds full extraction path, cache path)."""
-    meta = CacheMeta(scale=ens.scale, experts=tuple(fp.to_dict() for fp in ens.fingerprints), lr_method="matlab_bicubic")
+    meta = CacheMeta(
+        scale=ens.scale, experts=tuple(fp.to_dict() for fp in ens.fingerprints), lr_method="matlab_bicubic"
+    )
     lrs = [make_lr(read_image(f), ens.scale)[1] for f in files]
     t0 = time.perf_counter()
     for lr in lrs:
@@ -53,8 +55,13 @@ def bench_extraction(ens: ExpertEnsemble, files: list[Path], out: Path, compress
         for f in files:
             hr, lr = make_lr(read_image(f), ens.scale)
             o = ens(lr)
-            w.write_sample(f.stem, lr=_u8(lr), hr=_u8(hr), srs=o.srs[0].numpy().astype(np.float16),
-                           feats=[x[0].numpy().astype(np.float16) for x in o.feats])
+            w.write_sample(
+                f.stem,
+                lr=_u8(lr),
+                hr=_u8(hr),
+                srs=o.srs[0].numpy().astype(np.float16),
+                feats=[x[0].numpy().astype(np.float16) for x in o.feats],
+            )
         w.write_index([f.stem for f in files])
     full = time.perf_counter() - t0
     return alone, full, path
@@ -62,8 +69,13 @@ def bench_extraction(ens: ExpertEnsemble, files: list[Path], out: Path, compress
 
 def crops_per_second(path: Path, *, patch: int, batch: int, workers: int, batches: int) -> float:
     ds = CachedSRDataset(path, patch=patch, seed=0)
-    loader = DataLoader(ds, batch_size=batch, sampler=range(batch * (batches + 2)), num_workers=workers,
-                        worker_init_fn=lambda _: torch.set_num_threads(1))
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=range(batch * (batches + 2)),
+        num_workers=workers,
+        worker_init_fn=lambda _: torch.set_num_threads(1),
+    )
     it = iter(loader)
     next(it)  # worker start-up and file opening are not part of the steady state
     t0 = time.perf_counter()
@@ -73,8 +85,9 @@ def crops_per_second(path: Path, *, patch: int, batch: int, workers: int, batche
     return n / (time.perf_counter() - t0)
 
 
-def png_crops_per_second(png_dir: Path, names: list[str], experts: tuple[str, ...], *, patch: int, scale: int,
-                         n: int) -> float:
+def png_crops_per_second(
+    png_dir: Path, names: list[str], experts: tuple[str, ...], *, patch: int, scale: int, n: int
+) -> float:
     """The alternative to a cache: SR outputs saved as PNG; every crop decodes each expert's whole PNG."""
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
@@ -127,21 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True)
     files = list_images(args.hr)[: args.limit]
     ens = ExpertEnsemble.from_yaml(args.experts)
-    print(f"bench_cache: {len(files)} images from {args.hr}, experts {list(ens.names)}, "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"bench_cache: {len(files)} images from {args.hr}, experts {list(ens.names)}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
     alone, full, path = bench_extraction(ens, files, args.out, "none")
-    print(f"[extract] experts alone {alone / len(files):.2f} s/img | full extract path {full / len(files):.2f} s/img"
-          f" | overhead ratio {full / alone:.3f} (target <= 1.10)")
+    print(
+        f"[extract] experts alone {alone / len(files):.2f} s/img | full extract path {full / len(files):.2f} s/img"
+        f" | overhead ratio {full / alone:.3f} (target <= 1.10)"
+    )
     _, _, path_lzf = bench_extraction(ens, files, args.out, "lzf")
 
     sizes = {}
     for label, p in (("none", path), ("lzf", path_lzf)):
         sizes[label] = sum(f.stat().st_size for f in p.with_name(p.name + ".d").glob("*.h5")) / len(files)
     n_exp = len(ens.names)
-    print(f"[size] per image: none {sizes['none'] / 2**20:.2f} MiB, lzf {sizes['lzf'] / 2**20:.2f} MiB "
-          f"(lzf/none {sizes['lzf'] / sizes['none']:.3f}); per image per expert: "
-          f"none {sizes['none'] / n_exp / 2**20:.2f} MiB, lzf {sizes['lzf'] / n_exp / 2**20:.2f} MiB")
+    print(
+        f"[size] per image: none {sizes['none'] / 2**20:.2f} MiB, lzf {sizes['lzf'] / 2**20:.2f} MiB "
+        f"(lzf/none {sizes['lzf'] / sizes['none']:.3f}); per image per expert: "
+        f"none {sizes['none'] / n_exp / 2**20:.2f} MiB, lzf {sizes['lzf'] / n_exp / 2**20:.2f} MiB"
+    )
 
     png_dir = args.out / "png"
     ds = CachedSRDataset(path, patch=args.patch)
@@ -151,18 +170,25 @@ def main(argv: list[str] | None = None) -> int:
             write_image(png_dir / e / f"{name}.png", srs[j])
     steps = train_steps_per_second(path, args.fusion, patch=args.patch, batch=args.batch, steps=args.train_steps)
     need = steps * args.batch
-    print(f"[train] fusion ({args.fusion.name}) training at batch {args.batch}, patch {args.patch}: {steps:.3f} "
-          f"steps/s = {need:.1f} crops/s needed")
+    print(
+        f"[train] fusion ({args.fusion.name}) training at batch {args.batch}, patch {args.patch}: {steps:.3f} "
+        f"steps/s = {need:.1f} crops/s needed"
+    )
     for label, p in (("none", path), ("lzf", path_lzf)):
         for workers in (0, args.workers):
             rate = crops_per_second(p, patch=args.patch, batch=args.batch, workers=workers, batches=args.batches)
-            print(f"[read] cache ({label}) with {workers} workers: {rate:.1f} crops/s = {rate / need:.1f}x the "
-                  f"training step rate (target >= 3x)")
-    png_rate = png_crops_per_second(png_dir, ds.reader.names, ens.names, patch=args.patch, scale=ens.scale,
-                                    n=max(8, args.batch))
+            print(
+                f"[read] cache ({label}) with {workers} workers: {rate:.1f} crops/s = {rate / need:.1f}x the "
+                f"training step rate (target >= 3x)"
+            )
+    png_rate = png_crops_per_second(
+        png_dir, ds.reader.names, ens.names, patch=args.patch, scale=ens.scale, n=max(8, args.batch)
+    )
     cache_rate0 = crops_per_second(path, patch=args.patch, batch=args.batch, workers=0, batches=args.batches)
-    print(f"[read] PNG decode of the same SR outputs (8-bit!): {png_rate:.1f} crops/s; cache/PNG = "
-          f"{cache_rate0 / png_rate:.1f}x (0 workers each)")
+    print(
+        f"[read] PNG decode of the same SR outputs (8-bit!): {png_rate:.1f} crops/s; cache/PNG = "
+        f"{cache_rate0 / png_rate:.1f}x (0 workers each)"
+    )
     return 0
 
 

@@ -22,9 +22,9 @@ import torch
 
 from experts.ensemble import ExpertEnsemble
 from experts.spec import REPO_ROOT
-from pipeline.cli import run_cli
+from pipeline.core.cli import run_cli
+from pipeline.core.imageio import read_image
 from pipeline.ensemblers import apply, fit, load
-from pipeline.imageio import read_image
 
 BABY = REPO_ROOT.parent / "shared" / "data" / "val" / "Set5" / "LR_bicubic" / "X4" / "babyx4.png"
 
@@ -39,8 +39,9 @@ def _best(fn, repeats: int) -> float:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench_ensembles.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench_ensembles.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "experts" / "shared_real.yaml")
     ap.add_argument("--ensemblers", type=Path, nargs="*", default=[])
     ap.add_argument("--lr-size", type=int, default=96)
@@ -53,10 +54,11 @@ def _main(argv: list[str] | None = None) -> int:
     if BABY.is_file():
         full = read_image(BABY)
         top, left = (full.shape[-2] - s) // 2, (full.shape[-1] - s) // 2
-        lr = full[..., max(top, 0):max(top, 0) + s, max(left, 0):max(left, 0) + s].contiguous()
+        lr = full[..., max(top, 0) : max(top, 0) + s, max(left, 0) : max(left, 0) + s].contiguous()
     else:
-        lr = torch.nn.functional.interpolate(torch.rand(1, 3, s // 8, s // 8, generator=torch.Generator()
-                                                        .manual_seed(0)), size=(s, s), mode="bicubic").clamp(0, 1)
+        lr = torch.nn.functional.interpolate(
+            torch.rand(1, 3, s // 8, s // 8, generator=torch.Generator().manual_seed(0)), size=(s, s), mode="bicubic"
+        ).clamp(0, 1)
     ensemble = ExpertEnsemble.from_yaml(args.config)
     fps = [fp.to_dict() for fp in ensemble.fingerprints]
     with torch.inference_mode():
@@ -69,8 +71,10 @@ def _main(argv: list[str] | None = None) -> int:
         mp = srs.shape[-1] * srs.shape[-2] / 1e6
         t_experts = _best(lambda: ensemble(lr), args.repeats)
         rows = [(p.method, _best(lambda p=p: apply(p, srs), args.repeats)) for p in peers]
-    print(f"bench_ensembles: LR {s}x{s} -> HR {mp:.3f} MP, experts {list(ensemble.names)}, "
-          f"{torch.get_num_threads()} thread(s)")
+    print(
+        f"bench_ensembles: LR {s}x{s} -> HR {mp:.3f} MP, experts {list(ensemble.names)}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     print(f"{'what':<14}{'s / HR MP':>12}{'share of experts':>18}")
     print(f"{'experts':<14}{t_experts / mp:12.3f}{'100.0 %':>18}")
     for name, t in rows:

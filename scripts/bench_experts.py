@@ -29,8 +29,8 @@ import torch
 
 from experts.expert import Expert, load_expert
 from experts.spec import REPO_ROOT, load_ensemble_spec
-from pipeline.imageio import list_images, read_image
-from pipeline.resize import bicubic_upscale
+from pipeline.core.imageio import list_images, read_image
+from pipeline.core.resize import bicubic_upscale
 
 DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "data" / "val" / "Set5" / "LR_bicubic" / "X4"
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 dataclasses.replace(e_spec, tile=args.tile, tile_overlap=overlap), ensemble_scale=spec.scale
             )
         t = bench_expert(expert, lrs, repeats=args.repeats, tiled=tiled)
-        row = f"{e_spec.name:<10} {expert.device!s:<8} {t['plain']:9.4f} {t['expert']:9.4f} {t['expert'] / t['plain']:7.3f}"
+        ratio = t["expert"] / t["plain"]
+        row = f"{e_spec.name:<10} {expert.device!s:<8} {t['plain']:9.4f} {t['expert']:9.4f} {ratio:7.3f}"
         if tiled is not None:
             row += f" {t['tiled']:9.4f} {t['tiled'] / t['plain']:7.3f}"
         print(row, flush=True)

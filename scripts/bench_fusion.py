@@ -30,12 +30,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from pipeline.fusion_net import PHASE_SWITCHES, SCALE, FusionConfig, FusionNet, load_fusion_config  # noqa: E402
+from pipeline.model.fusion_net import PHASE_SWITCHES, SCALE, FusionConfig, FusionNet, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
 SWITCHES = PHASE_SWITCHES

@@ -23,18 +23,15 @@ import argparse
 import dataclasses
 import functools
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.config import load_config  # noqa: E402
-from pipeline.refiner.config import RefinerConfig  # noqa: E402
+from pipeline.core.config import load_config
+from pipeline.refiner.config import RefinerConfig
 
 
 def timed(fn: Callable[[], object], *, repeats: int, sync: Callable[[], None] = lambda: None) -> float:

@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experts.architectures import count_parameters  # noqa: E402
-from pipeline.ema import ModelEma  # noqa: E402
-from pipeline.expert_train_config import load_expert_run_config  # noqa: E402
-from pipeline.losses import charbonnier_loss, l1_loss  # noqa: E402
-from scripts.train_expert import build_dataset, build_loader, build_model, train_step  # noqa: E402
+from experts.architectures import count_parameters
+from pipeline.ema import ModelEma
+from pipeline.expert_train_config import load_expert_run_config
+from pipeline.losses import charbonnier_loss, l1_loss
+from scripts.train_expert import build_dataset, build_loader, build_model, train_step
 
 
 class Bench:
@@ -44,8 +41,7 @@ class Bench:
         dataset.warm_cache()  # steady state: with data.cache_images the images are decoded once, in the first epoch
         self.loader = iter(build_loader(cfg, dataset, start_step=0, device=torch.device("cpu")))
         self.ema = ModelEma(self.model, decay=t.ema_decay, warmup=t.ema_warmup)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
-                                           weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.loss_fn = l1_loss if t.loss == "l1" else charbonnier_loss
         self.data_s: list[float] = []
         self.step_s: list[float] = []
@@ -54,8 +50,16 @@ class Bench:
         t0 = time.perf_counter()
         batch = next(self.loader)
         t1 = time.perf_counter()
-        train_step(self.model, self.ema, self.optimizer, self.loss_fn, batch, device=torch.device("cpu"),
-                   grad_clip=self.cfg.train.grad_clip, use_bf16=False)
+        train_step(
+            self.model,
+            self.ema,
+            self.optimizer,
+            self.loss_fn,
+            batch,
+            device=torch.device("cpu"),
+            grad_clip=self.cfg.train.grad_clip,
+            use_bf16=False,
+        )
         t2 = time.perf_counter()
         if timed:
             self.data_s.append(t1 - t0)
@@ -64,10 +68,18 @@ class Bench:
     def summary(self) -> dict:
         total = [a + b for a, b in zip(self.data_s, self.step_s)]
         c = self.cfg
-        return {"name": self.name, "arch": c.model.architecture, "params": count_parameters(self.model),
-                "batch": c.data.batch_size, "patch": c.data.patch, "steps": c.train.steps,
-                "s_per_step": statistics.median(total), "min": min(total), "max": max(total),
-                "data": statistics.median(self.data_s)}
+        return {
+            "name": self.name,
+            "arch": c.model.architecture,
+            "params": count_parameters(self.model),
+            "batch": c.data.batch_size,
+            "patch": c.data.patch,
+            "steps": c.train.steps,
+            "s_per_step": statistics.median(total),
+            "min": min(total),
+            "max": max(total),
+            "data": statistics.median(self.data_s),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             b.step(timed=i >= args.warmup)
     rows = [b.summary() for b in benches]
     for r in rows:
-        print(f"{r['name']:>12s} {r['arch']:>9s} {r['params']:>9,d} params  batch {r['batch']:>2d} × {r['patch']}²: "
-              f"{r['s_per_step']:.3f} s/step median (min {r['min']:.3f}, max {r['max']:.3f}; data {r['data']:.3f} s)"
-              f" → {r['steps']} steps ≈ {r['steps'] * r['s_per_step'] / 3600:.2f} h "
-              f"(≈ {r['steps'] * r['min'] / 3600:.2f} h at the min) at {args.threads} thread(s)", flush=True)
+        print(
+            f"{r['name']:>12s} {r['arch']:>9s} {r['params']:>9,d} params  batch {r['batch']:>2d} × {r['patch']}²: "
+            f"{r['s_per_step']:.3f} s/step median (min {r['min']:.3f}, max {r['max']:.3f}; data {r['data']:.3f} s)"
+            f" → {r['steps']} steps ≈ {r['steps'] * r['s_per_step'] / 3600:.2f} h "
+            f"(≈ {r['steps'] * r['min'] / 3600:.2f} h at the min) at {args.threads} thread(s)",
+            flush=True,
+        )
     fastest = min(r["s_per_step"] for r in rows)
     print("ratio to the fastest: " + ", ".join(f"{r['name']} {r['s_per_step'] / fastest:.2f}" for r in rows))
     return 0

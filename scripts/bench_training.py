@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from cache.dataset import CachedSRDataset
 from experts.ensemble import ExpertEnsemble
-from pipeline.fusion_net import FusionNet, load_fusion_config
 from pipeline.losses import charbonnier_loss
+from pipeline.model.fusion_net import FusionNet, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     model = FusionNet(config=cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loader = iter(DataLoader(ds, batch_size=args.batch, sampler=range(10**9), num_workers=0))
-    print(f"bench_training: batch {args.batch}, LR patch {args.patch}, experts {list(ens.names)}, "
-          f"fusion {sum(p.numel() for p in model.parameters()) / 1e3:.0f}K params, {torch.get_num_threads()} threads")
+    print(
+        f"bench_training: batch {args.batch}, LR patch {args.patch}, experts {list(ens.names)}, "
+        f"fusion {sum(p.numel() for p in model.parameters()) / 1e3:.0f}K params, {torch.get_num_threads()} threads"
+    )
 
     def step(lr, hr, srs, feats) -> None:
         loss = charbonnier_loss(model(lr, srs, feats).sr, hr)
@@ -98,18 +100,34 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_hat:
         from spandrel.architectures.HAT import HAT
 
-        hat = HAT(img_size=64, upscale=4, embed_dim=180, depths=[6] * 12, num_heads=[6] * 12, window_size=16,
-                  compress_ratio=3, squeeze_factor=30, conv_scale=0.01, overlap_ratio=0.5, mlp_ratio=2.0,
-                  upsampler="pixelshuffle", resi_connection="1conv").eval()
+        hat = HAT(
+            img_size=64,
+            upscale=4,
+            embed_dim=180,
+            depths=[6] * 12,
+            num_heads=[6] * 12,
+            window_size=16,
+            compress_ratio=3,
+            squeeze_factor=30,
+            conv_scale=0.01,
+            overlap_ratio=0.5,
+            mlp_ratio=2.0,
+            upsampler="pixelshuffle",
+            resi_connection="1conv",
+        ).eval()
         n_params = sum(p.numel() for p in hat.parameters())
         x = torch.rand(1, 3, args.patch, args.patch)
         with torch.inference_mode():
             t_hat1 = timed(lambda: hat(x), 1)
         t_hat = t_hat1 * args.batch
-        print(f"[HAT-L]  {n_params / 1e6:.1f}M params (random weights, timing only): {t_hat1:.2f} s per "
-              f"{args.patch}x{args.patch} crop → {t_hat:.1f} s per batch of {args.batch}")
-        print(f"[ratio]  estimate with HAT-L added to the live experts: "
-              f"{(t_live + t_hat) / t_cached:.0f}x slower than cached training")
+        print(
+            f"[HAT-L]  {n_params / 1e6:.1f}M params (random weights, timing only): {t_hat1:.2f} s per "
+            f"{args.patch}x{args.patch} crop → {t_hat:.1f} s per batch of {args.batch}"
+        )
+        print(
+            f"[ratio]  estimate with HAT-L added to the live experts: "
+            f"{(t_live + t_hat) / t_cached:.0f}x slower than cached training"
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 """The bicubic baseline: upscale every LR image with the MATLAB-compatible bicubic, keeping file names.
 
-    python scripts/bicubic.py --input LR_DIR --output OUT_DIR [--scale 4]
+python scripts/bicubic.py --input LR_DIR --output OUT_DIR [--scale 4]
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.cli import run_cli
-from pipeline.imageio import list_images, read_image, write_image
-from pipeline.resize import bicubic_upscale
+from pipeline.core.cli import run_cli
+from pipeline.core.imageio import list_images, read_image, write_image
+from pipeline.core.resize import bicubic_upscale
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -32,9 +32,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("bicubic", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

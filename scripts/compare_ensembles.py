@@ -23,18 +23,18 @@ import torch
 from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
-from pipeline.atomic import atomic_write_text
-from pipeline.cli import run_cli
+from experts.loading import sha256_file
 from pipeline.compare import OutputStore, expert_outputs, score_rows, summarise, table_markdown
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.cli import run_cli
+from pipeline.core.imageio import read_image, scan_image_folder
+from pipeline.core.metrics import crop_to_match
+from pipeline.core.outputs import check_output_file
+from pipeline.core.resize import make_lr
 from pipeline.ensemblers import fit, load
 from pipeline.evaluation import strip_scale_suffix
-from pipeline.imageio import read_image, scan_image_folder
 from pipeline.inference import load_pipeline
-from pipeline.metrics import crop_to_match
-from pipeline.outputs import check_output_file
-from pipeline.resize import make_lr
-from pipeline.run_checkpoint import resolve_checkpoint
-from experts.loading import sha256_file
+from pipeline.model.io import resolve_checkpoint
 
 
 def _pairs(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[tuple[str, Path, Path | None]]:
@@ -57,8 +57,9 @@ def _is_ours(path: Path) -> bool:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="compare_ensembles.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="compare_ensembles.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--experts", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
     ap.add_argument("--hr", required=True, type=Path, help="HR folder of the test set")
     ap.add_argument("--lr", type=Path, default=None, help="LR folder (NAMEx4.png); default: MATLAB bicubic of --hr")
@@ -90,8 +91,14 @@ def _main(argv: list[str] | None = None) -> int:
     peers = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps)]
     peers += [load(p, experts=fps) for p in args.ensemblers]
     pairs = _pairs(args.hr, args.lr, scale)
-    store = OutputStore(args.cache_dir, meta={"experts": [[fp["name"], fp["sha256"]] for fp in fps],
-                                              "fusion_sha256": fusion_sha, "lr": str(args.lr or "matlab_bicubic")})
+    store = OutputStore(
+        args.cache_dir,
+        meta={
+            "experts": [[fp["name"], fp["sha256"]] for fp in fps],
+            "fusion_sha256": fusion_sha,
+            "lr": str(args.lr or "matlab_bicubic"),
+        },
+    )
 
     def hr_and_lr(hr_path: Path, lr_path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
         hr = read_image(hr_path)
@@ -101,8 +108,10 @@ def _main(argv: list[str] | None = None) -> int:
         return crop_to_match(hr, torch.empty(1, 3, scale * lr.shape[-2], scale * lr.shape[-1]), scale=scale), lr
 
     todo = [(n, h, lp) for n, h, lp in pairs if not store.has(n)]
-    print(f"compare_ensembles: {len(pairs)} images ({len(pairs) - len(todo)} stored), experts {list(ensemble.names)}"
-          f", fusion {args.fusion or '-'}, peers {[p.method for p in peers]}")
+    print(
+        f"compare_ensembles: {len(pairs)} images ({len(pairs) - len(todo)} stored), experts {list(ensemble.names)}"
+        f", fusion {args.fusion or '-'}, peers {[p.method for p in peers]}"
+    )
     for name, hr_path, lr_path in tqdm(todo, desc="experts x8", unit="img"):
         _, lr = hr_and_lr(hr_path, lr_path)
         store.put(name, expert_outputs(ensemble, lr.to(args.device), fuse=fuse))
@@ -112,14 +121,18 @@ def _main(argv: list[str] | None = None) -> int:
             hr, _ = hr_and_lr(hr_path, lr_path)
             yield store.get(name), hr[0]
 
-    rows = score_rows(items(), expert_names=ensemble.names, ensemblers=peers, with_fusion=fuse is not None,
-                      scale=scale)
+    rows = score_rows(items(), expert_names=ensemble.names, ensemblers=peers, with_fusion=fuse is not None, scale=scale)
     summary = summarise(rows)
     title = args.title or args.hr.name
-    payload = {"title": title, "images": [n for n, _, _ in pairs], "rows": summary,
-               "per_image_psnr": {f"{r.regime}/{r.method}": r.psnr for r in rows},
-               "experts": fps, "fusion": str(args.fusion) if args.fusion else None,
-               "ensemblers": [str(p) for p in args.ensemblers]}
+    payload = {
+        "title": title,
+        "images": [n for n, _, _ in pairs],
+        "rows": summary,
+        "per_image_psnr": {f"{r.regime}/{r.method}": r.psnr for r in rows},
+        "experts": fps,
+        "fusion": str(args.fusion) if args.fusion else None,
+        "ensemblers": [str(p) for p in args.ensemblers],
+    }
     atomic_write_text(out_json, json.dumps(payload, indent=1))
     md = table_markdown(summary, title=title)
     atomic_write_text(out_md, md)

@@ -6,15 +6,12 @@ python scripts/count_params.py configs/fusion.yaml [model.freq.enabled=false ...
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torch import nn
 
-from torch import nn  # noqa: E402
-
-from pipeline.cli import run_cli
-from pipeline.fusion_net import FusionNet, load_fusion_config  # noqa: E402
+from pipeline.core.cli import run_cli
+from pipeline.model.fusion_net import FusionNet, load_fusion_config
 
 PHASES = {
     "embed": "1 inputs",
@@ -69,9 +66,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("count_params", _main, argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,18 +21,14 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.atomic import atomic_write_text
-from pipeline.cli import run_cli
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.cli import run_cli
+from pipeline.core.outputs import check_output_file
 from pipeline.evaluation import PairingError, check_pairs, is_scores_json, mean_of, pair_images, score_fidelity
-from pipeline.outputs import check_output_file
 from pipeline.perceptual import (
     FETCH_HINT,
     METRIC_NAMES,
     PERCEPTUAL_FORMULA,
-    ImageTooSmallError,
-    MissingWeightsError,
-    PerceptualSetupError,
-    PerceptualWeightsError,
     build_metrics,
     check_image_sizes,
     check_weights,
@@ -42,15 +38,23 @@ from pipeline.perceptual import (
     use_weights_dir,
 )
 
-_HEADERS = {"lpips": "LPIPS", "dists": "DISTS", "niqe": "NIQE", "musiq": "MUSIQ", "maniqa": "MANIQA",
-            "clipiqa": "CLIPIQA"}
+_HEADERS = {
+    "lpips": "LPIPS",
+    "dists": "DISTS",
+    "niqe": "NIQE",
+    "musiq": "MUSIQ",
+    "maniqa": "MANIQA",
+    "clipiqa": "CLIPIQA",
+}
 
 
 def _epilog() -> str:
     return (
         "--weights-dir DIR must hold (DIR/torch is used as TORCH_HOME, DIR/huggingface as HF_HOME; this is the layout\n"
         "of ~/.cache/torch and ~/.cache/huggingface after pyiqa fetched the weights once on a machine with internet):\n"
-        + describe_layout() + "\n" + FETCH_HINT
+        + describe_layout()
+        + "\n"
+        + FETCH_HINT
     )
 
 
@@ -62,10 +66,18 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hr", required=True, type=Path, help="folder of ground-truth HR images")
     ap.add_argument("--scale", type=int, default=4, help="SR scale = border crop (default 4)")
     ap.add_argument("--json", type=Path, default=None, help="write per-image and mean scores as JSON")
-    ap.add_argument("--perceptual", action="store_true", help="also LPIPS, DISTS, NIQE, MUSIQ, MANIQA, CLIP-IQA and "
-                    "the perceptual-track score (pyiqa, local weights only)")
-    ap.add_argument("--weights-dir", type=Path, default=None, help="local weights of the perceptual metrics (layout "
-                    "below); default: the folders TORCH_HOME and HF_HOME name")
+    ap.add_argument(
+        "--perceptual",
+        action="store_true",
+        help="also LPIPS, DISTS, NIQE, MUSIQ, MANIQA, CLIP-IQA and "
+        "the perceptual-track score (pyiqa, local weights only)",
+    )
+    ap.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="local weights of the perceptual metrics (layout below); default: the folders TORCH_HOME and HF_HOME name",
+    )
     ap.add_argument("--device", default="cpu", help="device of the perceptual metrics (default cpu)")
     args = ap.parse_args(argv)
     if args.weights_dir is not None and not args.perceptual:
@@ -91,8 +103,9 @@ def _main(argv: list[str] | None = None) -> int:
     score = None
     if args.perceptual:
         names = METRIC_NAMES
-        perceptual = {r["name"]: r for r in score_pairs(metrics, pairs, scale=args.scale, device=args.device,
-                                                         progress=True)}
+        perceptual = {
+            r["name"]: r for r in score_pairs(metrics, pairs, scale=args.scale, device=args.device, progress=True)
+        }
         for row in rows:
             row.update({n: perceptual[row["name"]][n] for n in names})
         mean.update({n: mean_of(rows, n) for n in names})

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.cli import run_cli
 from pipeline.compare import block_oracle
+from pipeline.core.cli import run_cli
+from pipeline.core.imageio import read_image, write_image
+from pipeline.core.metrics import crop_to_match, rgb_to_y
 from pipeline.evaluation import PairingError, check_sizes, pair_images
-from pipeline.imageio import read_image, write_image
-from pipeline.metrics import crop_to_match, rgb_to_y
 
 __all__ = ["BlendStats", "blend_stats", "blend_weights", "block_oracle", "expert_mean", "main", "pixel_oracle"]
 
@@ -108,8 +108,14 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experts-dir", required=True, type=Path, help="experts.run output (one folder per expert)")
     ap.add_argument("--hr", required=True, type=Path, help="ground-truth HR folder")
     ap.add_argument("--scale", type=int, default=4)
-    ap.add_argument("--blocks", type=int, nargs="*", default=[], metavar="B",
-                    help="also the block oracles at these tile sides (SR pixels), e.g. 8 16")
+    ap.add_argument(
+        "--blocks",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="B",
+        help="also the block oracles at these tile sides (SR pixels), e.g. 8 16",
+    )
     ap.add_argument("--blend", action="store_true", help="also the least-squares fixed blend fitted on this set")
     args = ap.parse_args(argv)
     if any(b < 1 for b in args.blocks):
@@ -125,8 +131,10 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"expert_baselines: {exc}", file=sys.stderr)
         return 2
     if len(names) < 2:
-        print(f"expert_baselines: {fp_file} lists {len(names)} expert(s); a mean/oracle needs at least two",
-              file=sys.stderr)
+        print(
+            f"expert_baselines: {fp_file} lists {len(names)} expert(s); a mean/oracle needs at least two",
+            file=sys.stderr,
+        )
         return 2
 
     def images():
@@ -138,11 +146,16 @@ def _main(argv: list[str] | None = None) -> int:
 
     weights = None
     if args.blend:
-        weights = blend_weights(((srs, hr) for _, srs, hr in tqdm(images(), total=len(per_expert[0]),
-                                                                   desc="blend fit", unit="img")), scale=args.scale)
+        weights = blend_weights(
+            ((srs, hr) for _, srs, hr in tqdm(images(), total=len(per_expert[0]), desc="blend fit", unit="img")),
+            scale=args.scale,
+        )
         (args.experts_dir / "blend_weights.json").write_text(
-            json.dumps({"experts": names, "weights": [float(w) for w in weights]}, indent=2))
-        print("expert_baselines: least-squares blend " + ", ".join(f"{n} {float(w):+.4f}" for n, w in zip(names, weights)))
+            json.dumps({"experts": names, "weights": [float(w) for w in weights]}, indent=2)
+        )
+        print(
+            "expert_baselines: least-squares blend " + ", ".join(f"{n} {float(w):+.4f}" for n, w in zip(names, weights))
+        )
     written = ["_mean", "_oracle", *(f"_oracle_b{b}" for b in args.blocks), *(["_blend"] if args.blend else [])]
     for name, srs, hr in tqdm(images(), total=len(per_expert[0]), desc="baselines", unit="img"):
         write_image(args.experts_dir / "_mean" / name, expert_mean(srs))
@@ -155,9 +168,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("expert_baselines", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,15 +44,22 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.cli import run_cli
-from pipeline.errors import ToolkitError
 from experts.loading import sha256_file
 from experts.spec import EnsembleSpec
 from experts.spec import resolve_checkpoint as expert_checkpoint
-from pipeline.config import save_config
+from pipeline.core.cli import run_cli
+from pipeline.core.config import save_config
+from pipeline.core.errors import ToolkitError
 from pipeline.inference import expert_spec
-from pipeline.model_io import CONFIG_NAME, WEIGHTS_NAME, read_extra
-from pipeline.run_checkpoint import CHECKSUMS, ChecksumError, resolve_checkpoint, verify_checksums
+from pipeline.model.io import (
+    CHECKSUMS,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ChecksumError,
+    read_extra,
+    resolve_checkpoint,
+    verify_checksums,
+)
 from pipeline.submission import EXPERTS_YAML
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +77,10 @@ def package_name(team_id: int, team_name: str) -> str:
     if not 1 <= team_id <= 99:
         raise ExportError(f"--team-id must be 1..99 (team00 is the organisers' baseline), got {team_id}")
     if not _TEAM_NAME.fullmatch(team_name):
-        raise ExportError(f"--team-name {team_name!r} must match {_TEAM_NAME.pattern}: the package "
-                          f"models.team{team_id:02d}_<name> has to be importable")
+        raise ExportError(
+            f"--team-name {team_name!r} must match {_TEAM_NAME.pattern}: the package "
+            f"models.team{team_id:02d}_<name> has to be importable"
+        )
     return f"team{team_id:02d}_{team_name}"
 
 
@@ -107,8 +116,9 @@ def vendored_modules(entry: str = ENTRY) -> dict[str, Path]:
         package = parts if path.name == "__init__.py" else parts[:-1]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import) and any(_ours(a.name) for a in node.names):
-                raise ExportError(f"{path}:{node.lineno}: `import {node.names[0].name}` cannot be vendored; "
-                                  f"use `from ... import ...`")
+                raise ExportError(
+                    f"{path}:{node.lineno}: `import {node.names[0].name}` cannot be vendored; use `from ... import ...`"
+                )
             if not isinstance(node, ast.ImportFrom) or (node.level == 0 and not _ours(node.module)):
                 continue
             base = node.module  # a relative import stays as it is; the modules it names are vendored too
@@ -136,18 +146,20 @@ def relative_imports(source: str, module: str, *, is_package: bool) -> str:
     package = module if is_package else module.rpartition(".")[0]
     dots = "." * (package.count(".") + 2)  # level 1 is the module's own package; one more per package level
     lines = source.splitlines(keepends=True)
-    nodes = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.level == 0
-             and _ours(n.module)]
+    nodes = [
+        n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.level == 0 and _ours(n.module)
+    ]
     for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset), reverse=True):
         line = lines[node.lineno - 1]
         head = re.compile(rf"from\s+{re.escape(node.module)}\b")
         m = head.match(line, node.col_offset)
         if m is None:
             raise ExportError(f"{module}:{node.lineno}: cannot rewrite the import {line.strip()!r}")
-        lines[node.lineno - 1] = f"{line[:m.start()]}from {dots}{node.module}{line[m.end():]}"
+        lines[node.lineno - 1] = f"{line[: m.start()]}from {dots}{node.module}{line[m.end() :]}"
     out = "".join(lines)
-    left = [n.module for n in ast.walk(ast.parse(out)) if isinstance(n, ast.ImportFrom) and n.level == 0
-            and _ours(n.module)]
+    left = [
+        n.module for n in ast.walk(ast.parse(out)) if isinstance(n, ast.ImportFrom) and n.level == 0 and _ours(n.module)
+    ]
     if left:
         raise ExportError(f"{module}: imports {left} are still absolute after rewriting")
     return out
@@ -159,8 +171,10 @@ def write_vendor(dest: Path) -> list[str]:
     for module, path in modules.items():
         target = dest / path.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(relative_imports(path.read_text(encoding="utf-8"), module,
-                                          is_package=path.name == "__init__.py"), encoding="utf-8")
+        target.write_text(
+            relative_imports(path.read_text(encoding="utf-8"), module, is_package=path.name == "__init__.py"),
+            encoding="utf-8",
+        )
     (dest / "__init__.py").write_text('"""Vendored sr-fusion source; imports are relative to this folder."""\n')
     return third_party(modules.values())
 
@@ -190,8 +204,9 @@ def checked_experts(ckpt: Path, experts_yaml: Path | None) -> tuple[EnsembleSpec
         if not path.is_file():
             problems.append(f"expert {e.name!r}: checkpoint not found: {path}")
         elif (digest := sha256_file(path)) != e.sha256:
-            problems.append(f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, the fusion was trained with "
-                            f"{e.sha256[:16]}…")
+            problems.append(
+                f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, the fusion was trained with {e.sha256[:16]}…"
+            )
     if problems:
         raise ExportError("; ".join(problems))
     return spec, files
@@ -276,8 +291,11 @@ def build(tmp: Path, *, pkg: str, team_id: int, run: Path, ckpt: Path, spec: Ens
     (code / "__init__.py").write_text(INIT.format(pkg=pkg))
     (code / "requirements.txt").write_text(requirements_text(imports))
     experts = ", ".join(f"{e.name} ({e.architecture})" for e in spec.experts)
-    (code / "README.md").write_text(README.format(pkg=pkg, team_id=team_id, name=pkg.partition("_")[2],
-                                                  experts=experts, run=f"{run.name}/{ckpt.name}"))
+    (code / "README.md").write_text(
+        README.format(
+            pkg=pkg, team_id=team_id, name=pkg.partition("_")[2], experts=experts, run=f"{run.name}/{ckpt.name}"
+        )
+    )
     write_model_dir(tmp / "model_zoo" / pkg, ckpt, spec, files)
 
 
@@ -310,8 +328,10 @@ def _main(argv: list[str] | None = None) -> int:
             if not args.overwrite:
                 raise ExportError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
             if not content <= {"models", "model_zoo"}:  # --overwrite replaces an earlier export, nothing else
-                raise ExportError(f"--out {out} holds files an export does not make ({', '.join(sorted(content)[:5])}):"
-                                  " refusing to replace it, even with --overwrite")
+                raise ExportError(
+                    f"--out {out} holds files an export does not make ({', '.join(sorted(content)[:5])}):"
+                    " refusing to replace it, even with --overwrite"
+                )
         ckpt = resolve_checkpoint(args.run, which="best")
         verify_checksums(ckpt)
         spec, files = checked_experts(ckpt, args.experts)
@@ -328,14 +348,15 @@ def _main(argv: list[str] | None = None) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"export_ntire: wrote {out}/models/{pkg} and {out}/model_zoo/{pkg} "
-          f"(experts {[e.name for e in spec.experts]})")
+    print(
+        f"export_ntire: wrote {out}/models/{pkg} and {out}/model_zoo/{pkg} (experts {[e.name for e in spec.experts]})"
+    )
     return 0
-
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("export_ntire", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

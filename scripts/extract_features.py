@@ -43,11 +43,11 @@ from cache.schema import COMPRESSIONS, SELF_ENSEMBLE_KEY, CacheMeta
 from cache.writer import CacheWriter, check_cache_out, data_dir_of, part_path
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, load_ensemble_spec
+from pipeline.core.cli import run_cli
+from pipeline.core.errors import BadInputsError, ToolkitError
+from pipeline.core.imageio import ImageReadError, list_images, read_image, read_image_array, to_uint8
+from pipeline.core.resize import make_lr
 from pipeline.evaluation import strip_scale_suffix
-from pipeline.cli import run_cli
-from pipeline.errors import BadInputsError, ToolkitError
-from pipeline.imageio import ImageReadError, list_images, read_image, read_image_array, to_uint8
-from pipeline.resize import make_lr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,28 +158,40 @@ def verify_cache(path: Path) -> int:
     for p in problems:
         print(f"verify: {p}")
     if reader.skipped:
-        print(f"verify: {len(reader.skipped)} input(s) were skipped at extraction: "
-              + "; ".join(f"{s['name']}: {s['reason']}" for s in reader.skipped))
+        print(
+            f"verify: {len(reader.skipped)} input(s) were skipped at extraction: "
+            + "; ".join(f"{s['name']}: {s['reason']}" for s in reader.skipped)
+        )
     return 1 if problems else 0
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="extract_features.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="extract_features.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--experts", type=Path, help="expert ensemble YAML (configs/experts/*.yaml)")
     ap.add_argument("--hr", type=Path, nargs="+", default=[], help="HR image folder(s), e.g. T91 BSD200")
     ap.add_argument("--lr", type=Path, default=None, help="LR image folder (NAMEx4.png); default: made from --hr")
     ap.add_argument("--out", type=Path, required=True, help="cache index file, e.g. caches/train.h5")
     ap.add_argument("--root", type=Path, default=None, help="resolve relative checkpoint paths here (default: repo)")
-    ap.add_argument("--device", default=None, help="run every expert on this device (default: the YAML's; "
-                    "under torchrun with CUDA: cuda:LOCAL_RANK)")
+    ap.add_argument(
+        "--device",
+        default=None,
+        help="run every expert on this device (default: the YAML's; under torchrun with CUDA: cuda:LOCAL_RANK)",
+    )
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) cache first")
-    ap.add_argument("--skip-bad", action="store_true",
-                    help="skip bad inputs (recorded in the index) instead of refusing to start")
+    ap.add_argument(
+        "--skip-bad", action="store_true", help="skip bad inputs (recorded in the index) instead of refusing to start"
+    )
     ap.add_argument("--verify", action="store_true", help="re-read and check every sample (after extracting)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
-    ap.add_argument("--tta", action="store_true", help="cache each expert's x8 self-ensemble (features: identity "
-                    "pass); recorded in the fingerprints, so a fusion trained on it runs with submit.py --expert-tta")
+    ap.add_argument(
+        "--tta",
+        action="store_true",
+        help="cache each expert's x8 self-ensemble (features: identity "
+        "pass); recorded in the fingerprints, so a fusion trained on it runs with submit.py --expert-tta",
+    )
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -195,8 +207,9 @@ def _main(argv: list[str] | None = None) -> int:
         spec = load_ensemble_spec(args.experts)
         device = args.device or (f"cuda:{local_rank}" if world > 1 and torch.cuda.is_available() else None)
         if device is not None:
-            spec = EnsembleSpec(experts=tuple(dataclasses.replace(e, device=device) for e in spec.experts),
-                                scale=spec.scale)
+            spec = EnsembleSpec(
+                experts=tuple(dataclasses.replace(e, device=device) for e in spec.experts), scale=spec.scale
+            )
         scale = spec.scale
         jobs = build_jobs(args.hr, args.lr, scale)
         ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device="cpu")
@@ -209,12 +222,16 @@ def _main(argv: list[str] | None = None) -> int:
             if reason is not None:
                 bad[j.name] = reason
         if bad and not args.skip_bad:
-            raise BadInputsError(f"{len(bad)} bad input(s); nothing was written (fix or remove them, or rerun with "
-                                 "--skip-bad to leave them out)", list(bad.values()))
+            raise BadInputsError(
+                f"{len(bad)} bad input(s); nothing was written (fix or remove them, or rerun with "
+                "--skip-bad to leave them out)",
+                list(bad.values()),
+            )
         meta = CacheMeta(
             scale=scale,
-            experts=tuple({**fp.to_dict(), **({SELF_ENSEMBLE_KEY: 8} if args.tta else {})}
-                          for fp in ensemble.fingerprints),
+            experts=tuple(
+                {**fp.to_dict(), **({SELF_ENSEMBLE_KEY: 8} if args.tta else {})} for fp in ensemble.fingerprints
+            ),
             lr_method="given" if args.lr is not None else "matlab_bicubic",
         )
 
@@ -222,20 +239,22 @@ def _main(argv: list[str] | None = None) -> int:
             if rank == 0:
                 CacheWriter(args.out, meta=meta, overwrite=True, rank=0).close()
             dist.barrier()
-        writer = CacheWriter(args.out, meta=meta, compression=args.compression,
-                             overwrite=args.overwrite and world == 1, rank=rank)
+        writer = CacheWriter(
+            args.out, meta=meta, compression=args.compression, overwrite=args.overwrite and world == 1, rank=rank
+        )
         mine = [j for i, j in enumerate(jobs) if i % world == rank]
         todo = [j for j in mine if not writer.is_done(j.name)]
         if rank == 0:
             cached = sum(writer.is_done(j.name) for j in jobs)
-            print(f"extract_features: {len(jobs)} images ({cached} already cached), experts {list(ensemble.names)} "
-                  f"(x{scale}), {world} process(es)")
+            print(
+                f"extract_features: {len(jobs)} images ({cached} already cached), experts {list(ensemble.names)} "
+                f"(x{scale}), {world} process(es)"
+            )
         skipped: list[dict] = [{"name": n, "reason": r} for n, r in bad.items() if n in {j.name for j in mine}]
         for entry in skipped:
             tqdm.write(f"extract_features: skipped {entry['reason']}", file=sys.stderr)
         todo = [j for j in todo if j.name not in bad]
-        bar = tqdm(todo, desc=f"extract[rank {rank}]" if world > 1 else "extract", unit="img",
-                   position=rank)
+        bar = tqdm(todo, desc=f"extract[rank {rank}]" if world > 1 else "extract", unit="img", position=rank)
         for job in bar:
             try:
                 lr, hr = load_pair(job, scale, min_lr)
@@ -267,8 +286,10 @@ def _main(argv: list[str] | None = None) -> int:
             skipped_names = {s["name"] for s in skipped}
             done = [j.name for j in jobs if j.name not in skipped_names]  # write_index checks every file exists
             writer.write_index(done, skipped=skipped)
-            print(f"extract_features: cache {args.out} holds {len(done)} images"
-                  + (f", {len(skipped)} skipped" if skipped else ""))
+            print(
+                f"extract_features: cache {args.out} holds {len(done)} images"
+                + (f", {len(skipped)} skipped" if skipped else "")
+            )
             if args.verify:
                 return verify_cache(args.out)
         return 0

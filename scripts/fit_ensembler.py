@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import run_cli
+from pipeline.core.cli import run_cli
+from pipeline.core.outputs import check_output_file
 from pipeline.ensemblers import METHODS, fit_on_cache, load, save
-from pipeline.outputs import check_output_file
 
 
 def _ours(path: Path) -> bool:
@@ -27,8 +27,9 @@ def _ours(path: Path) -> bool:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fit_ensembler.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="fit_ensembler.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("cache", type=Path, help="training cache with HR (scripts/extract_features.py --hr ...)")
     ap.add_argument("--method", required=True, choices=METHODS)
     ap.add_argument("--out", required=True, type=Path, help="the ensembler file (JSON)")
@@ -38,8 +39,10 @@ def _main(argv: list[str] | None = None) -> int:
     ens = fit_on_cache(args.method, args.cache)
     save(ens, args.out)
     extra = f", weights {[round(float(w), 4) for w in ens.weights]}" if ens.weights is not None else ""
-    print(f"fit_ensembler: {args.method} for experts {list(ens.expert_names)} fitted on {args.cache} in "
-          f"{time.time() - t0:.1f} s{extra} → {args.out}")
+    print(
+        f"fit_ensembler: {args.method} for experts {list(ens.expert_names)} fitted on {args.cache} in "
+        f"{time.time() - t0:.1f} s{extra} → {args.out}"
+    )
     return 0
 
 

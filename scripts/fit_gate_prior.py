@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import run_cli
 from cache.reader import CacheError, CacheReader
+from pipeline.core.cli import run_cli
 from scripts.expert_baselines import blend_stats
 
 
@@ -69,9 +69,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("fit_gate_prior", _main, argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,15 +16,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.cli import run_cli
-from pipeline.imageio import read_image, scan_image_folder, write_image
-from pipeline.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
-from pipeline.resize import make_lr
+from pipeline.core.cli import run_cli
+from pipeline.core.imageio import read_image, scan_image_folder, write_image
+from pipeline.core.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
+from pipeline.core.resize import make_lr
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="make_lr.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="make_lr.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--hr", required=True, type=Path, help="folder of HR images (png/jpg/bmp/tif)")
     ap.add_argument("--out", required=True, type=Path, help="output folder for {stem}x{scale}.png")
     ap.add_argument("--scale", type=int, default=4)

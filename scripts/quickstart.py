@@ -34,10 +34,9 @@ from pathlib import Path
 import torch
 
 import train as train_mod  # the repo-root training script (an installed module: pyproject's py-modules)
-from pipeline.cli import run_cli
+from pipeline.core.cli import run_cli
+from pipeline.core.errors import ToolkitError
 from scripts import evaluate, extract_features, make_lr, report, sample_images, submit
-
-from pipeline.errors import ToolkitError
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_EXPERTS = REPO / "configs" / "experts" / "zoo_small.yaml"
@@ -55,8 +54,10 @@ class QuickstartError(ToolkitError, RuntimeError):
 def check_out(out: Path) -> None:
     """``--out`` may be recreated only if it is missing, empty, or made by an earlier quickstart."""
     if out.exists() and (not out.is_dir() or not ((out / MARKER).is_file() or not any(out.iterdir()))):
-        raise QuickstartError(f"--out {out} exists and was not made by the quickstart (no {MARKER} file): "
-                              "choose another folder or delete it yourself")
+        raise QuickstartError(
+            f"--out {out} exists and was not made by the quickstart (no {MARKER} file): "
+            "choose another folder or delete it yourself"
+        )
 
 
 def prepare_out(out: Path) -> None:
@@ -71,14 +72,14 @@ def write_photos(out: Path, names: tuple[str, ...], max_side: int) -> Path:
     """Bundled photos → ``out`` as PNG, centre-cropped to at most ``max_side`` px a side (``0``: whole photos)."""
     sample_images.write_samples(out, names)
     if max_side:
-        from pipeline.imageio import read_image, write_image
+        from pipeline.core.imageio import read_image, write_image
 
         for p in sorted(out.glob("*.png")):
             img = read_image(p)  # (1,3,H,W)
             h, w = img.shape[-2:]
             th, tw = min(h, max_side), min(w, max_side)
             top, left = (h - th) // 2, (w - tw) // 2
-            write_image(p, img[..., top:top + th, left:left + tw])
+            write_image(p, img[..., top : top + th, left : left + tw])
     return out
 
 
@@ -102,8 +103,10 @@ def table(scores: dict, submitted: dict) -> str:
         name = label.get(key, key.removeprefix("expert:"))
         d = mean[key]["psnr"] - mean[best]["psnr"]
         lines.append(f"{name:<24}{mean[key]['psnr']:>12.3f}{mean[key]['ssim']:>9.4f}{d:>+19.3f}")
-    lines.append(f"(evaluate.py on the submitted files: PSNR-Y {submitted['psnr']:.3f} dB, SSIM-Y {submitted['ssim']:.4f};"
-                 f" {len(scores['images'])} images, best expert: {scores['best_expert']})")
+    lines.append(
+        f"(evaluate.py on the submitted files: PSNR-Y {submitted['psnr']:.3f} dB, SSIM-Y {submitted['ssim']:.4f};"
+        f" {len(scores['images'])} images, best expert: {scores['best_expert']})"
+    )
     return "\n".join(lines)
 
 
@@ -114,8 +117,13 @@ def run(args: argparse.Namespace) -> dict:
     check_out(out)
     if args.lr is not None and args.hr is None:
         raise QuickstartError("--lr needs --hr (the ground truth the submission is scored against)")
-    for flag, p in (("--hr", args.hr), ("--lr", args.lr), ("--train-hr", args.train_hr), ("--experts", args.experts),
-                    ("--init", args.init)):
+    for flag, p in (
+        ("--hr", args.hr),
+        ("--lr", args.lr),
+        ("--train-hr", args.train_hr),
+        ("--experts", args.experts),
+        ("--init", args.init),
+    ):
         if p is not None and not p.exists():
             raise QuickstartError(f"{flag} {p} does not exist")
     bundled = experts == BUNDLED_EXPERTS.resolve()
@@ -132,10 +140,14 @@ def run(args: argparse.Namespace) -> dict:
         print(f"\n[{k}/{n_stages}] {text}", flush=True)
 
     stage(1, "photos", "photos")
-    train_hr = args.train_hr or write_photos(out / "data" / "train_hr", TRAIN_PHOTOS[:args.train_images], args.max_side)
-    hr_src = args.hr or write_photos(out / "data" / "test_hr", TEST_PHOTOS[:args.test_images], args.max_side)
-    print(f"quickstart: fine-tuning photos {train_hr}, evaluation photos {hr_src}"
-          + ("" if args.hr else " (bundled: scikit-image's astronaut/chelsea/coffee are held out of the fine-tuning)"))
+    train_hr = args.train_hr or write_photos(
+        out / "data" / "train_hr", TRAIN_PHOTOS[: args.train_images], args.max_side
+    )
+    hr_src = args.hr or write_photos(out / "data" / "test_hr", TEST_PHOTOS[: args.test_images], args.max_side)
+    print(
+        f"quickstart: fine-tuning photos {train_hr}, evaluation photos {hr_src}"
+        + ("" if args.hr else " (bundled: scikit-image's astronaut/chelsea/coffee are held out of the fine-tuning)")
+    )
 
     stage(2, "lr", "LR images (MATLAB-compatible bicubic ×4)" if args.lr is None else f"LR images from {args.lr}")
     hr_dir = out / "data" / "test_hr_x4"  # HR cropped to a multiple of 4: exactly what the LR was made from
@@ -145,47 +157,118 @@ def run(args: argparse.Namespace) -> dict:
     else:
         lr_dir, hr_dir = args.lr, hr_src
 
-    stage(3, "cache", f"HDF5 cache: experts of {experts.relative_to(REPO) if experts.is_relative_to(REPO) else experts} "
-                      f"on the fine-tuning photos")
+    stage(
+        3,
+        "cache",
+        f"HDF5 cache: experts of {experts.relative_to(REPO) if experts.is_relative_to(REPO) else experts} "
+        f"on the fine-tuning photos",
+    )
     cache = out / "cache" / "train.h5"
-    call("cache", extract_features.main, ["--experts", str(experts), "--hr", str(train_hr), "--out", str(cache),
-                                          "--device", device, "--root", str(REPO), "--verify"])
+    call(
+        "cache",
+        extract_features.main,
+        [
+            "--experts",
+            str(experts),
+            "--hr",
+            str(train_hr),
+            "--out",
+            str(cache),
+            "--device",
+            device,
+            "--root",
+            str(REPO),
+            "--verify",
+        ],
+    )
 
-    stage(4, "finetune", f"fusion fine-tuning, {args.steps} steps"
-                         + (f" from {init}" if init is not None else " from scratch (no --init for your experts)"))
-    overrides = [f"data.train_cache={cache}", f"data.experts={experts}", f"train.runs_dir={out / 'runs'}",
-                 "train.name=finetune", f"train.steps={args.steps}", f"train.warmup_steps={min(10, args.steps)}",
-                 f"train.device={device}"]
+    stage(
+        4,
+        "finetune",
+        f"fusion fine-tuning, {args.steps} steps"
+        + (f" from {init}" if init is not None else " from scratch (no --init for your experts)"),
+    )
+    overrides = [
+        f"data.train_cache={cache}",
+        f"data.experts={experts}",
+        f"train.runs_dir={out / 'runs'}",
+        "train.name=finetune",
+        f"train.steps={args.steps}",
+        f"train.warmup_steps={min(10, args.steps)}",
+        f"train.device={device}",
+    ]
     overrides.append(f"train.init_from={init}" if init is not None else "train.lr=5e-4")
     call("finetune", train_mod.main, [str(FINETUNE_CONFIG), *overrides])
     run_dir = out / "runs" / "finetune"
 
     stage(5, "submit", "challenge submission (PNG per LR input + readme.txt + zip)")
     sub = out / "submission"
-    call("submit", submit.main, ["--run", str(run_dir), "--input", str(lr_dir), "--output", str(sub), "--zip",
-                                 "--device", device, "--experts", str(experts)])
+    call(
+        "submit",
+        submit.main,
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(lr_dir),
+            "--output",
+            str(sub),
+            "--zip",
+            "--device",
+            device,
+            "--experts",
+            str(experts),
+        ],
+    )
 
     stage(6, "evaluate", "NTIRE scoring (PSNR/SSIM, BT.601 Y channel, border 4)")
     scores_json = out / "scores.json"
     call("evaluate", evaluate.main, ["--sr", str(sub), "--hr", str(hr_dir), "--scale", "4", "--json", str(scores_json)])
 
     stage(7, "report", "HTML report")
-    call("report", report.main, ["--run", str(run_dir), "--sr", str(sub), "--hr", str(hr_dir), "--lr", str(lr_dir),
-                                 "--out", str(out / "report"), "--device", device, "--experts", str(experts)])
+    call(
+        "report",
+        report.main,
+        [
+            "--run",
+            str(run_dir),
+            "--sr",
+            str(sub),
+            "--hr",
+            str(hr_dir),
+            "--lr",
+            str(lr_dir),
+            "--out",
+            str(out / "report"),
+            "--device",
+            device,
+            "--experts",
+            str(experts),
+        ],
+    )
     end = time.time()
     names = list(times)
     durations = {n: (times[names[i + 1]] if i + 1 < len(names) else end) - times[n] for i, n in enumerate(names)}
     scores = json.loads((out / "report" / "scores.json").read_text())
     submitted = json.loads(scores_json.read_text())["mean"]
-    summary = {"wall_s": end - t0, "stages_s": durations, "report": scores, "evaluate": submitted,
-               "device": device, "threads": torch.get_num_threads(), "steps": args.steps}
+    summary = {
+        "wall_s": end - t0,
+        "stages_s": durations,
+        "report": scores,
+        "evaluate": submitted,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     print("\n" + table(scores, submitted))
     print(f"\nquickstart: submission {sub}/ and {sub}.zip; report {out / 'report' / 'index.html'}")
     print("quickstart: stage times " + ", ".join(f"{n} {s:.0f} s" for n, s in durations.items()))
-    print(f"quickstart: finished in {(end - t0) / 60:.1f} min ({end - t0:.0f} s) on {device} "
-          f"with {torch.get_num_threads()} torch threads")
+    print(
+        f"quickstart: finished in {(end - t0) / 60:.1f} min ({end - t0:.0f} s) on {device} "
+        f"with {torch.get_num_threads()} torch threads"
+    )
     return summary
 
 
@@ -193,21 +276,37 @@ def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("quickstart_out"), help="work folder (recreated on every run)")
     ap.add_argument("--hr", type=Path, default=None, help="your HR evaluation images (default: bundled photos)")
-    ap.add_argument("--lr", type=Path, default=None, help="their LR images (NAMEx4.png); default: MATLAB bicubic of --hr")
+    ap.add_argument(
+        "--lr", type=Path, default=None, help="their LR images (NAMEx4.png); default: MATLAB bicubic of --hr"
+    )
     ap.add_argument("--train-hr", type=Path, default=None, help="HR images to fine-tune on (default: bundled photos)")
-    ap.add_argument("--experts", type=Path, default=None,
-                    help="your expert YAML (configs/experts/*.yaml; default: the bundled experts/zoo/)")
-    ap.add_argument("--init", type=Path, default=None,
-                    help="fusion checkpoint/run to fine-tune, trained on the same experts (default: the bundled "
-                         "fusion for the bundled experts; none, i.e. from scratch, for --experts)")
+    ap.add_argument(
+        "--experts",
+        type=Path,
+        default=None,
+        help="your expert YAML (configs/experts/*.yaml; default: the bundled experts/zoo/)",
+    )
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="fusion checkpoint/run to fine-tune, trained on the same experts (default: the bundled "
+        "fusion for the bundled experts; none, i.e. from scratch, for --experts)",
+    )
     ap.add_argument("--steps", type=int, default=120, help="fine-tuning steps (default 120)")
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     ap.add_argument("--max-side", type=int, default=0, help="centre-crop the bundled photos to this many px (0: whole)")
     ap.add_argument("--train-images", type=int, default=len(TRAIN_PHOTOS), help="how many bundled training photos")
     ap.add_argument("--test-images", type=int, default=len(TEST_PHOTOS), help="how many bundled evaluation photos")
     args = ap.parse_args(argv)
-    if args.steps < 1 or not 1 <= args.train_images <= len(TRAIN_PHOTOS) or not 1 <= args.test_images <= len(TEST_PHOTOS):
-        ap.error(f"need --steps >= 1, 1 <= --train-images <= {len(TRAIN_PHOTOS)}, 1 <= --test-images <= {len(TEST_PHOTOS)}")
+    if (
+        args.steps < 1
+        or not 1 <= args.train_images <= len(TRAIN_PHOTOS)
+        or not 1 <= args.test_images <= len(TEST_PHOTOS)
+    ):
+        ap.error(
+            f"need --steps >= 1, 1 <= --train-images <= {len(TRAIN_PHOTOS)}, 1 <= --test-images <= {len(TEST_PHOTOS)}"
+        )
     try:
         run(args)
     except QuickstartError as exc:
@@ -216,9 +315,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("quickstart", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,11 +5,12 @@
 
 * ``--sr``: the submitted images (scripts/submit.py's output) — the "fusion" column is scored on these files.
   ``--hr``: ground truth (pairs by stem, ``0901x4.png`` ↔ ``0901.png``). ``--lr``: the LR inputs; without it the
-  LR images are made from HR with the MATLAB-compatible bicubic (pipeline.resize.make_lr).
+  LR images are made from HR with the MATLAB-compatible bicubic (pipeline.core.resize.make_lr).
 * The experts and the fusion of ``--run`` (its ``best`` checkpoint, checksums verified) run again on every LR image
   for the expert outputs and the per-pixel gate and difficulty maps; an SR image that differs from that re-run
   (made with ``--tta``, a refiner or another checkpoint) is flagged on the page.
-* ``OUT/index.html`` + ``OUT/img/*.png`` (+ ``OUT/scores.json``: the table's numbers); self-contained: opening index.html from disk works offline. It holds the
+* ``OUT/index.html`` + ``OUT/img/*.png`` (+ ``OUT/scores.json``: the table's numbers); self-contained: opening
+  index.html from disk works offline. It holds the
   per-image PSNR/SSIM table (NTIRE Y channel, border = scale) of bicubic, each expert, the experts' mean and the
   fusion, with deltas against the best expert (highest mean PSNR over the set) and a mean row; per image a crop
   (``--crop`` SR pixels, where the fusion differs most from the best expert: maximum of the box-filtered
@@ -33,11 +34,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.cli import run_cli
-from pipeline.errors import ToolkitError
-from pipeline.atomic import atomic_write_text
-from pipeline.evaluation import PairingError, check_sizes, pair_images, strip_scale_suffix
-from pipeline.imageio import (
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.cli import run_cli
+from pipeline.core.errors import ToolkitError
+from pipeline.core.imageio import (
     ImageReadError,
     image_size,
     list_images,
@@ -46,8 +46,11 @@ from pipeline.imageio import (
     to_uint8,
     write_image,
 )
+from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
+from pipeline.core.resize import bicubic_upscale, make_lr
+from pipeline.evaluation import PairingError, check_sizes, pair_images, strip_scale_suffix
 from pipeline.inference import FusionPipeline, load_pipeline
-from pipeline.metrics import crop_to_match, psnr_y, ssim_y
+from pipeline.model.io import ChecksumError, resolve_checkpoint
 from pipeline.report_html import (
     GENERATOR,
     ImageSection,
@@ -56,13 +59,11 @@ from pipeline.report_html import (
     ReportPage,
     Score,
     Tile,
-    read_metrics_csv,
     mean_scores,
+    read_metrics_csv,
     render_page,
     training_plots,
 )
-from pipeline.resize import bicubic_upscale, make_lr
-from pipeline.run_checkpoint import ChecksumError, resolve_checkpoint
 from pipeline.visual import (
     CropBox,
     choose_crop,
@@ -115,8 +116,9 @@ def find_metrics_csv(run: Path, ckpt: Path) -> Path:
     for cand in (run / "metrics.csv", ckpt.parent.parent / "metrics.csv"):
         if cand.is_file():
             return cand
-    raise ReportError(f"no metrics.csv in {run} (nor in {ckpt.parent.parent}): --run must be the run directory "
-                      f"written by train.py")
+    raise ReportError(
+        f"no metrics.csv in {run} (nor in {ckpt.parent.parent}): --run must be the run directory written by train.py"
+    )
 
 
 def build_jobs(sr_dir: Path, hr_dir: Path, lr_dir: Path | None, scale: int) -> list[Job]:
@@ -144,8 +146,10 @@ def build_jobs(sr_dir: Path, hr_dir: Path, lr_dir: Path | None, scale: int) -> l
         lh, lw = image_size(lr[p.name])
         sh, sw = image_size(p.sr)
         if (lh * scale, lw * scale) != (sh, sw):
-            problems.append(f"{lr[p.name].name} is {lw}x{lh} (WxH), x{scale} = {lw * scale}x{lh * scale}, but "
-                            f"{p.sr.name} is {sw}x{sh}")
+            problems.append(
+                f"{lr[p.name].name} is {lw}x{lh} (WxH), x{scale} = {lw * scale}x{lh * scale}, but "
+                f"{p.sr.name} is {sw}x{sh}"
+            )
     if problems:
         raise ReportError("LR folder does not match: " + "; ".join(problems))
     return [Job(name=p.name, sr=p.sr, hr=p.hr, lr=lr[p.name]) for p in pairs]
@@ -225,9 +229,11 @@ def analyse(pipe: FusionPipeline, job: Job, k: int, *, out: Path, crop_size: int
     gap = (rerun - fused).abs() * 255.0
     mismatch = float(gap.mean()) > MISMATCH_LEVELS
     if mismatch:
-        notes.append(f"The submitted image differs from a plain re-run of this run's fusion (mean |Δ| = "
-                     f"{float(gap.mean()):.2f} grey levels, max {float(gap.max()):.0f}): it was made with TTA, a "
-                     f"refiner, another checkpoint or other LR images. Gate and difficulty maps show the plain re-run.")
+        notes.append(
+            f"The submitted image differs from a plain re-run of this run's fusion (mean |Δ| = "
+            f"{float(gap.mean()):.2f} grey levels, max {float(gap.max()):.0f}): it was made with TTA, a "
+            f"refiner, another checkpoint or other LR images. Gate and difficulty maps show the plain re-run."
+        )
 
     prefix = f"img/{k:03d}"
     write_image(out / f"{prefix}_overview.png", shrink(hr, display_factor(*hr.shape[-2:], OVERVIEW_SIDE)))
@@ -240,18 +246,37 @@ def analyse(pipe: FusionPipeline, job: Job, k: int, *, out: Path, crop_size: int
         composite = Tile(label=f"gates, composite{shrunk}", src=f"{prefix}_gates.png")
         for j, n in enumerate(names):
             write_image(out / f"{prefix}_gate{j}.png", colormap(gates[0, j]))
-            per.append(Tile(label=f"gate of {n}{shrunk}", src=f"{prefix}_gate{j}.png",
-                            note=f"mean {float(res.gates[0, j].mean()):.3f}"))
+            per.append(
+                Tile(
+                    label=f"gate of {n}{shrunk}",
+                    src=f"{prefix}_gate{j}.png",
+                    note=f"mean {float(res.gates[0, j].mean()):.3f}",
+                )
+            )
         diff = shrink(res.difficulty.float().cpu(), f)  # (1,1,h,w)
         write_image(out / f"{prefix}_difficulty.png", colormap(diff))
-        difficulty = Tile(label=f"difficulty{shrunk}", src=f"{prefix}_difficulty.png",
-                          note=f"residual scale = 2·difficulty; mean {float(res.difficulty.mean()):.3f}")
+        difficulty = Tile(
+            label=f"difficulty{shrunk}",
+            src=f"{prefix}_difficulty.png",
+            note=f"residual scale = 2·difficulty; mean {float(res.difficulty.mean()):.3f}",
+        )
     else:
-        notes.append("This fusion model has gating switched off: the experts are averaged uniformly (no gate or "
-                     "difficulty maps).")
-    return Analysis(name=job.name, height=int(hr.shape[-2]), width=int(hr.shape[-1]), scores=scores,
-                    candidates=candidates, composite=composite, gate_maps=tuple(per), difficulty=difficulty,
-                    mismatch=mismatch, notes=tuple(notes))
+        notes.append(
+            "This fusion model has gating switched off: the experts are averaged uniformly (no gate or "
+            "difficulty maps)."
+        )
+    return Analysis(
+        name=job.name,
+        height=int(hr.shape[-2]),
+        width=int(hr.shape[-1]),
+        scores=scores,
+        candidates=candidates,
+        composite=composite,
+        gate_maps=tuple(per),
+        difficulty=difficulty,
+        mismatch=mismatch,
+        notes=tuple(notes),
+    )
 
 
 def finish_section(a: Analysis, k: int, *, best_key: str, best_label: str, out: Path) -> ImageSection:
@@ -263,10 +288,17 @@ def finish_section(a: Analysis, k: int, *, best_key: str, best_label: str, out: 
         write_image(out / src, arr.astype(np.float32) / 255.0)
         crops.append(Tile(label=label, src=src, note=note))
     return ImageSection(
-        name=a.name, height=a.height, width=a.width, scores=a.scores, box=box,
+        name=a.name,
+        height=a.height,
+        width=a.width,
+        scores=a.scores,
+        box=box,
         box_reason=f"where the fusion differs most from the best expert ({best_label})",
         overview=Tile(label=f"{a.name}: HR, crop outlined", src=f"img/{k:03d}_overview.png"),
-        crops=tuple(crops), gate_composite=a.composite, gate_maps=a.gate_maps, difficulty=a.difficulty,
+        crops=tuple(crops),
+        gate_composite=a.composite,
+        gate_maps=a.gate_maps,
+        difficulty=a.difficulty,
         notes=a.notes,
     )
 
@@ -307,22 +339,28 @@ def _main(argv: list[str] | None = None) -> int:
         jobs = build_jobs(args.sr, args.hr, args.lr, pipe.scale)
         check_lr_sizes(jobs, pipe)
         (args.out / "img").mkdir(parents=True, exist_ok=True)
-    except (ReportError, PairingError, MetricsError, ChecksumError, ImageReadError, OSError,
-            ValueError) as exc:
+    except (ReportError, PairingError, MetricsError, ChecksumError, ImageReadError, OSError, ValueError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2
 
     names = list(pipe.ensemble.names)
     print(f"report: {len(jobs)} images, checkpoint {pipe.checkpoint}, experts {names}, device {args.device}")
-    analyses = [analyse(pipe, job, k, out=args.out, crop_size=args.crop)
-                for k, job in enumerate(tqdm(jobs, desc="report", unit="img"))]
+    analyses = [
+        analyse(pipe, job, k, out=args.out, crop_size=args.crop)
+        for k, job in enumerate(tqdm(jobs, desc="report", unit="img"))
+    ]
 
     mean_psnr = {n: sum(a.scores[f"expert:{n}"].psnr for a in analyses) / len(analyses) for n in names}
     best = max(names, key=lambda n: mean_psnr[n])
-    sections = [finish_section(a, k, best_key=f"expert:{best}", best_label=best, out=args.out)
-                for k, a in enumerate(analyses)]
-    methods = (Method(key="bicubic", label="bicubic"), *(Method(key=f"expert:{n}", label=n) for n in names),
-               Method(key="mean", label="experts' mean"), Method(key="fusion", label="fusion"))
+    sections = [
+        finish_section(a, k, best_key=f"expert:{best}", best_label=best, out=args.out) for k, a in enumerate(analyses)
+    ]
+    methods = (
+        Method(key="bicubic", label="bicubic"),
+        *(Method(key=f"expert:{n}", label=n) for n in names),
+        Method(key="mean", label="experts' mean"),
+        Method(key="fusion", label="fusion"),
+    )
     colours = tuple(expert_colours(len(names)))
     extra = pipe.extra
     params = sum(p.numel() for p in pipe.fusion.parameters())
@@ -338,35 +376,56 @@ def _main(argv: list[str] | None = None) -> int:
         ("best expert", f"{best} (highest mean PSNR-Y over these {len(jobs)} images)"),
     )
     flagged = sum(a.mismatch for a in analyses)
-    notes = (f"{flagged} of {len(jobs)} submitted images differ from a plain re-run of this run's fusion (see the "
-             f"images' notes).",) if flagged else ()
+    notes = (
+        (
+            f"{flagged} of {len(jobs)} submitted images differ from a plain re-run of this run's fusion (see the "
+            f"images' notes).",
+        )
+        if flagged
+        else ()
+    )
     page = ReportPage(
         title=f"Fusion report: {args.run.resolve().name} on {args.hr.resolve().name}",
-        facts=facts, methods=methods, best_key=f"expert:{best}", experts=tuple(names), expert_colours=colours,
-        images=tuple(sections), plots=tuple(training_plots(metrics, experts=names, colours=colours)), notes=notes,
+        facts=facts,
+        methods=methods,
+        best_key=f"expert:{best}",
+        experts=tuple(names),
+        expert_colours=colours,
+        images=tuple(sections),
+        plots=tuple(training_plots(metrics, experts=names, colours=colours)),
+        notes=notes,
     )
     keep = {t.src for s in sections for t in (s.overview, *s.crops, *s.gate_maps)}
     keep |= {t.src for s in sections for t in (s.gate_composite, s.difficulty) if t is not None}
     mean = mean_scores(sections, methods)
     scores = {
-        "best_expert": best, "methods": [m.key for m in methods], "scale": pipe.scale,
-        "images": [{"name": s.name, "crop": {"left": s.box.left, "top": s.box.top, "width": s.box.width,
-                                             "height": s.box.height},
-                    "scores": {k: {"psnr": v.psnr, "ssim": v.ssim} for k, v in s.scores.items()}} for s in sections],
+        "best_expert": best,
+        "methods": [m.key for m in methods],
+        "scale": pipe.scale,
+        "images": [
+            {
+                "name": s.name,
+                "crop": {"left": s.box.left, "top": s.box.top, "width": s.box.width, "height": s.box.height},
+                "scores": {k: {"psnr": v.psnr, "ssim": v.ssim} for k, v in s.scores.items()},
+            }
+            for s in sections
+        ],
         "mean": {k: {"psnr": v.psnr, "ssim": v.ssim} for k, v in mean.items()},
     }
     atomic_write_text(args.out / "scores.json", json.dumps(scores, indent=2))
     atomic_write_text(args.out / "index.html", render_page(page))
     prune_images(args.out, keep)
-    print(f"report: mean PSNR-Y fusion {mean['fusion'].psnr:.3f} dB, best expert {best} "
-          f"{mean[f'expert:{best}'].psnr:.3f} dB, experts' mean {mean['mean'].psnr:.3f} dB; wrote "
-          f"{args.out / 'index.html'}")
+    print(
+        f"report: mean PSNR-Y fusion {mean['fusion'].psnr:.3f} dB, best expert {best} "
+        f"{mean[f'expert:{best}'].psnr:.3f} dB, experts' mean {mean['mean'].psnr:.3f} dB; wrote "
+        f"{args.out / 'index.html'}"
+    )
     return 0
-
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("report", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

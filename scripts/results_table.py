@@ -14,15 +14,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from pipeline.cli import run_cli
+
+from pipeline.core.cli import run_cli
 
 __all__ = ["load_scores", "format_table", "main"]
 
 ORDER = ("bicubic", "mean", "blend", "fusion", "fusion_tta", "oracle_b16", "oracle_b8", "oracle")
-LABELS = {"bicubic": "bicubic", "mean": "plain mean of the experts",
-          "blend": "best fixed linear blend (least squares on the set itself)", "fusion": "**fusion**",
-          "fusion_tta": "**fusion + x8 TTA**", "oracle_b16": "16×16-block oracle (ceiling of a smooth gate)",
-          "oracle_b8": "8×8-block oracle", "oracle": "per-pixel oracle (upper bound)"}
+LABELS = {
+    "bicubic": "bicubic",
+    "mean": "plain mean of the experts",
+    "blend": "best fixed linear blend (least squares on the set itself)",
+    "fusion": "**fusion**",
+    "fusion_tta": "**fusion + x8 TTA**",
+    "oracle_b16": "16×16-block oracle (ceiling of a smooth gate)",
+    "oracle_b8": "8×8-block oracle",
+    "oracle": "per-pixel oracle (upper bound)",
+}
 
 
 def load_scores(results: Path, sets: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -86,9 +93,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("results_table", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

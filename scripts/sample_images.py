@@ -19,8 +19,8 @@ import numpy as np
 import skimage.data
 import torch
 
-from pipeline.cli import run_cli
-from pipeline.imageio import write_image
+from pipeline.core.cli import run_cli
+from pipeline.core.imageio import write_image
 
 DEFAULT_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 _STEREO = {"motorcycle_left": 0, "motorcycle_right": 1}
@@ -57,9 +57,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     return run_cli("sample_images", _main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

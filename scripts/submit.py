@@ -41,12 +41,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_write_text, default_file_mode
-from pipeline.cli import run_cli
 from experts.ensemble import ExpertEnsemble
+from pipeline.core.atomic import atomic_write_text, default_file_mode
+from pipeline.core.cli import run_cli
+from pipeline.core.imageio import check_min_side
 from pipeline.ensemblers import METHODS, fit
 from pipeline.ensemblers import load as load_ensembler
-from pipeline.imageio import check_min_side
 from pipeline.inference import expert_spec_from_yaml, load_pipeline
 from pipeline.submission import (
     README,
@@ -68,7 +68,7 @@ __all__ = ["SubmitError", "main", "make_zip", "readme_text"]
 
 def load_refiner(path: Path, overrides: list[str]):
     """The TSD-SR refiner (imports diffusers, so only when asked for); every file is checked before any work."""
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.refiner import RefinerConfig
     from pipeline.refiner.tsdsr import TSDSRRefiner
 
@@ -110,17 +110,30 @@ def make_zip(out_dir: Path, names: list[str]) -> Path:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="submit.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", choices=("fusion", *METHODS), default="fusion",
-                    help="the fusion network (default) or a training-free ensemble of the experts")
+    ap = argparse.ArgumentParser(
+        prog="submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--method",
+        choices=("fusion", *METHODS),
+        default="fusion",
+        help="the fusion network (default) or a training-free ensemble of the experts",
+    )
     ap.add_argument("--run", type=Path, default=None, help="fusion: run directory or checkpoint directory")
-    ap.add_argument("--weights", type=Path, default=None,
-                    help="blend / ensir (optional for mean / zzpm): the file of scripts/fit_ensembler.py")
+    ap.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="blend / ensir (optional for mean / zzpm): the file of scripts/fit_ensembler.py",
+    )
     ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
     ap.add_argument("--output", required=True, type=Path, help="folder for the SR images (+ readme.txt)")
-    ap.add_argument("--experts", type=Path, default=None,
-                    help="expert YAML (required for an ensemble; for the fusion it overrides the recorded paths)")
+    ap.add_argument(
+        "--experts",
+        type=Path,
+        default=None,
+        help="expert YAML (required for an ensemble; for the fusion it overrides the recorded paths)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
     ap.add_argument("--tta", action="store_true", help="x8 self-ensemble of the whole pipeline (flips x rot90)")
@@ -145,14 +158,18 @@ def _main(argv: list[str] | None = None) -> int:
     # every input and output is checked before a model is loaded or anything is written
     files = check_folders(args.input, args.output, min_lr=1, zip_too=args.zip)  # every LR decoded once
     if args.method == "fusion":
-        method = fusion_method(load_pipeline(args.run, experts_yaml=args.experts, device=args.device,
-                                             tile=args.tile), regime=regime)
+        method = fusion_method(
+            load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile), regime=regime
+        )
         source = f"checkpoint {args.run}"
     else:
-        ensemble = ExpertEnsemble.from_spec(expert_spec_from_yaml(args.experts, device=args.device, tile=args.tile),
-                                            gather_device=args.device)
+        ensemble = ExpertEnsemble.from_spec(
+            expert_spec_from_yaml(args.experts, device=args.device, tile=args.tile), gather_device=args.device
+        )
         fps = [fp.to_dict() for fp in ensemble.fingerprints]
-        ens = load_ensembler(args.weights, experts=fps) if args.weights is not None else fit(args.method, [], experts=fps)
+        ens = (
+            load_ensembler(args.weights, experts=fps) if args.weights is not None else fit(args.method, [], experts=fps)
+        )
         if ens.method != args.method:
             raise SubmitError(f"{args.weights} holds a {ens.method!r} ensembler, not {args.method!r}")
         method = ensembler_method(ensemble, ens, regime=regime, device=args.device, extra_data=args.extra_data)
@@ -160,11 +177,13 @@ def _main(argv: list[str] | None = None) -> int:
     check_min_side(files, method.min_lr)
     refiner = load_refiner(args.refiner, args.refiner_override) if args.refiner is not None else None
 
-    print(f"submit: {len(files)} images, method {method.name} ({source}), self-ensemble {regime}, "
-          f"device {args.device}")
+    print(f"submit: {len(files)} images, method {method.name} ({source}), self-ensemble {regime}, device {args.device}")
     prepare_output(args.output)
-    times = list(tqdm(super_resolve_files(method, files, args.output, refine=refiner),
-                      total=len(files), desc="submit", unit="img"))
+    times = list(
+        tqdm(
+            super_resolve_files(method, files, args.output, refine=refiner), total=len(files), desc="submit", unit="img"
+        )
+    )
     runtime = sum(times) / len(times)
     atomic_write_text(args.output / README, readme_text(method, runtime=runtime, refined=refiner is not None))
     print(f"submit: wrote {len(files)} images + readme.txt to {args.output} ({runtime:.2f} s/image)")

@@ -17,7 +17,7 @@ Plain functions, top to bottom: config → model → data → loop → checkpoin
 * L1 or Charbonnier loss, AdamW, linear warm-up + cosine decay, optional gradient clipping, EMA of the weights
   (validation, checkpoints and exports use the EMA), the NaN guard of ``train.py`` (pipeline/training_loop.py).
 * Validation: full images of each ``data.val_hr`` set (LR = MATLAB bicubic ×1/4), 8-bit output, PSNR/SSIM on the Y
-  channel with a 4-pixel border (NTIRE's formula, pipeline/metrics.py), next to bicubic on the same images.
+  channel with a 4-pixel border (NTIRE's formula, pipeline/core/metrics.py), next to bicubic on the same images.
 * ``runs/<name>/``: ``config.yaml``, ``metrics.csv`` + ``tb/``, ``ckpt/step_*/`` (``model.safetensors`` — the EMA
   state dict, loadable by ``experts.loading`` — ``config.json`` with architecture + params (experts/zoo.py),
   ``SHA256SUMS``, ``train_state.pt``) with ``last`` / ``best`` links. ``--resume`` continues the run.
@@ -46,11 +46,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experts.architectures import build_architecture, count_parameters, loader_round_trip  # noqa: E402
-from experts.loading import ExpertLoadError, sha256_file  # noqa: E402
-from experts.zoo import (  # noqa: E402
+from experts.architectures import build_architecture, count_parameters, loader_round_trip
+from experts.loading import ExpertLoadError, sha256_file
+from experts.zoo import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     expert_yaml,
@@ -59,16 +57,16 @@ from experts.zoo import (  # noqa: E402
     read_expert_config,
     save_expert,
 )
-from pipeline.cli import run_cli  # noqa: E402
-from pipeline.config import ConfigError, config_to_dict  # noqa: E402
-from pipeline.ema import ModelEma  # noqa: E402
-from pipeline.expert_train_config import ExpertRunConfig, load_expert_run_config  # noqa: E402
-from pipeline.imageio import list_images, quantize_8bit, read_image  # noqa: E402
-from pipeline.losses import charbonnier_loss, l1_loss  # noqa: E402
-from pipeline.metrics import psnr_y, ssim_y  # noqa: E402
-from pipeline.patch_data import SRPatchDataset  # noqa: E402
-from pipeline.resize import bicubic_upscale, make_lr  # noqa: E402
-from pipeline.run_checkpoint import (  # noqa: E402
+from pipeline.core.cli import run_cli
+from pipeline.core.config import ConfigError, config_to_dict
+from pipeline.core.imageio import list_images, quantize_8bit, read_image
+from pipeline.core.metrics import psnr_y, ssim_y
+from pipeline.core.resize import bicubic_upscale, make_lr
+from pipeline.ema import ModelEma
+from pipeline.expert_train_config import ExpertRunConfig, load_expert_run_config
+from pipeline.losses import charbonnier_loss, l1_loss
+from pipeline.patch_data import SRPatchDataset
+from pipeline.run_checkpoint import (
     load_train_state,
     prune_checkpoints,
     remove_stale_temps,
@@ -76,7 +74,7 @@ from pipeline.run_checkpoint import (  # noqa: E402
     save_model_checkpoint,
     verify_checksums,
 )
-from pipeline.training_loop import (  # noqa: E402
+from pipeline.training_loop import (
     RunError,
     ScalarLog,
     StepBatchSampler,
@@ -134,21 +132,37 @@ def init_path(init_from: str) -> Path:
 # ---------------------------------------------------------------------------------------------------------------------
 def build_dataset(cfg: ExpertRunConfig) -> SRPatchDataset:
     d = cfg.data
-    return SRPatchDataset(d.train_hr, patch=d.patch, scale=cfg.model.scale, lr_dirs=d.train_lr, augment=d.augment,
-                          seed=cfg.train.seed, skip_small=d.skip_small, cache_images=d.cache_images)
+    return SRPatchDataset(
+        d.train_hr,
+        patch=d.patch,
+        scale=cfg.model.scale,
+        lr_dirs=d.train_lr,
+        augment=d.augment,
+        seed=cfg.train.seed,
+        skip_small=d.skip_small,
+        cache_images=d.cache_images,
+    )
 
 
 def build_loader(cfg: ExpertRunConfig, dataset: SRPatchDataset, *, start_step: int, device: torch.device):
     sampler = StepBatchSampler(start_step=start_step, steps=cfg.train.steps, batch_size=cfg.data.batch_size)
     # own generator: creating the iterator must not draw from the global RNG (dropout / drop-path use it, and a
     # resumed run restores it from the checkpoint)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, worker_init_fn=worker_init,
-                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.train.seed))
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        worker_init_fn=worker_init,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
 
 
 def data_signature(dataset: SRPatchDataset) -> dict:
-    return {"files": [str(p) for p in dataset.files],
-            "lr_files": [str(p) for p in dataset.lr_files] if dataset.lr_files is not None else None}
+    return {
+        "files": [str(p) for p in dataset.files],
+        "lr_files": [str(p) for p in dataset.lr_files] if dataset.lr_files is not None else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -207,24 +221,39 @@ def evaluate(run, val_sets: dict[str, list[ValImage]], *, scale: int, device: to
             sr = run(im.lr.to(device)).cpu()
             rows.append((*score(sr, im.hr, scale), *score(bicubic_upscale(im.lr, scale), im.hr, scale)))
         mean = [sum(r[i] for r in rows) / len(rows) for i in range(4)]
-        out[name] = {"psnr": mean[0], "ssim": mean[1], "bicubic_psnr": mean[2], "bicubic_ssim": mean[3],
-                     "images": len(rows)}
+        out[name] = {
+            "psnr": mean[0],
+            "ssim": mean[1],
+            "bicubic_psnr": mean[2],
+            "bicubic_ssim": mean[3],
+            "images": len(rows),
+        }
     return out
 
 
 def val_scalars(results: dict[str, dict]) -> dict[str, float]:
     scalars = {"val/psnr": next(iter(results.values()))["psnr"]}
     for name, r in results.items():
-        scalars.update({f"val/psnr_{name}": r["psnr"], f"val/ssim_{name}": r["ssim"],
-                        f"val/bicubic_{name}": r["bicubic_psnr"]})
+        scalars.update(
+            {f"val/psnr_{name}": r["psnr"], f"val/ssim_{name}": r["ssim"], f"val/bicubic_{name}": r["bicubic_psnr"]}
+        )
     return scalars
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------------------------------
-def train_step(model: nn.Module, ema: ModelEma, optimizer: torch.optim.Optimizer, loss_fn, batch: dict, *,
-               device: torch.device, grad_clip: float, use_bf16: bool) -> tuple[torch.Tensor, bool]:
+def train_step(
+    model: nn.Module,
+    ema: ModelEma,
+    optimizer: torch.optim.Optimizer,
+    loss_fn,
+    batch: dict,
+    *,
+    device: torch.device,
+    grad_clip: float,
+    use_bf16: bool,
+) -> tuple[torch.Tensor, bool]:
     """One optimiser step on ``batch`` (lr (B,3,p,p), hr (B,3,sp,sp)) with the NaN guard; the EMA follows a taken
     step. → (loss, whether the step was taken)."""
     model.train()
@@ -276,12 +305,16 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
         if diffs:
             raise RunError("cannot resume, the training data differ from the run's: " + "; ".join(diffs[:8]))
     if dataset.skipped:
-        tqdm.write(f"{PROG}: left out {len(dataset.skipped)} image(s) smaller than the HR patch "
-                   f"{scale * cfg.data.patch}: {[p.name for p in dataset.skipped]}")
+        tqdm.write(
+            f"{PROG}: left out {len(dataset.skipped)} image(s) smaller than the HR patch "
+            f"{scale * cfg.data.patch}: {[p.name for p in dataset.skipped]}"
+        )
     loader = build_loader(cfg, dataset, start_step=start_step, device=device)
     val_sets = load_val_sets(cfg.data.val_hr, scale)
-    tqdm.write(f"{PROG}: {cfg.model.architecture} with {n_params:,} parameters; {len(dataset)} training images; "
-               f"{cfg.data.batch_size} × {cfg.data.patch}² LR crops per step; steps {start_step} → {t.steps}")
+    tqdm.write(
+        f"{PROG}: {cfg.model.architecture} with {n_params:,} parameters; {len(dataset)} training images; "
+        f"{cfg.data.batch_size} × {cfg.data.patch}² LR crops per step; steps {start_step} → {t.steps}"
+    )
 
     model = model.to(device)
     ema = ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup)
@@ -327,9 +360,15 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
         save_model_checkpoint(
             ckpt_root,
             step=step,
-            write_model=lambda d: save_expert(ema.module, d, architecture=cfg.model.architecture,
-                                              params=cfg.model.params, scale=scale, expect=built.expect,
-                                              extra=extra),
+            write_model=lambda d: save_expert(
+                ema.module,
+                d,
+                architecture=cfg.model.architecture,
+                params=cfg.model.params,
+                scale=scale,
+                expect=built.expect,
+                extra=extra,
+            ),
             train_state=train_state(step),
             is_best=is_best or not val_sets,  # without validation, "best" is the latest
         )
@@ -342,24 +381,35 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
         lr_now = cosine_lr(step, lr=t.lr, steps=t.steps, warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio)
         for g in optimizer.param_groups:
             g["lr"] = lr_now
-        loss, ok = train_step(model, ema, optimizer, loss_fn, batch, device=device, grad_clip=t.grad_clip,
-                              use_bf16=use_bf16)
+        loss, ok = train_step(
+            model, ema, optimizer, loss_fn, batch, device=device, grad_clip=t.grad_clip, use_bf16=use_bf16
+        )
         in_a_row = count_nonfinite(counters, ok)
         if not ok:
-            tqdm.write(f"{PROG}: step {step}: non-finite loss or gradient, step skipped ({in_a_row} in a row, "
-                       f"{counters['nonfinite_total']} in total)")
+            tqdm.write(
+                f"{PROG}: step {step}: non-finite loss or gradient, step skipped ({in_a_row} in a row, "
+                f"{counters['nonfinite_total']} in total)"
+            )
             if in_a_row >= t.max_nonfinite:
                 checkpoint(step, None)
-                raise RunError(f"{in_a_row} non-finite steps in a row at step {step}: aborting "
-                                 f"(checkpoint saved to {ckpt_root / 'last'}); lower train.lr or check the data")
+                raise RunError(
+                    f"{in_a_row} non-finite steps in a row at step {step}: aborting "
+                    f"(checkpoint saved to {ckpt_root / 'last'}); lower train.lr or check the data"
+                )
         step += 1
         steps_since += 1
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
             now = time.time()
-            log.log(step, {"train/loss": float(loss.detach()), "train/lr": lr_now,
-                           "train/steps_per_s": steps_since / (now - t_last),
-                           "train/nonfinite_total": counters["nonfinite_total"]})
+            log.log(
+                step,
+                {
+                    "train/loss": float(loss.detach()),
+                    "train/lr": lr_now,
+                    "train/steps_per_s": steps_since / (now - t_last),
+                    "train/nonfinite_total": counters["nonfinite_total"],
+                },
+            )
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr_now:.2e}")
             t_last, steps_since = now, 0
         results = None
@@ -367,16 +417,27 @@ def train(cfg: ExpertRunConfig, run_dir: Path, *, resume: bool) -> dict:
             ema.module.eval()
             results = evaluate(
                 lambda x: super_resolve(ema.module, x, size_requirements=built.size_requirements, scale=scale),
-                val_sets, scale=scale, device=device)
+                val_sets,
+                scale=scale,
+                device=device,
+            )
             log.log(step, val_scalars(results))
-            tqdm.write(f"{PROG}: step {step}: " + " | ".join(
-                f"{n} PSNR {r['psnr']:.3f} dB (bicubic {r['bicubic_psnr']:.3f})" for n, r in results.items()))
+            tqdm.write(
+                f"{PROG}: step {step}: "
+                + " | ".join(
+                    f"{n} PSNR {r['psnr']:.3f} dB (bicubic {r['bicubic_psnr']:.3f})" for n, r in results.items()
+                )
+            )
         if step % t.ckpt_every == 0 or step == t.steps or results is not None:
             checkpoint(step, results)
     bar.close()
     log.close()
-    return {"step": step, "best_psnr": counters["best_psnr"], "nonfinite_total": counters["nonfinite_total"],
-            "num_params": n_params}
+    return {
+        "step": step,
+        "best_psnr": counters["best_psnr"],
+        "nonfinite_total": counters["nonfinite_total"],
+        "num_params": n_params,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -396,8 +457,9 @@ def _repo_relative(path: Path) -> str:
 STAGE_KEYS = ("run", "step", "train_images", "skipped_images", "init_from", "run_config")  # one training stage
 
 
-def export_expert(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "last",
-                  val_hr: Sequence[str] | None = None) -> Path:
+def export_expert(
+    run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = "last", val_hr: Sequence[str] | None = None
+) -> Path:
     """Write the EMA weights of a run's checkpoint (``which``: last | best) as a zoo entry ``out_dir``:
     ``model.safetensors``, ``config.json``, ``expert.yaml``, ``MODEL_CARD.md``. The model card's validation numbers
     are measured through the expert loader on ``val_hr`` (default: the run's ``data.val_hr``)."""
@@ -413,20 +475,41 @@ def export_expert(run_or_ckpt: str | Path, out_dir: str | Path, *, which: str = 
     model = load_expert_model(ckpt)  # rebuilt from architecture + params, loaded strictly
     meta = {k: extra[k] for k in STAGE_KEYS}
     meta["history"] = training_history(meta["init_from"])  # read before out_dir may overwrite the starting weights
-    save_expert(model, out, architecture=cfg_json["architecture"], params=cfg_json["params"],
-                scale=cfg_json["scale"], expect=cfg_json["expect"], extra=meta)
+    save_expert(
+        model,
+        out,
+        architecture=cfg_json["architecture"],
+        params=cfg_json["params"],
+        scale=cfg_json["scale"],
+        expect=cfg_json["expect"],
+        extra=meta,
+    )
     sha = sha256_file(out / WEIGHTS_NAME)
-    spec_text = expert_yaml(name=out.name, checkpoint=_repo_relative(out / WEIGHTS_NAME),
-                            architecture=cfg_json["architecture"], scale=cfg_json["scale"], sha256=sha,
-                            expect=cfg_json["expect"])
+    spec_text = expert_yaml(
+        name=out.name,
+        checkpoint=_repo_relative(out / WEIGHTS_NAME),
+        architecture=cfg_json["architecture"],
+        scale=cfg_json["scale"],
+        sha256=sha,
+        expect=cfg_json["expect"],
+    )
     (out / "expert.yaml").write_text(
         "# One expert, loaded through experts.loading (architecture detected from the weights, then asserted).\n"
         "# Checkpoint paths are relative to the repository root. Copy the item into an ensemble YAML to use it.\n"
-        + spec_text)
+        + spec_text
+    )
     expert = load_expert(load_ensemble_spec(out / "expert.yaml").experts[0], ensemble_scale=cfg_json["scale"])
     folders = list(val_hr) if val_hr is not None else list(run_cfg["data"]["val_hr"])
-    results = evaluate(lambda x: expert.run(x)[0], load_val_sets(folders, cfg_json["scale"]),
-                       scale=cfg_json["scale"], device=torch.device("cpu")) if folders else {}
+    results = (
+        evaluate(
+            lambda x: expert.run(x)[0],
+            load_val_sets(folders, cfg_json["scale"]),
+            scale=cfg_json["scale"],
+            device=torch.device("cpu"),
+        )
+        if folders
+        else {}
+    )
     (out / "MODEL_CARD.md").write_text(model_card(out.name, cfg_json, meta, results, sha, folders, spec_text))
     return out
 
@@ -446,8 +529,9 @@ def training_history(init: dict | None) -> list[dict]:
     if not path.is_file():
         return [{"unreadable": str(path), "sha256": init["sha256"], "why": "the file no longer exists"}]
     if sha256_file(path) != init["sha256"]:
-        return [{"unreadable": str(path), "sha256": init["sha256"],
-                 "why": "the file changed since the run started from it"}]
+        return [
+            {"unreadable": str(path), "sha256": init["sha256"], "why": "the file changed since the run started from it"}
+        ]
     parent = read_expert_config(path.parent)["extra"] if (path.parent / CONFIG_NAME).is_file() else {}
     if not all(k in parent for k in STAGE_KEYS):
         return [{"external": str(path), "sha256": init["sha256"]}]
@@ -460,52 +544,72 @@ def _stage_lines(stage: dict) -> list[str]:
     if "external" in stage:
         return [f"- started from outside weights `{stage['external']}` (sha256 `{stage['sha256']}`)"]
     if "unreadable" in stage:
-        return [(f"- started from `{stage['unreadable']}` (sha256 `{stage['sha256']}`), whose own training is not "
-                 f"recorded here: {stage['why']}")]
+        return [
+            (
+                f"- started from `{stage['unreadable']}` (sha256 `{stage['sha256']}`), whose own training is not "
+                f"recorded here: {stage['why']}"
+            )
+        ]
     d, t = stage["run_config"]["data"], stage["run_config"]["train"]
-    lr_text = ("pre-made LR folders " + ", ".join(f"`{x}`" for x in d["train_lr"]) if d["train_lr"]
-               else "made on the fly from each HR crop with the MATLAB-compatible bicubic (`pipeline.resize.imresize`, "
-                    "uint8 path — what MATLAB's `imresize` writes to a PNG)")
+    lr_text = (
+        "pre-made LR folders " + ", ".join(f"`{x}`" for x in d["train_lr"])
+        if d["train_lr"]
+        else "made on the fly from each HR crop with the MATLAB-compatible bicubic (`pipeline.core.resize.imresize`, "
+        "uint8 path — what MATLAB's `imresize` writes to a PNG)"
+    )
     init = stage["init_from"]
     return [
         f"- HR data: {', '.join(f'`{x}`' for x in d['train_hr'])} ({stage['train_images']} images"
         + (f"; {len(stage['skipped_images'])} smaller than the HR patch left out" if stage["skipped_images"] else "")
         + ")",
         f"- LR: {lr_text}",
-        (f"- {stage['step']} steps" + (f" (of a {t['steps']}-step schedule)" if stage["step"] != t["steps"] else "")
-         + f" × batch {d['batch_size']} of {d['patch']}×{d['patch']} LR crops (random flips/rotations: {d['augment']})"),
-        (f"- loss {t['loss']}; AdamW lr {t['lr']} (betas {t['betas']}, weight decay {t['weight_decay']}), "
-         f"{t['warmup_steps']} warm-up steps then cosine to ×{t['min_lr_ratio']}; "
-         f"gradient clip {t['grad_clip'] or 'off'}; EMA decay {t['ema_decay']}; seed {t['seed']}"),
-        "- initialised from: " + (f"`{init['path']}` (sha256 `{init['sha256']}`)" if init
-                                   else "random (trained from scratch)"),
+        (
+            f"- {stage['step']} steps"
+            + (f" (of a {t['steps']}-step schedule)" if stage["step"] != t["steps"] else "")
+            + f" × batch {d['batch_size']} of {d['patch']}×{d['patch']} LR crops"
+            + f" (random flips/rotations: {d['augment']})"
+        ),
+        (
+            f"- loss {t['loss']}; AdamW lr {t['lr']} (betas {t['betas']}, weight decay {t['weight_decay']}), "
+            f"{t['warmup_steps']} warm-up steps then cosine to ×{t['min_lr_ratio']}; "
+            f"gradient clip {t['grad_clip'] or 'off'}; EMA decay {t['ema_decay']}; seed {t['seed']}"
+        ),
+        "- initialised from: "
+        + (f"`{init['path']}` (sha256 `{init['sha256']}`)" if init else "random (trained from scratch)"),
     ]
 
 
-def model_card(name: str, cfg_json: dict, meta: dict, results: dict, sha: str, folders: list[str],
-               spec_text: str) -> str:
+def model_card(
+    name: str, cfg_json: dict, meta: dict, results: dict, sha: str, folders: list[str], spec_text: str
+) -> str:
     t = meta["run_config"]["train"]
     stages = [*meta["history"], {k: meta[k] for k in STAGE_KEYS}]
     if len(stages) == 1:
         training = _stage_lines(stages[0])
     else:
         total = sum(s["step"] for s in stages if "run_config" in s)
-        training = [f"{len(stages)} stages, each fine-tuning the previous one's exported EMA weights "
-                    f"({total} steps in all):"]
+        training = [
+            f"{len(stages)} stages, each fine-tuning the previous one's exported EMA weights ({total} steps in all):"
+        ]
         for i, stage in enumerate(stages, 1):
             title = f"run `{stage['run']}`" if "run" in stage else "weights from elsewhere"
             training += ["", f"Stage {i} — {title}" + (" (this export)" if i == len(stages) else "") + ":", ""]
             training += _stage_lines(stage)
     lines = [
-        f"# {name} — ×{cfg_json['scale']} SR expert ({cfg_json['architecture']}, {cfg_json['num_params']:,} parameters)",
+        f"# {name} — ×{cfg_json['scale']} SR expert ({cfg_json['architecture']}, "
+        f"{cfg_json['num_params']:,} parameters)",
         "",
-        (f"Trained with `scripts/train_expert.py` (run `{meta['run']}`, exported at step {meta['step']} of "
-         f"{t['steps']}: the EMA weights)."),
+        (
+            f"Trained with `scripts/train_expert.py` (run `{meta['run']}`, exported at step {meta['step']} of "
+            f"{t['steps']}: the EMA weights)."
+        ),
         "",
         "## Use",
         "",
-        ("`expert.yaml` loads it through `experts.loading` (the architecture and every hyper-parameter below are "
-         "detected from the weights and asserted; the sha256 is pinned):"),
+        (
+            "`expert.yaml` loads it through `experts.loading` (the architecture and every hyper-parameter below are "
+            "detected from the weights and asserted; the sha256 is pinned):"
+        ),
         "",
         "```yaml",
         spec_text.rstrip(),
@@ -524,12 +628,21 @@ def model_card(name: str, cfg_json: dict, meta: dict, results: dict, sha: str, f
         "",
     ]
     if results:
-        lines += [("PSNR / SSIM on the Y channel (BT.601), 4-pixel border, 8-bit output — the NTIRE formula "
-                   "(`pipeline/metrics.py`); LR = MATLAB bicubic ×1/4 of the HR; measured at export through the "
-                   "expert loader."), "",
-                  "| set | images | PSNR (dB) | SSIM | bicubic PSNR | bicubic SSIM |", "|---|---|---|---|---|---|"]
-        lines += [f"| {n} (`{f}`) | {r['images']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['bicubic_psnr']:.3f} | "
-                  f"{r['bicubic_ssim']:.4f} |" for (n, r), f in zip(results.items(), folders)]
+        lines += [
+            (
+                "PSNR / SSIM on the Y channel (BT.601), 4-pixel border, 8-bit output — the NTIRE formula "
+                "(`pipeline/core/metrics.py`); LR = MATLAB bicubic ×1/4 of the HR; measured at export through the "
+                "expert loader."
+            ),
+            "",
+            "| set | images | PSNR (dB) | SSIM | bicubic PSNR | bicubic SSIM |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} (`{f}`) | {r['images']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['bicubic_psnr']:.3f} | "
+            f"{r['bicubic_ssim']:.4f} |"
+            for (n, r), f in zip(results.items(), folders)
+        ]
     else:
         lines.append("No validation set was given.")
     return "\n".join(lines) + "\n"
@@ -539,16 +652,32 @@ def model_card(name: str, cfg_json: dict, meta: dict, results: dict, sha: str, f
 # command line
 # ---------------------------------------------------------------------------------------------------------------------
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="train_expert.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="train_expert.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("config", nargs="?", help="run config YAML (e.g. configs/experts/train/nafnet_sr.yaml)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=2000 data.batch_size=8")
     ap.add_argument("--resume", type=Path, default=None, help="run directory to continue (runs/NAME)")
-    ap.add_argument("--export", type=Path, default=None, metavar="DIR",
-                    help="afterwards, write the final EMA weights as a zoo entry DIR (e.g. experts/zoo/NAME)")
-    ap.add_argument("--export-which", choices=("last", "best"), default="last",
-                    help="checkpoint to export: the final one (default) or the best by validation PSNR")
-    ap.add_argument("--export-val", nargs="+", default=None, metavar="HR_DIR",
-                    help="validation HR folders for the model card (default: the run's data.val_hr)")
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="afterwards, write the final EMA weights as a zoo entry DIR (e.g. experts/zoo/NAME)",
+    )
+    ap.add_argument(
+        "--export-which",
+        choices=("last", "best"),
+        default="last",
+        help="checkpoint to export: the final one (default) or the best by validation PSNR",
+    )
+    ap.add_argument(
+        "--export-val",
+        nargs="+",
+        default=None,
+        metavar="HR_DIR",
+        help="validation HR folders for the model card (default: the run's data.val_hr)",
+    )
     args = ap.parse_intermixed_args(argv)  # dotted overrides may follow the options
     if args.config is not None and "=" in args.config:  # only overrides were given (with --resume)
         args.overrides.insert(0, args.config)
@@ -557,8 +686,14 @@ def _main(argv: list[str] | None = None) -> int:
         ap.error("a config file is required (or --resume RUN_DIR)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError("runs in one process (no torchrun / DDP): the small experts it trains do not need it")
-    cfg, run_dir = prepare_run(prog=PROG, config=args.config, overrides=args.overrides, resume=args.resume,
-                               load=load_expert_run_config, run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name)
+    cfg, run_dir = prepare_run(
+        prog=PROG,
+        config=args.config,
+        overrides=args.overrides,
+        resume=args.resume,
+        load=load_expert_run_config,
+        run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
+    )
     ok = False
     try:
         summary = train(cfg, run_dir, resume=args.resume is not None)

@@ -73,7 +73,7 @@ def tiny_compact_experts(tmp_path_factory) -> dict:
     and their mean is beatable — plus 6 smooth HR photos-like images. Returns paths: yaml, hr, root."""
     from spandrel.architectures.Compact import Compact
 
-    from pipeline.imageio import write_image
+    from pipeline.core.imageio import write_image
 
     root = tmp_path_factory.mktemp("compact_experts")
     gen = torch.Generator().manual_seed(0)
@@ -112,15 +112,43 @@ def trained_run(tiny_compact_experts, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained_run")
     threads = torch.get_num_threads()
     try:
-        assert extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
-                                      "--hr", str(tiny_compact_experts["hr"]), "--out", str(root / "c.h5")]) == 0
+        assert (
+            extract_features.main(
+                [
+                    "--threads",
+                    "1",
+                    "--experts",
+                    str(tiny_compact_experts["yaml"]),
+                    "--hr",
+                    str(tiny_compact_experts["hr"]),
+                    "--out",
+                    str(root / "c.h5"),
+                ]
+            )
+            == 0
+        )
         model = yaml.safe_load((REPO_ROOT / "configs" / "fusion_tiny.yaml").read_text())["model"]
-        cfg = {"model": model,
-               "data": {"train_cache": str(root / "c.h5"), "val_cache": str(root / "c.h5"), "patch": 16,
-                        "batch_size": 2, "num_workers": 0},
-               "train": {"runs_dir": str(root / "runs"), "name": "r", "steps": 3, "warmup_steps": 1,
-                         "ckpt_every": 3, "val_every": 1, "log_every": 1, "threads": 1},
-               "submission": {"extra_data": True, "description": "test run"}}
+        cfg = {
+            "model": model,
+            "data": {
+                "train_cache": str(root / "c.h5"),
+                "val_cache": str(root / "c.h5"),
+                "patch": 16,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+            "train": {
+                "runs_dir": str(root / "runs"),
+                "name": "r",
+                "steps": 3,
+                "warmup_steps": 1,
+                "ckpt_every": 3,
+                "val_every": 1,
+                "log_every": 1,
+                "threads": 1,
+            },
+            "submission": {"extra_data": True, "description": "test run"},
+        }
         (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
         assert train_mod.main([str(root / "cfg.yaml")]) == 0
     finally:

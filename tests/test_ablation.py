@@ -14,16 +14,46 @@ from scripts import ablation, extract_features
 
 def test_ablation_trains_each_variant_once_and_tabulates(tiny_compact_experts, tmp_path, capsys):
     cache = tmp_path / "c.h5"
-    assert run_main(extract_features.main, ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
-                                            "--hr", str(tiny_compact_experts["hr"]), "--out", str(cache)]) == 0
+    assert (
+        run_main(
+            extract_features.main,
+            [
+                "--threads",
+                "1",
+                "--experts",
+                str(tiny_compact_experts["yaml"]),
+                "--hr",
+                str(tiny_compact_experts["hr"]),
+                "--out",
+                str(cache),
+            ],
+        )
+        == 0
+    )
     model = yaml.safe_load((REPO_ROOT / "configs" / "fusion_tiny.yaml").read_text())["model"]
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": model,
-        "data": {"train_cache": str(cache), "patch": 16, "batch_size": 2, "num_workers": 0},
-        "train": {"steps": 100, "warmup_steps": 1, "log_every": 1, "threads": 1, "lr": 1e-3}}))
-    argv = [str(cfg), "--val-cache", str(cache), "--steps", "3", "--runs-dir", str(tmp_path / "abl"),
-            "--only", "default,no_gating,gating_only", "train.lr=2e-3", "train.ckpt_every=2"]  # after the options
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": model,
+                "data": {"train_cache": str(cache), "patch": 16, "batch_size": 2, "num_workers": 0},
+                "train": {"steps": 100, "warmup_steps": 1, "log_every": 1, "threads": 1, "lr": 1e-3},
+            }
+        )
+    )
+    argv = [
+        str(cfg),
+        "--val-cache",
+        str(cache),
+        "--steps",
+        "3",
+        "--runs-dir",
+        str(tmp_path / "abl"),
+        "--only",
+        "default,no_gating,gating_only",
+        "train.lr=2e-3",
+        "train.ckpt_every=2",
+    ]  # after the options
     assert run_main(ablation.main, argv) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
@@ -37,8 +67,11 @@ def test_ablation_trains_each_variant_once_and_tabulates(tiny_compact_experts, t
     assert run_cfg["train"]["lr"] == 2e-3 and saved["overrides"] == ["train.lr=2e-3", "train.ckpt_every=2"]
     assert run_cfg["train"]["ckpt_every"] == 2  # the caller's checkpoint period wins over the default 250
     assert run_cfg["data"]["val_cache"] == str(cache)
-    val_steps = {r.split(",")[0] for r in (tmp_path / "abl" / "default" / "metrics.csv").read_text().splitlines()
-                 if ",val/psnr," in r}
+    val_steps = {
+        r.split(",")[0]
+        for r in (tmp_path / "abl" / "default" / "metrics.csv").read_text().splitlines()
+        if ",val/psnr," in r
+    }
     assert val_steps == {"3"}
     row = next(line for line in out.splitlines() if line.startswith("| no_gating |"))
     assert f"{res['no_gating']['psnr'] - res['default']['psnr']:+.4f}" in row
@@ -57,8 +90,8 @@ def test_ablation_rejects_unknown_variants_and_a_missing_cache(tmp_path):
     with pytest.raises(SystemExit):
         ablation.main(["cfg.yaml", "--val-cache", str(tmp_path / "missing.h5")])
     # every switch names a real config field
-    from pipeline.config import load_config
-    from pipeline.fusion_net import FusionConfig
+    from pipeline.core.config import load_config
+    from pipeline.model.fusion_net import FusionConfig
 
     for v in ablation.VARIANTS:
         load_config(FusionConfig, None, [o.removeprefix("model.") for o in v.overrides])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import assert_close
-from pipeline.blocks import (
+
+from pipeline.model.blocks import (
     GUIDANCE_GROUPS,
     BandFusion2d,
     BandSplitPredictor2d,
@@ -33,7 +32,6 @@ from pipeline.blocks import (
     load_balance_loss,
     to_tokens,
 )
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,8 +1,9 @@
 """The project's committed artefacts agree with each other and with the recipe that made them.
 
 experts/zoo/* (weights, sha256 pins, model cards, the training stages in config.json against
-configs/experts/zoo_recipe.yaml, which scripts/reproduce_zoo.sh runs), checkpoints/fusion_zoo_small and checkpoints/fusion_craft_ditn_span (the experts they
-were trained on = the pinned ones) — and, with ../shared, every model card's Set5 score measured again."""
+configs/experts/zoo_recipe.yaml, which scripts/reproduce_zoo.sh runs), checkpoints/fusion_zoo_small and
+checkpoints/fusion_craft_ditn_span (the experts they were trained on = the pinned ones) — and, with ../shared, every
+model card's Set5 score measured again."""
 
 from __future__ import annotations
 
@@ -20,23 +21,37 @@ from experts.expert import load_expert
 from experts.loading import sha256_file
 from experts.spec import load_ensemble_spec
 from experts.zoo import read_expert_config
-from pipeline.config import ConfigError, config_to_dict
+from pipeline.core.config import ConfigError, config_to_dict
 from pipeline.expert_train_config import load_expert_run_config
-from pipeline.model_io import read_extra
+from pipeline.model.io import read_extra
 from pipeline.zoo_recipe import load_zoo_recipe, stages
 from scripts.train_expert import evaluate, load_val_sets
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "experts" / "zoo_recipe.yaml"
 # what a run's result depends on (not where it logs, how often it validates, how many threads it uses)
-RESULT_KEYS = ("steps", "lr", "warmup_steps", "min_lr_ratio", "betas", "weight_decay", "loss", "ema_decay", "seed",
-               "grad_clip")
+RESULT_KEYS = (
+    "steps",
+    "lr",
+    "warmup_steps",
+    "min_lr_ratio",
+    "betas",
+    "weight_decay",
+    "loss",
+    "ema_decay",
+    "seed",
+    "grad_clip",
+)
 
 
 def _recipe(stage_config: dict) -> dict:
     model = {k: v for k, v in stage_config["model"]["params"].items() if k != "img_size"}  # img_size: masks only
-    return {"architecture": stage_config["model"]["architecture"], "params": model, "data": stage_config["data"],
-            "train": {k: stage_config["train"][k] for k in RESULT_KEYS}}
+    return {
+        "architecture": stage_config["model"]["architecture"],
+        "params": model,
+        "data": stage_config["data"],
+        "train": {k: stage_config["train"][k] for k in RESULT_KEYS},
+    }
 
 
 def _card_psnr(card: str, set_name: str) -> float:
@@ -46,8 +61,9 @@ def _card_psnr(card: str, set_name: str) -> float:
 
 
 def test_the_recipe_covers_the_zoo():
-    assert sorted(load_zoo_recipe(RECIPE).experts) == sorted(p.name for p in (REPO / "experts" / "zoo").iterdir()
-                                                             if p.is_dir())
+    assert sorted(load_zoo_recipe(RECIPE).experts) == sorted(
+        p.name for p in (REPO / "experts" / "zoo").iterdir() if p.is_dir()
+    )
 
 
 @pytest.mark.parametrize("stage", ["model.init_from=runs/x", "train.name=x", "train.lr = 1e-4", "train.lr"])
@@ -80,10 +96,13 @@ def test_zoo_expert_is_pinned_and_was_trained_by_the_shipped_recipe(name):
         assert (done["init_from"] is None) == (i == 0)
 
 
-@pytest.mark.parametrize(("checkpoint", "experts"), [
-    ("fusion_zoo_small", "zoo_small.yaml"),
-    ("fusion_craft_ditn_span", "shared_real.yaml"),
-])
+@pytest.mark.parametrize(
+    ("checkpoint", "experts"),
+    [
+        ("fusion_zoo_small", "zoo_small.yaml"),
+        ("fusion_craft_ditn_span", "shared_real.yaml"),
+    ],
+)
 def test_committed_fusions_were_trained_on_the_pinned_experts(checkpoint, experts):
     trained_on = read_extra(REPO / "checkpoints" / checkpoint)["experts"]
     pinned = load_ensemble_spec(REPO / "configs" / "experts" / experts).experts
@@ -95,8 +114,12 @@ def test_zoo_model_card_scores_measure_again(name, shared_dir, single_thread):
     """Each card's Set5 PSNR-Y, measured again through the expert loader on ../shared's Set5."""
     entry = REPO / "experts" / "zoo" / name
     expert = load_expert(load_ensemble_spec(entry / "expert.yaml").experts[0], ensemble_scale=4)
-    results = evaluate(lambda x: expert.run(x)[0], load_val_sets([str(shared_dir / "data/val/Set5/HR")], 4),
-                       scale=4, device=torch.device("cpu"))
+    results = evaluate(
+        lambda x: expert.run(x)[0],
+        load_val_sets([str(shared_dir / "data/val/Set5/HR")], 4),
+        scale=4,
+        device=torch.device("cpu"),
+    )
     card = (entry / "MODEL_CARD.md").read_text()
     assert results["Set5"]["psnr"] == pytest.approx(_card_psnr(card, "Set5"), abs=6e-4)
     assert results["Set5"]["psnr"] > results["Set5"]["bicubic_psnr"] + 1.0
@@ -134,10 +157,22 @@ def test_reproduce_zoo_runs_every_stage_of_the_recipe_then_pins_the_exports(tmp_
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)
     log = tmp_path / "calls.log"
-    env = {**os.environ, "PY": str(fake), "STAGE": "experts", "SHARED": str(tmp_path / "shared"),
-           "FAKE_LOG": str(log), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(["bash", str(root / "scripts" / "reproduce_zoo.sh")], check=False, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PY": str(fake),
+        "STAGE": "experts",
+        "SHARED": str(tmp_path / "shared"),
+        "FAKE_LOG": str(log),
+        "PYTHONPATH": str(REPO),
+    }
+    done = subprocess.run(
+        ["bash", str(root / "scripts" / "reproduce_zoo.sh")],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
 
     calls = log.read_text().splitlines()
@@ -146,9 +181,11 @@ def test_reproduce_zoo_runs_every_stage_of_the_recipe_then_pins_the_exports(tmp_
         shipped = stages(recipe, name)
         runs = {f"train.name={stage.run}" for stage in shipped}
         trained = [c for c in calls if c.startswith("scripts/train_expert.py ") and set(c.split()) & runs]
-        assert trained == [f"scripts/train_expert.py {stage.config} train.name={stage.run} train.ckpt_every=250 "
-                           f"train.val_every=500 train.threads=1 {' '.join(stage.overrides)}".rstrip()
-                           for stage in shipped]
+        assert trained == [
+            f"scripts/train_expert.py {stage.config} train.name={stage.run} train.ckpt_every=250 "
+            f"train.val_every=500 train.threads=1 {' '.join(stage.overrides)}".rstrip()
+            for stage in shipped
+        ]
         assert f"scripts/train_expert.py --resume runs/{shipped[-1].run} --export experts/zoo/{name}" in calls
         sha = hashlib.sha256(name.encode()).hexdigest()
         assert load_ensemble_spec(root / "configs" / "experts" / "zoo_small.yaml").by_name(name).sha256 == sha

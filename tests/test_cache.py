@@ -18,11 +18,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from cache.dataset import CachedSRDataset
-from pipeline.augment import augment
 from cache.reader import CacheError, CacheReader
 from cache.schema import CacheMeta
 from cache.writer import CacheLockedError, CacheMismatchError, CacheWriter
-from pipeline.imageio import write_image
+from pipeline.core.augment import augment
+from pipeline.core.imageio import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,15 @@ def _meta(channels=(5, 3), scale=4, sha="0" * 64) -> CacheMeta:
     return CacheMeta(
         scale=scale,
         experts=tuple(
-            {"name": f"e{i}", "architecture": "X", "sha256": sha, "hook_layers": ["body"], "feature_channels": c,
-             "scale": scale, "input": "lr"}
+            {
+                "name": f"e{i}",
+                "architecture": "X",
+                "sha256": sha,
+                "hook_layers": ["body"],
+                "feature_channels": c,
+                "scale": scale,
+                "input": "lr",
+            }
             for i, c in enumerate(channels)
         ),
         lr_method="matlab_bicubic",
@@ -175,8 +182,9 @@ def test_dataset_crops_are_aligned_across_members(small_cache, num_workers):
     path, _, samples = small_cache
     ds = CachedSRDataset(path, patch=8, repeat=3, augment=True)
     assert len(ds) == 6
-    loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds, batch_size=3, shuffle=True, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
+    )
     seen_aug = set()
     for batch in loader:
         assert batch["lr"].shape == (3, 3, 8, 8) and batch["hr"].shape == (3, 3, 32, 32)
@@ -190,7 +198,9 @@ def test_dataset_crops_are_aligned_across_members(small_cache, num_workers):
             ref = samples[name]
             lr = augment(torch.from_numpy(ref["lr"][:, t : t + p, l : l + p]).float() / 255, k)
             hr = augment(torch.from_numpy(ref["hr"][:, 4 * t : 4 * (t + p), 4 * l : 4 * (l + p)]).float() / 255, k)
-            sr = augment(torch.from_numpy(ref["srs"][:, :, 4 * t : 4 * (t + p), 4 * l : 4 * (l + p)].astype(np.float32)), k)
+            sr = augment(
+                torch.from_numpy(ref["srs"][:, :, 4 * t : 4 * (t + p), 4 * l : 4 * (l + p)].astype(np.float32)), k
+            )
             f1 = augment(torch.from_numpy(ref["feats"][1][:, t : t + p, l : l + p].astype(np.float32)), k)
             assert torch.equal(batch["lr"][j], lr) and torch.equal(batch["hr"][j], hr)
             assert torch.equal(batch["srs"][j], sr) and torch.equal(batch["feats"][1][j], f1)
@@ -281,8 +291,15 @@ def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys):
         lambda: (tmp_path / ".killed.h5.tmp").exists(),
     ]
     kills = 0
-    cmd = [sys.executable, str(REPO / "scripts" / "extract_features.py"), "--threads", "1",
-           *map(str, args), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "extract_features.py"),
+        "--threads",
+        "1",
+        *map(str, args),
+        "--out",
+        str(out),
+    ]
     for trigger in triggers:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 240
@@ -345,11 +362,26 @@ def test_extract_lr_only_and_lr_hr_pairs(tiny_setup, tmp_path):
     for p in sorted((root / "hr").glob("*.png"))[:2]:
         (hr_sub / p.name).write_bytes(p.read_bytes())
     assert make_lr.main(["--hr", str(hr_sub), "--out", str(tmp_path / "lr"), "--hr-out", str(tmp_path / "hrc")]) == 0
-    assert _extract(["--experts", root / "experts.yaml", "--lr", tmp_path / "lr", "--out", tmp_path / "lr_only.h5"]) == 0
+    assert (
+        _extract(["--experts", root / "experts.yaml", "--lr", tmp_path / "lr", "--out", tmp_path / "lr_only.h5"]) == 0
+    )
     r = CacheReader(tmp_path / "lr_only.h5")
     assert not r.has_hr and r.meta.lr_method == "given" and r.read(0).hr is None and len(r) == 2
-    assert _extract(["--experts", root / "experts.yaml", "--lr", tmp_path / "lr", "--hr", tmp_path / "hrc",
-                     "--out", tmp_path / "pairs.h5"]) == 0
+    assert (
+        _extract(
+            [
+                "--experts",
+                root / "experts.yaml",
+                "--lr",
+                tmp_path / "lr",
+                "--hr",
+                tmp_path / "hrc",
+                "--out",
+                tmp_path / "pairs.h5",
+            ]
+        )
+        == 0
+    )
     assert _extract(["--experts", root / "experts.yaml", "--hr", hr_sub, "--out", tmp_path / "made.h5"]) == 0
     # given LR (made by make_lr and saved as PNG) and LR made on the fly are the same data
     _assert_same(_dump(tmp_path / "pairs.h5"), _dump(tmp_path / "made.h5"))
@@ -359,11 +391,27 @@ def test_extract_distributed_two_gloo_ranks(tiny_setup, tmp_path):
     """torchrun --nproc_per_node 2 on CPU (gloo): each rank writes its share, rank 0 indexes all of them."""
     root = tiny_setup
     out = tmp_path / "dist.h5"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(REPO / "scripts" / "extract_features.py"), "--threads", "1", "--experts", str(root / "experts.yaml"),
-           "--hr", str(root / "hr"), "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(REPO / "scripts" / "extract_features.py"),
+        "--threads",
+        "1",
+        "--experts",
+        str(root / "experts.yaml"),
+        "--hr",
+        str(root / "hr"),
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.glob("dist.h5.lock.rank*")) == ["dist.h5.lock.rank0", "dist.h5.lock.rank1"]
     single = tmp_path / "single.h5"
@@ -377,8 +425,8 @@ def test_cached_crop_equals_expert_on_full_lr(tiny_setup, tmp_path):
     """A training crop from the cache equals running the experts on the whole LR and cropping (fp16 rounding), and
     the HR crop sits at 4x the LR coordinates."""
     from experts.ensemble import ExpertEnsemble
-    from pipeline.imageio import read_image
-    from pipeline.resize import make_lr
+    from pipeline.core.imageio import read_image
+    from pipeline.core.resize import make_lr
 
     root = tiny_setup
     hr_dir = tmp_path / "hr"

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import run_main
 
 import train as train_mod
 from experts import run as experts_run
-from pipeline.imageio import write_image
-from pipeline.run_checkpoint import resolve_checkpoint
+from pipeline.core.imageio import write_image
+from pipeline.model.io import resolve_checkpoint
 from scripts import evaluate, extract_features, make_lr, submit
-from conftest import run_main
 
 UNREADABLE = ("empty.png", "trunc.png", "text.png")  # zero-byte, truncated PNG, text saved as .png
 
@@ -95,15 +95,27 @@ def test_make_lr_bad_folder(bad_folder, tmp_path, capsys):
 
 
 def test_extract_features_bad_folder(tiny_compact_experts, bad_folder, tmp_path, capsys):
-    code = extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
-                                  "--hr", str(bad_folder), "--out", str(tmp_path / "c.h5")])
+    code = extract_features.main(
+        [
+            "--threads",
+            "1",
+            "--experts",
+            str(tiny_compact_experts["yaml"]),
+            "--hr",
+            str(bad_folder),
+            "--out",
+            str(tmp_path / "c.h5"),
+        ]
+    )
     _assert_refused(code, capsys.readouterr().err, (*UNREADABLE, "one.png"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
 
 
 def test_experts_run_bad_folder(tiny_compact_experts, bad_folder, tmp_path, capsys):
-    code = run_main(experts_run.main, ["--config", str(tiny_compact_experts["yaml"]), "--input", str(bad_folder),
-                                       "--output", str(tmp_path / "exp")])
+    code = run_main(
+        experts_run.main,
+        ["--config", str(tiny_compact_experts["yaml"]), "--input", str(bad_folder), "--output", str(tmp_path / "exp")],
+    )
     _assert_refused(code, capsys.readouterr().err, UNREADABLE)
     assert not (tmp_path / "exp").exists()
 
@@ -254,7 +266,7 @@ def test_submit_cleans_stale_temps_and_writes_0644(trained_run, tmp_path):
     write_image(lr / "0901x4.png", torch.rand(1, 3, 20, 24))
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / ".0901x4.png.k3j9x_a1.tmp"  # what pipeline.atomic leaves when killed mid-write
+    stale = out / ".0901x4.png.k3j9x_a1.tmp"  # what pipeline.core.atomic leaves when killed mid-write
     stale.write_bytes(b"half a png")
     old = os.umask(0o022)
     try:
@@ -273,7 +285,7 @@ def _unranged_numbers(cls, prefix: str = "") -> list[str]:
     import dataclasses
     import typing
 
-    from pipeline.config import Range
+    from pipeline.core.config import Range
 
     found = []
 

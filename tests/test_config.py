@@ -9,7 +9,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from pipeline.config import (
+from pipeline.core.config import (
     ConfigError,
     apply_overrides,
     config_from_dict,
@@ -141,7 +141,7 @@ def test_save_and_reload_round_trip(tmp_path):
 
 
 def test_read_format_json_names_the_file_and_the_problem(tmp_path):
-    from pipeline.config import read_format_json
+    from pipeline.core.config import read_format_json
 
     p = tmp_path / "config.json"
     with pytest.raises(ConfigError, match=r"config\.json: fusion checkpoint not found"):

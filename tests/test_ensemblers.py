@@ -13,8 +13,8 @@ import torch
 
 from cache.schema import CacheMeta
 from cache.writer import CacheWriter
+from pipeline.core.metrics import rgb_to_y
 from pipeline.ensemblers import METHODS, Ensembler, EnsemblerError, apply, fit, fit_on_cache, load, save
-from pipeline.metrics import rgb_to_y
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -280,8 +280,9 @@ def test_apply_and_fit_check_the_number_of_experts():
 def _write_cache(path, *, with_hr: bool, seed: int = 0):
     meta = CacheMeta(
         scale=4,
-        experts=tuple({**fp, "hook_layers": ["body"], "feature_channels": 2, "scale": 4, "input": "lr"}
-                      for fp in _fps(2)),
+        experts=tuple(
+            {**fp, "hook_layers": ["body"], "feature_channels": 2, "scale": 4, "input": "lr"} for fp in _fps(2)
+        ),
         lr_method="matlab_bicubic",
     )
     rng = np.random.default_rng(seed)
@@ -290,8 +291,13 @@ def _write_cache(path, *, with_hr: bool, seed: int = 0):
         for name, (h, wd) in {"a": (6, 7), "b": (5, 9)}.items():
             srs = rng.random((2, 3, 4 * h, 4 * wd)).astype(np.float16)
             hr = rng.integers(0, 256, (3, 4 * h, 4 * wd), dtype=np.uint8)
-            w.write_sample(name, lr=rng.integers(0, 256, (3, h, wd), dtype=np.uint8), hr=hr if with_hr else None,
-                           srs=srs, feats=[rng.standard_normal((2, h, wd)).astype(np.float16) for _ in range(2)])
+            w.write_sample(
+                name,
+                lr=rng.integers(0, 256, (3, h, wd), dtype=np.uint8),
+                hr=hr if with_hr else None,
+                srs=srs,
+                feats=[rng.standard_normal((2, h, wd)).astype(np.float16) for _ in range(2)],
+            )
             arrays[name] = (torch.from_numpy(srs.astype(np.float32))[None], torch.from_numpy(hr).float()[None] / 255)
         w.write_index(list(arrays))
     return meta, arrays

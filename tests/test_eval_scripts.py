@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.imageio import read_image, write_image
-from pipeline.resize import bicubic_upscale
+from pipeline.core.imageio import read_image, write_image
+from pipeline.core.resize import bicubic_upscale
 from scripts import evaluate, make_lr
 
 
@@ -54,7 +54,11 @@ def test_evaluate_missing_extra_and_size_mismatch(folders, capsys):
     write_image(sr_dir / "0001x4.png", _img(60, 48, 3))  # wrong size
     assert evaluate.main(["--sr", str(sr_dir), "--hr", str(hr_dir)]) == 2
     err = capsys.readouterr().err
-    assert "size mismatch" in err and "0001x4.png: size mismatch: 48x60" in err and "cropped to a multiple of 4 is 48x64" in err
+    assert (
+        "size mismatch" in err
+        and "0001x4.png: size mismatch: 48x60" in err
+        and "cropped to a multiple of 4 is 48x64" in err
+    )
 
 
 def test_evaluate_empty_folder(tmp_path, folders, capsys):

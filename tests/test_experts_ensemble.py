@@ -17,9 +17,9 @@ from experts.loading import ExpertLoadError
 from experts.run import main as run_main
 from experts.spec import REPO_ROOT, EnsembleSpec, ExpertSpec, load_ensemble_spec
 from experts.testing import save_tiny_checkpoint, tiny_ensemble_spec
-from pipeline.config import save_config
-from pipeline.imageio import read_image, to_uint8
-from pipeline.resize import bicubic_upscale
+from pipeline.core.config import save_config
+from pipeline.core.imageio import read_image, to_uint8
+from pipeline.core.resize import bicubic_upscale
 
 
 @pytest.fixture(scope="module")

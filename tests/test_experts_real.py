@@ -15,8 +15,8 @@ from conftest import require_shared
 
 from experts.ensemble import ExpertEnsemble
 from experts.spec import REPO_ROOT
-from pipeline.imageio import quantize_8bit, read_image
-from pipeline.metrics import crop_to_match, psnr_y
+from pipeline.core.imageio import quantize_8bit, read_image
+from pipeline.core.metrics import crop_to_match, psnr_y
 
 CONFIG = REPO_ROOT / "configs" / "experts" / "shared_real.yaml"
 FILES = {"craft": "craft_x4.pth", "ditn": "ditn_x4.pth", "span": "span_ch28_x4.pth"}

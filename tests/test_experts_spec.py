@@ -16,7 +16,7 @@ from experts.spec import (
     resolve_checkpoint,
     with_devices,
 )
-from pipeline.config import ConfigError, config_from_dict
+from pipeline.core.config import ConfigError, config_from_dict
 
 CONFIGS = REPO_ROOT / "configs" / "experts"
 

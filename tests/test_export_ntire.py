@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.imageio import read_image, write_image
-from pipeline.run_checkpoint import ChecksumError
+from pipeline.core.imageio import read_image, write_image
+from pipeline.model.io import ChecksumError
 from pipeline.submission import run_model_dir
 from scripts import export_ntire, submit
 
@@ -70,11 +70,13 @@ def lr_dir(tmp_path) -> Path:
 
 
 def test_imports_become_relative_to_the_vendor_root():
-    src = ('"""Usage:\n\n    from pipeline.x import y\n"""\nfrom pipeline import freq\nfrom experts.spec import (\n'
-           '    A,\n)\nimport torch\n\n\ndef f():\n    from cache.dataset import augment\n    return augment\n')
-    out = export_ntire.relative_imports(src, "pipeline.blocks.edge", is_package=False)
-    assert "\nfrom ...pipeline import freq\nfrom ...experts.spec import (\n" in out
-    assert "\n    from ...cache.dataset import augment\n" in out and "\nimport torch\n" in out
+    src = (
+        '"""Usage:\n\n    from pipeline.x import y\n"""\nfrom pipeline import freq\nfrom experts.spec import (\n'
+        "    A,\n)\nimport torch\n\n\ndef f():\n    from cache.dataset import augment\n    return augment\n"
+    )
+    out = export_ntire.relative_imports(src, "pipeline.model.blocks.edge", is_package=False)
+    assert "\nfrom ....pipeline import freq\nfrom ....experts.spec import (\n" in out  # 4 levels deep: 4 dots
+    assert "\n    from ....cache.dataset import augment\n" in out and "\nimport torch\n" in out
     assert "\n    from pipeline.x import y\n" in out  # the docstring is left as it is
     assert "from ..pipeline import freq" in export_ntire.relative_imports(src, "pipeline", is_package=True)
 
@@ -82,16 +84,24 @@ def test_imports_become_relative_to_the_vendor_root():
 def test_layout(exported):
     zoo = exported / "model_zoo" / PKG
     assert sorted(str(p.relative_to(zoo)) for p in zoo.rglob("*") if p.is_file()) == [
-        "SHA256SUMS", "config.json", "experts.yaml", "experts/calm.pth", "experts/noisy.pth", "model.safetensors"]
+        "SHA256SUMS",
+        "config.json",
+        "experts.yaml",
+        "experts/calm.pth",
+        "experts/noisy.pth",
+        "model.safetensors",
+    ]
     assert len((zoo / "SHA256SUMS").read_text().splitlines()) == 5  # every file but itself
     spec = yaml.safe_load((zoo / "experts.yaml").read_text())
-    assert [(e["name"], e["checkpoint"]) for e in spec["experts"]] == [("noisy", "experts/noisy.pth"),
-                                                                       ("calm", "experts/calm.pth")]
+    assert [(e["name"], e["checkpoint"]) for e in spec["experts"]] == [
+        ("noisy", "experts/noisy.pth"),
+        ("calm", "experts/calm.pth"),
+    ]
     code = exported / "models" / PKG
     assert sorted(p.name for p in code.iterdir()) == ["README.md", "__init__.py", "_vendor", "requirements.txt"]
     assert not (exported / "models" / "__init__.py").exists()  # never shadow the organisers' models/
     vendored = {str(p.relative_to(code / "_vendor")) for p in (code / "_vendor").rglob("*.py")}
-    assert {"pipeline/submission.py", "pipeline/fusion_net.py", "experts/ensemble.py"} <= vendored
+    assert {"pipeline/submission.py", "pipeline/model/fusion_net.py", "experts/ensemble.py"} <= vendored
     assert not any(v.startswith(("scripts/", "pipeline/refiner/")) or v == "train.py" for v in vendored)
     reqs = [line.split()[0] for line in (code / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
     assert {"torch", "spandrel", "safetensors", "numpy", "pillow", "pyyaml", "opencv-python-headless"} <= set(reqs)
@@ -106,11 +116,21 @@ def test_isolated_main_matches_submit(exported, trained_run, lr_dir, tmp_path):
     (repo / "utils" / "__init__.py").write_text("ORGANISERS = True\n")
     site = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-S", "-s", "-c", ISOLATED, site, str(lr_dir), str(tmp_path / "sr")],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    res = subprocess.run(
+        [sys.executable, "-S", "-s", "-c", ISOLATED, site, str(lr_dir), str(tmp_path / "sr")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "written: 0901x4.png 0902x4.png" in res.stdout
-    assert sorted(p.name for p in (tmp_path / "sr").iterdir() if not p.name.startswith(".")) == ["0901x4.png", "0902x4.png"]
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir() if not p.name.startswith(".")) == [
+        "0901x4.png",
+        "0902x4.png",
+    ]
 
     assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "sub")]) == 0
     for name in ("0901x4.png", "0902x4.png"):
@@ -152,10 +172,15 @@ def test_tampered_checkpoints_are_refused_before_writing(trained_run, tiny_compa
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("team, name, message", [("17", "my-team", "--team-name 'my-team' must match"),
-                                                 ("17", "9lives", "must match"),
-                                                 ("0", "Name", "--team-id must be 1..99"),
-                                                 ("100", "Name", "--team-id must be 1..99")])
+@pytest.mark.parametrize(
+    "team, name, message",
+    [
+        ("17", "my-team", "--team-name 'my-team' must match"),
+        ("17", "9lives", "must match"),
+        ("0", "Name", "--team-id must be 1..99"),
+        ("100", "Name", "--team-id must be 1..99"),
+    ],
+)
 def test_bad_team_is_refused(trained_run, tmp_path, capsys, team, name, message):
     assert export(trained_run, tmp_path / "out", name=name, team=team) == 2
     assert message in capsys.readouterr().err

@@ -1,16 +1,14 @@
-"""pipeline/freq.py: exact, invertible DCT / Haar / FFT transforms and band splits that sum back to the input."""
+"""pipeline/model/freq.py: exact, invertible DCT / Haar / FFT transforms and band splits that sum back to the input."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
 import scipy.fft
 import torch
-
 from conftest import assert_close
-from pipeline import freq
 
+from pipeline.model import freq
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

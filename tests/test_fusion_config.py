@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, config_from_dict, config_to_dict
-from pipeline.fusion_net import FusionConfig, FusionNet, load_fusion_config
+from pipeline.core.config import ConfigError, config_from_dict, config_to_dict
+from pipeline.model.fusion_net import FusionConfig, FusionNet, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "configs" / "fusion.yaml"

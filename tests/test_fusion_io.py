@@ -1,4 +1,4 @@
-"""pipeline/model_io.py: model.safetensors + config.json, one-call rebuild, strict loading."""
+"""pipeline/model/io.py: model.safetensors + config.json, one-call rebuild, strict loading."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.fusion_net import FusionNet, load_fusion_config
-from pipeline.model_io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained, read_extra, save_pretrained
+from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.model.io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained, read_extra, save_pretrained
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "fusion_tiny.yaml"
 

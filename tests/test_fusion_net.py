@@ -1,4 +1,4 @@
-"""pipeline/fusion_net.py: the assembled network — init behaviour, gradients, any E and size, every switch."""
+"""pipeline/model/fusion_net.py: the assembled network — init behaviour, gradients, any E and size, every switch."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import assert_close
 
-from pipeline.config import ConfigError
-from pipeline.fusion_net import (
+from pipeline.core.config import ConfigError
+from pipeline.model.fusion_net import (
     PHASE_SWITCHES,
     FusionConfig,
     FusionNet,
@@ -100,13 +100,16 @@ def test_gate_prior_starts_the_untrained_fusion_at_that_fixed_blend(temperature:
     assert (out.sr - srs.mean(dim=1)).abs().max() > 1e-3  # not the mean
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    (["model.gating.prior=[0.5,0.5]"], "3 positive weights summing to 1"),
-    (["model.gating.prior=[0.5,0.6,-0.1]"], r"gating\.prior\[2\]: must be > 0"),  # the config's range check
-    (["model.gating.prior=[0.5,0.3,0.1]"], "3 positive weights summing to 1"),
-    (["model.gating.prior=[0.5,0.3,0.2]", "model.start_expert=0"], "needs gating.enabled and no start_expert"),
-    (["model.gating.prior=[0.5,0.3,0.2]", "model.gating.enabled=false"], "needs gating.enabled"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.gating.prior=[0.5,0.5]"], "3 positive weights summing to 1"),
+        (["model.gating.prior=[0.5,0.6,-0.1]"], r"gating\.prior\[2\]: must be > 0"),  # the config's range check
+        (["model.gating.prior=[0.5,0.3,0.1]"], "3 positive weights summing to 1"),
+        (["model.gating.prior=[0.5,0.3,0.2]", "model.start_expert=0"], "needs gating.enabled and no start_expert"),
+        (["model.gating.prior=[0.5,0.3,0.2]", "model.gating.enabled=false"], "needs gating.enabled"),
+    ],
+)
 def test_a_gate_prior_must_be_one_positive_weight_per_expert(overrides: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         FusionNet(config=load_fusion_config(TINY, overrides).with_feat_channels((6, 10, 4)))

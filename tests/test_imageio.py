@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import atomic
-from pipeline.imageio import ImageReadError, image_size, list_images, read_image, to_uint8, write_image
+from pipeline.core import atomic
+from pipeline.core.imageio import ImageReadError, image_size, list_images, read_image, to_uint8, write_image
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ def test_killed_writer_never_leaves_truncated_final_file(tmp_path):
 
     code = (
         "import torch, sys\n"
-        "from pipeline.imageio import write_image\n"
+        "from pipeline.core.imageio import write_image\n"
         "img = torch.rand(1, 3, 512, 512)\n"
         "print('ready', flush=True)\n"
         "for i in range(10000):\n"

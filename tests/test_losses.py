@@ -79,7 +79,9 @@ def test_vgg_perceptual_loss_from_local_file(tmp_path, img):
         shapes = make_layers(cfgs["E"]).state_dict()
     features = {f"features.{k}": 0.05 * torch.randn(v.shape) for k, v in shapes.items()}
     torch.save(features, tmp_path / "vgg19.pth")
-    loss = VGGPerceptualLoss(weights_path=tmp_path / "vgg19.pth", layers=("relu1_2", "relu2_2"), layer_weights=(1.0, 1.0))
+    loss = VGGPerceptualLoss(
+        weights_path=tmp_path / "vgg19.pth", layers=("relu1_2", "relu2_2"), layer_weights=(1.0, 1.0)
+    )
     assert loss(img, img).item() == 0.0
     sr = img.clone().requires_grad_(True)
     value = loss(sr, img.flip(-1))
@@ -140,6 +142,7 @@ def test_gate_oracle_loss_by_hand():
     assert float(gate_oracle_loss(perfect, srs, hr)) < 1e-5
     with pytest.raises(ValueError, match="no gates"):
         CombinedLoss()(srs[:, 0], hr, LossWeights(gate_oracle=1.0))
-    total, terms = CombinedLoss()(srs[:, 0], hr, LossWeights(charbonnier=0.0, balance=0.0, gate_oracle=2.0),
-                                  gates=gates, srs=srs)
+    total, terms = CombinedLoss()(
+        srs[:, 0], hr, LossWeights(charbonnier=0.0, balance=0.0, gate_oracle=2.0), gates=gates, srs=srs
+    )
     assert set(terms) == {"gate_oracle"} and abs(float(total) - 2 * want) < 1e-5

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy import signal
 
-from pipeline.imageio import quantize_8bit, read_image
-from pipeline.metrics import crop_to_match, gaussian_window, psnr_y, rgb_to_y, ssim_y
-from pipeline.resize import imresize
+from pipeline.core.imageio import quantize_8bit, read_image
+from pipeline.core.metrics import crop_to_match, gaussian_window, psnr_y, rgb_to_y, ssim_y
+from pipeline.core.resize import imresize
 
 
 def test_y_channel_uses_bt601_with_offsets():

@@ -10,11 +10,11 @@ from conftest import run_main
 
 from experts import run as experts_run
 from experts.ensemble import ExpertEnsemble
-from pipeline.augment import augment, deaugment
+from pipeline.core.augment import augment, deaugment
+from pipeline.core.imageio import quantize_8bit, read_image, write_image
+from pipeline.core.metrics import psnr_y
 from pipeline.ensemblers import fit, save
-from pipeline.imageio import quantize_8bit, read_image, write_image
 from pipeline.inference import ensemble_super_resolve, load_pipeline, super_resolve
-from pipeline.metrics import psnr_y
 from scripts import compare_ensembles, submit
 
 
@@ -41,8 +41,13 @@ def test_self_ensemble_is_the_mean_of_eight_transformed_runs(tiny_compact_expert
 def test_experts_run_tta_writes_the_self_ensemble(tiny_compact_experts, tmp_path):
     lr_dir = _lr_dir(tmp_path, 1)
     out = tmp_path / "out"
-    assert run_main(experts_run.main, ["--config", str(tiny_compact_experts["yaml"]), "--input", str(lr_dir),
-                                       "--output", str(out), "--tta"]) == 0
+    assert (
+        run_main(
+            experts_run.main,
+            ["--config", str(tiny_compact_experts["yaml"]), "--input", str(lr_dir), "--output", str(out), "--tta"],
+        )
+        == 0
+    )
     ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
     want = ensemble.self_ensemble(read_image(lr_dir / "0900x4.png")).srs  # (1,E,3,H,W)
     for j, name in enumerate(ensemble.names):
@@ -57,12 +62,29 @@ def test_submit_method_writes_what_the_library_computes(tiny_compact_experts, tm
     hr = torch.rand(1, 3, 72, 84, generator=torch.Generator().manual_seed(3))
     blend = fit("blend", [(ensemble(torch.nn.functional.avg_pool2d(hr, 4)).srs, hr)], experts=fps)
     weights = save(blend, tmp_path / "blend.json")
-    for method, extra, regime in (("zzpm", [], {}), ("blend", ["--weights", str(weights)], {}),
-                                  ("mean", ["--expert-tta"], {"expert_tta": True}),
-                                  ("blend", ["--weights", str(weights), "--tta"], {"tta": True})):
+    for method, extra, regime in (
+        ("zzpm", [], {}),
+        ("blend", ["--weights", str(weights)], {}),
+        ("mean", ["--expert-tta"], {"expert_tta": True}),
+        ("blend", ["--weights", str(weights), "--tta"], {"tta": True}),
+    ):
         out = tmp_path / f"{method}_{len(extra)}"
-        assert submit.main(["--method", method, "--experts", str(tiny_compact_experts["yaml"]),
-                            "--input", str(lr_dir), "--output", str(out), *extra]) == 0
+        assert (
+            submit.main(
+                [
+                    "--method",
+                    method,
+                    "--experts",
+                    str(tiny_compact_experts["yaml"]),
+                    "--input",
+                    str(lr_dir),
+                    "--output",
+                    str(out),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         ens = blend if method == "blend" else fit(method, [], experts=fps)
         for f in sorted(lr_dir.glob("*.png")):
             want = ensemble_super_resolve(ensemble, ens, read_image(f), **regime)
@@ -72,11 +94,25 @@ def test_submit_method_writes_what_the_library_computes(tiny_compact_experts, tm
 
 def test_submit_refuses_weights_fitted_for_other_experts(tiny_compact_experts, tmp_path, capsys):
     other = [{"name": "noisy", "sha256": "0" * 64}, {"name": "calm", "sha256": "1" * 64}]
-    path = save(fit("blend", [(torch.rand(1, 2, 3, 12, 12), torch.rand(1, 3, 12, 12))], experts=other, border=0),
-                tmp_path / "other.json")
+    path = save(
+        fit("blend", [(torch.rand(1, 2, 3, 12, 12), torch.rand(1, 3, 12, 12))], experts=other, border=0),
+        tmp_path / "other.json",
+    )
     out = tmp_path / "o"
-    code = submit.main(["--method", "blend", "--weights", str(path), "--experts", str(tiny_compact_experts["yaml"]),
-                        "--input", str(_lr_dir(tmp_path)), "--output", str(out)])
+    code = submit.main(
+        [
+            "--method",
+            "blend",
+            "--weights",
+            str(path),
+            "--experts",
+            str(tiny_compact_experts["yaml"]),
+            "--input",
+            str(_lr_dir(tmp_path)),
+            "--output",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "other.json" in err[0] and not out.exists()
 
@@ -89,15 +125,29 @@ def test_fusion_expert_tta_is_the_fusion_on_self_ensembled_experts(trained_run, 
         want = pipe.fusion.forward_with_precomputed(lr, srs, feats).sr.clamp(0, 1)
     torch.testing.assert_close(super_resolve(pipe, lr, expert_tta=True), want, atol=1e-6, rtol=0)
     out = tmp_path / "sub"
-    assert submit.main(["--run", str(trained_run), "--input", str(tmp_path / "lr"), "--output", str(out),
-                        "--expert-tta"]) == 0
+    assert (
+        submit.main(["--run", str(trained_run), "--input", str(tmp_path / "lr"), "--output", str(out), "--expert-tta"])
+        == 0
+    )
     assert "x8 of each expert" in (out / "readme.txt").read_text()
 
 
 def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, tmp_path, capsys):
     hr_dir = tiny_compact_experts["hr"]
-    args = ["--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr_dir), "--fusion", str(trained_run),
-            "--cache-dir", str(tmp_path / "store"), "--out", str(tmp_path / "t" / "table"), "--threads", "1"]
+    args = [
+        "--experts",
+        str(tiny_compact_experts["yaml"]),
+        "--hr",
+        str(hr_dir),
+        "--fusion",
+        str(trained_run),
+        "--cache-dir",
+        str(tmp_path / "store"),
+        "--out",
+        str(tmp_path / "t" / "table"),
+        "--threads",
+        "1",
+    ]
     assert run_main(compare_ensembles.main, args) == 0
     table = json.loads((tmp_path / "t" / "table.json").read_text())
     rows = {(r["regime"], r["method"]): r for r in table["rows"]}
@@ -106,7 +156,7 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
     assert "| none | mean |" in (tmp_path / "t" / "table.md").read_text()
     # the mean row equals an independent computation on the stored outputs
     from pipeline.compare import OutputStore  # noqa: F401 - the store's files are plain torch files
-    from pipeline.resize import make_lr
+    from pipeline.core.resize import make_lr
 
     ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
     scores = []
@@ -125,7 +175,7 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
 
 def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp_path, capsys):
     from cache.reader import CacheReader
-    from pipeline.resize import make_lr
+    from pipeline.core.resize import make_lr
     from scripts import extract_features
 
     hr = tmp_path / "hr"

@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.core.imageio import write_image
 from pipeline.evaluation import pair_images
-from pipeline.imageio import write_image
 from pipeline.perceptual import (
     CLIP_RN50_URL,
     METRIC_NAMES,
@@ -48,8 +48,15 @@ from pipeline.perceptual import (
 from scripts import evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_ENV_KEYS = ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
-             "HF_HUB_DISABLE_TELEMETRY")
+_ENV_KEYS = (
+    "TORCH_HOME",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY",
+)
 
 
 @pytest.fixture
@@ -212,13 +219,17 @@ def _write_standins(root: Path) -> str:
     assert len(lins) == 5
     save("pyiqa/LPIPS_v0.1_alex-df73285e.pth", {k: v.clone() for k, v in _random_state(lins, 3).items()})
     g = torch.Generator().manual_seed(4)  # DISTS weights are positive (they are normalised by their sum)
-    save("pyiqa/DISTS_weights-f5e65c96.pth", {k: 0.05 + 0.1 * torch.rand(dists.state_dict()[k].shape, generator=g)
-                                              for k in ("alpha", "beta")})
+    save(
+        "pyiqa/DISTS_weights-f5e65c96.pth",
+        {k: 0.05 + 0.1 * torch.rand(dists.state_dict()[k].shape, generator=g) for k in ("alpha", "beta")},
+    )
     rng = np.random.default_rng(5)
     a = rng.normal(size=(36, 36))
     (hub / "pyiqa").mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(hub / "pyiqa" / "niqe_modelparameters.mat",
-                     {"mu_prisparam": rng.normal(size=(1, 36)), "cov_prisparam": a @ a.T / 36 + 0.1 * np.eye(36)})
+    scipy.io.savemat(
+        hub / "pyiqa" / "niqe_modelparameters.mat",
+        {"mu_prisparam": rng.normal(size=(1, 36)), "cov_prisparam": a @ a.T / 36 + 0.1 * np.eye(36)},
+    )
     with torch.device("meta"):
         musiq, vit = MUSIQ(pretrained=False), timm.create_model("vit_base_patch8_224", pretrained=False)
     save("pyiqa/musiq_koniq_ckpt-e95806b9.pth", _random_state(musiq.state_dict(), 6))
@@ -227,8 +238,10 @@ def _write_standins(root: Path) -> str:
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     (repo / "snapshots" / commit).mkdir(parents=True)
-    save_file({k: v.clone() for k, v in _random_state(vit.state_dict(), 7).items()},  # safetensors: no shared storage
-              repo / "snapshots" / commit / "model.safetensors")
+    save_file(
+        {k: v.clone() for k, v in _random_state(vit.state_dict(), 7).items()},  # safetensors: no shared storage
+        repo / "snapshots" / commit / "model.safetensors",
+    )
     real_create_model = timm.create_model
 
     def meta_vit(name: str, pretrained: bool) -> torch.nn.Module:
@@ -289,12 +302,20 @@ def _run_standins(root: Path, sr: Path, hr: Path, out: Path) -> None:
 
     facts = {
         "configs": {n: dict(DEFAULT_CONFIGS[n]["metric_opts"]) for n in perceptual.METRIC_NAMES},
-        "urls": [lpips_arch.default_model_urls["0.1_alex"], dists_arch.default_model_urls["url"],
-                 niqe_arch.default_model_urls["url"], musiq_arch.default_model_urls["koniq10k"],
-                 maniqa_arch.default_model_urls["koniq"], AlexNet_Weights.IMAGENET1K_V1.url,
-                 VGG16_Weights.IMAGENET1K_V1.url, pyiqa_clip._MODELS["RN50"],
-                 (f"https://huggingface.co/{get_pretrained_cfg('vit_base_patch8_224').hf_hub_id}/resolve/main/"
-                  "model.safetensors")],
+        "urls": [
+            lpips_arch.default_model_urls["0.1_alex"],
+            dists_arch.default_model_urls["url"],
+            niqe_arch.default_model_urls["url"],
+            musiq_arch.default_model_urls["koniq10k"],
+            maniqa_arch.default_model_urls["koniq"],
+            AlexNet_Weights.IMAGENET1K_V1.url,
+            VGG16_Weights.IMAGENET1K_V1.url,
+            pyiqa_clip._MODELS["RN50"],
+            (
+                f"https://huggingface.co/{get_pretrained_cfg('vit_base_patch8_224').hf_hub_id}/resolve/main/"
+                "model.safetensors"
+            ),
+        ],
     }
 
     t0 = time.perf_counter()
@@ -310,8 +331,19 @@ def _run_standins(root: Path, sr: Path, hr: Path, out: Path) -> None:
     t0 = time.perf_counter()
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = evaluate.main(["--sr", str(sr), "--hr", str(hr), "--perceptual", "--weights-dir", str(root),
-                            "--json", str(out.with_name("scores.json"))])
+        rc = evaluate.main(
+            [
+                "--sr",
+                str(sr),
+                "--hr",
+                str(hr),
+                "--perceptual",
+                "--weights-dir",
+                str(root),
+                "--json",
+                str(out.with_name("scores.json")),
+            ]
+        )
     timings["evaluate --perceptual"] = time.perf_counter() - t0
 
     # probe 1: doubling LPIPS's linear layers in the stand-in doubles LPIPS (it is linear in them)
@@ -339,9 +371,19 @@ def _run_standins(root: Path, sr: Path, hr: Path, out: Path) -> None:
         no_ref = str(exc)
     timings["probes"] = time.perf_counter() - t0
 
-    out.write_text(json.dumps({"rc": rc, "stdout": stdout.getvalue(), "facts": facts, "timings": timings,
-                               "lpips_doubled": [r["lpips"] for r in doubled], "lpips_unloaded": unloaded,
-                               "vit_without_ref": no_ref}))
+    out.write_text(
+        json.dumps(
+            {
+                "rc": rc,
+                "stdout": stdout.getvalue(),
+                "facts": facts,
+                "timings": timings,
+                "lpips_doubled": [r["lpips"] for r in doubled],
+                "lpips_unloaded": unloaded,
+                "vit_without_ref": no_ref,
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -351,14 +393,29 @@ def standin_run(tmp_path_factory):
     sr, hr = _pairs(tmp, [(96, 96), (96, 128)])  # NIQE's minimum is 96x96
     (tmp / "home").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TORCH_HOME", "XDG_CACHE"))}
-    env.update(HOME=str(tmp / "home"), TORCH_HOME=str(tmp / "weights" / "torch"), OMP_NUM_THREADS="1",
-               HF_HOME=str(tmp / "weights" / "huggingface"), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    env.update(
+        HOME=str(tmp / "home"),
+        TORCH_HOME=str(tmp / "weights" / "torch"),
+        OMP_NUM_THREADS="1",
+        HF_HOME=str(tmp / "weights" / "huggingface"),
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(REPO_ROOT),
+    )
     out = tmp / "result.json"
-    code = (f"from pathlib import Path; from tests.test_perceptual import _run_standins; "
-            f"_run_standins(Path({str(tmp / 'weights')!r}), Path({str(sr)!r}), Path({str(hr)!r}), Path({str(out)!r}))")
+    code = (
+        f"from pathlib import Path; from tests.test_perceptual import _run_standins; "
+        f"_run_standins(Path({str(tmp / 'weights')!r}), Path({str(sr)!r}), Path({str(hr)!r}), Path({str(out)!r}))"
+    )
     try:
-        proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO_ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"stand-in run failed:\n{proc.stderr[-6000:]}"
         result = json.loads(out.read_text())
         result["json"] = json.loads((tmp / "scores.json").read_text())

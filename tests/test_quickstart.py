@@ -11,15 +11,27 @@ import zipfile
 import pytest
 from conftest import REPO_ROOT, run_main
 
-from pipeline.imageio import read_image
+from pipeline.core.imageio import read_image
 from scripts import quickstart
 
 
 @pytest.mark.slow
 def test_quickstart_reduced_end_to_end(tmp_path, capsys):
     out = tmp_path / "qs"
-    argv = ["--out", str(out), "--device", "cpu", "--steps", "6", "--train-images", "1", "--test-images", "2",
-            "--max-side", "192"]
+    argv = [
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--steps",
+        "6",
+        "--train-images",
+        "1",
+        "--test-images",
+        "2",
+        "--max-side",
+        "192",
+    ]
     assert run_main(quickstart.main, argv) == 0
     printed = capsys.readouterr().out
     assert "fusion (submitted)" in printed and "experts' mean" in printed and "finished in" in printed
@@ -50,11 +62,20 @@ def test_quickstart_reduced_end_to_end(tmp_path, capsys):
     assert report["methods"] == ["bicubic", "expert:hat_s", "expert:dat_s", "expert:nafnet_sr_s", "mean", "fusion"]
     assert mean["fusion"]["psnr"] == pytest.approx(scores["mean"]["psnr"], abs=1e-6)
     experts = [mean[f"expert:{n}"]["psnr"] for n in ("hat_s", "dat_s", "nafnet_sr_s")]
-    assert min(experts) > mean["bicubic"]["psnr"] + 0.5  # trained experts (measured +0.66 dB or more), not random weights
+    assert (
+        min(experts) > mean["bicubic"]["psnr"] + 0.5
+    )  # trained experts (measured +0.66 dB or more), not random weights
     assert mean["fusion"]["psnr"] > mean["mean"]["psnr"], mean  # the fusion beats the experts' mean
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["wall_s"] > 0 and set(summary["stages_s"]) == {"photos", "lr", "cache", "finetune", "submit",
-                                                                  "evaluate", "report"}
+    assert summary["wall_s"] > 0 and set(summary["stages_s"]) == {
+        "photos",
+        "lr",
+        "cache",
+        "finetune",
+        "submit",
+        "evaluate",
+        "report",
+    }
 
     # a second run recreates the folder (it carries the quickstart's marker)
     (out / "stale.txt").write_text("x")
@@ -81,6 +102,8 @@ def test_quickstart_refuses_a_foreign_out_folder_and_bad_flags(tmp_path, capsys)
 def test_quickstart_names_a_missing_bundled_fusion(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(quickstart, "BUNDLED_FUSION", tmp_path / "fusion_zoo_small")
     assert run_main(quickstart.main, ["--out", str(tmp_path / "qs")]) == 1
-    assert f"the bundled fusion is missing: {tmp_path / 'fusion_zoo_small' / 'model.safetensors'}" in \
-        capsys.readouterr().err
+    assert (
+        f"the bundled fusion is missing: {tmp_path / 'fusion_zoo_small' / 'model.safetensors'}"
+        in capsys.readouterr().err
+    )
     assert REPO_ROOT.joinpath("configs", "train", "quickstart.yaml").is_file()

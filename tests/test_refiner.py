@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.refiner import (
     LoRAFormatError,
     RefinerConfig,

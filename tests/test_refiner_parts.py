@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from pipeline.config import ConfigError, load_config
+from pipeline.core.config import ConfigError, load_config
 from pipeline.refiner import LoRAFormatError, RefinerConfig, RefinerFileNotFoundError
 from pipeline.refiner.colour import (
     adain_colour_fix,

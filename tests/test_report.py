@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.imageio import image_size, quantize_8bit, read_image, write_image
 from pipeline.evaluation import pair_images, score_fidelity
-from pipeline.imageio import image_size, quantize_8bit, read_image, write_image
 from pipeline.inference import load_pipeline
 from pipeline.report_html import MetricsError, read_metrics_csv, thin
 from pipeline.svg_plot import Series, line_plot_svg, log_ticks, nice_ticks
@@ -77,17 +77,26 @@ def test_svg_plot_is_well_formed_and_handles_edge_cases():
     assert nice_ticks(0, 10) == [0, 2, 4, 6, 8, 10]
     assert nice_ticks(0.013, 0.047, count=4) == [0.02, 0.03, 0.04]
     assert log_ticks(0.05, 3) == [0.05, 0.1, 0.2, 0.5, 1, 2]
-    svg = line_plot_svg([Series(label="a<b", steps=(1, 2, 3), values=(1.0, float("nan"), 3.0), colour="#f00"),
-                         Series(label="one", steps=(2,), values=(2.0,)),
-                         Series(label="none", steps=(), values=())],
-                        title="T & t", xlabel="step", ylabel="dB")
+    svg = line_plot_svg(
+        [
+            Series(label="a<b", steps=(1, 2, 3), values=(1.0, float("nan"), 3.0), colour="#f00"),
+            Series(label="one", steps=(2,), values=(2.0,)),
+            Series(label="none", steps=(), values=()),
+        ],
+        title="T & t",
+        xlabel="step",
+        ylabel="dB",
+    )
     root = ET.fromstring(svg)  # well-formed XML, labels escaped
     ns = "{http://www.w3.org/2000/svg}"
     assert len(root.findall(f".//{ns}polyline")) == 1  # NaN dropped → 2 points; one point → a dot only
     assert len(root.findall(f".//{ns}circle")) == 3
     assert "a&lt;b" in svg and "T &amp; t" in svg
-    log = ET.fromstring(line_plot_svg([Series(label="l", steps=(1, 2), values=(0.5, 0.01))], title="", xlabel="",
-                                      ylabel="loss", log_y=True))
+    log = ET.fromstring(
+        line_plot_svg(
+            [Series(label="l", steps=(1, 2), values=(0.5, 0.01))], title="", xlabel="", ylabel="loss", log_y=True
+        )
+    )
     assert any(t.text == "0.1" for t in log.iter(f"{ns}text"))
     empty = line_plot_svg([Series(label="x", steps=(), values=())], title="E", xlabel="", ylabel="", empty_text="nix")
     assert "nix" in ET.tostring(ET.fromstring(empty), encoding="unicode")
@@ -125,8 +134,25 @@ def report_case(trained_run, tiny_compact_experts, tmp_path_factory) -> dict:
     try:
         assert make_lr.main(["--hr", str(hr_dir), "--out", str(lr_dir)]) == 0
         assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(sr_dir)]) == 0
-        assert report.main(["--run", str(trained_run), "--sr", str(sr_dir), "--hr", str(hr_dir), "--out", str(out),
-                            "--device", "cpu", "--crop", "32"]) == 0
+        assert (
+            report.main(
+                [
+                    "--run",
+                    str(trained_run),
+                    "--sr",
+                    str(sr_dir),
+                    "--hr",
+                    str(hr_dir),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--crop",
+                    "32",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     return {"root": root, "hr": hr_dir, "lr": lr_dir, "sr": sr_dir, "out": out, "run": trained_run}
@@ -151,7 +177,7 @@ def test_report_page_scores_and_files(report_case):
     # best expert = highest mean PSNR over the set, marked in the table; mean row = mean of the rows
     experts = {k: v["psnr"] for k, v in data["mean"].items() if k.startswith("expert:")}
     assert data["best_expert"] == max(experts, key=experts.get).removeprefix("expert:")
-    assert f'{data["best_expert"]} ★ best' in html and "mean (3 images)" in html
+    assert f"{data['best_expert']} ★ best" in html and "mean (3 images)" in html
     for key, mean in data["mean"].items():
         assert mean["psnr"] == pytest.approx(sum(i["scores"][key]["psnr"] for i in data["images"]) / 3)
     # the crop lies where the fusion differs most from the best expert: re-derive it for one image
@@ -193,8 +219,27 @@ def test_report_with_lr_folder_overwrites_its_own_report(report_case):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert report.main(["--run", str(c["run"]), "--sr", str(c["sr"]), "--hr", str(c["hr"]), "--lr", str(c["lr"]),
-                            "--out", str(out), "--device", "cpu", "--crop", "32"]) == 0
+        assert (
+            report.main(
+                [
+                    "--run",
+                    str(c["run"]),
+                    "--sr",
+                    str(c["sr"]),
+                    "--hr",
+                    str(c["hr"]),
+                    "--lr",
+                    str(c["lr"]),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--crop",
+                    "32",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     assert not stale.exists()
@@ -207,10 +252,29 @@ def test_submission_made_with_tta_is_flagged(report_case, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert submit.main(["--run", str(c["run"]), "--input", str(c["lr"]), "--output", str(tmp_path / "sr"),
-                            "--tta"]) == 0
-        assert report.main(["--run", str(c["run"]), "--sr", str(tmp_path / "sr"), "--hr", str(c["hr"]),
-                            "--out", str(tmp_path / "out"), "--device", "cpu", "--crop", "16"]) == 0
+        assert (
+            submit.main(["--run", str(c["run"]), "--input", str(c["lr"]), "--output", str(tmp_path / "sr"), "--tta"])
+            == 0
+        )
+        assert (
+            report.main(
+                [
+                    "--run",
+                    str(c["run"]),
+                    "--sr",
+                    str(tmp_path / "sr"),
+                    "--hr",
+                    str(c["hr"]),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--device",
+                    "cpu",
+                    "--crop",
+                    "16",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     html = (tmp_path / "out" / "index.html").read_text()
@@ -224,8 +288,18 @@ def test_bad_inputs_are_refused_before_any_work(report_case, tmp_path, capsys):
     c = report_case
 
     def run(*, run_dir=None, sr=None, hr=None, lr=None, out=None):
-        args = ["--run", str(run_dir or c["run"]), "--sr", str(sr or c["sr"]), "--hr", str(hr or c["hr"]),
-                "--out", str(out or tmp_path / "out"), "--device", "cpu"]
+        args = [
+            "--run",
+            str(run_dir or c["run"]),
+            "--sr",
+            str(sr or c["sr"]),
+            "--hr",
+            str(hr or c["hr"]),
+            "--out",
+            str(out or tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
         code = report.main(args + (["--lr", str(lr)] if lr else []))
         return code, capsys.readouterr().err
 
@@ -286,14 +360,30 @@ class DevTools:
         a, b = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10), fcntl.fcntl(ev_w, fcntl.F_DUPFD, 10)
         for fd in (cmd_r, ev_w):
             os.close(fd)
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-                 "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update", "--window-size=1280,900",
-                 "about:blank"]
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-sync",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--window-size=1280,900",
+            "about:blank",
+        ]
         self.log = open(profile.parent / "chromium.log", "wb")
         bash = shutil.which("bash") or "/bin/bash"  # dash's redirections take single-digit fds only
-        self.proc = subprocess.Popen([bash, "-c", f'exec "$0" "$@" 3<&{a} 4>&{b} {a}<&- {b}>&-', exe, *flags],
-                                     pass_fds=(a, b), stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(
+            [bash, "-c", f'exec "$0" "$@" 3<&{a} 4>&{b} {a}<&- {b}>&-', exe, *flags],
+            pass_fds=(a, b),
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+        )
         os.close(a)
         os.close(b)
         self.w, self.r = cmd_w, ev_r
@@ -337,8 +427,9 @@ class DevTools:
                 return m
 
     def evaluate(self, session: str, expression: str):
-        r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True},
-                      session)
+        r = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session
+        )
         if "exceptionDetails" in r:
             raise RuntimeError(f"page script failed: {r['exceptionDetails']}")
         return r["result"].get("value")
@@ -364,8 +455,12 @@ def page_errors(events: list[dict]) -> list[str]:
     for m in events:
         p = m.get("params", {})
         if m.get("method") == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            errors.append("console." + p["type"] + ": " + " ".join(str(a.get("value", a.get("description")))
-                                                                    for a in p.get("args", [])))
+            errors.append(
+                "console."
+                + p["type"]
+                + ": "
+                + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+            )
         elif m.get("method") == "Runtime.exceptionThrown":
             d = p["exceptionDetails"]
             errors.append("exception: " + d.get("exception", {}).get("description", d.get("text", "")))
@@ -391,11 +486,16 @@ def test_report_renders_in_headless_chromium(chromium, report_case, tmp_path):
             browser.call(f"{domain}.enable", session=session)
         browser.call("Page.navigate", {"url": index.as_uri()}, session)
         browser.wait_event("Page.loadEventFired")
-        images = browser.evaluate(session, "Array.from(document.images).map(i => "
-                                           "({src: i.getAttribute('src'), complete: i.complete, w: i.naturalWidth}))")
+        images = browser.evaluate(
+            session,
+            "Array.from(document.images).map(i => "
+            "({src: i.getAttribute('src'), complete: i.complete, w: i.naturalWidth}))",
+        )
         # the page's script works: a zoom button rescales the crops (nearest neighbour); a click opens the
         # enlarged view, the arrow keys step through the other methods' crops of the same place
-        ui = browser.evaluate(session, """(async () => {
+        ui = browser.evaluate(
+            session,
+            """(async () => {
             const crop = document.querySelector('img.crop');
             const w3 = crop.getBoundingClientRect().width;
             document.querySelector('button[data-zoom="6"]').click();
@@ -411,7 +511,8 @@ def test_report_renders_in_headless_chromium(chromium, report_case, tmp_path):
             document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}));
             return {w3, w6, natural: crop.naturalWidth, shown, first, second, bigW, bigNatural: natural,
                     rendering: getComputedStyle(crop).imageRendering, closed: box.hidden};
-        })()""")
+        })()""",
+        )
         time.sleep(0.2)  # let late console messages arrive
         browser.evaluate(session, "1")
         events = browser.events

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.imageio import list_images, read_image, to_uint8
-from pipeline.resize import bicubic_upscale, imresize, make_lr, resize_matrix
+from pipeline.core.imageio import list_images, read_image, to_uint8
+from pipeline.core.resize import bicubic_upscale, imresize, make_lr, resize_matrix
 
 
 def test_matrix_rows_sum_to_one_and_sizes():

@@ -22,15 +22,28 @@ MIN_GAIN_DB = 0.04  # measured: +0.054 dB (docs/RESULTS.md, run 2); guards again
 
 @pytest.mark.slow
 def test_committed_fusion_beats_craft_on_set5(tmp_path, capsys):
-    shared = require_shared("weights/craft_x4.pth", "weights/ditn_x4.pth", "weights/span_ch28_x4.pth",
-                            "data/val/Set5/LR_bicubic/X4", "golden/metrics_reference.json")
+    shared = require_shared(
+        "weights/craft_x4.pth",
+        "weights/ditn_x4.pth",
+        "weights/span_ch28_x4.pth",
+        "data/val/Set5/LR_bicubic/X4",
+        "golden/metrics_reference.json",
+    )
     assert (CKPT / "model.safetensors").is_file(), f"the committed checkpoint is missing: {CKPT}"
     lr = shared / "data" / "val" / "Set5" / "LR_bicubic" / "X4"
     out = tmp_path / "set5"
-    assert submit.main(["--run", str(CKPT), "--experts", str(EXPERTS), "--input", str(lr), "--output", str(out),
-                        "--device", "cpu"]) == 0
-    assert evaluate.main(["--sr", str(out), "--hr", str(shared / "data" / "val" / "Set5" / "HR"),
-                          "--json", str(tmp_path / "s.json")]) == 0
+    assert (
+        submit.main(
+            ["--run", str(CKPT), "--experts", str(EXPERTS), "--input", str(lr), "--output", str(out), "--device", "cpu"]
+        )
+        == 0
+    )
+    assert (
+        evaluate.main(
+            ["--sr", str(out), "--hr", str(shared / "data" / "val" / "Set5" / "HR"), "--json", str(tmp_path / "s.json")]
+        )
+        == 0
+    )
     fusion = json.loads((tmp_path / "s.json").read_text())["mean"]["psnr"]
     golden = json.loads((shared / "golden" / "metrics_reference.json").read_text())["mean_Set5"]
     best = max(v["psnr"] for k, v in golden.items() if k != "bicubic")

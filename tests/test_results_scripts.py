@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.core.imageio import read_image, write_image
+from pipeline.core.metrics import psnr_y, rgb_to_y
 from pipeline.evaluation import pair_images, score_fidelity
-from pipeline.fusion_net import FusionNet, load_fusion_config
-from pipeline.imageio import read_image, write_image
-from pipeline.metrics import psnr_y, rgb_to_y
+from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from scripts import expert_baselines, results_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +43,8 @@ def test_block_oracle_picks_per_tile_and_sits_between_pixel_oracle_and_best_expe
     err = (rgb_to_y(srs[0]) - rgb_to_y(hr)).square()[:, 0]  # (E,H,W)
     for ty in range(0, 10, 4):
         for tx in range(0, 13, 4):
-            best = err[:, ty:ty + 4, tx:tx + 4].mean(dim=(1, 2)).argmin()
-            assert torch.equal(out[0, :, ty:ty + 4, tx:tx + 4], srs[0, best, :, ty:ty + 4, tx:tx + 4]), (ty, tx)
+            best = err[:, ty : ty + 4, tx : tx + 4].mean(dim=(1, 2)).argmin()
+            assert torch.equal(out[0, :, ty : ty + 4, tx : tx + 4], srs[0, best, :, ty : ty + 4, tx : tx + 4]), (ty, tx)
     p_block = psnr_y(out, hr, crop_border=0)
     assert psnr_y(expert_baselines.pixel_oracle(srs, hr), hr, crop_border=0) > p_block
     assert p_block > max(psnr_y(srs[:, e], hr, crop_border=0) for e in range(3))
@@ -76,7 +76,10 @@ def test_baselines_script_and_table(tmp_path, capsys):
             write_image(exp / n / f"img{i}x4.png", (hr[..., :24, :28] + noise).clamp(0, 1))
     assert expert_baselines.main(["--experts-dir", str(exp), "--hr", str(hr_dir), "--blocks", "4", "--blend"]) == 0
     for folder in ("_oracle", "_oracle_b4", "_blend"):
-        assert sorted(p.name for p in (exp / folder).iterdir() if not p.name.startswith(".")) == ["img0x4.png", "img1x4.png"], folder
+        assert sorted(p.name for p in (exp / folder).iterdir() if not p.name.startswith(".")) == [
+            "img0x4.png",
+            "img1x4.png",
+        ], folder
     blend = json.loads((exp / "blend_weights.json").read_text())
     assert blend["experts"] == names and blend["weights"][0] > blend["weights"][2]  # a (least noise) weighs most
 
@@ -86,7 +89,8 @@ def test_baselines_script_and_table(tmp_path, capsys):
         scores[m.strip("_")] = sum(r["psnr"] for r in rows) / len(rows)
         (tmp_path / "res" / "S" / "scores").mkdir(parents=True, exist_ok=True)
         (tmp_path / "res" / "S" / "scores" / f"{m.strip('_')}.json").write_text(
-            json.dumps({"images": rows, "mean": {"psnr": scores[m.strip("_")], "ssim": 0.5}}))
+            json.dumps({"images": rows, "mean": {"psnr": scores[m.strip("_")], "ssim": 0.5}})
+        )
     assert scores["oracle"] > scores["oracle_b4"] >= max(scores["a"], scores["b"], scores["c"])  # a wins most tiles
     assert scores["blend"] > max(scores["a"], scores["b"], scores["c"])  # independent noise: the blend averages it
     # the saved oracle PNG is exactly made of expert pixels (no rounding loss)
@@ -96,7 +100,8 @@ def test_baselines_script_and_table(tmp_path, capsys):
 
     # "fusion" = copy of the mean to exercise the margin line
     (tmp_path / "res" / "S" / "scores" / "fusion.json").write_text(
-        (tmp_path / "res" / "S" / "scores" / "mean.json").read_text())
+        (tmp_path / "res" / "S" / "scores" / "mean.json").read_text()
+    )
     assert results_table.main([str(tmp_path / "res"), "--sets", "S", "--best-of", "a", "b", "c"]) == 0
     out = capsys.readouterr().out
     assert "per-pixel oracle" in out and f"{scores['oracle']:.3f}" in out
@@ -113,8 +118,12 @@ def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
     data = [(torch.rand(1, 2, 3, 16, 12, generator=g), torch.rand(1, 3, 16, 12, generator=g)) for _ in range(2)]
     stats = expert_baselines.blend_stats(data, border=2)
     for w in (torch.tensor([1.0, 0.0]), torch.tensor([0.3, 0.9])):  # any weights, summing to 1 or not
-        err = torch.cat([(rgb_to_y((w.view(1, 2, 1, 1, 1) * srs).sum(1)) - rgb_to_y(hr))[..., 2:-2, 2:-2].flatten()
-                         for srs, hr in data])
+        err = torch.cat(
+            [
+                (rgb_to_y((w.view(1, 2, 1, 1, 1) * srs).sum(1)) - rgb_to_y(hr))[..., 2:-2, 2:-2].flatten()
+                for srs, hr in data
+            ]
+        )
         assert stats.pooled_psnr(w) == pytest.approx(10 * math.log10(255**2 / err.square().mean().item()), abs=1e-6)
     assert stats.pooled_psnr(stats.solve()) >= max(stats.pooled_psnr(w) for w in torch.eye(2))
     whole = expert_baselines.blend_stats(data, border=0)  # no crop: every pixel
@@ -125,12 +134,27 @@ def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_comp
     from scripts import extract_features, fit_gate_prior
 
     cache = tmp_path / "c.h5"
-    assert extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
-                                  "--hr", str(tiny_compact_experts["hr"]), "--out", str(cache)]) == 0
+    assert (
+        extract_features.main(
+            [
+                "--threads",
+                "1",
+                "--experts",
+                str(tiny_compact_experts["yaml"]),
+                "--hr",
+                str(tiny_compact_experts["hr"]),
+                "--out",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert fit_gate_prior.main([str(cache)]) == 0
     out = capsys.readouterr().out
-    scores = {m.group(1): float(m.group(2)) for m in re.finditer(r"^  (\S+(?: \S+)*?) +([0-9.]+) dB", out, re.MULTILINE)}
+    scores = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"^  (\S+(?: \S+)*?) +([0-9.]+) dB", out, re.MULTILINE)
+    }
     assert scores["least-squares blend"] >= max(scores["noisy"], scores["calm"], scores["mean"])
     override = out.strip().splitlines()[-1]
     assert override.startswith("model.gating.prior=[")

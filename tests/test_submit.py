@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.imageio import read_image, write_image
-from pipeline.augment import augment, deaugment
-from pipeline.errors import BadInputsError
+from pipeline.core.augment import augment, deaugment
+from pipeline.core.errors import BadInputsError
+from pipeline.core.imageio import read_image, write_image
 from pipeline.inference import load_pipeline, super_resolve
 from pipeline.submission import check_inputs
 from scripts import submit
@@ -38,7 +38,11 @@ def test_deaugment_inverts_augment():
 def test_submit_writes_challenge_format(trained_run, lr_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out), "--zip"]) == 0
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["0901x4.png", "0902x4.png", "readme.txt"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "0901x4.png",
+        "0902x4.png",
+        "readme.txt",
+    ]
     assert read_image(out / "0902x4.png").shape == (1, 3, 68, 92)
     lines = (out / "readme.txt").read_text().splitlines()
     assert lines[0].startswith("runtime per image [s] : ") and float(lines[0].split(":")[1]) > 0
@@ -119,15 +123,16 @@ def test_expert_checkpoint_swapped_is_an_error(trained_run, tiny_compact_experts
     swapped = tmp_path / "swapped.yaml"
     spec["experts"][0]["checkpoint"] = str(tiny_compact_experts["root"] / "calm.pth")  # noisy's slot, calm's file
     swapped.write_text(yaml.safe_dump(spec))
-    code = submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "o"),
-                        "--experts", str(swapped)])
+    code = submit.main(
+        ["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "o"), "--experts", str(swapped)]
+    )
     assert code == 2 and "sha256" in capsys.readouterr().err
 
 
 def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsys):
     """--refiner runs the TSD-SR stage (tiny random SD3 here) on the fused images; a missing refiner file is an
     error before any work."""
-    from pipeline.config import config_to_dict
+    from pipeline.core.config import config_to_dict
     from pipeline.refiner.testing import write_tiny_setup
 
     setup = write_tiny_setup(tmp_path / "tsdsr")
@@ -136,17 +141,42 @@ def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsy
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "plain")]) == 0
-        assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "ref"),
-                            "--refiner", str(cfg_path)]) == 0
+        assert (
+            submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "plain")]) == 0
+        )
+        assert (
+            submit.main(
+                [
+                    "--run",
+                    str(trained_run),
+                    "--input",
+                    str(lr_dir),
+                    "--output",
+                    str(tmp_path / "ref"),
+                    "--refiner",
+                    str(cfg_path),
+                ]
+            )
+            == 0
+        )
         for name in ("0901x4.png", "0902x4.png"):
             a, b = read_image(tmp_path / "plain" / name), read_image(tmp_path / "ref" / name)
             assert a.shape == b.shape and (a - b).abs().mean() > 1e-3  # the refiner really changed the image
         assert "TSD-SR" in (tmp_path / "ref" / "readme.txt").read_text()
         (setup.root / "embeddings" / "pool_embeds.pt").unlink()
         capsys.readouterr()
-        code = submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(tmp_path / "x"),
-                            "--refiner", str(cfg_path)])
+        code = submit.main(
+            [
+                "--run",
+                str(trained_run),
+                "--input",
+                str(lr_dir),
+                "--output",
+                str(tmp_path / "x"),
+                "--refiner",
+                str(cfg_path),
+            ]
+        )
         assert code == 2 and "pool_embeds.pt" in capsys.readouterr().err
         assert not (tmp_path / "x").exists() or not any((tmp_path / "x").glob("*.png"))
     finally:

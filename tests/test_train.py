@@ -18,12 +18,12 @@ from conftest import read_metrics, run_main
 from safetensors.torch import load_file
 
 import train as train_mod
-from pipeline.config import ConfigError
-from pipeline.training_loop import RunError
+from pipeline.core.config import ConfigError
 from pipeline.losses import CombinedLoss
-from pipeline.model_io import load_pretrained, read_extra
+from pipeline.model.io import load_pretrained, read_extra
 from pipeline.run_checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
 from pipeline.train_config import StageConfig, load_run_config
+from pipeline.training_loop import RunError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,8 +35,21 @@ def tiny_cache(tiny_compact_experts, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train_cache") / "train.h5"
     threads = torch.get_num_threads()
     try:
-        assert extract_features.main(["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]),
-                                      "--hr", str(tiny_compact_experts["hr"]), "--out", str(out)]) == 0
+        assert (
+            extract_features.main(
+                [
+                    "--threads",
+                    "1",
+                    "--experts",
+                    str(tiny_compact_experts["yaml"]),
+                    "--hr",
+                    str(tiny_compact_experts["hr"]),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     return out
@@ -47,8 +60,18 @@ def _write_config(path: Path, cache: Path, runs: Path, **train_over) -> Path:
     cfg = {
         "model": model,
         "data": {"train_cache": str(cache), "val_cache": str(cache), "patch": 16, "batch_size": 4, "num_workers": 0},
-        "train": {"runs_dir": str(runs), "name": "tiny", "steps": 60, "lr": 2e-3, "log_every": 5, "val_every": 30,
-                  "ckpt_every": 30, "ema_decay": 0.9, "threads": 1, **train_over},
+        "train": {
+            "runs_dir": str(runs),
+            "name": "tiny",
+            "steps": 60,
+            "lr": 2e-3,
+            "log_every": 5,
+            "val_every": 30,
+            "ckpt_every": 30,
+            "ema_decay": 0.9,
+            "threads": 1,
+            **train_over,
+        },
     }
     cfg["train"]["warmup_steps"] = min(5, cfg["train"]["steps"])
     path.write_text(yaml.safe_dump(cfg))
@@ -63,10 +86,19 @@ def test_lr_schedule_and_stage_switching(tmp_path):
     assert train_mod.lr_at(10, cfg) == pytest.approx(1e-3)
     assert train_mod.lr_at(55, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way down the cosine
     assert train_mod.lr_at(100, cfg) == pytest.approx(1e-4)
-    stages = (StageConfig(name="pixel", until_step=10), StageConfig(name="freq", until_step=20),
-              StageConfig(name="perceptual"))
-    assert [train_mod.stage_at(s, stages).name for s in (0, 9, 10, 19, 20, 10**6)] == \
-        ["pixel", "pixel", "freq", "freq", "perceptual", "perceptual"]
+    stages = (
+        StageConfig(name="pixel", until_step=10),
+        StageConfig(name="freq", until_step=20),
+        StageConfig(name="perceptual"),
+    )
+    assert [train_mod.stage_at(s, stages).name for s in (0, 9, 10, 19, 20, 10**6)] == [
+        "pixel",
+        "pixel",
+        "freq",
+        "freq",
+        "perceptual",
+        "perceptual",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +141,7 @@ def test_tiny_cached_run_learns_and_saves_everything(tiny_cache, tmp_path, capsy
     model = load_pretrained(last)
     state = load_train_state(last)  # weights_only=True inside
     ema_weights = load_file(str(last / "model.safetensors"))
-    ema_state = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    ema_state = {k[len("module.") :]: v for k, v in state["ema"].items() if k.startswith("module.")}
     torch.testing.assert_close(ema_weights, ema_state)  # model.safetensors holds the EMA weights
     assert model.config.inputs.feat_channels == (8, 8)  # read from the cache fingerprints, not the YAML's (48,60,28)
     assert any((run / "tb").iterdir())
@@ -130,8 +162,12 @@ def test_resume_after_sigkill_is_bit_identical(tiny_cache, tmp_path):
 
     cfg = _write_config(tmp_path / "cut.yaml", tiny_cache, tmp_path / "runs", name="cut", **common)
     run = tmp_path / "runs" / "cut"
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(cfg)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), str(cfg)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline:
         if (run / "ckpt" / "step_00000008" / "COMPLETE").exists():  # killed between checkpoints 8 and 16
@@ -165,8 +201,10 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
     for p in sorted(tiny_compact_experts["hr"].glob("*.png"))[:3]:
         (hr / p.name).write_bytes(p.read_bytes())
     moved = tmp_path / "train.h5"
-    assert extract_features.main(["--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr),
-                                  "--out", str(moved)]) == 0
+    assert (
+        extract_features.main(["--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr), "--out", str(moved)])
+        == 0
+    )
     cfg2 = _write_config(tmp_path / "c.yaml", moved, tmp_path / "runs", steps=4, ckpt_every=4, val_every=1000)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     saved["data"]["train_cache"] = saved["data"]["val_cache"] = str(moved)  # pretend the run used that path
@@ -176,13 +214,23 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
 
 
 def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache, tmp_path):
-    base_cfg = _write_config(tmp_path / "base.yaml", tiny_cache, tmp_path / "runs", name="base", steps=6,
-                             ckpt_every=6, val_every=1000)
+    base_cfg = _write_config(
+        tmp_path / "base.yaml", tiny_cache, tmp_path / "runs", name="base", steps=6, ckpt_every=6, val_every=1000
+    )
     assert run_main(train_mod.main, [str(base_cfg)]) == 0
     base = resolve_checkpoint(tmp_path / "runs" / "base", which="best")
     # lr 0: the fine-tuned run must end exactly at the initial weights (EMA of constant weights included)
-    ft_cfg = _write_config(tmp_path / "ft.yaml", tiny_cache, tmp_path / "runs", name="ft", steps=2, ckpt_every=2,
-                           val_every=1000, lr=0.0, init_from=str(tmp_path / "runs" / "base"))
+    ft_cfg = _write_config(
+        tmp_path / "ft.yaml",
+        tiny_cache,
+        tmp_path / "runs",
+        name="ft",
+        steps=2,
+        ckpt_every=2,
+        val_every=1000,
+        lr=0.0,
+        init_from=str(tmp_path / "runs" / "base"),
+    )
     assert run_main(train_mod.main, [str(ft_cfg)]) == 0
     got, want = _final_weights(tmp_path / "runs" / "ft"), load_file(str(base / "model.safetensors"))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
@@ -202,8 +250,7 @@ def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache,
         run_main(train_mod.main, [str(ft_cfg), "train.name=ft3"], debug=True)
     # a missing checkpoint is an error naming the key and the path, before the run folder is made
     with pytest.raises(RunError, match=r"train\.init_from=.*nothing: no complete checkpoint"):
-        run_main(train_mod.main, [str(ft_cfg), "train.name=ft4", f"train.init_from={tmp_path / 'nothing'}"],
-                 debug=True)
+        run_main(train_mod.main, [str(ft_cfg), "train.name=ft4", f"train.init_from={tmp_path / 'nothing'}"], debug=True)
     assert not (tmp_path / "runs" / "ft4").exists()
 
 
@@ -212,9 +259,16 @@ def test_a_run_is_trained_by_one_process_at_a_time(tiny_cache, tmp_path):
     assert run_main(train_mod.main, [str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny"
     holder = subprocess.Popen(  # another trainer of this run, as far as the lock is concerned
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); f.write('pid 4242 on box');"
-         "f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(run / ".lock")],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); f.write('pid 4242 on box');"
+            "f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+            str(run / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunError, match=r"is being trained right now by pid 4242 on box"):
@@ -236,8 +290,9 @@ def test_nan_guard_skips_counts_and_aborts(tiny_cache, tmp_path, monkeypatch):
         return (total * float("nan") if calls["n"] in (2, 3) or calls["n"] >= 6 else total), terms
 
     monkeypatch.setattr(CombinedLoss, "forward", flaky)
-    cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=30, val_every=1000,
-                        ckpt_every=1000, max_nonfinite=4)
+    cfg = _write_config(
+        tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=30, val_every=1000, ckpt_every=1000, max_nonfinite=4
+    )
     with pytest.raises(RunError, match="4 non-finite steps in a row at step 8"):
         run_main(train_mod.main, [str(cfg)], debug=True)
     state = load_train_state(resolve_checkpoint(tmp_path / "runs" / "tiny"))
@@ -265,11 +320,24 @@ def test_checkpoint_write_is_atomic_under_a_crash(tiny_cache, tmp_path, monkeypa
 
 
 def test_live_mode_runs_the_experts(tiny_compact_experts, tmp_path):
-    cfg = _write_config(tmp_path / "c.yaml", tmp_path / "unused.h5", tmp_path / "runs", steps=3, ckpt_every=3,
-                        val_every=1000, log_every=1)
+    cfg = _write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "unused.h5",
+        tmp_path / "runs",
+        steps=3,
+        ckpt_every=3,
+        val_every=1000,
+        log_every=1,
+    )
     data = yaml.safe_load(cfg.read_text())
-    data["data"].update({"mode": "live", "experts": str(tiny_compact_experts["yaml"]),
-                         "train_hr": str(tiny_compact_experts["hr"]), "val_cache": None})
+    data["data"].update(
+        {
+            "mode": "live",
+            "experts": str(tiny_compact_experts["yaml"]),
+            "train_hr": str(tiny_compact_experts["hr"]),
+            "val_cache": None,
+        }
+    )
     cfg.write_text(yaml.safe_dump(data))
     assert run_main(train_mod.main, [str(cfg)]) == 0
     run = tmp_path / "runs" / "tiny"
@@ -278,12 +346,23 @@ def test_live_mode_runs_the_experts(tiny_compact_experts, tmp_path):
 
 
 def test_ddp_two_gloo_processes(tiny_cache, tmp_path):
-    cfg = _write_config(tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=2, val_every=4,
-                        log_every=2)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(REPO / "train.py"), str(cfg)]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cfg = _write_config(
+        tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=2, val_every=4, log_every=2
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        str(REPO / "train.py"),
+        str(cfg),
+    ]
+    res = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
     assert resolve_checkpoint(run).name == "step_00000004"

@@ -22,21 +22,37 @@ from experts.ensemble import ExpertEnsemble
 from experts.expert import load_expert
 from experts.spec import ExpertSpec
 from experts.zoo import load_expert_model, read_expert_config
-from pipeline.config import ConfigError
-from pipeline.training_loop import RunError
+from pipeline.core.config import ConfigError
+from pipeline.core.imageio import write_image
+from pipeline.core.resize import make_lr
 from pipeline.expert_train_config import load_expert_run_config
-from pipeline.imageio import write_image
 from pipeline.patch_data import SRPatchDataset
-from pipeline.resize import make_lr
 from pipeline.run_checkpoint import load_train_state, resolve_checkpoint
+from pipeline.training_loop import RunError
 from scripts import train_expert
 
 TINY = {
     "NAFNetSR": {"width": 8, "num_blocks": 2, "upscale": 4},
-    "HAT": {"embed_dim": 16, "depths": [1], "num_heads": [2], "window_size": 8, "compress_ratio": 4,
-            "squeeze_factor": 8, "mlp_ratio": 2.0, "upscale": 4, "num_feat": 16},
-    "DAT": {"embed_dim": 32, "split_size": [2, 4], "depth": [2], "num_heads": [2], "expansion_factor": 2.0,
-            "upscale": 4, "upsampler": "pixelshuffledirect"},
+    "HAT": {
+        "embed_dim": 16,
+        "depths": [1],
+        "num_heads": [2],
+        "window_size": 8,
+        "compress_ratio": 4,
+        "squeeze_factor": 8,
+        "mlp_ratio": 2.0,
+        "upscale": 4,
+        "num_feat": 16,
+    },
+    "DAT": {
+        "embed_dim": 32,
+        "split_size": [2, 4],
+        "depth": [2],
+        "num_heads": [2],
+        "expansion_factor": 2.0,
+        "upscale": 4,
+        "upsampler": "pixelshuffledirect",
+    },
 }
 
 
@@ -58,14 +74,38 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return {"train": root / "train", "val": root / "val" / "HR"}
 
 
-def _config(tmp_path: Path, images: dict, arch: str, *, name: str = "tiny", data: dict | None = None,
-            model: dict | None = None, **train) -> Path:
+def _config(
+    tmp_path: Path,
+    images: dict,
+    arch: str,
+    *,
+    name: str = "tiny",
+    data: dict | None = None,
+    model: dict | None = None,
+    **train,
+) -> Path:
     cfg = {
         "model": {"architecture": arch, "params": TINY[arch], **(model or {})},
-        "data": {"train_hr": [str(images["train"])], "val_hr": [str(images["val"])], "patch": 16, "batch_size": 2,
-                 **(data or {})},
-        "train": {"runs_dir": str(tmp_path / "runs"), "name": name, "steps": 3, "warmup_steps": 1, "lr": 2e-3,
-                  "log_every": 1, "val_every": 3, "ckpt_every": 3, "ema_decay": 0.9, "threads": 1, **train},
+        "data": {
+            "train_hr": [str(images["train"])],
+            "val_hr": [str(images["val"])],
+            "patch": 16,
+            "batch_size": 2,
+            **(data or {}),
+        },
+        "train": {
+            "runs_dir": str(tmp_path / "runs"),
+            "name": name,
+            "steps": 3,
+            "warmup_steps": 1,
+            "lr": 2e-3,
+            "log_every": 1,
+            "val_every": 3,
+            "ckpt_every": 3,
+            "ema_decay": 0.9,
+            "threads": 1,
+            **train,
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -75,7 +115,7 @@ def _config(tmp_path: Path, images: dict, arch: str, *, name: str = "tiny", data
 def _ema_model(ckpt: Path) -> torch.nn.Module:
     """The EMA weights of the train state, in a model rebuilt from the checkpoint's config.json."""
     model = load_expert_model(ckpt)
-    ema = {k[len("module."):]: v for k, v in load_train_state(ckpt)["ema"].items() if k.startswith("module.")}
+    ema = {k[len("module.") :]: v for k, v in load_train_state(ckpt)["ema"].items() if k.startswith("module.")}
     model.load_state_dict(ema, strict=True)
     return model.eval()
 
@@ -98,8 +138,9 @@ def test_tiny_run_saves_checkpoints_the_expert_loader_reads(arch, images, tmp_pa
     ema = _ema_model(ckpt)
     assert all(torch.equal(weights[k], v) for k, v in ema.state_dict().items())
     # ... and is an ordinary checkpoint for the expert loader: same architecture, hyper-parameters, outputs
-    spec = ExpertSpec(name="e", checkpoint=str(ckpt / "model.safetensors"), architecture=arch, scale=4,
-                      expect=cfg["expect"])
+    spec = ExpertSpec(
+        name="e", checkpoint=str(ckpt / "model.safetensors"), architecture=arch, scale=4, expect=cfg["expect"]
+    )
     expert = load_expert(spec)
     lr = torch.rand(1, 3, 16, 20)
     with torch.no_grad():
@@ -107,8 +148,17 @@ def test_tiny_run_saves_checkpoints_the_expert_loader_reads(arch, images, tmp_pa
 
 
 def test_loss_falls_on_a_learnable_case(images, tmp_path):
-    cfg = _config(tmp_path, images, "HAT", steps=30, val_every=1000, ckpt_every=1000, lr=3e-3, warmup_steps=3,
-                  data={"augment": False})
+    cfg = _config(
+        tmp_path,
+        images,
+        "HAT",
+        steps=30,
+        val_every=1000,
+        ckpt_every=1000,
+        lr=3e-3,
+        warmup_steps=3,
+        data={"augment": False},
+    )
     assert run_main(train_expert.main, [str(cfg)]) == 0
     losses = [v for _, v in read_metrics(tmp_path / "runs" / "tiny")["train/loss"]]
     assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
@@ -148,10 +198,14 @@ def test_resume_is_bit_identical(images, tmp_path):
 
 
 def test_unknown_or_mistyped_params_are_errors(images, tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['embed_dimm'\] for HAT; its constructor takes "
-                                          r"\[.*'embed_dim'.*\]"):
-        load_expert_run_config(None, ["model.architecture=HAT", "model.params={embed_dimm: 16}",
-                                      f"data.train_hr=[{images['train']}]"])
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown parameter\(s\) \['embed_dimm'\] for HAT; its constructor takes "
+        r"\[.*'embed_dim'.*\]",
+    ):
+        load_expert_run_config(
+            None, ["model.architecture=HAT", "model.params={embed_dimm: 16}", f"data.train_hr=[{images['train']}]"]
+        )
     with pytest.raises(ConfigError, match=r"model\.params\.depths\[1\]: expected int, got 'a'"):
         check_params(architecture_class("HAT"), {"depths": [2, "a"]})
     with pytest.raises(ConfigError, match="norm_layer: its default is the Python object"):
@@ -178,8 +232,12 @@ def test_params_the_loader_cannot_recover_are_refused(images, tmp_path):
     _, expect = loader_round_trip(build_architecture("HAT", params), architecture="HAT", params=params, scale=4)
     assert "drop_path_rate" not in expect and expect["embed_dim"] == 16
     with pytest.raises(ConfigError, match="the model is x2, the spec expects x4"):
-        loader_round_trip(build_architecture("NAFNetSR", {"width": 8, "num_blocks": 1, "upscale": 2}),
-                          architecture="NAFNetSR", params={}, scale=4)
+        loader_round_trip(
+            build_architecture("NAFNetSR", {"width": 8, "num_blocks": 1, "upscale": 2}),
+            architecture="NAFNetSR",
+            params={},
+            scale=4,
+        )
 
 
 @pytest.mark.parametrize("arch", ["NAFNetSR", "HAT"])
@@ -187,8 +245,7 @@ def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images
     cfg = _config(tmp_path, images, arch, steps=2, val_every=2, ckpt_every=2)
     out = tmp_path / "zoo" / f"{arch.lower()}_tiny"
     assert run_main(train_expert.main, [str(cfg), "--export", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "expert.yaml",
-                                                     "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "expert.yaml", "model.safetensors"]
     ckpt = resolve_checkpoint(tmp_path / "runs" / "tiny")
     trained = _ema_model(ckpt)
     zoo_cfg = read_expert_config(out)
@@ -211,7 +268,13 @@ def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images
 
     # a finished run exports again without training (--resume of a complete run runs no step)
     again = tmp_path / "zoo" / "again"
-    assert run_main(train_expert.main, ["--resume", str(tmp_path / "runs" / "tiny"), "--export", str(again), "--export-which", "best"]) == 0
+    assert (
+        run_main(
+            train_expert.main,
+            ["--resume", str(tmp_path / "runs" / "tiny"), "--export", str(again), "--export-which", "best"],
+        )
+        == 0
+    )
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
 
@@ -229,16 +292,34 @@ def test_fine_tuning(images, tmp_path):
     # from a finished run (its last checkpoint), with lr 0: the fine-tuned weights are the starting ones
     assert run_main(train_expert.main, [str(_config(tmp_path, images, "NAFNetSR", name="base"))]) == 0
     base = load_file(str(resolve_checkpoint(tmp_path / "runs" / "base") / "model.safetensors"))
-    cfg = _config(tmp_path, images, "NAFNetSR", name="ft3", model={"init_from": str(tmp_path / "runs" / "base")},
-                  lr=0.0, steps=1, val_every=1, ckpt_every=1, warmup_steps=0)
+    cfg = _config(
+        tmp_path,
+        images,
+        "NAFNetSR",
+        name="ft3",
+        model={"init_from": str(tmp_path / "runs" / "base")},
+        lr=0.0,
+        steps=1,
+        val_every=1,
+        ckpt_every=1,
+        warmup_steps=0,
+    )
     assert run_main(train_expert.main, [str(cfg)]) == 0
     tuned = load_file(str(resolve_checkpoint(tmp_path / "runs" / "ft3") / "model.safetensors"))
     assert all(torch.equal(tuned[k], base[k]) for k in base)
     # weights of another shape: an error naming the file and the mismatching tensors
-    cfg = _config(tmp_path, images, "NAFNetSR", name="ft4", model={
-        "init_from": str(tmp_path / "runs" / "base"), "params": {"width": 12, "num_blocks": 2}})
-    with pytest.raises(RunError, match=r"cannot fine-tune: .*model\.safetensors: the weights do not fit NAFNetSR.*"
-                                         r"shape mismatches"):
+    cfg = _config(
+        tmp_path,
+        images,
+        "NAFNetSR",
+        name="ft4",
+        model={"init_from": str(tmp_path / "runs" / "base"), "params": {"width": 12, "num_blocks": 2}},
+    )
+    with pytest.raises(
+        RunError,
+        match=r"cannot fine-tune: .*model\.safetensors: the weights do not fit NAFNetSR.*"
+        r"shape mismatches",
+    ):
         run_main(train_expert.main, [str(cfg)], debug=True)
 
 
@@ -248,8 +329,16 @@ def test_fine_tuned_exports_keep_their_whole_training_history(images, tmp_path):
     zoo = tmp_path / "zoo" / "e"
 
     def stage(name: str, init: Path | None, steps: int, out: Path = zoo) -> dict:
-        cfg = _config(tmp_path, images, "NAFNetSR", name=name, steps=steps, val_every=steps, ckpt_every=steps,
-                      model={"init_from": str(init)} if init else None)
+        cfg = _config(
+            tmp_path,
+            images,
+            "NAFNetSR",
+            name=name,
+            steps=steps,
+            val_every=steps,
+            ckpt_every=steps,
+            model={"init_from": str(init)} if init else None,
+        )
         assert run_main(train_expert.main, [str(cfg), "--export", str(out)]) == 0
         return read_expert_config(out)["extra"]
 
@@ -273,8 +362,16 @@ def test_fine_tuned_exports_keep_their_whole_training_history(images, tmp_path):
     assert "started from outside weights" in (tmp_path / "zoo" / "ext" / "MODEL_CARD.md").read_text()
 
     # starting weights replaced between the run and its export: said so, not guessed
-    cfg = _config(tmp_path, images, "NAFNetSR", name="ft_late", steps=1, val_every=1, ckpt_every=1,
-                  model={"init_from": str(plain)})
+    cfg = _config(
+        tmp_path,
+        images,
+        "NAFNetSR",
+        name="ft_late",
+        steps=1,
+        val_every=1,
+        ckpt_every=1,
+        model={"init_from": str(plain)},
+    )
     assert run_main(train_expert.main, [str(cfg)]) == 0
     plain.write_bytes((tmp_path / "zoo" / "ext" / "model.safetensors").read_bytes())
     late = train_expert.export_expert(tmp_path / "runs" / "ft_late", tmp_path / "zoo" / "late")
@@ -293,8 +390,9 @@ def test_nafnet_sr_is_detected_with_every_hyperparameter(tmp_path):
         assert model(lr).shape == (1, 3, 18, 22)
     path = tmp_path / "nafsr.pth"
     torch.save(model.state_dict(), path)
-    expert = load_expert(ExpertSpec(name="n", checkpoint=str(path), architecture="NAFNetSR", scale=2, expect=params),
-                         ensemble_scale=2)
+    expert = load_expert(
+        ExpertSpec(name="n", checkpoint=str(path), architecture="NAFNetSR", scale=2, expect=params), ensemble_scale=2
+    )
     assert expert.fingerprint.hyperparameters == params and expert.hook_layers == ("conv_after_body",)
     assert expert.feature_channels == 12
     with torch.no_grad():
@@ -307,7 +405,7 @@ def test_nafnet_sr_is_detected_with_every_hyperparameter(tmp_path):
 
 
 def test_patch_dataset_lr_folders_small_images_and_cache(images, tmp_path):
-    from pipeline.imageio import list_images, read_image
+    from pipeline.core.imageio import list_images, read_image
 
     lr_dir = tmp_path / "lr"
     for p in list_images(images["train"]):

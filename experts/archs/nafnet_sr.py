@@ -65,9 +65,12 @@ class NAFNetSR(nn.Module):
             *(NAFBlock2d(channels=width, dw_expand=dw_expand, ffn_expand=ffn_expand) for _ in range(num_blocks))
         )
         self.conv_after_body = nn.Conv2d(width, width, 3, padding=1)
-        self.upsample = nn.Sequential(nn.Conv2d(width, channels * upscale * upscale, 3, padding=1),
-                                      nn.PixelShuffle(upscale))
-        nn.init.zeros_(self.upsample[0].weight)  # a fresh model is exactly the bicubic upscale: the residual starts at 0
+        self.upsample = nn.Sequential(
+            nn.Conv2d(width, channels * upscale * upscale, 3, padding=1), nn.PixelShuffle(upscale)
+        )
+        nn.init.zeros_(
+            self.upsample[0].weight
+        )  # a fresh model is exactly the bicubic upscale: the residual starts at 0
         nn.init.zeros_(self.upsample[0].bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
@@ -104,8 +107,14 @@ class NAFNetSRArch(Architecture[NAFNetSR]):
         dw_expand = state_dict["body.0.conv1.weight"].shape[0] // width
         ffn_expand = state_dict["body.0.conv4.weight"].shape[0] // width
         upscale = math.isqrt(state_dict["upsample.0.weight"].shape[0] // channels)
-        model = NAFNetSR(channels=channels, width=width, num_blocks=num_blocks, dw_expand=dw_expand,
-                         ffn_expand=ffn_expand, upscale=upscale)
+        model = NAFNetSR(
+            channels=channels,
+            width=width,
+            num_blocks=num_blocks,
+            dw_expand=dw_expand,
+            ffn_expand=ffn_expand,
+            upscale=upscale,
+        )
         return ImageModelDescriptor(
             model,
             state_dict,  # loaded with load_state_dict(strict=True) by the descriptor

@@ -3,7 +3,7 @@
 The only package of the project that imports diffusers/peft. Importing it (config + errors) is cheap; the model
 lives in :mod:`pipeline.refiner.tsdsr`, whose import pulls in diffusers (tens of seconds on a busy CPU)::
 
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.refiner import RefinerConfig
     from pipeline.refiner.tsdsr import TSDSRRefiner
 

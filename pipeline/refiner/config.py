@@ -1,4 +1,4 @@
-"""Configuration of the TSD-SR refiner: one frozen dataclass, loaded with ``pipeline.config.load_config``.
+"""Configuration of the TSD-SR refiner: one frozen dataclass, loaded with ``pipeline.core.config.load_config``.
 
     cfg = load_config(RefinerConfig, "configs/refiner/tsdsr.yaml", ["device=cuda:1", "colour_fix=adain"])
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import ConfigError, NonNegInt, PosFloat, PosInt
+from pipeline.core.config import ConfigError, NonNegInt, PosFloat, PosInt
 
 __all__ = [
     "POOL_EMBEDS_FILE",

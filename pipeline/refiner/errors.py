@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import ToolkitError
+from pipeline.core.errors import ToolkitError
 
 __all__ = ["LoRAFormatError", "RefinerError", "RefinerFileNotFoundError", "RefinerWeightsError"]
 

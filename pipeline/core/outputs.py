@@ -10,7 +10,7 @@ it reads a model or an image:
 * nothing is created by the check itself: a refused run leaves the disk as it was.
 
 :func:`remove_stale_temps` deletes the hidden temporary files that an interrupted atomic write
-(:mod:`pipeline.atomic`) leaves behind, so a rerun after ``kill -9`` cleans up after the killed one.
+(:mod:`pipeline.core.atomic`) leaves behind, so a rerun after ``kill -9`` cleans up after the killed one.
 """
 
 from __future__ import annotations
@@ -21,10 +21,17 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pipeline.errors import OutputPathError
+from pipeline.core.errors import OutputPathError
 
-__all__ = ["MARKER", "OutputPathError", "check_output_dir", "check_output_file", "is_marked", "mark_output_dir",
-           "remove_stale_temps"]
+__all__ = [
+    "MARKER",
+    "OutputPathError",
+    "check_output_dir",
+    "check_output_file",
+    "is_marked",
+    "mark_output_dir",
+    "remove_stale_temps",
+]
 
 MARKER = ".sr-fusion-output"  # a hidden file in each output folder a script created: "this folder is ours"
 
@@ -60,8 +67,10 @@ def check_output_file(
         raise OutputPathError(f"{label} {p} is a folder, expected a file path")
     if p.exists() or p.is_symlink():
         if ours is None or not ours(p):
-            raise OutputPathError(f"{label} {p} already exists and was not written by this tool: refusing to "
-                                  "replace it (move it away or choose another path)")
+            raise OutputPathError(
+                f"{label} {p} already exists and was not written by this tool: refusing to "
+                "replace it (move it away or choose another path)"
+            )
     parent = p.parent if p.parent != Path("") else Path(".")
     if not parent.exists():
         if not create_parents:
@@ -85,19 +94,20 @@ def check_output_dir(
         content = sorted(c.name for c in p.iterdir() if c.name not in skip and not _ATOMIC_TMP.match(c.name))
         if content and (ours is None or not ours(p)):
             shown = ", ".join(content[:5]) + (f", … ({len(content)} entries)" if len(content) > 5 else "")
-            raise OutputPathError(f"{label} {p} already holds files this tool did not write ({shown}): choose a new "
-                                  "or empty folder")
+            raise OutputPathError(
+                f"{label} {p} already holds files this tool did not write ({shown}): choose a new or empty folder"
+            )
         _check_writable_dir(p, label=label, target=p)
     else:
         _check_writable_dir(_nearest_existing(p), label=label, target=p)
     return p
 
 
-_ATOMIC_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")  # pipeline.atomic: .<name>.<mkstemp>.tmp
+_ATOMIC_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")  # pipeline.core.atomic: .<name>.<mkstemp>.tmp
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the hidden temp files an interrupted :mod:`pipeline.atomic` write left in ``folder``; returns them.
+    """Delete the hidden temp files an interrupted :mod:`pipeline.core.atomic` write left in ``folder``; returns them.
     Only call this where no other writer is active (the scripts hold the folder's outputs alone)."""
     d = Path(folder)
     if not d.is_dir():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.blocks.layer_norm2d import LayerNorm2d
+from pipeline.model.blocks.layer_norm2d import LayerNorm2d
 
 __all__ = ["FourierUnit2d"]
 

@@ -32,8 +32,8 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 
-from pipeline.errors import ToolkitError
-from pipeline.atomic import atomic_write_text
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.errors import ToolkitError
 
 __all__ = [
     "ConfigError",
@@ -71,14 +71,21 @@ class Range:
     def check(self, value: float, key: str) -> None:
         if not math.isfinite(value):
             raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-        bad = ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
-               or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt))
+        bad = (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
         if bad:
             raise ConfigError(f"{key}: must be {self.describe()}, got {value!r}")
 
     def describe(self) -> str:
-        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-                 if v is not None]
+        parts = [
+            f"{op} {v:g}"
+            for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if v is not None
+        ]
         return " and ".join(parts) or "any finite number"
 
 

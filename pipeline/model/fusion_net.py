@@ -37,7 +37,18 @@ from typing import Annotated, Literal
 import torch
 from torch import Tensor, nn
 
-from pipeline.blocks import (
+from pipeline.core.config import (
+    ConfigError,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Range,
+    apply_overrides,
+    config_from_dict,
+    load_yaml,
+)
+from pipeline.model.blocks import (
     GUIDANCE_GROUPS,
     BandFusion2d,
     CrossBandAttention2d,
@@ -52,17 +63,6 @@ from pipeline.blocks import (
     LRResidual2d,
     RefineCNN2d,
     load_balance_loss,
-)
-from pipeline.config import (
-    ConfigError,
-    NonNegFloat,
-    NonNegInt,
-    PosFloat,
-    PosInt,
-    Range,
-    apply_overrides,
-    config_from_dict,
-    load_yaml,
 )
 
 __all__ = [

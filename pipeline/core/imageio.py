@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import ToolkitError
-from pipeline.atomic import atomic_write_bytes
-from pipeline.errors import BadInputsError
+from pipeline.core.atomic import atomic_write_bytes
+from pipeline.core.errors import BadInputsError, ToolkitError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pipeline.blocks.lka import LKABlock2d
-from pipeline.blocks.token_attention import TokenAttention, to_tokens
+from pipeline.model.blocks.lka import LKABlock2d
+from pipeline.model.blocks.token_attention import TokenAttention, to_tokens
 
 __all__ = ["CrossExpertAttention2d"]
 

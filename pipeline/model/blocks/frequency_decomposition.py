@@ -4,7 +4,7 @@ The input (B,C,H,W) is first projected by a 1×1 conv to ``band_channels`` (the 
 memory-bound, so they run on a narrow copy of the feature).
 
 Order of the returned bands (each (B,C,H,W)): DCT low, DCT mid, DCT high, Haar LL, LH, HL, HH, FFT low, FFT high.
-Each domain's bands sum back to the input (see :mod:`pipeline.freq`). Learnable parts: the FFT cutoff (a scalar,
+Each domain's bands sum back to the input (see :mod:`pipeline.model.freq`). Learnable parts: the FFT cutoff (a scalar,
 kept in (0, 0.5) cycles/pixel by a sigmoid) and, optionally, the per-image DCT split (:class:`BandSplitPredictor2d`).
 """
 
@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pipeline import freq
-from pipeline.blocks.band_split import BandSplitPredictor2d
+from pipeline.model import freq
+from pipeline.model.blocks.band_split import BandSplitPredictor2d
 
 __all__ = ["FrequencyDecomposition2d", "BAND_NAMES", "GUIDANCE_GROUPS"]
 

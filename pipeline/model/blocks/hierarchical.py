@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.blocks.conv_blocks import StructureUNet2d
+from pipeline.model.blocks.conv_blocks import StructureUNet2d
 
 __all__ = ["HierarchicalFusion2d"]
 

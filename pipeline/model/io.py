@@ -1,4 +1,5 @@
-"""Save / load a :class:`~pipeline.fusion_net.FusionNet`: ``model.safetensors`` + ``config.json`` in one directory.
+"""Save / load a :class:`~pipeline.model.fusion_net.FusionNet`: ``model.safetensors`` + ``config.json`` in one
+directory.
 
 ``config.json`` holds everything needed to rebuild the model (the full resolved :class:`FusionConfig`) plus a
 free-form JSON ``extra`` mapping (training step, metrics, expert fingerprints …). :func:`load_pretrained` rebuilds
@@ -16,10 +17,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from pipeline.errors import ToolkitError
-from pipeline.atomic import atomic_write_bytes, atomic_write_text
-from pipeline.config import ConfigError, config_from_dict, config_to_dict, read_format_json
-from pipeline.fusion_net import FusionConfig, FusionNet
+from experts.loading import sha256_file
+from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.core.config import ConfigError, config_from_dict, config_to_dict, read_format_json
+from pipeline.core.errors import ToolkitError
+from pipeline.model.fusion_net import FusionConfig, FusionNet
 
 __all__ = [
     "CONFIG_NAME",
@@ -30,6 +32,14 @@ __all__ = [
     "save_pretrained",
     "load_pretrained",
     "read_extra",
+    "CHECKSUMS",
+    "COMPLETE_MARKER",
+    "TRAIN_STATE",
+    "CheckpointNotFoundError",
+    "ChecksumError",
+    "resolve_checkpoint",
+    "verify_checksums",
+    "write_checksums",
 ]
 
 CONFIG_NAME = "config.json"
@@ -101,3 +111,56 @@ def load_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
 def read_extra(directory: str | os.PathLike) -> dict[str, Any]:
     """The ``extra`` mapping saved with the checkpoint."""
     return dict(_read_payload(Path(directory))["extra"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoint folders: checksums and where a run's checkpoint is
+# ---------------------------------------------------------------------------------------------------------------------
+COMPLETE_MARKER = "COMPLETE"  # written last into a training checkpoint: it is complete
+TRAIN_STATE = "train_state.pt"  # a training checkpoint's optimiser/EMA/RNG state (pipeline/run_checkpoint.py)
+
+CHECKSUMS = "SHA256SUMS"
+_CHECKED_FILES = ("model.safetensors", "config.json")
+
+
+class ChecksumError(ToolkitError, RuntimeError):
+    """A checkpoint file is missing or differs from its recorded sha256."""
+
+
+class CheckpointNotFoundError(ToolkitError, FileNotFoundError):
+    """No complete checkpoint where one was expected."""
+
+
+def write_checksums(ckpt_dir: str | os.PathLike) -> Path:
+    d = Path(ckpt_dir)
+    lines = [f"{sha256_file(d / name)}  {name}\n" for name in _CHECKED_FILES]
+    (d / CHECKSUMS).write_text("".join(lines))
+    return d / CHECKSUMS
+
+
+def verify_checksums(ckpt_dir: str | os.PathLike) -> None:
+    d = Path(ckpt_dir)
+    sums = d / CHECKSUMS
+    if not sums.is_file():
+        raise ChecksumError(f"{sums} is missing: cannot verify the checkpoint (re-save it with train.py)")
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        f = d / name
+        if not f.is_file():
+            raise ChecksumError(f"checkpoint file missing: {f}")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise ChecksumError(f"{f} was modified: sha256 {actual[:16]}… differs from the recorded {digest[:16]}…")
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, which: str = "last") -> Path:
+    """A run directory (→ its ``ckpt/<which>``), a ``ckpt/`` directory, or a checkpoint directory → the checkpoint
+    directory. Raises FileNotFoundError naming what is missing."""
+    p = Path(path)
+    for cand in (p / "ckpt" / which, p / which, p):
+        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
+            if (cand / COMPLETE_MARKER).exists() or not (cand / TRAIN_STATE).exists():
+                return cand.resolve()
+    raise CheckpointNotFoundError(
+        f"no complete checkpoint at {p} (looked for ckpt/{which}/, {which}/ and the folder itself)"
+    )

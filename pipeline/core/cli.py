@@ -4,10 +4,10 @@
         return run_cli("submit", _main, argv)
 
 :func:`run_cli` strips a ``--debug`` flag from ``argv``, calls the real ``main`` and turns the library's typed errors
-(:class:`pipeline.errors.ToolkitError`) into one line on stderr — ``prog: message`` — and exit status 2. With
+(:class:`pipeline.core.errors.ToolkitError`) into one line on stderr — ``prog: message`` — and exit status 2. With
 ``--debug`` (or ``SR_FUSION_DEBUG=1``) the traceback is shown instead. Any other exception is a bug and keeps its
 traceback. A ``KeyboardInterrupt`` is one line and status 130. A
-:class:`pipeline.errors.BadInputsError` prints one line per bad input, then its summary.
+:class:`pipeline.core.errors.BadInputsError` prints one line per bad input, then its summary.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.errors import BadInputsError, ToolkitError
+from pipeline.core.errors import BadInputsError, ToolkitError
 
 __all__ = ["DEBUG_FLAG", "one_line", "run_cli"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipeline.blocks.layer_norm2d import LayerNorm2d
+from pipeline.model.blocks.layer_norm2d import LayerNorm2d
 
 __all__ = ["LKA2d", "LKABlock2d"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipeline.blocks.lka import LKABlock2d
-from pipeline.blocks.token_attention import TokenAttention, from_tokens, to_tokens
+from pipeline.model.blocks.lka import LKABlock2d
+from pipeline.model.blocks.token_attention import TokenAttention, from_tokens, to_tokens
 
 __all__ = ["CrossBandAttention2d"]
 

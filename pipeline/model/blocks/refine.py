@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.blocks.conv_blocks import ResBlock2d
+from pipeline.model.blocks.conv_blocks import ResBlock2d
 
 __all__ = ["RefineCNN2d"]
 

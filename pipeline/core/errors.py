@@ -4,7 +4,7 @@ Every error that a user can cause — a bad config value, a missing or foreign f
 with other experts, an output path that would replace something the tool did not write — is a subclass of
 :class:`ToolkitError` (usually together with the builtin it refines, e.g. ``ConfigError(ToolkitError, ValueError)``).
 Library code raises them with a one-line message naming the file or key; only the command-line entry points
-(:func:`pipeline.cli.run_cli`) turn them into ``prog: message`` and exit status 2. Anything else that escapes is a
+(:func:`pipeline.core.cli.run_cli`) turn them into ``prog: message`` and exit status 2. Anything else that escapes is a
 bug and keeps its traceback.
 """
 

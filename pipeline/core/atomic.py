@@ -3,7 +3,7 @@
 A reader never sees a half-written file under the final name, whatever moment the writer is killed at. The file
 gets the permissions a plain ``open(path, "w")`` would give it (0666 less the umask, i.e. usually 0644) — not the
 0600 of the temporary file — so a submission folder is readable by others. A kill leaves at most a hidden
-``.<name>.<random>.tmp`` file, which :func:`pipeline.outputs.remove_stale_temps` deletes on the next run.
+``.<name>.<random>.tmp`` file, which :func:`pipeline.core.outputs.remove_stale_temps` deletes on the next run.
 """
 
 from __future__ import annotations
