@@ -9,7 +9,7 @@ Plain functions, top to bottom: config → data → model → optimiser → loop
 * A NaN/Inf loss or gradient skips the step and is counted; ``train.max_nonfinite`` in a row saves a checkpoint and
   aborts.
 * ``runs/<name>/``: ``config.yaml`` (resolved), ``ckpt/step_*/`` with ``last``/``best`` links
-  (pipeline/run_checkpoint.py), ``metrics.csv`` (every logged scalar), ``tb/`` (TensorBoard).
+  (pipeline/training/checkpoint.py), ``metrics.csv`` (every logged scalar), ``tb/`` (TensorBoard).
 * ``--resume runs/<name>`` continues exactly (bit-identical on CPU): the data stream is a function of the step, and
   the optimiser, EMA, step and RNG state are restored; a different config or cache is refused, naming what differs.
 * ``train.init_from=DIR`` fine-tunes a trained fusion (a checkpoint dir or a run dir's best checkpoint): same network
@@ -39,18 +39,17 @@ from pipeline.core.cli import run_cli
 from pipeline.core.config import config_to_dict
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
-from pipeline.ema import ModelEma
-from pipeline.losses import CombinedLoss, VGGPerceptualLoss
 from pipeline.model.fusion_net import FusionNet
-from pipeline.run_checkpoint import (
+from pipeline.training.checkpoint import (
     load_train_state,
     prune_checkpoints,
     remove_stale_temps,
     resolve_checkpoint,
     save_checkpoint,
 )
-from pipeline.train_config import RunConfig, StageConfig, check_run_inputs, load_run_config
-from pipeline.training_loop import (
+from pipeline.training.config import RunConfig, StageConfig, check_run_inputs, load_run_config
+from pipeline.training.ema import ModelEma
+from pipeline.training.loop import (
     RunError,
     ScalarLog,
     StepBatchSampler,
@@ -64,8 +63,9 @@ from pipeline.training_loop import (
     setup_distributed,
     worker_init,
 )
+from pipeline.training.losses import CombinedLoss, VGGPerceptualLoss
 
-# (set-up, the step-keyed batch sampler, lr schedule, NaN guard, logging, run directories: pipeline/training_loop.py)
+# (set-up, the step-keyed batch sampler, lr schedule, NaN guard, logging, run directories: pipeline/training/loop.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
             check_expert_files(d.experts, meta)
     else:
         from experts.ensemble import ExpertEnsemble
-        from pipeline.live_data import LiveHRDataset
+        from pipeline.training.live_data import LiveHRDataset
 
         ensemble = ExpertEnsemble.from_yaml(d.experts, gather_device=str(device), grad_mode="no_grad")
         train_ds = LiveHRDataset(
@@ -235,7 +235,7 @@ def validate(model: FusionNet, val_ds, device: torch.device, expert_names, basel
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# resume checks (ScalarLog, config_differences: pipeline/training_loop.py)
+# resume checks (ScalarLog, config_differences: pipeline/training/loop.py)
 # ---------------------------------------------------------------------------------------------------------------------
 def cache_signature(meta, loader) -> dict:
     ds = loader.dataset

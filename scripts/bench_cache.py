@@ -28,8 +28,8 @@ from cache.writer import CacheWriter
 from experts.ensemble import ExpertEnsemble
 from pipeline.core.imageio import list_images, read_image, to_uint8, write_image
 from pipeline.core.resize import make_lr
-from pipeline.losses import charbonnier_loss
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.training.losses import charbonnier_loss
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from experts.ensemble import ExpertEnsemble
 from experts.spec import REPO_ROOT
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image
-from pipeline.ensemblers import apply, fit, load
+from pipeline.inference.ensemblers import apply, fit, load
 
 BABY = REPO_ROOT.parent / "shared" / "data" / "val" / "Set5" / "LR_bicubic" / "X4" / "babyx4.png"
 

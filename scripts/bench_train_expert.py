@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from experts.architectures import count_parameters
-from pipeline.ema import ModelEma
-from pipeline.expert_train_config import load_expert_run_config
-from pipeline.losses import charbonnier_loss, l1_loss
+from pipeline.training.ema import ModelEma
+from pipeline.training.expert_config import load_expert_run_config
+from pipeline.training.losses import charbonnier_loss, l1_loss
 from scripts.train_expert import build_dataset, build_loader, build_model, train_step
 
 

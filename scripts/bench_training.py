@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from cache.dataset import CachedSRDataset
 from experts.ensemble import ExpertEnsemble
-from pipeline.losses import charbonnier_loss
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.training.losses import charbonnier_loss
 
 REPO = Path(__file__).resolve().parents[1]
 

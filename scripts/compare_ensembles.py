@@ -4,7 +4,8 @@
         [--ensemblers fits/blend.json fits/ensir.json] [--fusion checkpoints/fusion_craft_ditn_span] \\
         --cache-dir results/compare/Set5/outputs --out results/compare/Set5/table [--threads 2]
 
-Rows (pipeline/compare.py): each expert, the experts' mean, ZZPM, every fitted ensembler file given (made on a
+Rows (pipeline/evaluation/compare.py): each expert, the experts' mean, ZZPM, every fitted ensembler file given (made on
+a
 *training* cache by ``scripts/fit_ensembler.py``, never on the scored set), the fusion checkpoint (in the ×8 regime:
 on the ×8 experts, and the ×8 of the whole pipeline) and the 16×16-block oracle; PSNR-Y / SSIM-Y (NTIRE), Δ vs the
 best expert of the same regime and the number of images below it. Without ``--lr`` the LR is made from the HR with
@@ -24,16 +25,16 @@ from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
 from experts.loading import sha256_file
-from pipeline.compare import OutputStore, expert_outputs, score_rows, summarise, table_markdown
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, scan_image_folder
 from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_file
 from pipeline.core.resize import make_lr
-from pipeline.ensemblers import fit, load
-from pipeline.evaluation import strip_scale_suffix
-from pipeline.inference import load_pipeline
+from pipeline.evaluation.compare import OutputStore, expert_outputs, score_rows, summarise, table_markdown
+from pipeline.evaluation.scoring import strip_scale_suffix
+from pipeline.inference.ensemblers import fit, load
+from pipeline.inference.pipeline import load_pipeline
 from pipeline.model.io import resolve_checkpoint
 
 
@@ -43,7 +44,7 @@ def _pairs(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[tuple[str, Pat
         return [(n, hrs[n], None) for n in sorted(hrs)]
     lrs = {strip_scale_suffix(p.stem, scale): p for p in scan_image_folder(lr_dir, label="LR folder")}
     if set(lrs) != set(hrs):
-        from pipeline.evaluation import PairingError
+        from pipeline.evaluation.scoring import PairingError
 
         raise PairingError(f"HR and LR folders do not pair up; unmatched: {sorted(set(lrs) ^ set(hrs))[:10]}")
     return [(n, hrs[n], lrs[n]) for n in sorted(hrs)]

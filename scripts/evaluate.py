@@ -7,7 +7,8 @@ PSNR/SSIM on the BT.601 Y channel (16–235 offsets), float, border crop = scale
 ``calculate_ssim(test_y_channel=True)``. Files pair by stem; ``0901x4.png`` pairs with ``0901.png``. HR images whose
 sides are not multiples of the scale are cropped first. Missing/extra files and size mismatches are errors.
 
-``--perceptual`` adds the NTIRE 2025 perceptual track (pipeline/perceptual.py): LPIPS, DISTS, NIQE, MUSIQ, MANIQA
+``--perceptual`` adds the NTIRE 2025 perceptual track (pipeline/evaluation/perceptual.py): LPIPS, DISTS, NIQE, MUSIQ,
+MANIQA
 and CLIP-IQA with pyiqa's default settings (as the organisers' eval.py creates them) on the whole RGB image in [0,1],
 and the score (1-LPIPS) + (1-DISTS) + CLIPIQA + MANIQA + MUSIQ/100 + max(0, (10-NIQE)/10) of the means over the
 images. Nothing is downloaded: the weights come from ``--weights-dir DIR`` (else TORCH_HOME / HF_HOME), and every
@@ -24,8 +25,7 @@ from pathlib import Path
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
 from pipeline.core.outputs import check_output_file
-from pipeline.evaluation import PairingError, check_pairs, is_scores_json, mean_of, pair_images, score_fidelity
-from pipeline.perceptual import (
+from pipeline.evaluation.perceptual import (
     FETCH_HINT,
     METRIC_NAMES,
     PERCEPTUAL_FORMULA,
@@ -37,6 +37,7 @@ from pipeline.perceptual import (
     score_pairs,
     use_weights_dir,
 )
+from pipeline.evaluation.scoring import PairingError, check_pairs, is_scores_json, mean_of, pair_images, score_fidelity
 
 _HEADERS = {
     "lpips": "LPIPS",

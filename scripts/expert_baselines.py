@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.compare import block_oracle
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import crop_to_match, rgb_to_y
-from pipeline.evaluation import PairingError, check_sizes, pair_images
+from pipeline.evaluation.compare import block_oracle
+from pipeline.evaluation.scoring import PairingError, check_sizes, pair_images
 
 __all__ = ["BlendStats", "blend_stats", "blend_weights", "block_oracle", "expert_mean", "main", "pixel_oracle"]
 

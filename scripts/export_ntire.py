@@ -14,11 +14,12 @@ writes::
 
 The organisers copy both folders into their repository root and call
 ``main(model_dir="model_zoo/team17_Name", input_path=LR_DIR, output_path=OUT_DIR, device=device)``, which runs the
-whole pipeline (``pipeline.submission.run_model_dir``, the same code as scripts/submit.py, without TTA): every
+whole pipeline (``pipeline.inference.submission.run_model_dir``, the same code as scripts/submit.py, without TTA): every
 file of ``SHA256SUMS`` is verified at load, each expert is pinned to the sha256 recorded when the fusion was
 trained, and every LR image becomes a PNG with the input's file name.
 
-Vendoring: the modules ``pipeline.submission`` needs (the closure of its imports, found by parsing the source) are
+Vendoring: the modules ``pipeline.inference.submission`` needs (the closure of its imports, found by parsing the
+source) are
 copied into ``_vendor/`` with every import of our packages rewritten to a relative one (``from pipeline.x import
 y`` → ``from ..pipeline.x import y``). So they load as ``models.team17_Name._vendor.pipeline.x``: nothing is added
 to ``sys.path`` and no top-level name (``pipeline``, ``utils``, ``models`` …) can collide with the organisers'
@@ -50,7 +51,8 @@ from experts.spec import resolve_checkpoint as expert_checkpoint
 from pipeline.core.cli import run_cli
 from pipeline.core.config import save_config
 from pipeline.core.errors import ToolkitError
-from pipeline.inference import expert_spec
+from pipeline.inference.pipeline import expert_spec
+from pipeline.inference.submission import EXPERTS_YAML
 from pipeline.model.io import (
     CHECKSUMS,
     CONFIG_NAME,
@@ -60,11 +62,10 @@ from pipeline.model.io import (
     resolve_checkpoint,
     verify_checksums,
 )
-from pipeline.submission import EXPERTS_YAML
 
 REPO = Path(__file__).resolve().parents[1]
 VENDORED = ("pipeline", "experts", "cache")  # our top-level packages; the vendored copies import each other
-ENTRY = "pipeline.submission"  # the module whose run_model_dir is the package's main
+ENTRY = "pipeline.inference.submission"  # the module whose run_model_dir is the package's main
 _TEAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")  # the package must be importable: models.team17_<name>
 _DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml"}  # import name → pip name
 
@@ -279,7 +280,7 @@ only the modules `main` needs) with relative imports, so it loads as `models.{pk
 
 INIT = '''"""NTIRE 2025 ImageSR x4, {pkg}: ``main(model_dir, input_path, output_path, device=None)``. See README.md."""
 
-from ._vendor.pipeline.submission import run_model_dir as main
+from ._vendor.pipeline.inference.submission import run_model_dir as main
 
 __all__ = ["main"]
 '''

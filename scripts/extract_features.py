@@ -47,7 +47,7 @@ from pipeline.core.cli import run_cli
 from pipeline.core.errors import BadInputsError, ToolkitError
 from pipeline.core.imageio import ImageReadError, list_images, read_image, read_image_array, to_uint8
 from pipeline.core.resize import make_lr
-from pipeline.evaluation import strip_scale_suffix
+from pipeline.evaluation.scoring import strip_scale_suffix
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Fit a training-free ensembler on a training cache that holds HR (pipeline/ensemblers.py) → a small JSON file.
+"""Fit a training-free ensembler on a training cache that holds HR (pipeline/inference/ensemblers.py) → a small JSON
+file.
 
     python scripts/fit_ensembler.py caches/train.h5 --method blend|ensir|zzpm|mean --out fits/blend.json
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from pipeline.core.cli import run_cli
 from pipeline.core.outputs import check_output_file
-from pipeline.ensemblers import METHODS, fit_on_cache, load, save
+from pipeline.inference.ensemblers import METHODS, fit_on_cache, load, save
 
 
 def _ours(path: Path) -> bool:

@@ -48,10 +48,10 @@ from pipeline.core.imageio import (
 )
 from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
 from pipeline.core.resize import bicubic_upscale, make_lr
-from pipeline.evaluation import PairingError, check_sizes, pair_images, strip_scale_suffix
-from pipeline.inference import FusionPipeline, load_pipeline
+from pipeline.evaluation.scoring import PairingError, check_sizes, pair_images, strip_scale_suffix
+from pipeline.inference.pipeline import FusionPipeline, load_pipeline
 from pipeline.model.io import ChecksumError, resolve_checkpoint
-from pipeline.report_html import (
+from pipeline.report.html import (
     GENERATOR,
     ImageSection,
     Method,
@@ -64,7 +64,7 @@ from pipeline.report_html import (
     render_page,
     training_plots,
 )
-from pipeline.visual import (
+from pipeline.report.visual import (
     CropBox,
     choose_crop,
     colormap,

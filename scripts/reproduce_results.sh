@@ -29,7 +29,7 @@ PY=${PY:-.venv/bin/python}
 [ -d "$SHARED/data/val" ] || { echo "reproduce_results: $SHARED/data/val not found (set SHARED=...)" >&2; exit 2; }
 # the checkpoint folder submit.py will load (a run folder → its best checkpoint), resolved by the same function
 ckpt_dir=$("$PY" -c 'import sys
-from pipeline.run_checkpoint import resolve_checkpoint
+from pipeline.training.checkpoint import resolve_checkpoint
 try:
     print(resolve_checkpoint(sys.argv[1], which="best"))
 except FileNotFoundError as exc:

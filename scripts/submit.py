@@ -14,7 +14,7 @@
 * ``--tta``: ×8 self-ensemble (flips × rot90) of the whole pipeline; ``--expert-tta``: ×8 self-ensemble of each
   expert, then one fusion (or ensemble) of the averages. The readme and the first printed line say which.
 * ``--method mean|zzpm|blend|ensir --experts X.yaml [--weights FIT.json]``: a training-free ensemble of the experts
-  (pipeline/ensemblers.py) through the same verified path; ``blend`` and ``ensir`` need the file that
+  (pipeline/inference/ensemblers.py) through the same verified path; ``blend`` and ``ensir`` need the file that
   ``scripts/fit_ensembler.py`` fitted on a training cache, and a file fitted for other experts is refused.
 * ``--refiner configs/refiner/tsdsr.yaml``: perceptual track — every fused image is refined by the one-step TSD-SR
   diffusion model (pipeline/refiner/; lowers PSNR, never use it for the fidelity track). ``--refiner-override
@@ -45,10 +45,10 @@ from experts.ensemble import ExpertEnsemble
 from pipeline.core.atomic import atomic_write_text, default_file_mode
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import check_min_side
-from pipeline.ensemblers import METHODS, fit
-from pipeline.ensemblers import load as load_ensembler
-from pipeline.inference import expert_spec_from_yaml, load_pipeline
-from pipeline.submission import (
+from pipeline.inference.ensemblers import METHODS, fit
+from pipeline.inference.ensemblers import load as load_ensembler
+from pipeline.inference.pipeline import expert_spec_from_yaml, load_pipeline
+from pipeline.inference.submission import (
     README,
     ZIP_COMMENT,
     SRMethod,
@@ -88,7 +88,8 @@ def readme_text(method: SRMethod, *, runtime: float, refined: bool = False) -> s
 
 
 def make_zip(out_dir: Path, names: list[str]) -> Path:
-    """``OUT.zip`` beside the folder (:func:`pipeline.submission.zip_path`: ``run.v1`` → ``run.v1.zip``): the PNGs and
+    """``OUT.zip`` beside the folder (:func:`pipeline.inference.submission.zip_path`: ``run.v1`` → ``run.v1.zip``): the
+    PNGs and
     readme.txt at the zip root, checked after writing, replacing only a zip this tool made (its comment)."""
     target = zip_path(out_dir)
     if target.exists() and not is_submission_zip(target):  # checked up front too; never replace a foreign zip

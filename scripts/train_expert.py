@@ -5,17 +5,18 @@
 
 Plain functions, top to bottom: config → model → data → loop → checkpoints → export.
 
-* The config (pipeline/expert_train_config.py) names the architecture and its constructor arguments
+* The config (pipeline/training/expert_config.py) names the architecture and its constructor arguments
   (``model: {architecture: HAT, params: {...}}``): the arguments are checked against the class's ``__init__``
   (experts/architectures.py), and before training starts the expert loader must rebuild the model exactly from its
   state dict — so every checkpoint this script writes is a checkpoint ``experts.loading`` accepts.
 * ``model.init_from`` fine-tunes from existing weights (a ``.safetensors``/``.pth`` file or a checkpoint / zoo / run
   directory), loaded strictly; a missing file is an error naming it.
 * Data: random HR crops from one or more folders, LR made on the fly with the MATLAB-compatible bicubic
-  (or read from pre-made LR folders), random flips/rotations (pipeline/patch_data.py); item ``k`` of the stream is
+  (or read from pre-made LR folders), random flips/rotations (pipeline/training/patch_data.py); item ``k`` of the
+  stream is
   a pure function of ``(seed, k)``.
 * L1 or Charbonnier loss, AdamW, linear warm-up + cosine decay, optional gradient clipping, EMA of the weights
-  (validation, checkpoints and exports use the EMA), the NaN guard of ``train.py`` (pipeline/training_loop.py).
+  (validation, checkpoints and exports use the EMA), the NaN guard of ``train.py`` (pipeline/training/loop.py).
 * Validation: full images of each ``data.val_hr`` set (LR = MATLAB bicubic ×1/4), 8-bit output, PSNR/SSIM on the Y
   channel with a 4-pixel border (NTIRE's formula, pipeline/core/metrics.py), next to bicubic on the same images.
 * ``runs/<name>/``: ``config.yaml``, ``metrics.csv`` + ``tb/``, ``ckpt/step_*/`` (``model.safetensors`` — the EMA
@@ -62,11 +63,7 @@ from pipeline.core.config import ConfigError, config_to_dict
 from pipeline.core.imageio import list_images, quantize_8bit, read_image
 from pipeline.core.metrics import psnr_y, ssim_y
 from pipeline.core.resize import bicubic_upscale, make_lr
-from pipeline.ema import ModelEma
-from pipeline.expert_train_config import ExpertRunConfig, load_expert_run_config
-from pipeline.losses import charbonnier_loss, l1_loss
-from pipeline.patch_data import SRPatchDataset
-from pipeline.run_checkpoint import (
+from pipeline.training.checkpoint import (
     load_train_state,
     prune_checkpoints,
     remove_stale_temps,
@@ -74,7 +71,9 @@ from pipeline.run_checkpoint import (
     save_model_checkpoint,
     verify_checksums,
 )
-from pipeline.training_loop import (
+from pipeline.training.ema import ModelEma
+from pipeline.training.expert_config import ExpertRunConfig, load_expert_run_config
+from pipeline.training.loop import (
     RunError,
     ScalarLog,
     StepBatchSampler,
@@ -87,6 +86,8 @@ from pipeline.training_loop import (
     release_run,
     worker_init,
 )
+from pipeline.training.losses import charbonnier_loss, l1_loss
+from pipeline.training.patch_data import SRPatchDataset
 
 PROG = "train_expert"
 

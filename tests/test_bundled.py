@@ -22,9 +22,9 @@ from experts.loading import sha256_file
 from experts.spec import load_ensemble_spec
 from experts.zoo import read_expert_config
 from pipeline.core.config import ConfigError, config_to_dict
-from pipeline.expert_train_config import load_expert_run_config
 from pipeline.model.io import read_extra
-from pipeline.zoo_recipe import load_zoo_recipe, stages
+from pipeline.training.expert_config import load_expert_run_config
+from pipeline.training.zoo_recipe import load_zoo_recipe, stages
 from scripts.train_expert import evaluate, load_val_sets
 
 REPO = Path(__file__).resolve().parents[1]

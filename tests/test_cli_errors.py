@@ -311,9 +311,9 @@ def _unranged_numbers(cls, prefix: str = "") -> list[str]:
 
 def test_every_numeric_config_field_has_a_range():
     from experts.spec import EnsembleSpec
-    from pipeline.expert_train_config import ExpertRunConfig
     from pipeline.refiner.config import RefinerConfig
-    from pipeline.train_config import RunConfig
+    from pipeline.training.config import RunConfig
+    from pipeline.training.expert_config import ExpertRunConfig
 
     for schema in (RunConfig, ExpertRunConfig, RefinerConfig, EnsembleSpec):
         assert _unranged_numbers(schema) == [], schema.__name__

@@ -1,4 +1,5 @@
-"""Training-free ensemblers (pipeline.ensemblers): mean, ZZPM and blend against hand-computed values, the blend and
+"""Training-free ensemblers (pipeline.inference.ensemblers): mean, ZZPM and blend against hand-computed values, the
+blend and
 EnsIR fits recovering known weights, EnsIR's LUT against a per-pixel loop, the JSON file (round trip, refusal of
 other experts and of malformed files) and fitting on a tiny HDF5 cache."""
 
@@ -14,7 +15,7 @@ import torch
 from cache.schema import CacheMeta
 from cache.writer import CacheWriter
 from pipeline.core.metrics import rgb_to_y
-from pipeline.ensemblers import METHODS, Ensembler, EnsemblerError, apply, fit, fit_on_cache, load, save
+from pipeline.inference.ensemblers import METHODS, Ensembler, EnsemblerError, apply, fit, fit_on_cache, load, save
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from pipeline.core.imageio import read_image, write_image
+from pipeline.inference.submission import run_model_dir
 from pipeline.model.io import ChecksumError
-from pipeline.submission import run_model_dir
 from scripts import export_ntire, submit
 
 PKG = "team17_Name"
@@ -101,7 +101,7 @@ def test_layout(exported):
     assert sorted(p.name for p in code.iterdir()) == ["README.md", "__init__.py", "_vendor", "requirements.txt"]
     assert not (exported / "models" / "__init__.py").exists()  # never shadow the organisers' models/
     vendored = {str(p.relative_to(code / "_vendor")) for p in (code / "_vendor").rglob("*.py")}
-    assert {"pipeline/submission.py", "pipeline/model/fusion_net.py", "experts/ensemble.py"} <= vendored
+    assert {"pipeline/inference/submission.py", "pipeline/model/fusion_net.py", "experts/ensemble.py"} <= vendored
     assert not any(v.startswith(("scripts/", "pipeline/refiner/")) or v == "train.py" for v in vendored)
     reqs = [line.split()[0] for line in (code / "requirements.txt").read_text().splitlines() if line[:1] != "#"]
     assert {"torch", "spandrel", "safetensors", "numpy", "pillow", "pyyaml", "opencv-python-headless"} <= set(reqs)

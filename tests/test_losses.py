@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline.ema import ModelEma
-from pipeline.losses import (
+from pipeline.training.ema import ModelEma
+from pipeline.training.losses import (
     CombinedLoss,
     LossWeights,
     VGGPerceptualLoss,

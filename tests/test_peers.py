@@ -1,5 +1,5 @@
 """The ensembles a team would submit instead of the fusion: per-expert ×8, training-free ensemblers through
-submit.py, and the comparison table (pipeline/compare.py, scripts/compare_ensembles.py)."""
+submit.py, and the comparison table (pipeline/evaluation/compare.py, scripts/compare_ensembles.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from experts.ensemble import ExpertEnsemble
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.imageio import quantize_8bit, read_image, write_image
 from pipeline.core.metrics import psnr_y
-from pipeline.ensemblers import fit, save
-from pipeline.inference import ensemble_super_resolve, load_pipeline, super_resolve
+from pipeline.inference.ensemblers import fit, save
+from pipeline.inference.pipeline import ensemble_super_resolve, load_pipeline, super_resolve
 from scripts import compare_ensembles, submit
 
 
@@ -155,8 +155,8 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
     assert {"fusion on x8 experts", "fusion, x8 of the pipeline"} <= {m for g, m in rows if g == "x8"}
     assert "| none | mean |" in (tmp_path / "t" / "table.md").read_text()
     # the mean row equals an independent computation on the stored outputs
-    from pipeline.compare import OutputStore  # noqa: F401 - the store's files are plain torch files
     from pipeline.core.resize import make_lr
+    from pipeline.evaluation.compare import OutputStore  # noqa: F401 - the store's files are plain torch files
 
     ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
     scores = []

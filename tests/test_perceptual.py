@@ -1,4 +1,5 @@
-"""pipeline/perceptual.py and ``scripts/evaluate.py --perceptual``: the track score, the missing-weights error, and the
+"""pipeline/evaluation/perceptual.py and ``scripts/evaluate.py --perceptual``: the track score, the missing-weights
+error, and the
 whole pyiqa plumbing of the six metrics on *stand-in* weight files.
 
 The stand-ins have exactly the file names, locations, keys and shapes that the loaders read (torchvision AlexNet and
@@ -34,8 +35,7 @@ import pytest
 import torch
 
 from pipeline.core.imageio import write_image
-from pipeline.evaluation import pair_images
-from pipeline.perceptual import (
+from pipeline.evaluation.perceptual import (
     CLIP_RN50_URL,
     METRIC_NAMES,
     MissingWeightsError,
@@ -45,6 +45,7 @@ from pipeline.perceptual import (
     use_weights_dir,
     weight_files,
 )
+from pipeline.evaluation.scoring import pair_images
 from scripts import evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def test_evaluate_perceptual_rejects_images_below_niqe_block(tmp_path, restore_e
 
 
 def test_layout_is_documented_in_module_and_help():
-    from pipeline import perceptual
+    from pipeline.evaluation import perceptual
 
     help_text = evaluate._epilog()
     for f in weight_files():
@@ -291,11 +292,11 @@ def _run_standins(root: Path, sr: Path, hr: Path, out: Path) -> None:
     import pyiqa.archs.clip_model as pyiqa_clip
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 
-    from pipeline import perceptual
+    from pipeline.evaluation import perceptual
 
     timings["import pyiqa"] = time.perf_counter() - t0
 
-    # what the installed pyiqa / torchvision / timm read, to compare with pipeline.perceptual's table
+    # what the installed pyiqa / torchvision / timm read, to compare with pipeline.evaluation.perceptual's table
     from pyiqa.archs import dists_arch, lpips_arch, maniqa_arch, musiq_arch, niqe_arch
     from timm.models import get_pretrained_cfg
     from torchvision.models import AlexNet_Weights, VGG16_Weights
@@ -470,7 +471,8 @@ def test_pyiqa_reads_the_standins(standin_run):
 
 
 def test_weight_table_matches_installed_pyiqa(standin_run):
-    """The files pipeline.perceptual checks are the ones pyiqa 0.1.16 / torchvision / timm load by default."""
+    """The files pipeline.evaluation.perceptual checks are the ones pyiqa 0.1.16 / torchvision / timm load by
+    default."""
     facts = standin_run["facts"]
     assert [f.url for f in weight_files()] == [facts["urls"][i] for i in (5, 0, 6, 1, 2, 3, 4, 8, 7)]
     configs = facts["configs"]

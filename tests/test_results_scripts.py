@@ -13,7 +13,7 @@ import torch
 
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import psnr_y, rgb_to_y
-from pipeline.evaluation import pair_images, score_fidelity
+from pipeline.evaluation.scoring import pair_images, score_fidelity
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from scripts import expert_baselines, results_table
 

@@ -13,8 +13,8 @@ import yaml
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.errors import BadInputsError
 from pipeline.core.imageio import read_image, write_image
-from pipeline.inference import load_pipeline, super_resolve
-from pipeline.submission import check_inputs
+from pipeline.inference.pipeline import load_pipeline, super_resolve
+from pipeline.inference.submission import check_inputs
 from scripts import submit
 
 # ``trained_run`` (a tiny trained fusion run on the two Compact experts) is a session fixture in tests/conftest.py.

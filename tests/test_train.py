@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 
 import train as train_mod
 from pipeline.core.config import ConfigError
-from pipeline.losses import CombinedLoss
 from pipeline.model.io import load_pretrained, read_extra
-from pipeline.run_checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
-from pipeline.train_config import StageConfig, load_run_config
-from pipeline.training_loop import RunError
+from pipeline.training.checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
+from pipeline.training.config import StageConfig, load_run_config
+from pipeline.training.loop import RunError
+from pipeline.training.losses import CombinedLoss
 
 REPO = Path(__file__).resolve().parents[1]
 

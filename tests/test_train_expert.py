@@ -25,10 +25,10 @@ from experts.zoo import load_expert_model, read_expert_config
 from pipeline.core.config import ConfigError
 from pipeline.core.imageio import write_image
 from pipeline.core.resize import make_lr
-from pipeline.expert_train_config import load_expert_run_config
-from pipeline.patch_data import SRPatchDataset
-from pipeline.run_checkpoint import load_train_state, resolve_checkpoint
-from pipeline.training_loop import RunError
+from pipeline.training.checkpoint import load_train_state, resolve_checkpoint
+from pipeline.training.expert_config import load_expert_run_config
+from pipeline.training.loop import RunError
+from pipeline.training.patch_data import SRPatchDataset
 from scripts import train_expert
 
 TINY = {

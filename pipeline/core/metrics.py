@@ -9,7 +9,8 @@ Exactly BasicSR's ``calculate_psnr`` / ``calculate_ssim`` with ``test_y_channel=
 * ``crop_border`` pixels (= the scale) are removed on each side before measuring;
 * SSIM uses the 11×11 Gaussian window with σ = 1.5, evaluated on the valid region only (no padding), averaged.
 
-The perceptual metrics of the perceptual track live in :mod:`pipeline.perceptual` (they need pyiqa and weights).
+The perceptual metrics of the perceptual track live in :mod:`pipeline.evaluation.perceptual` (they need pyiqa and
+weights).
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def read_extra(directory: str | os.PathLike) -> dict[str, Any]:
 # checkpoint folders: checksums and where a run's checkpoint is
 # ---------------------------------------------------------------------------------------------------------------------
 COMPLETE_MARKER = "COMPLETE"  # written last into a training checkpoint: it is complete
-TRAIN_STATE = "train_state.pt"  # a training checkpoint's optimiser/EMA/RNG state (pipeline/run_checkpoint.py)
+TRAIN_STATE = "train_state.pt"  # a training checkpoint's optimiser/EMA/RNG state (pipeline/training/checkpoint.py)
 
 CHECKSUMS = "SHA256SUMS"
 _CHECKED_FILES = ("model.safetensors", "config.json")

@@ -1,7 +1,7 @@
 """Live-expert training data: random HR crops whose LR is made on the fly (the experts run in the training loop).
 
 Used by ``train.py`` with ``data.mode=live`` — for comparison with cached training and for when no cache exists.
-One HR folder of :class:`pipeline.patch_data.SRPatchDataset` (LR = MATLAB bicubic of the 8-bit HR crop): like
+One HR folder of :class:`pipeline.training.patch_data.SRPatchDataset` (LR = MATLAB bicubic of the 8-bit HR crop): like
 :class:`cache.dataset.CachedSRDataset`, item ``k`` is a pure function of ``(seed, k)``. Images smaller than the HR
 patch are an error at construction, naming them.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.patch_data import SRPatchDataset
+from pipeline.training.patch_data import SRPatchDataset
 
 __all__ = ["LiveHRDataset"]
 

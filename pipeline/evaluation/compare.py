@@ -2,7 +2,8 @@
 
 Regimes: ``none`` — each expert run once; ``x8`` — each expert's ×8 self-ensemble
 (:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`). Rows per regime: every expert, the training-free
-ensemblers (:mod:`pipeline.ensemblers`: mean, ZZPM, and the fitted files given, e.g. EnsIR and the least-squares
+ensemblers (:mod:`pipeline.inference.ensemblers`: mean, ZZPM, and the fitted files given, e.g. EnsIR and the
+least-squares
 blend), the fusion checkpoint (in ``x8``: on the ×8 experts, and the ×8 of the whole pipeline), and the 16×16-block
 oracle (the best expert per block, chosen with the HR in hand: a ceiling, not a method).
 
@@ -27,7 +28,7 @@ from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, rgb_to_y, ssim_y
-from pipeline.ensemblers import Ensembler, apply
+from pipeline.inference.ensemblers import Ensembler, apply
 
 __all__ = [
     "REGIMES",

@@ -21,8 +21,8 @@ from html import escape
 from pathlib import Path
 
 from pipeline.core.errors import ToolkitError
-from pipeline.svg_plot import Series, line_plot_svg
-from pipeline.visual import VIRIDIS, CropBox, colormap_css_gradient
+from pipeline.report.svg_plot import Series, line_plot_svg
+from pipeline.report.visual import VIRIDIS, CropBox, colormap_css_gradient
 
 __all__ = [
     "GENERATOR",

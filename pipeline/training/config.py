@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
-from pipeline.losses import LossWeights
 from pipeline.model.fusion_net import FusionConfig
+from pipeline.training.losses import LossWeights
 
 __all__ = [
     "DataConfig",

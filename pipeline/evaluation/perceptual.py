@@ -58,7 +58,7 @@ from tqdm import tqdm
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import image_size, read_image
 from pipeline.core.metrics import crop_to_match
-from pipeline.evaluation import ImagePair
+from pipeline.evaluation.scoring import ImagePair
 
 __all__ = [
     "CLIP_RN50_URL",
@@ -307,7 +307,8 @@ def _check_resolution(dirs: WeightDirs) -> None:
         raise PerceptualSetupError(
             "the perceptual metrics would not read the checked weight folders: "
             + "; ".join(problems)
-            + ". Call pipeline.perceptual.use_weights_dir() before pyiqa, timm or huggingface_hub are imported."
+            + ". Call pipeline.evaluation.perceptual.use_weights_dir() before pyiqa, timm or huggingface_hub are"
+            " imported."
         )
 
 

@@ -27,8 +27,8 @@ from experts.ensemble import ExpertEnsemble
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import read_image, scan_image_folder, write_image
 from pipeline.core.outputs import OutputPathError, check_output_dir, check_output_file, is_marked, mark_output_dir
-from pipeline.ensemblers import Ensembler
-from pipeline.inference import FusionPipeline, ensemble_super_resolve, load_pipeline, super_resolve
+from pipeline.inference.ensemblers import Ensembler
+from pipeline.inference.pipeline import FusionPipeline, ensemble_super_resolve, load_pipeline, super_resolve
 
 __all__ = [
     "EXPERTS_YAML",
@@ -133,7 +133,7 @@ def output_name(lr_path: Path) -> str:
 @dataclass(frozen=True)
 class SRMethod:
     """What a submission runs on each LR image: the fusion or a training-free ensembler, in one self-ensemble regime
-    (:data:`pipeline.inference.REGIMES`)."""
+    (:data:`pipeline.inference.pipeline.REGIMES`)."""
 
     name: str  # "fusion" or the ensembler's method
     regime: str

@@ -21,7 +21,7 @@ from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.errors import ToolkitError
-from pipeline.ensemblers import Ensembler, apply
+from pipeline.inference.ensemblers import Ensembler, apply
 from pipeline.model.fusion_net import FusionNet
 from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
 
@@ -189,7 +189,7 @@ def super_resolve(
 def ensemble_super_resolve(
     ensemble: ExpertEnsemble, ens: Ensembler, lr: torch.Tensor, *, tta: bool = False, expert_tta: bool = False
 ) -> torch.Tensor:
-    """A training-free ensembler (:mod:`pipeline.ensemblers`) on the experts' outputs for ``lr (1,3,H,W)`` →
+    """A training-free ensembler (:mod:`pipeline.inference.ensemblers`) on the experts' outputs for ``lr (1,3,H,W)`` →
     ``sr (1,3,sH,sW)``; ``tta`` / ``expert_tta`` as in :func:`super_resolve`."""
     if tta and expert_tta:
         raise PipelineError("choose one self-ensemble: of the whole pipeline (tta) or of each expert (expert_tta)")

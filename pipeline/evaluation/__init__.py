@@ -1,0 +1,1 @@
+"""Evaluation (layer 5): SR/HR pairing and the NTIRE scoring, the perceptual metrics, the fusion-vs-peers comparison."""
