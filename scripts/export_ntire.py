@@ -46,13 +46,15 @@ from importlib import metadata
 from pathlib import Path
 
 from experts.loading import sha256_file
-from experts.spec import EnsembleSpec
+from experts.spec import EnsembleSpec, load_ensemble_spec
 from experts.spec import resolve_checkpoint as expert_checkpoint
 from pipeline.core.cli import run_cli
 from pipeline.core.config import save_config
 from pipeline.core.errors import ToolkitError
+from pipeline.inference.ensemblers import METHODS
+from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import expert_spec
-from pipeline.inference.submission import EXPERTS_YAML
+from pipeline.inference.submission import ENSEMBLER_FILE, EXPERTS_YAML
 from pipeline.model.io import (
     CHECKSUMS,
     CONFIG_NAME,
@@ -213,13 +215,47 @@ def checked_experts(ckpt: Path, experts_yaml: Path | None) -> tuple[EnsembleSpec
     return spec, files
 
 
-def write_model_dir(dest: Path, ckpt: Path, spec: EnsembleSpec, files: list[Path]) -> None:
-    """model.safetensors + config.json, the expert checkpoints under experts/, experts.yaml naming them relative to
-    ``dest``, and SHA256SUMS of everything (the fusion's recorded digests, the experts' recorded sha256)."""
+def checked_ensemble_experts(weights: Path, experts_yaml: Path) -> tuple[EnsembleSpec, list[Path]]:
+    """The experts of a training-free ensemble: the YAML's, in the ensembler file's order, each checkpoint verified
+    against the sha256 the file was fitted for (and pinned to it in the export)."""
+    spec = load_ensemble_spec(experts_yaml)
+    ens = load_ensembler(weights)
+    if [e.name for e in spec.experts] != list(ens.expert_names):
+        raise ExportError(
+            f"{experts_yaml} lists experts {[e.name for e in spec.experts]}, {weights} was fitted for "
+            f"{list(ens.expert_names)}"
+        )
+    files, problems, pinned = [], [], []
+    for e, fp in zip(spec.experts, ens.experts):
+        path = expert_checkpoint(e)
+        files.append(path)
+        if not path.is_file():
+            problems.append(f"expert {e.name!r}: checkpoint not found: {path}")
+        elif (digest := sha256_file(path)) != fp["sha256"]:
+            problems.append(
+                f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, {weights} was fitted with "
+                f"{str(fp['sha256'])[:16]}…"
+            )
+        pinned.append(dataclasses.replace(e, sha256=fp["sha256"]))
+    if problems:
+        raise ExportError("; ".join(problems))
+    return dataclasses.replace(spec, experts=tuple(pinned)), files
+
+
+def write_model_dir(
+    dest: Path, ckpt: Path | None, spec: EnsembleSpec, files: list[Path], *, weights: Path | None = None
+) -> None:
+    """model.safetensors + config.json (or, for a training-free ensemble, its ``ensembler.json``), the expert
+    checkpoints under experts/, experts.yaml naming them relative to ``dest``, and SHA256SUMS of everything (the
+    fusion's recorded digests, the experts' recorded sha256)."""
     dest.mkdir(parents=True)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        shutil.copy2(ckpt / name, dest / name)
-    sums = (ckpt / CHECKSUMS).read_text()
+    if weights is not None:
+        shutil.copy2(weights, dest / ENSEMBLER_FILE)
+        sums = f"{sha256_file(dest / ENSEMBLER_FILE)}  {ENSEMBLER_FILE}\n"
+    else:
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            shutil.copy2(ckpt / name, dest / name)
+        sums = (ckpt / CHECKSUMS).read_text()
     experts = []
     for e, src in zip(spec.experts, files):
         rel = f"experts/{e.name}{src.suffix}"
@@ -237,7 +273,7 @@ README = """\
 # {pkg}: multi-expert fusion for NTIRE 2025 ImageSR ×4
 
 Frozen pretrained SR experts ({experts}) run on each LR image; a small fusion network trained on their outputs
-and deep features fuses them into the ×4 result. Exported from run `{run}`.
+and deep features fuses them into the ×4 result. Exported from {source}.
 
 ## Run
 
@@ -286,18 +322,32 @@ __all__ = ["main"]
 '''
 
 
-def build(tmp: Path, *, pkg: str, team_id: int, run: Path, ckpt: Path, spec: EnsembleSpec, files: list[Path]) -> None:
+def build(
+    tmp: Path,
+    *,
+    pkg: str,
+    team_id: int,
+    run: Path,
+    ckpt: Path | None,
+    spec: EnsembleSpec,
+    files: list[Path],
+    weights: Path | None = None,
+) -> None:
     code = tmp / "models" / pkg
     imports = write_vendor(code / "_vendor")
     (code / "__init__.py").write_text(INIT.format(pkg=pkg))
     (code / "requirements.txt").write_text(requirements_text(imports))
     experts = ", ".join(f"{e.name} ({e.architecture})" for e in spec.experts)
-    (code / "README.md").write_text(
-        README.format(
-            pkg=pkg, team_id=team_id, name=pkg.partition("_")[2], experts=experts, run=f"{run.name}/{ckpt.name}"
-        )
-    )
-    write_model_dir(tmp / "model_zoo" / pkg, ckpt, spec, files)
+    source = f"run `{run.name}/{ckpt.name}`" if ckpt is not None else f"ensembler file `{weights.name}`"
+    text = README.format(pkg=pkg, team_id=team_id, name=pkg.partition("_")[2], experts=experts, source=source)
+    if weights is not None:  # a training-free ensemble: say so instead of describing a fusion network
+        method = load_ensembler(weights).method
+        text = text.replace(
+            "a small fusion network trained on their outputs\nand deep features fuses them into the ×4 result",
+            f"a training-free ensemble ({method}, weights in `ensembler.json`)\ncombines them into the ×4 result",
+        ).replace("the fusion checkpoint (`model.safetensors`, `config.json`)", "`ensembler.json`")
+    (code / "README.md").write_text(text)
+    write_model_dir(tmp / "model_zoo" / pkg, ckpt, spec, files, weights=weights)
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -311,13 +361,24 @@ def replace_dir(tmp: Path, out: Path) -> None:
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, type=Path, help="run directory (its best checkpoint) or checkpoint dir")
+    ap.add_argument("--run", type=Path, default=None, help="run directory (its best checkpoint) or checkpoint dir")
+    ap.add_argument(
+        "--method",
+        choices=("fusion", *METHODS),
+        default="fusion",
+        help="the fusion (default) or a training-free ensemble of the experts (needs --experts)",
+    )
+    ap.add_argument("--weights", type=Path, default=None, help="ensembles: the file of scripts/fit_ensembler.py")
     ap.add_argument("--team-id", required=True, type=int)
     ap.add_argument("--team-name", required=True)
     ap.add_argument("--out", required=True, type=Path, help="export folder (gets models/ and model_zoo/)")
     ap.add_argument("--experts", type=Path, default=None, help="expert YAML overriding the recorded paths")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     args = ap.parse_args(argv)
+    if args.method == "fusion" and args.run is None:
+        ap.error("--run is required (or --method mean|zzpm|blend|ensir --weights FILE --experts YAML)")
+    if args.method != "fusion" and (args.weights is None or args.experts is None or args.run is not None):
+        ap.error(f"--method {args.method} needs --weights (scripts/fit_ensembler.py) and --experts, and no --run")
 
     try:
         pkg = package_name(args.team_id, args.team_name)
@@ -333,9 +394,15 @@ def _main(argv: list[str] | None = None) -> int:
                     f"--out {out} holds files an export does not make ({', '.join(sorted(content)[:5])}):"
                     " refusing to replace it, even with --overwrite"
                 )
-        ckpt = resolve_checkpoint(args.run, which="best")
-        verify_checksums(ckpt)
-        spec, files = checked_experts(ckpt, args.experts)
+        if args.method == "fusion":
+            ckpt = resolve_checkpoint(args.run, which="best")
+            verify_checksums(ckpt)
+            spec, files = checked_experts(ckpt, args.experts)
+        else:
+            ckpt = None
+            if load_ensembler(args.weights).method != args.method:
+                raise ExportError(f"{args.weights} holds a {load_ensembler(args.weights).method!r} ensembler")
+            spec, files = checked_ensemble_experts(args.weights, args.experts)
     except (ExportError, ChecksumError, FileNotFoundError, ValueError) as exc:
         print(f"export_ntire: {exc}", file=sys.stderr)
         return 2
@@ -344,7 +411,16 @@ def _main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the renamed folder
     try:
-        build(tmp, pkg=pkg, team_id=args.team_id, run=args.run, ckpt=ckpt, spec=spec, files=files)
+        build(
+            tmp,
+            pkg=pkg,
+            team_id=args.team_id,
+            run=args.run,
+            ckpt=ckpt,
+            spec=spec,
+            files=files,
+            weights=args.weights if args.method != "fusion" else None,
+        )
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

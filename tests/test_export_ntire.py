@@ -201,3 +201,82 @@ def test_existing_out_needs_overwrite(trained_run, tmp_path, capsys):
     assert export(trained_run, out, "--overwrite") == 0
     assert sorted(p.name for p in out.iterdir()) == ["model_zoo", "models"]
     assert leftovers(tmp_path) == []
+
+
+def test_a_training_free_ensemble_exports_and_runs_isolated(tiny_compact_experts, lr_dir, tmp_path, capsys):
+    """export_ntire --method zzpm|blend: ensembler.json + the pinned experts; the organisers' call writes exactly what
+    submit.py --method writes; a weights file fitted for other experts is refused before anything is written."""
+    from experts.ensemble import ExpertEnsemble
+    from pipeline.inference.ensemblers import fit, save
+
+    ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
+    fps = [fp.to_dict() for fp in ensemble.fingerprints]
+    hr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    weights = save(
+        fit("blend", [(ensemble(torch.nn.functional.avg_pool2d(hr, 4)).srs, hr)], experts=fps), tmp_path / "blend.json"
+    )
+    out = tmp_path / "ntire"
+    yaml_path = str(tiny_compact_experts["yaml"])
+    base = ["--team-id", "17", "--team-name", "Name", "--out", str(out), "--experts", yaml_path]
+    assert export_ntire.main(["--method", "blend", "--weights", str(weights), *base]) == 0
+    zoo = out / "model_zoo" / PKG
+    assert sorted(p.name for p in zoo.iterdir()) == ["SHA256SUMS", "ensembler.json", "experts", "experts.yaml"]
+    assert "training-free ensemble (blend" in (out / "models" / PKG / "README.md").read_text()
+    repo = tmp_path / "repo"
+    shutil.copytree(out, repo)
+    (repo / "utils").mkdir()
+    (repo / "utils" / "__init__.py").write_text("ORGANISERS = True\n")
+    site = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-S", "-s", "-c", ISOLATED, site, str(lr_dir), str(tmp_path / "sr")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (
+        submit.main(
+            [
+                "--method",
+                "blend",
+                "--weights",
+                str(weights),
+                "--experts",
+                yaml_path,
+                "--input",
+                str(lr_dir),
+                "--output",
+                str(tmp_path / "sub"),
+            ]
+        )
+        == 0
+    )
+    for name in ("0901x4.png", "0902x4.png"):
+        assert torch.equal(read_image(tmp_path / "sr" / name), read_image(tmp_path / "sub" / name))
+    # a file fitted for other experts: refused, nothing written
+    other = save(
+        fit("zzpm", [], experts=[{"name": "noisy", "sha256": "0" * 64}, {"name": "calm", "sha256": "1" * 64}]),
+        tmp_path / "other.json",
+    )
+    capsys.readouterr()
+    assert (
+        export_ntire.main(
+            [
+                "--method",
+                "zzpm",
+                "--weights",
+                str(other),
+                *base[:-2],
+                "--out",
+                str(tmp_path / "x"),
+                "--experts",
+                yaml_path,
+            ]
+        )
+        == 2
+    )
+    assert "was fitted with" in capsys.readouterr().err and not (tmp_path / "x").exists()

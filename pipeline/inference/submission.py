@@ -28,7 +28,15 @@ from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import read_image, scan_image_folder, write_image
 from pipeline.core.outputs import OutputPathError, check_output_dir, check_output_file, is_marked, mark_output_dir
 from pipeline.inference.ensemblers import Ensembler
-from pipeline.inference.pipeline import FusionPipeline, ensemble_super_resolve, load_pipeline, super_resolve
+from pipeline.inference.ensemblers import load as load_ensembler
+from pipeline.inference.pipeline import (
+    FusionPipeline,
+    ensemble_super_resolve,
+    expert_spec_from_yaml,
+    load_pipeline,
+    super_resolve,
+)
+from pipeline.model.io import verify_checksums
 
 __all__ = [
     "EXPERTS_YAML",
@@ -51,6 +59,7 @@ __all__ = [
 ]
 
 EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir, checkpoints relative to model_dir
+ENSEMBLER_FILE = "ensembler.json"  # in an exported model_dir of a training-free ensemble, instead of the fusion
 
 
 class SubmitError(ToolkitError, RuntimeError):
@@ -246,10 +255,20 @@ def run_model_dir(
         model_dir = model_dir.parent
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = load_pipeline(model_dir, experts_yaml=model_dir / EXPERTS_YAML, experts_root=model_dir, device=str(device))
+    if (model_dir / ENSEMBLER_FILE).is_file():  # an exported training-free ensemble (export_ntire.py --method)
+        verify_checksums(model_dir)
+        spec = expert_spec_from_yaml(model_dir / EXPERTS_YAML, device=str(device))
+        ensemble = ExpertEnsemble.from_spec(spec, root=model_dir, gather_device=str(device))
+        ens = load_ensembler(model_dir / ENSEMBLER_FILE, experts=[fp.to_dict() for fp in ensemble.fingerprints])
+        method = ensembler_method(ensemble, ens, device=str(device))
+    else:
+        pipe = load_pipeline(
+            model_dir, experts_yaml=model_dir / EXPERTS_YAML, experts_root=model_dir, device=str(device)
+        )
+        method = fusion_method(pipe)
     output_dir = Path(output_path)
-    files = check_folders(Path(input_path), output_dir, min_lr=pipe.ensemble.min_lr_size)
+    files = check_folders(Path(input_path), output_dir, min_lr=method.min_lr)
     prepare_output(output_dir)
-    seconds = list(super_resolve_files(fusion_method(pipe), files, output_dir))
+    seconds = list(super_resolve_files(method, files, output_dir))
     print(f"{len(files)} images super-resolved into {output_dir} ({sum(seconds) / len(seconds):.2f} s/image)")
     return [output_dir / output_name(f) for f in files]
