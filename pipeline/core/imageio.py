@@ -40,6 +40,7 @@ __all__ = [
     "quantize_8bit",
     "image_size",
     "scan_image_folder",
+    "strip_scale_suffix",
     "check_min_side",
 ]
 
@@ -233,3 +234,9 @@ def check_min_side(files: list[Path], min_side: int, *, what: str = "the experts
             small.append(f"{f}: {w}x{h} is smaller than {what} {min_side}")
     if small:
         raise BadInputsError(f"{len(small)} image(s) too small; nothing was written", small)
+
+
+def strip_scale_suffix(stem: str, scale: int) -> str:
+    """``0901x4`` → ``0901`` (the NTIRE LR/SR naming); other stems unchanged."""
+    suffix = f"x{scale}"
+    return stem[: -len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else stem

@@ -13,7 +13,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.core.errors import BadInputsError, ToolkitError
-from pipeline.core.imageio import ImageReadError, image_size, list_images, read_image, read_image_array
+from pipeline.core.imageio import (
+    ImageReadError,
+    image_size,
+    list_images,
+    read_image,
+    read_image_array,
+    strip_scale_suffix,
+)
 from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
 
 __all__ = [
@@ -38,12 +45,6 @@ class ImagePair:
     name: str  # the HR stem, e.g. "0901"
     sr: Path
     hr: Path
-
-
-def strip_scale_suffix(stem: str, scale: int) -> str:
-    """``0901x4`` → ``0901`` (the NTIRE LR/SR naming); other stems unchanged."""
-    suffix = f"x{scale}"
-    return stem[: -len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else stem
 
 
 def _index(files: list[Path], folder: Path) -> dict[str, Path]:
