@@ -26,6 +26,7 @@ from cache.dataset import CachedSRDataset
 from cache.schema import CacheMeta
 from cache.writer import CacheWriter
 from experts.ensemble import ExpertEnsemble
+from pipeline.core.cli import run_cli
 from pipeline.core.imageio import list_images, read_image, to_uint8, write_image
 from pipeline.core.resize import make_lr
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
@@ -121,7 +122,7 @@ def train_steps_per_second(path: Path, fusion_yaml: Path, *, patch: int, batch: 
     return steps / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=Path, default=REPO / "configs/experts/shared_real.yaml")
     ap.add_argument("--hr", type=Path, default=REPO.parent / "shared/data/val/Set14/HR")
@@ -190,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{cache_rate0 / png_rate:.1f}x (0 workers each)"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("bench_cache", _main, argv)
 
 
 if __name__ == "__main__":

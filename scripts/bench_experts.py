@@ -29,6 +29,7 @@ import torch
 
 from experts.expert import Expert, load_expert
 from experts.spec import REPO_ROOT, load_ensemble_spec
+from pipeline.core.cli import run_cli
 from pipeline.core.imageio import list_images, read_image
 from pipeline.core.resize import bicubic_upscale
 
@@ -83,7 +84,7 @@ def bench_expert(expert: Expert, lrs: list[torch.Tensor], *, repeats: int, tiled
     return {k: sum(v) / len(v) for k, v in best.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "experts" / "shared_real.yaml")
     ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of LR images")
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             row += f" {t['tiled']:9.4f} {t['tiled'] / t['plain']:7.3f}"
         print(row, flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("bench_experts", _main, argv)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import PHASE_SWITCHES, SCALE, FusionConfig, FusionNet, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +211,7 @@ def bench_experts(weights_dir: Path, w: int, h: int) -> dict[str, tuple[float, f
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fusion.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides (model.x.y=value)")
@@ -268,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("bench_fusion", _main, argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import functools
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.cli import run_cli
 from pipeline.core.config import load_config
 from pipeline.refiner.config import RefinerConfig
 
@@ -123,21 +125,26 @@ def bench_real(config: Path, overrides: list[str], sizes: list[int], repeats: in
         print(f"{size:>5d}x{size:<5d} {t:9.2f} {peak:9.2f}", flush=True)
 
 
-def main() -> None:
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="real-weight refiner YAML (default: tiny model)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for --config, e.g. device=cuda:1")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="square image sides")
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="CPU thread counts (tiny mode)")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_intermixed_args()  # dotted overrides may follow the options
+    args = parser.parse_intermixed_args(argv)  # dotted overrides may follow the options
     if args.config is None:
         if args.overrides:
             parser.error("overrides need --config")
         bench_tiny(args.sizes or [32, 64, 128], args.threads, args.repeats)
     else:
         bench_real(args.config, args.overrides, args.sizes or [512, 1024], max(1, args.repeats // 2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("bench_refiner", _main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from experts.architectures import count_parameters
+from pipeline.core.cli import run_cli
 from pipeline.training.ema import ModelEma
 from pipeline.training.expert_config import load_expert_run_config
 from pipeline.training.losses import charbonnier_loss, l1_loss
@@ -82,7 +83,7 @@ class Bench:
         }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="+", type=Path)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per config")
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     fastest = min(r["s_per_step"] for r in rows)
     print("ratio to the fastest: " + ", ".join(f"{r['name']} {r['s_per_step'] / fastest:.2f}" for r in rows))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("bench_train_expert", _main, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from cache.dataset import CachedSRDataset
 from experts.ensemble import ExpertEnsemble
+from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from pipeline.training.losses import charbonnier_loss
 
@@ -36,7 +37,7 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experts", type=Path, default=REPO / "configs/experts/shared_real.yaml")
     ap.add_argument("--cache", type=Path, default=None)
@@ -129,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{(t_live + t_hat) / t_cached:.0f}x slower than cached training"
         )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("bench_training", _main, argv)
 
 
 if __name__ == "__main__":

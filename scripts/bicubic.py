@@ -12,7 +12,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.core.cli import run_cli
-from pipeline.core.imageio import list_images, read_image, write_image
+from pipeline.core.imageio import read_image, scan_image_folder, write_image
+from pipeline.core.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
 from pipeline.core.resize import bicubic_upscale
 
 
@@ -22,10 +23,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, type=Path)
     ap.add_argument("--scale", type=int, default=4)
     args = ap.parse_args(argv)
-    files = list_images(args.input)
-    if not files:
-        print(f"bicubic: no images in {args.input}", file=sys.stderr)
-        return 2
+    if args.output.resolve() == args.input.resolve():
+        raise OutputPathError(f"--output {args.output} is the input folder: choose another one")
+    check_output_dir(args.output, ours=is_marked)  # new, empty or made by this script: nothing else is replaced
+    files = scan_image_folder(args.input)  # every input decoded: all bad files listed before any work
+    mark_output_dir(args.output, tool="bicubic.py")
     for path in tqdm(files, desc="bicubic", unit="img"):
         write_image(args.output / f"{path.stem}.png", bicubic_upscale(read_image(path), args.scale))
     print(f"bicubic: wrote {len(files)} images to {args.output}")

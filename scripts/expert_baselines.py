@@ -36,6 +36,7 @@ from tqdm import tqdm
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import crop_to_match, rgb_to_y
+from pipeline.core.outputs import check_output_dir, is_marked, mark_output_dir
 from pipeline.evaluation.compare import block_oracle
 from pipeline.evaluation.scoring import PairingError, check_sizes, pair_images
 
@@ -144,6 +145,9 @@ def _main(argv: list[str] | None = None) -> int:
             hr = crop_to_match(read_image(pairs[0].hr), srs[:, 0], scale=args.scale)  # as the scoring crops it
             yield pairs[0].sr.name, srs, hr
 
+    written = ["_mean", "_oracle", *(f"_oracle_b{b}" for b in args.blocks), *(["_blend"] if args.blend else [])]
+    for folder in written:  # the shared output guard, before any work: new, empty or made by this script
+        check_output_dir(args.experts_dir / folder, ours=is_marked)
     weights = None
     if args.blend:
         weights = blend_weights(
@@ -156,7 +160,8 @@ def _main(argv: list[str] | None = None) -> int:
         print(
             "expert_baselines: least-squares blend " + ", ".join(f"{n} {float(w):+.4f}" for n, w in zip(names, weights))
         )
-    written = ["_mean", "_oracle", *(f"_oracle_b{b}" for b in args.blocks), *(["_blend"] if args.blend else [])]
+    for folder in written:
+        mark_output_dir(args.experts_dir / folder, tool="expert_baselines.py")
     for name, srs, hr in tqdm(images(), total=len(per_expert[0]), desc="baselines", unit="img"):
         write_image(args.experts_dir / "_mean" / name, expert_mean(srs))
         write_image(args.experts_dir / "_oracle" / name, pixel_oracle(srs, hr))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from pipeline.core.imageio import (
     write_image,
 )
 from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
+from pipeline.core.outputs import check_output_dir
 from pipeline.core.resize import bicubic_upscale, make_lr
 from pipeline.evaluation.scoring import PairingError, check_sizes, pair_images, strip_scale_suffix
 from pipeline.inference.pipeline import FusionPipeline, load_pipeline
@@ -169,20 +169,17 @@ def check_lr_sizes(jobs: list[Job], pipe: FusionPipeline) -> None:
 
 
 def check_out_dir(out: Path, inputs: list[Path]) -> None:
+    """``--out`` is not an input folder and may be written: new, empty, or an earlier report (its index.html says
+    so) — the shared output guard (:func:`pipeline.core.outputs.check_output_dir`); nothing is created here."""
     for d in inputs:
         if out.resolve() == d.resolve():
             raise ReportError(f"--out {out} is an input folder")
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        index = out / "index.html"
-        if not (index.is_file() and f'content="{GENERATOR}"' in index.read_text(errors="replace")[:2000]):
-            raise ReportError(f"--out {out} is not empty and holds no earlier report: refusing to write into it")
-    existing = out
-    while not existing.exists():  # nothing is created before every check has passed
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ReportError(f"output folder {out} is not writable ({existing} is not a writable folder)")
+
+    def ours(folder: Path) -> bool:
+        index = folder / "index.html"
+        return index.is_file() and f'content="{GENERATOR}"' in index.read_text(errors="replace")[:2000]
+
+    check_output_dir(out, ours=ours, label="--out")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import write_image
+from pipeline.core.outputs import check_output_dir, is_marked, mark_output_dir
 
 DEFAULT_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 _STEREO = {"motorcycle_left": 0, "motorcycle_right": 1}
@@ -52,6 +53,8 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--names", default=",".join(DEFAULT_NAMES), help="comma-separated skimage.data image names")
     args = ap.parse_args(argv)
+    check_output_dir(args.out, ours=is_marked)  # new, empty or made by this script: nothing else is replaced
+    mark_output_dir(args.out, tool="sample_images.py")
     paths = write_samples(args.out, tuple(n.strip() for n in args.names.split(",") if n.strip()))
     print(f"sample_images: wrote {len(paths)} HR photos to {args.out}")
     return 0

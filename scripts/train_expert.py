@@ -72,7 +72,7 @@ from pipeline.training.checkpoint import (
     verify_checksums,
 )
 from pipeline.training.ema import ModelEma
-from pipeline.training.expert_config import ExpertRunConfig, load_expert_run_config
+from pipeline.training.expert_config import ExpertRunConfig, check_expert_run_inputs, load_expert_run_config
 from pipeline.training.loop import (
     RunError,
     ScalarLog,
@@ -694,6 +694,7 @@ def _main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         load=load_expert_run_config,
         run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
+        check=check_expert_run_inputs,
     )
     ok = False
     try:

@@ -317,3 +317,22 @@ def test_every_numeric_config_field_has_a_range():
 
     for schema in (RunConfig, ExpertRunConfig, RefinerConfig, EnsembleSpec):
         assert _unranged_numbers(schema) == [], schema.__name__
+
+
+def test_train_expert_missing_folder_leaves_no_run_folder(tmp_path, capsys):
+    from scripts import train_expert
+
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"architecture": "NAFNetSR", "params": {"width": 8, "num_blocks": 1, "upscale": 4}},
+                "data": {"train_hr": [str(tmp_path / "missing")]},
+                "train": {"runs_dir": str(tmp_path / "runs"), "name": "x", "steps": 2, "warmup_steps": 0},
+            }
+        )
+    )
+    assert run_main(train_expert.main, [str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.train_hr: image folder not found" in err[0] and "missing" in err[0]
+    assert not (tmp_path / "runs").exists()

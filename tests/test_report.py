@@ -329,7 +329,7 @@ def test_bad_inputs_are_refused_before_any_work(report_case, tmp_path, capsys):
     busy.mkdir()
     (busy / "thesis.tex").write_text("x")
     code, err = run(out=busy)
-    assert code == 2 and "not empty" in err and (busy / "thesis.tex").exists()
+    assert code == 2 and "holds files this tool did not write (thesis.tex)" in err and (busy / "thesis.tex").exists()
     code, err = run(out=c["hr"])
     assert code == 2 and "is an input folder" in err
     assert not (tmp_path / "out").exists()  # every refusal came before anything was written

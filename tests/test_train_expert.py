@@ -281,7 +281,7 @@ def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images
 def test_fine_tuning(images, tmp_path):
     missing = tmp_path / "nowhere" / "weights.pth"
     cfg = _config(tmp_path, images, "NAFNetSR", name="ft", model={"init_from": str(missing)})
-    with pytest.raises(RunError, match=f"checkpoint file not found: {missing}"):
+    with pytest.raises(RunError, match=f"model.init_from={missing}: no such file or folder"):
         run_main(train_expert.main, [str(cfg)], debug=True)
     missing_dir = tmp_path / "empty_run"
     missing_dir.mkdir()

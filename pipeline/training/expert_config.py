@@ -27,12 +27,20 @@ import os
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from experts.architectures import architecture_class, check_params
 from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
 
-__all__ = ["ExpertDataConfig", "ExpertModelConfig", "ExpertRunConfig", "ExpertTrainConfig", "load_expert_run_config"]
+__all__ = [
+    "ExpertDataConfig",
+    "ExpertModelConfig",
+    "ExpertRunConfig",
+    "ExpertTrainConfig",
+    "check_expert_run_inputs",
+    "load_expert_run_config",
+]
 
 
 Beta = Annotated[float, Range(ge=0, lt=1)]  # Adam betas, EMA decay
@@ -114,3 +122,15 @@ def load_expert_run_config(path: str | os.PathLike | None, overrides: Sequence[s
         raise ConfigError(f"model.scale must be >= 1, got {m.scale}")
     check_params(architecture_class(m.architecture), m.params)
     return cfg
+
+
+def check_expert_run_inputs(cfg: ExpertRunConfig) -> None:
+    """Every folder and file an expert-training run reads exists — checked before its run directory is made; a
+    problem is a :class:`ConfigError` naming the key and the path."""
+    d = cfg.data
+    for key, folders in (("data.train_hr", d.train_hr), ("data.train_lr", d.train_lr or ()), ("data.val_hr", d.val_hr)):
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise ConfigError(f"{key}: image folder not found: {folder}")
+    if cfg.model.init_from is not None and not Path(cfg.model.init_from).exists():
+        raise ConfigError(f"model.init_from={cfg.model.init_from}: no such file or folder")
