@@ -109,9 +109,11 @@ def test_layout(exported):
     assert f"from models.{PKG} import main" in (code / "README.md").read_text()
 
 
-def test_isolated_main_matches_submit(exported, trained_run, lr_dir, tmp_path):
-    shutil.copytree(exported, tmp_path / "repo")  # the organisers' repository root, with its own `utils`
+def run_isolated(export_dir: Path, lr_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The organisers' call in a copy of ``export_dir`` (their repository root, with its own ``utils``) →
+    ``tmp_path/sr``; asserts it succeeded."""
     repo = tmp_path / "repo"
+    shutil.copytree(export_dir, repo)
     (repo / "utils").mkdir()
     (repo / "utils" / "__init__.py").write_text("ORGANISERS = True\n")
     site = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
@@ -126,6 +128,11 @@ def test_isolated_main_matches_submit(exported, trained_run, lr_dir, tmp_path):
         check=False,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_isolated_main_matches_submit(exported, trained_run, lr_dir, tmp_path):
+    res = run_isolated(exported, lr_dir, tmp_path)
     assert "written: 0901x4.png 0902x4.png" in res.stdout
     assert sorted(p.name for p in (tmp_path / "sr").iterdir() if not p.name.startswith(".")) == [
         "0901x4.png",
@@ -222,22 +229,7 @@ def test_a_training_free_ensemble_exports_and_runs_isolated(tiny_compact_experts
     zoo = out / "model_zoo" / PKG
     assert sorted(p.name for p in zoo.iterdir()) == ["SHA256SUMS", "ensembler.json", "experts", "experts.yaml"]
     assert "training-free ensemble (blend" in (out / "models" / PKG / "README.md").read_text()
-    repo = tmp_path / "repo"
-    shutil.copytree(out, repo)
-    (repo / "utils").mkdir()
-    (repo / "utils" / "__init__.py").write_text("ORGANISERS = True\n")
-    site = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-S", "-s", "-c", ISOLATED, site, str(lr_dir), str(tmp_path / "sr")],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    run_isolated(out, lr_dir, tmp_path)
     assert (
         submit.main(
             [
