@@ -7,7 +7,8 @@ it reads a model or an image:
   there, a folder holding their own files;
 * a path that cannot be written (its folder is missing — for files — or read-only, or a file stands where a folder
   should be) is refused;
-* nothing is created by the check itself: a refused run leaves the disk as it was.
+* the check leaves nothing behind (a writability probe is a temp file deleted at once): a refused run leaves the
+  disk as it was.
 
 :func:`remove_stale_temps` deletes the hidden temporary files that an interrupted atomic write
 (:mod:`pipeline.core.atomic`) leaves behind, so a rerun after ``kill -9`` cleans up after the killed one.

@@ -110,7 +110,7 @@ def is_submission_zip(path: Path) -> bool:
 
 def check_output(out_dir: Path, *, zip_too: bool = False) -> None:
     """The output folder (and ``OUT.zip`` with ``zip_too``) may be written: new, empty, or an earlier submission of
-    this tool; never a folder or zip holding something else. Nothing is created here."""
+    this tool; never a folder or zip holding something else. Nothing is left behind here."""
     try:
         check_output_dir(out_dir, ours=is_submission_dir, label="output folder")
         if zip_too:
