@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,73 +33,12 @@ from tqdm import tqdm
 
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, write_image
-from pipeline.core.metrics import crop_to_match, rgb_to_y
+from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_dir, is_marked, mark_output_dir
-from pipeline.evaluation.compare import block_oracle
+from pipeline.evaluation.baselines import blend_weights, block_oracle, expert_mean, pixel_oracle
 from pipeline.evaluation.scoring import PairingError, check_sizes, pair_images
 
-__all__ = ["BlendStats", "blend_stats", "blend_weights", "block_oracle", "expert_mean", "main", "pixel_oracle"]
-
-
-def expert_mean(srs: torch.Tensor) -> torch.Tensor:
-    """``srs (B,E,3,H,W)`` → ``(B,3,H,W)``."""
-    return srs.mean(dim=1)
-
-
-def pixel_oracle(srs: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per pixel, the expert whose Y is nearest the HR's."""
-    err = (rgb_to_y(srs.flatten(0, 1)).unflatten(0, srs.shape[:2]) - rgb_to_y(hr).unsqueeze(1)).abs()  # (B,E,1,H,W)
-    best = err.argmin(dim=1, keepdim=True)  # (B,1,1,H,W)
-    return torch.gather(srs, 1, best.expand(-1, 1, 3, -1, -1)).squeeze(1)
-
-
-@dataclass(frozen=True)
-class BlendStats:
-    """The normal equations of the least-squares blend of the experts' Y on the HR's Y (float64, 0–255 scale, less
-    the 16 offset: Y − 16 is linear in RGB, so the Y of the RGB blend ``Σ_e w_e·sr_e`` is exactly ``16 + Σ_e
-    w_e·(Y_e − 16)`` whatever the weights sum to). Every fixed blend's fit and pooled PSNR (one MSE over all pixels)
-    follow from them without another pass over the images."""
-
-    xtx: torch.Tensor  # (E,E) Σ (Y_e−16)·(Y_f−16)
-    xty: torch.Tensor  # (E,) Σ (Y_e−16)·(Y_hr−16)
-    yty: float  # Σ (Y_hr−16)²
-    n: int  # pixels
-
-    def solve(self) -> torch.Tensor:
-        """Least-squares weights ``w (E,)`` (any sign, no bias), float64."""
-        return torch.linalg.solve(self.xtx, self.xty)
-
-    def pooled_psnr(self, w: torch.Tensor) -> float:
-        """PSNR-Y (peak 255) of the blend ``w`` over all pixels: MSE = (wᵀXᵀXw − 2wᵀXᵀy + yᵀy) / N."""
-        w = w.double()
-        mse = (float(w @ self.xtx @ w) - 2.0 * float(w @ self.xty) + self.yty) / self.n
-        return 10.0 * math.log10(255.0**2 / max(mse, 1e-20))
-
-
-def blend_stats(pairs_per_image, *, border: int) -> BlendStats:
-    """Accumulate :class:`BlendStats` image by image; ``pairs_per_image`` yields ``(srs (1,E,3,H,W), hr (1,3,H,W))``,
-    ``border`` pixels are cropped at each side (the scoring's crop)."""
-    if border < 0:
-        raise ValueError(f"border must be >= 0, got {border}")
-    xtx = xty = None
-    yty, n = 0.0, 0
-    inner = slice(border, -border or None)  # border 0: the whole image
-    for srs, hr in pairs_per_image:
-        ys = rgb_to_y(srs.flatten(0, 1))[..., inner, inner].reshape(srs.shape[1], -1) - 16.0  # (E,N)
-        yh = rgb_to_y(hr)[..., inner, inner].reshape(-1) - 16.0  # (N,)
-        xtx = ys @ ys.T if xtx is None else xtx + ys @ ys.T
-        xty = ys @ yh if xty is None else xty + ys @ yh
-        yty += float(yh @ yh)
-        n += yh.numel()
-    if xtx is None:
-        raise ValueError("no images to fit a blend on")
-    return BlendStats(xtx=xtx, xty=xty, yty=yty, n=n)
-
-
-def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
-    """Least-squares ``w (E,)`` minimising Σ (Σ_e w_e·Y_e − Y_hr)² over every image's border-cropped pixels (border =
-    ``scale``, as NTIRE's); ``pairs_per_image`` as for :func:`blend_stats`."""
-    return blend_stats(pairs_per_image, border=scale).solve().float()
+__all__ = ["main"]
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from cache.reader import CacheError, CacheReader
 from pipeline.core.cli import run_cli
-from scripts.expert_baselines import blend_stats
+from pipeline.evaluation.baselines import blend_stats
 
 
 def gate_prior(w: torch.Tensor, *, floor: float) -> list[float]:

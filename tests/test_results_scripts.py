@@ -13,6 +13,7 @@ import torch
 
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import psnr_y, rgb_to_y
+from pipeline.evaluation import baselines
 from pipeline.evaluation.scoring import pair_images, score_fidelity
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from scripts import expert_baselines, results_table
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_oracle_picks_the_expert_nearest_in_y_per_pixel():
     hr = torch.rand(1, 3, 8, 8)
     srs = (hr.unsqueeze(1) + 0.1 * torch.randn(1, 3, 3, 8, 8)).clamp(0, 1)  # (B,E,3,H,W)
-    oracle = expert_baselines.pixel_oracle(srs, hr)
+    oracle = baselines.pixel_oracle(srs, hr)
     err = (rgb_to_y(srs[0]) - rgb_to_y(hr)).abs()  # (E,1,H,W)
     best = err.argmin(dim=0)[0]  # (H,W)
     for y in range(8):
@@ -32,23 +33,23 @@ def test_oracle_picks_the_expert_nearest_in_y_per_pixel():
     # no expert beats the oracle on PSNR-Y, the mean is the mean
     for e in range(3):
         assert psnr_y(oracle, hr, crop_border=0) >= psnr_y(srs[:, e], hr, crop_border=0)
-    assert torch.allclose(expert_baselines.expert_mean(srs), srs.mean(dim=1))
+    assert torch.allclose(baselines.expert_mean(srs), srs.mean(dim=1))
 
 
 def test_block_oracle_picks_per_tile_and_sits_between_pixel_oracle_and_best_expert():
     g = torch.Generator().manual_seed(1)
     hr = torch.rand(1, 3, 10, 13, generator=g)  # sides not multiples of the block: partial last tiles
     srs = (hr.unsqueeze(1) + 0.1 * torch.randn(1, 3, 3, 10, 13, generator=g)).clamp(0, 1)
-    out = expert_baselines.block_oracle(srs, hr, 4)
+    out = baselines.block_oracle(srs, hr, 4)
     err = (rgb_to_y(srs[0]) - rgb_to_y(hr)).square()[:, 0]  # (E,H,W)
     for ty in range(0, 10, 4):
         for tx in range(0, 13, 4):
             best = err[:, ty : ty + 4, tx : tx + 4].mean(dim=(1, 2)).argmin()
             assert torch.equal(out[0, :, ty : ty + 4, tx : tx + 4], srs[0, best, :, ty : ty + 4, tx : tx + 4]), (ty, tx)
     p_block = psnr_y(out, hr, crop_border=0)
-    assert psnr_y(expert_baselines.pixel_oracle(srs, hr), hr, crop_border=0) > p_block
+    assert psnr_y(baselines.pixel_oracle(srs, hr), hr, crop_border=0) > p_block
     assert p_block > max(psnr_y(srs[:, e], hr, crop_border=0) for e in range(3))
-    assert torch.equal(expert_baselines.block_oracle(srs, hr, 1), expert_baselines.pixel_oracle(srs, hr))
+    assert torch.equal(baselines.block_oracle(srs, hr, 1), baselines.pixel_oracle(srs, hr))
 
 
 def test_blend_weights_recover_a_linear_combination():
@@ -58,7 +59,7 @@ def test_blend_weights_recover_a_linear_combination():
         srs = torch.rand(1, 3, 3, 20, 20, generator=g)
         hr = 0.7 * srs[:, 0] + 0.5 * srs[:, 1] - 0.2 * srs[:, 2]  # Y is affine: the offset is absorbed (0.7+0.5-0.2=1)
         data.append((srs, hr))
-    w = expert_baselines.blend_weights(data, scale=4)
+    w = baselines.blend_weights(data, scale=4)
     torch.testing.assert_close(w, torch.tensor([0.7, 0.5, -0.2]), atol=1e-4, rtol=0)
 
 
@@ -116,7 +117,7 @@ def test_table_without_scores_is_an_error(tmp_path, capsys):
 def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
     g = torch.Generator().manual_seed(3)
     data = [(torch.rand(1, 2, 3, 16, 12, generator=g), torch.rand(1, 3, 16, 12, generator=g)) for _ in range(2)]
-    stats = expert_baselines.blend_stats(data, border=2)
+    stats = baselines.blend_stats(data, border=2)
     for w in (torch.tensor([1.0, 0.0]), torch.tensor([0.3, 0.9])):  # any weights, summing to 1 or not
         err = torch.cat(
             [
@@ -126,7 +127,7 @@ def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
         )
         assert stats.pooled_psnr(w) == pytest.approx(10 * math.log10(255**2 / err.square().mean().item()), abs=1e-6)
     assert stats.pooled_psnr(stats.solve()) >= max(stats.pooled_psnr(w) for w in torch.eye(2))
-    whole = expert_baselines.blend_stats(data, border=0)  # no crop: every pixel
+    whole = baselines.blend_stats(data, border=0)  # no crop: every pixel
     assert whole.n == 2 * 16 * 12 and stats.n == 2 * 12 * 8
 
 

@@ -27,7 +27,8 @@ import torch
 from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
-from pipeline.core.metrics import psnr_y, rgb_to_y, ssim_y
+from pipeline.core.metrics import psnr_y, ssim_y
+from pipeline.evaluation.baselines import block_oracle
 from pipeline.inference.ensemblers import Ensembler, apply
 
 __all__ = [
@@ -46,17 +47,6 @@ REGIMES = ("none", "x8")
 
 class CompareError(ToolkitError, RuntimeError):
     """The stored outputs belong to other experts or another fusion, or the inputs do not pair."""
-
-
-def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tensor:
-    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per ``block``×``block`` tile (the last row/column of
-    tiles may be smaller), the expert with the lowest mean squared Y error over the tile."""
-    b, e, _, h, w = srs.shape
-    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
-    tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
-    best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
-    best = best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]  # (B,H,W)
-    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ __all__ = [
     "METHODS",
     "Ensembler",
     "EnsemblerError",
+    "BlendStats",
     "apply",
+    "blend_stats",
     "fit",
     "fit_on_cache",
     "load",
@@ -321,22 +323,65 @@ def _checked(
         yield srs[..., inner, inner], hr[..., inner, inner]
 
 
-def _fit_blend(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Least-squares ``w (E,)`` of ``Y_hr − 16`` on the experts' ``Y_e − 16`` (0–255), normal equations in float64."""
+@dataclass(frozen=True)
+class BlendStats:
+    """The normal equations of the least-squares blend of the experts' Y on the HR's Y (float64, 0–255 scale, less
+    the 16 offset: Y − 16 is linear in RGB, so the Y of the RGB blend ``Σ_e w_e·sr_e`` is exactly ``16 + Σ_e
+    w_e·(Y_e − 16)`` whatever the weights sum to). Every fixed blend's fit and pooled PSNR (one MSE over all pixels)
+    follow from them without another pass over the images."""
+
+    xtx: torch.Tensor  # (E,E) Σ (Y_e−16)·(Y_f−16)
+    xty: torch.Tensor  # (E,) Σ (Y_e−16)·(Y_hr−16)
+    yty: float  # Σ (Y_hr−16)²
+    n: int  # pixels
+
+    def solve(self) -> torch.Tensor:
+        """Least-squares weights ``w (E,)`` (any sign, no bias), float64."""
+        return torch.linalg.solve(self.xtx, self.xty)
+
+    def pooled_psnr(self, w: torch.Tensor) -> float:
+        """PSNR-Y (peak 255) of the blend ``w`` over all pixels: MSE = (wᵀXᵀXw − 2wᵀXᵀy + yᵀy) / N."""
+        w = w.double()
+        mse = (float(w @ self.xtx @ w) - 2.0 * float(w @ self.xty) + self.yty) / self.n
+        return 10.0 * math.log10(255.0**2 / max(mse, 1e-20))
+
+
+def blend_stats(pairs_per_image, *, border: int) -> BlendStats:
+    """Accumulate :class:`BlendStats` image by image; ``pairs_per_image`` yields ``(srs (B,E,3,H,W), hr (B,3,H,W))``,
+    ``border`` pixels are cropped at each side (the scoring's crop)."""
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}")
     xtx = xty = None
-    n = 0
-    for srs, hr in pairs:
+    yty, n = 0.0, 0
+    inner = slice(border, -border or None)  # border 0: the whole image
+    for srs, hr in pairs_per_image:
         b, e = srs.shape[:2]
-        ys = (rgb_to_y(srs.flatten(0, 1)) - 16.0).view(b, e, -1).transpose(0, 1).reshape(e, -1)  # (E,N) float64
-        yh = (rgb_to_y(hr) - 16.0).reshape(-1)  # (N,)
-        xtx = ys @ ys.T if xtx is None else xtx + ys @ ys.T  # (E,E)
-        xty = ys @ yh if xty is None else xty + ys @ yh  # (E,)
+        ys = rgb_to_y(srs.flatten(0, 1))[..., inner, inner].reshape(b, e, -1).transpose(0, 1).reshape(e, -1) - 16.0
+        yh = rgb_to_y(hr)[..., inner, inner].reshape(-1) - 16.0  # (N,), images in the order of ys' columns
+        xtx = ys @ ys.T if xtx is None else xtx + ys @ ys.T
+        xty = ys @ yh if xty is None else xty + ys @ yh
+        yty += float(yh @ yh)
         n += yh.numel()
-    if xtx is None or n == 0:
+    if xtx is None:
+        raise ValueError("no images to fit a blend on")
+    return BlendStats(xtx=xtx, xty=xty, yty=yty, n=n)
+
+
+def _fit_blend(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Least-squares ``w (E,)`` of ``Y_hr − 16`` on the experts' ``Y_e − 16`` (0–255): :class:`BlendStats` of the
+    (already border-cropped) pairs, solved by SVD least squares — the exact solution of a regular system, the
+    minimum-norm one of a singular system (e.g. two identical experts)."""
+    try:
+        stats = blend_stats(pairs, border=0)
+    except EnsemblerError:
+        raise
+    except ValueError:  # blend_stats: no images at all
+        raise EnsemblerError("no pixels to fit a blend on (no samples, or every image within the border)") from None
+    if stats.n == 0:
         raise EnsemblerError("no pixels to fit a blend on (no samples, or every image within the border)")
-    # SVD-based least squares: the exact solution of a regular system, the minimum-norm one of a singular system
-    # (e.g. two identical experts)
-    return torch.linalg.lstsq(xtx.cpu(), xty.cpu().unsqueeze(1), rcond=1e-12, driver="gelsd").solution.squeeze(1)
+    return torch.linalg.lstsq(
+        stats.xtx.cpu(), stats.xty.cpu().unsqueeze(1), rcond=1e-12, driver="gelsd"
+    ).solution.squeeze(1)
 
 
 def _fit_ensir(

@@ -1,0 +1,41 @@
+"""The reference points every fusion is measured against, made from the experts' SR images (``srs (B,E,3,H,W)``):
+the plain mean, the per-pixel and per-block oracles (chosen with the HR in hand: ceilings, not methods) and the
+least-squares blend fitted on a set (:class:`pipeline.inference.ensemblers.BlendStats`)."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.core.metrics import rgb_to_y
+from pipeline.inference.ensemblers import BlendStats, blend_stats
+
+__all__ = ["BlendStats", "blend_stats", "blend_weights", "block_oracle", "expert_mean", "pixel_oracle"]
+
+
+def expert_mean(srs: torch.Tensor) -> torch.Tensor:
+    """``srs (B,E,3,H,W)`` → ``(B,3,H,W)``."""
+    return srs.mean(dim=1)
+
+
+def pixel_oracle(srs: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per pixel, the expert whose Y is nearest the HR's."""
+    err = (rgb_to_y(srs.flatten(0, 1)).unflatten(0, srs.shape[:2]) - rgb_to_y(hr).unsqueeze(1)).abs()  # (B,E,1,H,W)
+    best = err.argmin(dim=1, keepdim=True)  # (B,1,1,H,W)
+    return torch.gather(srs, 1, best.expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
+def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tensor:
+    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per ``block``×``block`` tile (the last row/column of
+    tiles may be smaller), the expert with the lowest mean squared Y error over the tile."""
+    b, e, _, h, w = srs.shape
+    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
+    tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
+    best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
+    best = best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]  # (B,H,W)
+    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
+def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
+    """Least-squares ``w (E,)`` minimising Σ (Σ_e w_e·Y_e − Y_hr)² over every image's border-cropped pixels (border =
+    ``scale``, as NTIRE's); ``pairs_per_image`` as for :func:`blend_stats`."""
+    return blend_stats(pairs_per_image, border=scale).solve().float()
