@@ -101,12 +101,8 @@ def _main(argv: list[str] | None = None) -> int:
         },
     )
 
-    def hr_and_lr(hr_path: Path, lr_path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-        hr = read_image(hr_path)
-        if lr_path is None:
-            return make_lr(hr, scale)
-        lr = read_image(lr_path)
-        return crop_to_match(hr, torch.empty(1, 3, scale * lr.shape[-2], scale * lr.shape[-1]), scale=scale), lr
+    def lr_of(hr_path: Path, lr_path: Path | None) -> torch.Tensor:
+        return read_image(lr_path) if lr_path is not None else make_lr(read_image(hr_path), scale)[1]
 
     todo = [(n, h, lp) for n, h, lp in pairs if not store.has(n)]
     print(
@@ -114,13 +110,12 @@ def _main(argv: list[str] | None = None) -> int:
         f", fusion {args.fusion or '-'}, peers {[p.method for p in peers]}"
     )
     for name, hr_path, lr_path in tqdm(todo, desc="experts x8", unit="img"):
-        _, lr = hr_and_lr(hr_path, lr_path)
-        store.put(name, expert_outputs(ensemble, lr.to(args.device), fuse=fuse))
+        store.put(name, expert_outputs(ensemble, lr_of(hr_path, lr_path).to(args.device), fuse=fuse))
 
     def items():
-        for name, hr_path, lr_path in tqdm(pairs, desc="score", unit="img"):
-            hr, _ = hr_and_lr(hr_path, lr_path)
-            yield store.get(name), hr[0]
+        for name, hr_path, _ in tqdm(pairs, desc="score", unit="img"):
+            out = store.get(name)
+            yield out, crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
 
     rows = score_rows(items(), expert_names=ensemble.names, ensemblers=peers, with_fusion=fuse is not None, scale=scale)
     summary = summarise(rows)
