@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 import torch
 from spandrel import ImageModelDescriptor
-from spandrel.__helpers.size_req import pad_tensor
 from torch import nn
 
 from experts.loading import EXPERT_REGISTRY, ExpertLoadError, jsonable, load_descriptor
+from experts.padding import pad_to_requirements
 from pipeline.core.config import ConfigError
 
 __all__ = ["architecture_class", "build_architecture", "check_params", "count_parameters", "loader_round_trip"]
@@ -220,7 +220,7 @@ def loader_round_trip(
     reqs = desc.size_requirements
     side = max(reqs.minimum, 16)
     side += -side % max(reqs.multiple_of, 1)
-    _, x = pad_tensor(torch.rand(1, desc.input_channels, side, side, generator=gen), reqs)  # (1,C,side,side)
+    x = pad_to_requirements(torch.rand(1, desc.input_channels, side, side, generator=gen), reqs)  # (1,C,side,side)
     with torch.no_grad():
         mine, theirs = probe(x), desc.model.eval()(x)
     detected = jsonable(desc.model.hyperparameters)

@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 import torch
 from spandrel import ImageModelDescriptor
-from spandrel.__helpers.size_req import pad_tensor
 
 from experts.devices import precision_dtype, resolve_device
 from experts.hooks import FeatureHooks, HookError, default_hook_layers
 from experts.loading import ExpertLoadError, jsonable, load_descriptor, read_state_dict, sha256_file
+from experts.padding import pad_to_requirements
 from experts.spec import ExpertSpec, resolve_checkpoint
 from experts.tiling import tiled_forward
 
@@ -201,7 +201,7 @@ class Expert:
     def _hooked_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Pad ``x`` to the size requirements, run the model with hooks → (raw output, raw hooked features)."""
         h_in, w_in = x.shape[-2:]
-        _, xp = pad_tensor(x, self.size_requirements)  # reflect at bottom/right, as spandrel's descriptor call
+        xp = pad_to_requirements(x, self.size_requirements)  # reflect at bottom/right, as spandrel's descriptor call
         with FeatureHooks(self.model, layers=self.hook_layers) as hooks:
             out = self.model(xp.to(self.dtype))
             feats = hooks.collect()

@@ -24,9 +24,9 @@ import torch
 from experts.architectures import count_parameters
 from pipeline.core.cli import run_cli
 from pipeline.training.ema import ModelEma
-from pipeline.training.expert_config import load_expert_run_config
+from pipeline.training.expert.config import load_expert_run_config
+from pipeline.training.expert.trainer import build_dataset, build_loader, build_model, train_step
 from pipeline.training.losses import charbonnier_loss, l1_loss
-from scripts.train_expert import build_dataset, build_loader, build_model, train_step
 
 
 class Bench:
@@ -51,9 +51,8 @@ class Bench:
         t0 = time.perf_counter()
         batch = next(self.loader)
         t1 = time.perf_counter()
-        train_step(
+        _, ok = train_step(
             self.model,
-            self.ema,
             self.optimizer,
             self.loss_fn,
             batch,
@@ -61,6 +60,8 @@ class Bench:
             grad_clip=self.cfg.train.grad_clip,
             use_bf16=False,
         )
+        if ok:
+            self.ema.update(self.model)  # as the training loop does after a taken step
         t2 = time.perf_counter()
         if timed:
             self.data_s.append(t1 - t0)

@@ -51,7 +51,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     cache = args.cache
     if cache is None:
-        from scripts import extract_features
+        from cache.extract import extract
 
         cache = Path("/tmp/bench_training/cache.h5")
         if not cache.exists():
@@ -60,7 +60,7 @@ def _main(argv: list[str] | None = None) -> int:
             sub.mkdir(parents=True, exist_ok=True)
             for f in files:
                 (sub / f.name).write_bytes(f.read_bytes())
-            extract_features.main(["--experts", str(args.experts), "--hr", str(sub), "--out", str(cache)])
+            extract(experts=args.experts, hr_dirs=[sub], out=cache)
 
     ens = ExpertEnsemble.from_yaml(args.experts, grad_mode="no_grad")
     ds = CachedSRDataset(cache, patch=args.patch, seed=0)

@@ -33,10 +33,9 @@ from pathlib import Path
 
 import torch
 
-import train as train_mod  # the repo-root training script (an installed module: pyproject's py-modules)
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import run_cli, run_program
 from pipeline.core.errors import ToolkitError
-from scripts import evaluate, extract_features, make_lr, report, sample_images, submit
+from pipeline.core.sample_photos import write_samples
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_EXPERTS = REPO / "configs" / "experts" / "zoo_small.yaml"
@@ -70,26 +69,15 @@ def prepare_out(out: Path) -> None:
 
 def write_photos(out: Path, names: tuple[str, ...], max_side: int) -> Path:
     """Bundled photos → ``out`` as PNG, centre-cropped to at most ``max_side`` px a side (``0``: whole photos)."""
-    sample_images.write_samples(out, names)
-    if max_side:
-        from pipeline.core.imageio import read_image, write_image
-
-        for p in sorted(out.glob("*.png")):
-            img = read_image(p)  # (1,3,H,W)
-            h, w = img.shape[-2:]
-            th, tw = min(h, max_side), min(w, max_side)
-            top, left = (h - th) // 2, (w - tw) // 2
-            write_image(p, img[..., top : top + th, left : left + tw])
+    write_samples(out, names, max_side=max_side)
     return out
 
 
-def call(stage: str, main, argv: list[str]) -> None:
-    """Run one script's ``main(argv)``; a non-zero exit stops the quickstart naming the stage."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse / explicit SystemExit("message")
-        code = exc.code
-    if code not in (0, None):
+def call(stage: str, program: str, argv: list[str]) -> None:
+    """Run one of the toolkit's commands (``program``: its file, relative to the repository) in this process, as
+    ``python program argv`` would; a non-zero exit stops the quickstart naming the stage."""
+    code = run_program(REPO / program, argv)
+    if code != 0:
         raise QuickstartError(f"stage '{stage}' failed ({code}); its command: {' '.join(argv)}")
 
 
@@ -128,8 +116,11 @@ def run(args: argparse.Namespace) -> dict:
             raise QuickstartError(f"{flag} {p} does not exist")
     bundled = experts == BUNDLED_EXPERTS.resolve()
     init = args.init if args.init is not None else (BUNDLED_FUSION if bundled else None)
-    if init == BUNDLED_FUSION and not (init / "model.safetensors").is_file():
-        raise QuickstartError(f"the bundled fusion is missing: {init / 'model.safetensors'} (a clean checkout has it)")
+    if init is not None and not (init / "model.safetensors").is_file():
+        what = "the bundled fusion is missing" if init == BUNDLED_FUSION else "--init holds no fusion checkpoint"
+        raise QuickstartError(
+            f"{what}: {init / 'model.safetensors'}" + (" (a clean checkout has it)" if init == BUNDLED_FUSION else "")
+        )
     prepare_out(out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     n_stages = 7
@@ -153,7 +144,11 @@ def run(args: argparse.Namespace) -> dict:
     hr_dir = out / "data" / "test_hr_x4"  # HR cropped to a multiple of 4: exactly what the LR was made from
     if args.lr is None:
         lr_dir = out / "data" / "test_lr"
-        call("lr", make_lr.main, ["--hr", str(hr_src), "--out", str(lr_dir), "--hr-out", str(hr_dir), "--scale", "4"])
+        call(
+            "lr",
+            "scripts/make_lr.py",
+            ["--hr", str(hr_src), "--out", str(lr_dir), "--hr-out", str(hr_dir), "--scale", "4"],
+        )
     else:
         lr_dir, hr_dir = args.lr, hr_src
 
@@ -166,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     cache = out / "cache" / "train.h5"
     call(
         "cache",
-        extract_features.main,
+        "scripts/extract_features.py",
         [
             "--experts",
             str(experts),
@@ -198,14 +193,14 @@ def run(args: argparse.Namespace) -> dict:
         f"train.device={device}",
     ]
     overrides.append(f"train.init_from={init}" if init is not None else "train.lr=5e-4")
-    call("finetune", train_mod.main, [str(FINETUNE_CONFIG), *overrides])
+    call("finetune", "train.py", [str(FINETUNE_CONFIG), *overrides])
     run_dir = out / "runs" / "finetune"
 
     stage(5, "submit", "challenge submission (PNG per LR input + readme.txt + zip)")
     sub = out / "submission"
     call(
         "submit",
-        submit.main,
+        "scripts/submit.py",
         [
             "--run",
             str(run_dir),
@@ -223,12 +218,16 @@ def run(args: argparse.Namespace) -> dict:
 
     stage(6, "evaluate", "NTIRE scoring (PSNR/SSIM, BT.601 Y channel, border 4)")
     scores_json = out / "scores.json"
-    call("evaluate", evaluate.main, ["--sr", str(sub), "--hr", str(hr_dir), "--scale", "4", "--json", str(scores_json)])
+    call(
+        "evaluate",
+        "scripts/evaluate.py",
+        ["--sr", str(sub), "--hr", str(hr_dir), "--scale", "4", "--json", str(scores_json)],
+    )
 
     stage(7, "report", "HTML report")
     call(
         "report",
-        report.main,
+        "scripts/report.py",
         [
             "--run",
             str(run_dir),

@@ -42,9 +42,9 @@ expert() {  # zoo_name: its stages in configs/experts/zoo_recipe.yaml (each fine
   if [ -f "experts/zoo/$name/model.safetensors" ]; then
     echo "reproduce_zoo: experts/zoo/$name exists (delete it to retrain)"; return 0
   fi
-  stages=$("$PY" -m pipeline.training.zoo_recipe configs/experts/zoo_recipe.yaml "$name")  # "run<TAB>config overrides..."
+  stages=$("$PY" -m pipeline.training.expert.recipe configs/experts/zoo_recipe.yaml "$name")  # "run<TAB>config overrides..."
   while IFS=$'\t' read -r run args; do
-    # shellcheck disable=SC2086  # config + overrides: words without spaces (checked by pipeline/training/zoo_recipe.py)
+    # shellcheck disable=SC2086  # config + overrides: words without spaces (checked by pipeline/training/expert/recipe.py)
     stage "$run" $args
     last=$run
   done <<< "$stages"
@@ -53,7 +53,7 @@ expert() {  # zoo_name: its stages in configs/experts/zoo_recipe.yaml (each fine
 
 if [ "$STAGE" = all ] || [ "$STAGE" = experts ]; then  # side by side, one thread each; any failure stops the script
   pids=()
-  for name in $("$PY" -m pipeline.training.zoo_recipe configs/experts/zoo_recipe.yaml); do
+  for name in $("$PY" -m pipeline.training.expert.recipe configs/experts/zoo_recipe.yaml); do
     expert "$name" & pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
@@ -63,7 +63,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.training.zoo_recipe import load_zoo_recipe
+from pipeline.training.expert.recipe import load_zoo_recipe
 
 path = Path("configs/experts/zoo_small.yaml")
 text = path.read_text()

@@ -23,6 +23,25 @@ SHARED_DIR = Path(os.environ.get("SR_SHARED_DIR", REPO_ROOT.parent / "shared"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+class Program:
+    """One of the repository's command-line programs (``scripts/NAME.py`` or ``train.py``), run in this process
+    exactly as ``python FILE ARGV`` would run it (:func:`pipeline.core.cli.run_program`): tests exercise the real
+    command lines without importing a script as a module."""
+
+    def __init__(self, relative: str) -> None:
+        self.path = REPO_ROOT / relative
+
+    def main(self, argv: list[str] | None = None) -> int:
+        from pipeline.core.cli import run_program
+
+        return run_program(self.path, list(argv or []))
+
+
+def program(name: str) -> Program:
+    """``program("submit")`` → scripts/submit.py; ``program("train")`` → train.py."""
+    return Program("train.py" if name == "train" else f"scripts/{name}.py")
+
+
 def require_shared(*relative: str) -> Path:
     """Return ../shared (checking that each ``relative`` path exists in it); skip or fail as the policy says."""
     missing = [r for r in relative if not (SHARED_DIR / r).exists()]
@@ -106,8 +125,8 @@ def trained_run(tiny_compact_experts, tmp_path_factory) -> Path:
     after every step (so metrics.csv holds train/* and val/* rows). Returns ``runs/r`` (ckpt/best, metrics.csv)."""
     import yaml
 
-    import train as train_mod
-    from scripts import extract_features
+    train_mod = program("train")
+    extract_features = program("extract_features")
 
     root = tmp_path_factory.mktemp("trained_run")
     threads = torch.get_num_threads()

@@ -23,9 +23,9 @@ from experts.spec import load_ensemble_spec
 from experts.zoo import read_expert_config
 from pipeline.core.config import ConfigError, config_to_dict
 from pipeline.model.io import read_extra
-from pipeline.training.expert_config import load_expert_run_config
-from pipeline.training.zoo_recipe import load_zoo_recipe, stages
-from scripts.train_expert import evaluate, load_val_sets
+from pipeline.training.expert.config import load_expert_run_config
+from pipeline.training.expert.recipe import load_zoo_recipe, stages
+from pipeline.training.expert.validation import evaluate, load_val_sets
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "experts" / "zoo_recipe.yaml"

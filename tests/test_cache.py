@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import program
 from torch.utils.data import DataLoader
 
 from cache.dataset import CachedSRDataset
@@ -247,7 +248,7 @@ def tiny_setup(tmp_path_factory):
 
 def _extract(args) -> int:
     """extract_features in this process (fast); subprocesses only where a real kill or torchrun is needed."""
-    from scripts import extract_features
+    extract_features = program("extract_features")
 
     threads = torch.get_num_threads()
     try:  # one thread everywhere: results are then bit-identical to the subprocess runs
@@ -354,7 +355,7 @@ def test_extract_bad_inputs_refused_before_work_or_skipped(tiny_setup, tmp_path,
 
 
 def test_extract_lr_only_and_lr_hr_pairs(tiny_setup, tmp_path):
-    from scripts import make_lr
+    make_lr = program("make_lr")
 
     root = tiny_setup
     hr_sub = tmp_path / "hr"

@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_main
+from conftest import program, run_main
 
-import train as train_mod
 from experts import run as experts_run
 from pipeline.core.imageio import write_image
 from pipeline.model.io import resolve_checkpoint
-from scripts import evaluate, extract_features, make_lr, submit
+
+train_mod = program("train")
+evaluate = program("evaluate")
+extract_features = program("extract_features")
+make_lr = program("make_lr")
+submit = program("submit")
 
 UNREADABLE = ("empty.png", "trunc.png", "text.png")  # zero-byte, truncated PNG, text saved as .png
 
@@ -313,14 +317,14 @@ def test_every_numeric_config_field_has_a_range():
     from experts.spec import EnsembleSpec
     from pipeline.refiner.config import RefinerConfig
     from pipeline.training.config import RunConfig
-    from pipeline.training.expert_config import ExpertRunConfig
+    from pipeline.training.expert.config import ExpertRunConfig
 
     for schema in (RunConfig, ExpertRunConfig, RefinerConfig, EnsembleSpec):
         assert _unranged_numbers(schema) == [], schema.__name__
 
 
 def test_train_expert_missing_folder_leaves_no_run_folder(tmp_path, capsys):
-    from scripts import train_expert
+    train_expert = program("train_expert")
 
     cfg = tmp_path / "e.yaml"
     cfg.write_text(

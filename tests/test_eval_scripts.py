@@ -7,10 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import program
 
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.resize import bicubic_upscale
-from scripts import evaluate, make_lr
+
+evaluate = program("evaluate")
+make_lr = program("make_lr")
 
 
 def _img(h: int, w: int, seed: int) -> torch.Tensor:

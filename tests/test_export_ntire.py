@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import program
 
 from pipeline.core.imageio import read_image, write_image
+from pipeline.inference.ntire_export import relative_imports
 from pipeline.inference.submission import run_model_dir
 from pipeline.model.io import ChecksumError
-from scripts import export_ntire, submit
+
+export_ntire = program("export_ntire")
+submit = program("submit")
 
 PKG = "team17_Name"
 
@@ -74,11 +78,11 @@ def test_imports_become_relative_to_the_vendor_root():
         '"""Usage:\n\n    from pipeline.x import y\n"""\nfrom pipeline import freq\nfrom experts.spec import (\n'
         "    A,\n)\nimport torch\n\n\ndef f():\n    from cache.dataset import augment\n    return augment\n"
     )
-    out = export_ntire.relative_imports(src, "pipeline.model.blocks.edge", is_package=False)
+    out = relative_imports(src, "pipeline.model.blocks.edge", is_package=False)
     assert "\nfrom ....pipeline import freq\nfrom ....experts.spec import (\n" in out  # 4 levels deep: 4 dots
     assert "\n    from ....cache.dataset import augment\n" in out and "\nimport torch\n" in out
     assert "\n    from pipeline.x import y\n" in out  # the docstring is left as it is
-    assert "from ..pipeline import freq" in export_ntire.relative_imports(src, "pipeline", is_package=True)
+    assert "from ..pipeline import freq" in relative_imports(src, "pipeline", is_package=True)
 
 
 def test_layout(exported):

@@ -1,6 +1,7 @@
 """Imports run one way (pipeline/README.md): pipeline.core → experts → cache → pipeline.model →
-{training, inference, refiner} → {evaluation, report} → train.py, scripts/. A module imports only from layers to its
-left (and from its own group); nothing outside scripts/ imports scripts; no module edits sys.path.
+{training, inference, refiner} → evaluation → report → train.py, scripts/. A module imports only from layers to its
+left (and from its own group); no module edits sys.path. Programs (train.py, scripts/*.py) are never imported — not by
+the library, not by each other, not by the tests (tests run them with conftest's ``program``); scripts/ is no package.
 
 Every product module must sit in a layer's subpackage (``GROUPS``), so a new module cannot slip past the rule."""
 
@@ -22,8 +23,8 @@ GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "inference": (4, ("pipeline.inference",)),
     "refiner": (4, ("pipeline.refiner",)),
     "evaluation": (5, ("pipeline.evaluation",)),
-    "report": (5, ("pipeline.report",)),
-    "cli": (6, ("train", "scripts")),
+    "report": (6, ("pipeline.report",)),  # the report pairs and scores images as evaluation does
+    "cli": (7, ("train", "scripts")),
 }
 
 
@@ -69,8 +70,12 @@ def imports_of(path: Path, module: str) -> list[tuple[int, str]]:
     return out
 
 
-def violations() -> list[str]:
-    mods = product_modules()
+def _rel(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def violations(mods: dict[str, Path] | None = None) -> list[str]:
+    mods = product_modules() if mods is None else mods
     found = []
     for module, path in sorted(mods.items()):
         if module == "pipeline":  # the namespace's empty __init__.py
@@ -85,24 +90,49 @@ def violations() -> list[str]:
             isinstance(n, ast.Attribute) and n.attr == "path" and isinstance(n.value, ast.Name) and n.value.id == "sys"
             for n in ast.walk(tree)
         ):
-            found.append(f"{path.relative_to(REPO)}: edits sys.path")
+            found.append(f"{_rel(path)}: edits sys.path")
         for line, name in imports_of(path, module):
             top = name.split(".")[0]
             if top not in (*PACKAGES, "train"):
+                continue
+            if top == "scripts" or name == "train":
+                found.append(f"{_rel(path)}:{line}: imports the program {name} (programs are not modules)")
                 continue
             if name not in mods and not any(m.startswith(name + ".") for m in mods):
                 continue  # `from pipeline.x import y` also yields the name pipeline.x.y of a non-module
             h = group_of(name)
             if h is None or h == g:
                 continue
-            if top == "scripts" and g != "cli":
-                found.append(f"{path.relative_to(REPO)}:{line}: imports {name} (scripts are not a library)")
-            elif GROUPS[h][0] >= layer:
-                found.append(
-                    f"{path.relative_to(REPO)}:{line}: {g} (layer {layer}) imports {name} ({h}, layer {GROUPS[h][0]})"
-                )
+            if GROUPS[h][0] >= layer:
+                found.append(f"{_rel(path)}:{line}: {g} (layer {layer}) imports {name} ({h}, layer {GROUPS[h][0]})")
     return found
 
 
 def test_imports_run_one_way():
     assert violations() == []
+
+
+def test_programs_are_not_imported_by_tests_and_scripts_is_no_package():
+    assert not (REPO / "scripts" / "__init__.py").exists()
+    found = []
+    for f in sorted((REPO / "tests").glob("*.py")):
+        for line, name in imports_of(f, f"tests.{f.stem}"):
+            if name.split(".")[0] == "scripts" or name == "train":
+                found.append(f"{f.relative_to(REPO)}:{line}: imports the program {name}")
+    assert found == []
+
+
+def test_the_rule_catches_what_it_forbids(tmp_path):
+    """The checks above can fail: an upward import, a program import and a sys.path edit are each reported."""
+    bad = tmp_path / "pipeline" / "core" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("import sys\nsys.path.insert(0, '.')\nfrom pipeline.inference.pipeline import load_pipeline\n")
+    prog = tmp_path / "scripts" / "bad_cli.py"
+    prog.parent.mkdir()
+    prog.write_text("import train\nfrom scripts import submit\n")
+    mods = {**product_modules(), "pipeline.core.bad": bad, "scripts.bad_cli": prog}
+    found = [v.replace(str(tmp_path), "TMP") for v in violations(mods) if "bad" in v]
+    assert any("edits sys.path" in v for v in found), found
+    assert any("core (layer 0) imports pipeline.inference.pipeline" in v for v in found), found
+    assert any("imports the program train" in v for v in found), found
+    assert any("imports the program scripts.submit" in v for v in found), found

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import run_main
+from conftest import program, run_main
 
 from experts import run as experts_run
 from experts.ensemble import ExpertEnsemble
@@ -15,7 +15,9 @@ from pipeline.core.imageio import quantize_8bit, read_image, write_image
 from pipeline.core.metrics import psnr_y
 from pipeline.inference.ensemblers import fit, save
 from pipeline.inference.pipeline import ensemble_super_resolve, load_pipeline, super_resolve
-from scripts import compare_ensembles, submit
+
+compare_ensembles = program("compare_ensembles")
+submit = program("submit")
 
 
 def _lr_dir(tmp_path, n: int = 2):
@@ -176,7 +178,8 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
 def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp_path, capsys):
     from cache.reader import CacheReader
     from pipeline.core.resize import make_lr
-    from scripts import extract_features
+
+    extract_features = program("extract_features")
 
     hr = tmp_path / "hr"
     src = sorted(tiny_compact_experts["hr"].glob("*.png"))[0]

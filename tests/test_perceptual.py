@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.core.cli import run_program
 from pipeline.core.imageio import write_image
 from pipeline.evaluation.perceptual import (
     CLIP_RN50_URL,
@@ -46,7 +47,14 @@ from pipeline.evaluation.perceptual import (
     weight_files,
 )
 from pipeline.evaluation.scoring import pair_images
-from scripts import evaluate
+
+EVALUATE = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"  # the stand-in subprocess has no conftest
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``python scripts/evaluate.py ARGV``, in this process."""
+    return run_program(EVALUATE, argv)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _ENV_KEYS = (
@@ -134,7 +142,7 @@ def test_evaluate_perceptual_reports_missing_weights_before_any_work(tmp_path, r
     sr, hr = _pairs(tmp_path, [(96, 96)])
     (tmp_path / "weights").mkdir()
     weights = tmp_path / "weights"
-    assert evaluate.main(["--sr", str(sr), "--hr", str(hr), "--perceptual", "--weights-dir", str(weights)]) == 2
+    assert evaluate_main(["--sr", str(sr), "--hr", str(hr), "--perceptual", "--weights-dir", str(weights)]) == 2
     out, err = capsys.readouterr()
     assert out == ""  # no image was scored
     assert "9 weight file(s)" in err and str(weights / "torch" / "hub" / "pyiqa" / "ckpt_koniq10k.pt") in err
@@ -142,15 +150,16 @@ def test_evaluate_perceptual_reports_missing_weights_before_any_work(tmp_path, r
 
 def test_evaluate_perceptual_rejects_images_below_niqe_block(tmp_path, restore_env, capsys):
     sr, hr = _pairs(tmp_path, [(96, 96), (64, 128)])
-    assert evaluate.main(["--sr", str(sr), "--hr", str(hr), "--perceptual", "--weights-dir", str(tmp_path)]) == 2
+    assert evaluate_main(["--sr", str(sr), "--hr", str(hr), "--perceptual", "--weights-dir", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "at least 96x96" in err and "too small: 0001x4.png (128x64)" in err
 
 
-def test_layout_is_documented_in_module_and_help():
+def test_layout_is_documented_in_module_and_help(capsys):
     from pipeline.evaluation import perceptual
 
-    help_text = evaluate._epilog()
+    assert evaluate_main(["--help"]) == 0
+    help_text = capsys.readouterr().out
     for f in weight_files():
         rel = f.hub_path or f"models--{f.hf_repo.replace('/', '--')}/"
         assert rel in perceptual.__doc__, rel
@@ -332,7 +341,7 @@ def _run_standins(root: Path, sr: Path, hr: Path, out: Path) -> None:
     t0 = time.perf_counter()
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = evaluate.main(
+        rc = evaluate_main(
             [
                 "--sr",
                 str(sr),

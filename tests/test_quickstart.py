@@ -9,10 +9,11 @@ import json
 import zipfile
 
 import pytest
-from conftest import REPO_ROOT, run_main
+from conftest import REPO_ROOT, program, run_main
 
 from pipeline.core.imageio import read_image
-from scripts import quickstart
+
+quickstart = program("quickstart")
 
 
 @pytest.mark.slow
@@ -99,11 +100,12 @@ def test_quickstart_refuses_a_foreign_out_folder_and_bad_flags(tmp_path, capsys)
     assert "--init" in capsys.readouterr().err
 
 
-def test_quickstart_names_a_missing_bundled_fusion(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(quickstart, "BUNDLED_FUSION", tmp_path / "fusion_zoo_small")
-    assert run_main(quickstart.main, ["--out", str(tmp_path / "qs")]) == 1
-    assert (
-        f"the bundled fusion is missing: {tmp_path / 'fusion_zoo_small' / 'model.safetensors'}"
-        in capsys.readouterr().err
+def test_quickstart_names_a_missing_fusion_checkpoint(tmp_path, capsys):
+    (tmp_path / "fusion_zoo_small").mkdir()  # a fusion folder without its weights (as a checkout without them)
+    argv = ["--out", str(tmp_path / "qs"), "--init", str(tmp_path / "fusion_zoo_small")]
+    assert run_main(quickstart.main, argv) == 1
+    assert f"--init holds no fusion checkpoint: {tmp_path / 'fusion_zoo_small' / 'model.safetensors'}" in (
+        capsys.readouterr().err
     )
+    assert (REPO_ROOT / "checkpoints" / "fusion_zoo_small" / "model.safetensors").is_file()  # the bundled one
     assert REPO_ROOT.joinpath("configs", "train", "quickstart.yaml").is_file()

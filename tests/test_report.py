@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import program
 
 from pipeline.core.imageio import image_size, quantize_8bit, read_image, write_image
 from pipeline.evaluation.scoring import pair_images, score_fidelity
@@ -25,7 +26,10 @@ from pipeline.inference.pipeline import load_pipeline
 from pipeline.report.html import MetricsError, read_metrics_csv, thin
 from pipeline.report.svg_plot import Series, line_plot_svg, log_ticks, nice_ticks
 from pipeline.report.visual import VIRIDIS, box_mean, choose_crop, colormap, gate_composite
-from scripts import make_lr, report, submit
+
+make_lr = program("make_lr")
+report = program("report")
+submit = program("submit")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

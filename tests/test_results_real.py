@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO_ROOT, require_shared
+from conftest import REPO_ROOT, program, require_shared
 
-from scripts import evaluate, submit
+evaluate = program("evaluate")
+submit = program("submit")
+
 
 CKPT = REPO_ROOT / "checkpoints" / "fusion_craft_ditn_span"
 EXPERTS = REPO_ROOT / "configs" / "experts" / "shared_real.yaml"

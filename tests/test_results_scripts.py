@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import program
 
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import psnr_y, rgb_to_y
 from pipeline.evaluation import baselines
 from pipeline.evaluation.scoring import pair_images, score_fidelity
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
-from scripts import expert_baselines, results_table
+
+expert_baselines = program("expert_baselines")
+results_table = program("results_table")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +135,8 @@ def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
 
 
 def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_compact_experts, tmp_path, capsys):
-    from scripts import extract_features, fit_gate_prior
+    extract_features = program("extract_features")
+    fit_gate_prior = program("fit_gate_prior")
 
     cache = tmp_path / "c.h5"
     assert (

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import program
 
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.errors import BadInputsError
 from pipeline.core.imageio import read_image, write_image
 from pipeline.inference.pipeline import load_pipeline, super_resolve
 from pipeline.inference.submission import check_inputs
-from scripts import submit
+
+submit = program("submit")
 
 # ``trained_run`` (a tiny trained fusion run on the two Compact experts) is a session fixture in tests/conftest.py.
 

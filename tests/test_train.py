@@ -14,23 +14,25 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import read_metrics, run_main
+from conftest import program, read_metrics, run_main
 from safetensors.torch import load_file
 
-import train as train_mod
 from pipeline.core.config import ConfigError
 from pipeline.model.io import load_pretrained, read_extra
 from pipeline.training.checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
 from pipeline.training.config import StageConfig, load_run_config
-from pipeline.training.loop import RunError
+from pipeline.training.fusion import stage_at
+from pipeline.training.loop import RunError, scheduled_lr
 from pipeline.training.losses import CombinedLoss
+
+train_mod = program("train")
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_cache(tiny_compact_experts, tmp_path_factory) -> Path:
-    from scripts import extract_features
+    extract_features = program("extract_features")
 
     out = tmp_path_factory.mktemp("train_cache") / "train.h5"
     threads = torch.get_num_threads()
@@ -81,17 +83,17 @@ def _write_config(path: Path, cache: Path, runs: Path, **train_over) -> Path:
 # ------------------------------------------------------------------------------------------------------------------
 def test_lr_schedule_and_stage_switching(tmp_path):
     cfg = load_run_config(None, ["train.steps=100", "train.warmup_steps=10", "train.lr=1e-3", "train.min_lr_ratio=0.1"])
-    assert train_mod.lr_at(0, cfg) == pytest.approx(1e-4)
-    assert train_mod.lr_at(9, cfg) == pytest.approx(1e-3)
-    assert train_mod.lr_at(10, cfg) == pytest.approx(1e-3)
-    assert train_mod.lr_at(55, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way down the cosine
-    assert train_mod.lr_at(100, cfg) == pytest.approx(1e-4)
+    assert scheduled_lr(0, cfg.train) == pytest.approx(1e-4)
+    assert scheduled_lr(9, cfg.train) == pytest.approx(1e-3)
+    assert scheduled_lr(10, cfg.train) == pytest.approx(1e-3)
+    assert scheduled_lr(55, cfg.train) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way down the cosine
+    assert scheduled_lr(100, cfg.train) == pytest.approx(1e-4)
     stages = (
         StageConfig(name="pixel", until_step=10),
         StageConfig(name="freq", until_step=20),
         StageConfig(name="perceptual"),
     )
-    assert [train_mod.stage_at(s, stages).name for s in (0, 9, 10, 19, 20, 10**6)] == [
+    assert [stage_at(s, stages).name for s in (0, 9, 10, 19, 20, 10**6)] == [
         "pixel",
         "pixel",
         "freq",
@@ -194,7 +196,7 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
     with pytest.raises(RunError, match=r"config differs.*train\.lr: run has 0\.002, now 0\.1"):
         run_main(train_mod.main, [str(cfg), "train.lr=0.1", "--resume", str(run)], debug=True)
     # same config, but the cache at that path now holds other data
-    from scripts import extract_features
+    extract_features = program("extract_features")
 
     hr = tmp_path / "hr_subset"
     hr.mkdir()

@@ -13,7 +13,7 @@ import pytest
 import spandrel
 import torch
 import yaml
-from conftest import assert_close, read_metrics, run_main
+from conftest import assert_close, program, read_metrics, run_main
 from safetensors.torch import load_file
 
 from experts.architectures import architecture_class, build_architecture, check_params, loader_round_trip
@@ -26,10 +26,12 @@ from pipeline.core.config import ConfigError
 from pipeline.core.imageio import write_image
 from pipeline.core.resize import make_lr
 from pipeline.training.checkpoint import load_train_state, resolve_checkpoint
-from pipeline.training.expert_config import load_expert_run_config
+from pipeline.training.expert.config import load_expert_run_config
+from pipeline.training.expert.export import export_expert
 from pipeline.training.loop import RunError
 from pipeline.training.patch_data import SRPatchDataset
-from scripts import train_expert
+
+train_expert = program("train_expert")
 
 TINY = {
     "NAFNetSR": {"width": 8, "num_blocks": 2, "upscale": 4},
@@ -374,7 +376,7 @@ def test_fine_tuned_exports_keep_their_whole_training_history(images, tmp_path):
     )
     assert run_main(train_expert.main, [str(cfg)]) == 0
     plain.write_bytes((tmp_path / "zoo" / "ext" / "model.safetensors").read_bytes())
-    late = train_expert.export_expert(tmp_path / "runs" / "ft_late", tmp_path / "zoo" / "late")
+    late = export_expert(tmp_path / "runs" / "ft_late", tmp_path / "zoo" / "late")
     history = read_expert_config(late)["extra"]["history"]
     assert history[0]["why"] == "the file changed since the run started from it"
     assert "whose own training is not recorded here" in (late / "MODEL_CARD.md").read_text()

@@ -8,17 +8,23 @@
 ``--debug`` (or ``SR_FUSION_DEBUG=1``) the traceback is shown instead. Any other exception is a bug and keeps its
 traceback. A ``KeyboardInterrupt`` is one line and status 130. A
 :class:`pipeline.core.errors.BadInputsError` prints one line per bad input, then its summary.
+
+:func:`run_program` runs a command-line program file (a script, ``train.py``) in this process exactly as
+``python FILE ARGS`` would, and returns its exit status: how the quickstart chains the real commands, and how tests
+run them, without anything importing a script as a module.
 """
 
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pipeline.core.errors import BadInputsError, ToolkitError
 
-__all__ = ["DEBUG_FLAG", "one_line", "run_cli"]
+__all__ = ["DEBUG_FLAG", "one_line", "run_cli", "run_program"]
 
 DEBUG_FLAG = "--debug"
 
@@ -51,3 +57,26 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: Sequence[s
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def run_program(path: str | os.PathLike, argv: Sequence[str]) -> int:
+    """Run the program file ``path`` (it ends in ``sys.exit(main())``) with ``argv`` in this process, as
+    ``python path argv...`` would, → its exit status. ``sys.argv`` is restored afterwards; an exception the program
+    does not handle (e.g. a typed error under ``--debug``) propagates."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"program not found: {path}")
+    saved = sys.argv
+    sys.argv = [str(path), *argv]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)  # sys.exit("message"): the interpreter prints it and exits with 1
+        return 1
+    finally:
+        sys.argv = saved
+    return 0

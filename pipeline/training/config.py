@@ -23,6 +23,7 @@ from pipeline.training.losses import LossWeights
 
 __all__ = [
     "DataConfig",
+    "LoopConfig",
     "StageConfig",
     "TrainConfig",
     "LossConfig",
@@ -61,8 +62,12 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    name: str = "fusion"  # run directory: runs_dir/name
+class LoopConfig:
+    """What the training loop both trainers share (pipeline/training/loop.py) reads: the run's name, the optimiser
+    and schedule, EMA, logging / validation / checkpoint cadence, NaN guard, device. Each trainer's ``train`` section
+    is this plus its own keys (and its own defaults)."""
+
+    name: str = "run"  # run directory: runs_dir/name
     runs_dir: str = "runs"
     steps: PosInt = 20_000
     lr: NonNegFloat = 2e-4  # 0 freezes the weights (e.g. to check a fine-tuning set-up)
@@ -72,7 +77,7 @@ class TrainConfig:
     betas: tuple[Beta, Beta] = (0.9, 0.99)
     grad_clip: NonNegFloat = 1.0  # max gradient norm (0 = off)
     ema_decay: Beta = 0.999
-    ema_warmup: bool = False
+    ema_warmup: bool = False  # effective decay min(decay, (1+n)/(10+n)): short runs are not dominated by the init
     seed: NonNegInt = 0
     log_every: PosInt = 50
     val_every: PosInt = 1000
@@ -82,6 +87,11 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on CUDA (CPU always trains in fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: NonNegInt = 0  # torch CPU threads in the main process (0 = leave torch's default)
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    name: str = "fusion"
     stages: tuple[StageConfig, ...] = (StageConfig(),)
     # fine-tune: start from these weights (a checkpoint dir or a run dir → its best checkpoint); the model config and
     # the experts (names + sha256) must be the checkpoint's. Ignored by --resume (the run's own state wins).

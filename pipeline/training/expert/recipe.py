@@ -10,9 +10,9 @@ the test that checks each export against it (``configs/experts/zoo_recipe.yaml``
 Stage ``k`` trains run ``runs/<name>`` (k = 1), ``runs/<name>_ft`` (k = 2), ``runs/<name>_ft<k-1>`` (k > 2); a
 fine-tuning stage gets ``model.init_from=runs/<previous run>`` in front of its overrides.
 
-``python -m pipeline.training.zoo_recipe RECIPE NAME`` prints one line per stage of ``NAME`` — the run name, a tab,
+``python -m pipeline.training.expert.recipe RECIPE NAME`` prints one line per stage of ``NAME`` — the run name, a tab,
 then the
-training config and its overrides separated by spaces — and ``python -m pipeline.training.zoo_recipe RECIPE`` the
+training config and its overrides separated by spaces — and ``python -m pipeline.training.expert.recipe RECIPE`` the
 entries'
 names, one a line, for ``scripts/reproduce_zoo.sh``.
 """
@@ -90,7 +90,7 @@ def stages(recipe: ZooRecipe, name: str) -> list[ZooStage]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.training.zoo_recipe", description=__doc__.split("\n\n")[0]
+        prog="python -m pipeline.training.expert.recipe", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("recipe", help="the recipe YAML (configs/experts/zoo_recipe.yaml)")
     parser.add_argument("name", nargs="?", help="a zoo entry of it (none: list the entries)")

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from experts.architectures import architecture_class, check_params
-from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
+from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, load_config
+from pipeline.training.config import LoopConfig
 
 __all__ = [
     "ExpertDataConfig",
@@ -41,9 +42,6 @@ __all__ = [
     "check_expert_run_inputs",
     "load_expert_run_config",
 ]
-
-
-Beta = Annotated[float, Range(ge=0, lt=1)]  # Adam betas, EMA decay
 
 
 @dataclass(frozen=True)
@@ -69,28 +67,17 @@ class ExpertDataConfig:
 
 
 @dataclass(frozen=True)
-class ExpertTrainConfig:
-    name: str = "expert"  # run directory: runs_dir/name
-    runs_dir: str = "runs"
-    steps: PosInt = 10_000
+class ExpertTrainConfig(LoopConfig):
+    name: str = "expert"
     lr: NonNegFloat = 5e-4
-    min_lr_ratio: UnitFloat = 0.01  # cosine decays to lr × min_lr_ratio
+    steps: PosInt = 10_000
     warmup_steps: NonNegInt = 200
     weight_decay: NonNegFloat = 0.0
-    betas: tuple[Beta, Beta] = (0.9, 0.99)
     grad_clip: NonNegFloat = 0.0  # max gradient norm (0 = off)
-    loss: Literal["l1", "charbonnier"] = "l1"
-    ema_decay: Beta = 0.999
-    ema_warmup: bool = True  # effective decay min(decay, (1+n)/(10+n)): short runs are not dominated by the init
-    seed: NonNegInt = 0
-    log_every: PosInt = 50
-    val_every: PosInt = 1000
-    ckpt_every: PosInt = 1000
-    keep_best: NonNegInt = 2  # keep the K best checkpoints by validation PSNR (plus last)
-    max_nonfinite: PosInt = 20  # consecutive NaN/Inf steps before aborting (a checkpoint is saved first)
+    ema_warmup: bool = True
+    keep_best: NonNegInt = 2
     bf16: bool = False  # bf16 autocast on CUDA (the CPU always trains in fp32)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: NonNegInt = 0  # torch CPU threads (0 = leave torch's default)
+    loss: Literal["l1", "charbonnier"] = "l1"
 
 
 @dataclass(frozen=True)
