@@ -222,3 +222,68 @@ def test_live_fusion_runs_any_ensemble_callable() -> None:
         ref = model.forward_with_precomputed(lr, srs, feats)
     assert calls == [lr.shape]
     assert torch.equal(got.sr, ref.sr) and torch.equal(got.gates, ref.gates)
+
+
+# ------------------------------------------------------------------------------ gating.base and gating.signals
+def base_config(experts: int, base: tuple[float, ...], *, signals: bool) -> FusionConfig:
+    cfg = tiny_config(feat_channels=tuple(4 + e for e in range(experts)))
+    return dataclasses.replace(cfg, gating=dataclasses.replace(cfg.gating, base=base, signals=signals))
+
+
+@pytest.mark.parametrize("signals", [False, True])
+@pytest.mark.parametrize("experts", [1, 2, 3, 5])
+def test_gating_base_starts_the_untrained_fusion_at_exactly_the_fitted_blend(experts: int, signals: bool) -> None:
+    """The untrained fusion is the training-free blend ensembler (negative weights included), for E = 1…5, with or
+    without the gate signals; after training steps the gates still sum to the blend's total weight."""
+    from pipeline.inference.ensemblers import Ensembler, apply
+
+    torch.manual_seed(experts)
+    weights = tuple([0.9, 0.25, -0.1, 0.05, -0.02][:experts])
+    cfg = base_config(experts, weights, signals=signals)
+    model = FusionNet(config=cfg)
+    lr, srs, feats = make_inputs(cfg)
+    with torch.no_grad():
+        out = model(lr, srs, feats)
+    fps = [{"name": f"e{i}", "sha256": f"{i:064x}"} for i in range(experts)]
+    blend = apply(Ensembler(method="blend", experts=fps, weights=torch.tensor(weights, dtype=torch.float64)), srs)
+    assert_close(out.gates, torch.tensor(weights).view(1, experts, 1, 1).expand_as(out.gates), atol=1e-7, rtol=0)
+    inside = (blend > 0) & (blend < 1)  # the ensembler clamps to [0,1], the fusion's output is clamped on saving
+    assert_close(out.sr[inside], blend[inside], atol=1e-6, rtol=0)
+    # training moves the gates per pixel (with one expert there is nothing to move), never their sum
+    perturb_zero_layers(model)
+    with torch.no_grad():
+        moved = model(lr, srs, feats).gates
+    assert (moved - out.gates).abs().max() > (1e-3 if experts > 1 else -1)
+    assert_close(moved.sum(dim=1), torch.full_like(moved[:, 0], sum(weights)), atol=1e-5, rtol=0)
+
+
+def test_gate_signals_reach_the_gate_and_change_it() -> None:
+    """With gating.signals, the gate's first conv sees E + 2 more channels; perturbing one expert (so its
+    LR-consistency error grows) changes the trained gates although the features are the same."""
+    from pipeline.model.signals import num_gate_signals
+
+    cfg = base_config(3, (0.8, 0.2, 0.0), signals=True)
+    model = FusionNet(config=cfg)
+    assert model.gating.body.in_channels == cfg.width + num_gate_signals(3)
+    perturb_zero_layers(model)
+    lr, srs, feats = make_inputs(cfg)
+    worse = srs.clone()
+    worse[:, 2] = (worse[:, 2] + 0.2 * torch.randn_like(worse[:, 2])).clamp(0, 1)
+    with torch.no_grad():
+        g0, g1 = model(lr, srs, feats).gates, model(lr, worse, feats).gates
+    assert (g0 - g1).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.gating.base=[0.5,0.5]"], "3 weights"),
+        (["model.gating.base=[0.5,0.3,0.2]", "model.gating.prior=[0.5,0.3,0.2]"], "no gating.prior"),
+        (["model.gating.base=[0.5,0.3,0.2]", "model.start_expert=0"], "no start_expert"),
+        (["model.gating.base=[0.5,0.3,0.2]", "model.gating.enabled=false"], "needs gating.enabled"),
+        (["model.gating.signals=true", "model.gating.enabled=false"], "signals needs gating.enabled"),
+    ],
+)
+def test_gating_base_and_signals_are_checked(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        FusionNet(config=load_fusion_config(TINY, overrides).with_feat_channels((6, 10, 4)))

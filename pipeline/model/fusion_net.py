@@ -18,7 +18,7 @@ Data flow (LR = H×W, HR = 4H×4W; C = ``width``, T = ``token_channels``; every 
 
 Every branch that adds to the image ends in a zero-initialised layer and the gates start uniform, so an untrained
 model returns the experts' mean (to float rounding; with ``start_expert``, exactly that expert; with
-``gating.prior``, that fixed blend). Only the last
+``gating.prior`` or ``gating.base``, that fixed blend). Only the last
 layer of each branch is zero, never two factors of one product, so after at most two optimiser steps every
 parameter receives a non-zero gradient (tests/test_fusion_net.py checks it).
 
@@ -64,6 +64,7 @@ from pipeline.model.blocks import (
     RefineCNN2d,
     load_balance_loss,
 )
+from pipeline.model.signals import gate_signals, num_gate_signals
 
 __all__ = [
     "SCALE",
@@ -151,6 +152,13 @@ class GatingConfig:
     # Initial gate of each expert (positive, summing to 1): the untrained fusion is then this fixed blend instead of
     # the plain mean — e.g. the least-squares blend of the training cache (scripts/fit_gate_prior.py). None: uniform.
     prior: tuple[PosFloat, ...] | None = None
+    # Fixed blend weights (any sign) the gates deviate from additively instead of a softmax: gates = base + a learned
+    # deviation that starts at 0 and sums to 0 over the experts, so the untrained fusion is exactly this blend — e.g.
+    # the training-free blend fitted on the training cache (scripts/fit_ensembler.py --method blend). Not with prior.
+    base: tuple[Annotated[float, Range(ge=-2, le=2)], ...] | None = None
+    # Feed the gate ground-truth-free signals (pipeline/model/signals.py): each expert's LR-consistency error, the
+    # experts' spread and the LR's luma (E + 2 channels at LR resolution).
+    signals: bool = False
 
 
 @dataclass(frozen=True)
@@ -249,6 +257,14 @@ def _validate(cfg: FusionConfig) -> None:
             raise ConfigError("gating.prior needs gating.enabled and no start_expert (it is where the gates start)")
         if len(prior) != e or min(prior) <= 0 or abs(sum(prior) - 1.0) > 1e-3:
             raise ConfigError(f"gating.prior must be {e} positive weights summing to 1 (one per expert), got {prior}")
+    base = cfg.gating.base
+    if base is not None:
+        if not cfg.gating.enabled or cfg.start_expert is not None or prior is not None:
+            raise ConfigError("gating.base needs gating.enabled, no start_expert and no gating.prior")
+        if len(base) != e:
+            raise ConfigError(f"gating.base must be {e} weights (one per expert), got {base}")
+    if cfg.gating.signals and not cfg.gating.enabled:
+        raise ConfigError("gating.signals needs gating.enabled")
     for name, sub in (("cross_band", cfg.cross_band), ("cross_expert", cfg.cross_expert)):
         if sub.enabled and (sub.heads < 1 or cfg.token_channels % sub.heads):
             raise ConfigError(f"{name}.heads={sub.heads} must divide token_channels={cfg.token_channels}")
@@ -347,6 +363,8 @@ class FusionNet(nn.Module):
                 learnable_temperature=g.learnable_temperature,
                 scale=SCALE,
                 prior=g.prior,
+                base=g.base,
+                signal_channels=num_gate_signals(e) if g.signals else 0,
             )
             if g.enabled
             else None
@@ -429,7 +447,8 @@ class FusionNet(nn.Module):
             x = self.fourier_unit(x)
         # phase 5 (stage 1) and phase 6
         s1 = self.hierarchical.encode(x) if self.hierarchical is not None else x
-        learned, difficulty = self.gating(s1) if self.gating is not None else (None, None)
+        signals = gate_signals(lr, srs, scale=SCALE) if self.config.gating.signals else None  # (B,E+2,H,W)
+        learned, difficulty = self.gating(s1, signals) if self.gating is not None else (None, None)
         base, gates = self._base(srs, learned)
         lb_loss = load_balance_loss(gates) if self.gating is not None else lr.new_zeros(())
         res_scale = 2.0 * difficulty if difficulty is not None else None  # 1 at init

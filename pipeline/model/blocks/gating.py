@@ -5,6 +5,14 @@ Gates and difficulty are predicted at LR resolution and brought to HR by pixel s
 LR pixel), so every HR pixel has its own gate vector at LR cost. Both heads end in zero-initialised 1×1 convs:
 untrained, the gates are uniform (the output is the experts' mean) — or, with a ``prior``, equal to it everywhere
 (the gate head's bias is ``T·log prior``) — and the difficulty is 0.5 everywhere.
+
+With ``base`` (fixed blend weights of any sign, e.g. the least-squares blend of the training cache) the gates are
+not a softmax but ``base + (d − mean_E d)``: the learned deviation ``d`` starts at zero, so the untrained gates are
+exactly the blend, and it sums to zero over the experts, so the gates always sum to ``Σ base`` (the blend's own
+brightness). Unlike a softmax prior this keeps a negative weight (an expert whose error the others cancel).
+
+``signal_channels`` extra input channels (ground-truth-free signals about the experts, pipeline/model/signals.py)
+are concatenated to the features before the gate's first conv.
 """
 
 from __future__ import annotations
@@ -46,15 +54,20 @@ class ExpertGating2d(nn.Module):
         learnable_temperature: bool,
         scale: int = 4,
         prior: Sequence[float] | None = None,
+        base: Sequence[float] | None = None,
+        signal_channels: int = 0,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if prior is not None and (len(prior) != num_experts or min(prior) <= 0):
             raise ValueError(f"prior must be {num_experts} positive weights, got {prior}")
+        if base is not None and (len(base) != num_experts or prior is not None):
+            raise ValueError(f"base must be {num_experts} weights (and no prior), got {base}")
         self.num_experts = num_experts
         self.scale = scale
-        self.body = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.signal_channels = signal_channels
+        self.body = nn.Conv2d(channels + signal_channels, hidden, 3, padding=1)
         self.gate_head = nn.Conv2d(hidden, num_experts * scale * scale, 1)
         self.difficulty_head = nn.Conv2d(hidden, scale * scale, 1)
         for head in (self.gate_head, self.difficulty_head):
@@ -65,6 +78,11 @@ class ExpertGating2d(nn.Module):
             bias = (temperature * (p / p.sum()).log()).repeat_interleave(scale * scale)
             with torch.no_grad():
                 self.gate_head.bias.copy_(bias.float())
+        if base is not None:
+            base_w = torch.tensor([float(v) for v in base]).view(1, num_experts, 1, 1)
+            self.register_buffer("base", base_w, persistent=False)  # from the config, not a weight
+        else:
+            self.base = None
         log_t = torch.tensor(math.log(temperature))
         if learnable_temperature:
             self.log_temperature = nn.Parameter(log_t)
@@ -75,9 +93,20 @@ class ExpertGating2d(nn.Module):
     def temperature(self) -> Tensor:
         return self.log_temperature.exp()
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = F.gelu(self.body(x))
+    def forward(self, x: Tensor, signals: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x (B,C,H,W) [+ signals (B,S,H,W)] → gates (B,E,sH,sW), difficulty (B,1,sH,sW)."""
+        if (signals is None) != (self.signal_channels == 0) or (
+            signals is not None and signals.shape[1] != self.signal_channels
+        ):
+            raise ValueError(
+                f"the gate takes {self.signal_channels} signal channels, got "
+                f"{None if signals is None else tuple(signals.shape)}"
+            )
+        h = F.gelu(self.body(x if signals is None else torch.cat([x, signals.to(x.dtype)], dim=1)))
         logits = F.pixel_shuffle(self.gate_head(h), self.scale)  # (B,E,sH,sW)
-        gates = (logits / self.temperature).softmax(dim=1)
+        if self.base is not None:
+            gates = self.base.to(logits.dtype) + (logits - logits.mean(dim=1, keepdim=True))
+        else:
+            gates = (logits / self.temperature).softmax(dim=1)
         difficulty = torch.sigmoid(F.pixel_shuffle(self.difficulty_head(h), self.scale))  # (B,1,sH,sW)
         return gates, difficulty
