@@ -217,13 +217,13 @@ def extract(
                 skipped.append({"name": job.name, "reason": str(exc)})
                 tqdm.write(f"extract_features: skipped {exc}", file=sys.stderr)
                 continue
-            out = ensemble.self_ensemble(lr) if tta else ensemble(lr)  # srs (1,E,3,sH,sW), feats E×(1,C_e,H,W)
+            res = ensemble.self_ensemble(lr) if tta else ensemble(lr)  # srs (1,E,3,sH,sW), feats E×(1,C_e,H,W)
             writer.write_sample(
                 job.name,
                 lr=to_uint8(lr).transpose(2, 0, 1).copy(),  # (3,h,w)
                 hr=None if hr is None else to_uint8(hr).transpose(2, 0, 1).copy(),
-                srs=out.srs[0].numpy().astype(np.float16),
-                feats=[f[0].numpy().astype(np.float16) for f in out.feats],
+                srs=res.srs[0].numpy().astype(np.float16),
+                feats=[f[0].numpy().astype(np.float16) for f in res.feats],
                 source_hr=str(job.hr or ""),
                 source_lr=str(job.lr or ""),
             )

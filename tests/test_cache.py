@@ -280,6 +280,7 @@ def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys):
     assert _extract([*args, "--out", ref, "--verify"]) == 0
     captured = capsys.readouterr()
     assert "0 problem(s)" in captured.out and "img/s" in captured.err  # tqdm shows the rate and ETA
+    assert f"extract_features: cache {ref} holds 8 images" in captured.out  # the path, not a tensor's repr
     reference = _dump(ref)
     assert len(reference) == 8
 
