@@ -13,16 +13,17 @@ of a run — and therefore a resumed run — is identical whatever the number of
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from cache.reader import CacheReader
 from cache.schema import CacheMeta
 from pipeline.core.augment import AUGMENTATIONS, augment
 
-__all__ = ["CachedSRDataset", "CachedFullImageDataset", "mix_seed"]
+__all__ = ["CachedSRDataset", "CachedFullImageDataset", "crops_per_second", "mix_seed"]
 
 
 class CachedSRDataset(Dataset):
@@ -120,3 +121,24 @@ class CachedFullImageDataset(Dataset):
         if s.hr is not None:
             out["hr"] = s.hr
         return out
+
+
+def crops_per_second(path: Path, *, patch: int, batch: int, workers: int, batches: int) -> float:
+    """Steady-state random training crops per second read from the cache at ``path`` (``batches`` batches of
+    ``batch`` LR crops of ``patch`` px through a DataLoader with ``workers`` workers, one torch thread each; the first
+    batch — worker start-up, file opening — is not timed). For the benchmarks."""
+    ds = CachedSRDataset(path, patch=patch, seed=0)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=range(batch * (batches + 2)),
+        num_workers=workers,
+        worker_init_fn=lambda _: torch.set_num_threads(1),
+    )
+    it = iter(loader)
+    next(it)  # worker start-up and file opening are not part of the steady state
+    t0 = time.perf_counter()
+    n = 0
+    for b in it:
+        n += b["lr"].shape[0]
+    return n / (time.perf_counter() - t0)

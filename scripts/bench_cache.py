@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cache.dataset import CachedSRDataset
+from cache.dataset import CachedSRDataset, crops_per_second
 from cache.schema import CacheMeta
 from cache.writer import CacheWriter
 from experts.ensemble import ExpertEnsemble
@@ -66,24 +66,6 @@ def bench_extraction(ens: ExpertEnsemble, files: list[Path], out: Path, compress
         w.write_index([f.stem for f in files])
     full = time.perf_counter() - t0
     return alone, full, path
-
-
-def crops_per_second(path: Path, *, patch: int, batch: int, workers: int, batches: int) -> float:
-    ds = CachedSRDataset(path, patch=patch, seed=0)
-    loader = DataLoader(
-        ds,
-        batch_size=batch,
-        sampler=range(batch * (batches + 2)),
-        num_workers=workers,
-        worker_init_fn=lambda _: torch.set_num_threads(1),
-    )
-    it = iter(loader)
-    next(it)  # worker start-up and file opening are not part of the steady state
-    t0 = time.perf_counter()
-    n = 0
-    for b in it:
-        n += b["lr"].shape[0]
-    return n / (time.perf_counter() - t0)
 
 
 def png_crops_per_second(

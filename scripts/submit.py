@@ -33,16 +33,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import zipfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
-from pipeline.core.atomic import atomic_write_text, default_file_mode
+from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import check_min_side
 from pipeline.inference.ensemblers import METHODS, fit
@@ -50,20 +48,18 @@ from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import expert_spec_from_yaml, load_pipeline
 from pipeline.inference.submission import (
     README,
-    ZIP_COMMENT,
-    SRMethod,
     SubmitError,
     check_folders,
     ensembler_method,
     fusion_method,
-    is_submission_zip,
+    make_zip,
     output_name,
     prepare_output,
+    readme_text,
     super_resolve_files,
-    zip_path,
 )
 
-__all__ = ["SubmitError", "main", "make_zip", "readme_text"]
+__all__ = ["main"]
 
 
 def load_refiner(path: Path, overrides: list[str]):
@@ -73,41 +69,6 @@ def load_refiner(path: Path, overrides: list[str]):
     from pipeline.refiner.tsdsr import TSDSRRefiner
 
     return TSDSRRefiner.from_config(load_config(RefinerConfig, path, overrides))
-
-
-def readme_text(method: SRMethod, *, runtime: float, refined: bool = False) -> str:
-    description = method.description
-    if refined:
-        description += " Perceptual refinement: one-step TSD-SR (SD3-medium + TSD-SR LoRA) on the fused image."
-    return (
-        f"runtime per image [s] : {runtime:.2f}\n"
-        f"CPU[1] / GPU[0] : {0 if method.device.type == 'cuda' else 1}\n"
-        f"Extra Data [1] / No Extra Data [0] : {1 if method.extra_data else 0}\n"
-        f"Other description : {description}\n"
-    )
-
-
-def make_zip(out_dir: Path, names: list[str]) -> Path:
-    """``OUT.zip`` beside the folder (:func:`pipeline.inference.submission.zip_path`: ``run.v1`` → ``run.v1.zip``): the
-    PNGs and
-    readme.txt at the zip root, checked after writing, replacing only a zip this tool made (its comment)."""
-    target = zip_path(out_dir)
-    if target.exists() and not is_submission_zip(target):  # checked up front too; never replace a foreign zip
-        raise SubmitError(f"{target} already exists and was not written by this tool: refusing to replace it")
-    tmp = target.with_name(f".{target.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
-        for name in names:
-            zf.write(out_dir / name, arcname=name)
-        zf.write(out_dir / README, arcname=README)
-        zf.comment = ZIP_COMMENT
-    with zipfile.ZipFile(tmp) as zf:
-        pngs = [n for n in zf.namelist() if n.lower().endswith(".png")]
-        if len(pngs) != len(names) or any("/" in n for n in zf.namelist()):
-            tmp.unlink()
-            raise SubmitError(f"zip check failed: {len(pngs)} PNGs for {len(names)} inputs")
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, target)
-    return target
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from experts.ensemble import ExpertEnsemble
+from pipeline.core.atomic import default_file_mode
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import read_image, scan_image_folder, write_image
 from pipeline.core.outputs import OutputPathError, check_output_dir, check_output_file, is_marked, mark_output_dir
@@ -41,21 +42,23 @@ from pipeline.model.io import verify_checksums
 __all__ = [
     "EXPERTS_YAML",
     "README",
-    "ZIP_COMMENT",
+    "SRMethod",
     "SubmitError",
+    "ZIP_COMMENT",
     "check_folders",
     "check_inputs",
     "check_output",
+    "ensembler_method",
+    "fusion_method",
     "is_submission_dir",
     "is_submission_zip",
+    "make_zip",
     "output_name",
     "prepare_output",
+    "readme_text",
     "run_model_dir",
     "super_resolve_files",
     "zip_path",
-    "SRMethod",
-    "fusion_method",
-    "ensembler_method",
 ]
 
 EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir, checkpoints relative to model_dir
@@ -240,6 +243,41 @@ def super_resolve_files(
         seconds = time.perf_counter() - t0
         write_image(output_dir / output_name(f), sr.cpu())
         yield seconds
+
+
+def readme_text(method: SRMethod, *, runtime: float, refined: bool = False) -> str:
+    """The NTIRE ``readme.txt`` of a submission: runtime per image, CPU/GPU, extra data, description."""
+    description = method.description
+    if refined:
+        description += " Perceptual refinement: one-step TSD-SR (SD3-medium + TSD-SR LoRA) on the fused image."
+    return (
+        f"runtime per image [s] : {runtime:.2f}\n"
+        f"CPU[1] / GPU[0] : {0 if method.device.type == 'cuda' else 1}\n"
+        f"Extra Data [1] / No Extra Data [0] : {1 if method.extra_data else 0}\n"
+        f"Other description : {description}\n"
+    )
+
+
+def make_zip(out_dir: Path, names: list[str]) -> Path:
+    """``OUT.zip`` beside the folder (:func:`zip_path`: ``run.v1`` → ``run.v1.zip``): the PNGs and readme.txt at the
+    zip root, checked after writing, replacing only a zip this tool made (its comment)."""
+    target = zip_path(out_dir)
+    if target.exists() and not is_submission_zip(target):  # checked up front too; never replace a foreign zip
+        raise SubmitError(f"{target} already exists and was not written by this tool: refusing to replace it")
+    tmp = target.with_name(f".{target.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
+        for name in names:
+            zf.write(out_dir / name, arcname=name)
+        zf.write(out_dir / README, arcname=README)
+        zf.comment = ZIP_COMMENT
+    with zipfile.ZipFile(tmp) as zf:
+        pngs = [n for n in zf.namelist() if n.lower().endswith(".png")]
+        if len(pngs) != len(names) or any("/" in n for n in zf.namelist()):
+            tmp.unlink()
+            raise SubmitError(f"zip check failed: {len(pngs)} PNGs for {len(names)} inputs")
+    os.chmod(tmp, default_file_mode())
+    os.replace(tmp, target)
+    return target
 
 
 def run_model_dir(
