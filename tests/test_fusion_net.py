@@ -287,3 +287,32 @@ def test_gate_signals_reach_the_gate_and_change_it() -> None:
 def test_gating_base_and_signals_are_checked(overrides: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         FusionNet(config=load_fusion_config(TINY, overrides).with_feat_channels((6, 10, 4)))
+
+
+@pytest.mark.parametrize("experts", [1, 3])
+def test_sr_only_fusion_never_reads_the_features(experts: int) -> None:
+    """inputs.features=false: no feature projection exists, the output is the same for any feats (none at all
+    included), the untrained fusion is still the mean, experts stay distinguishable (a learned embedding per expert)
+    and every parameter trains."""
+    cfg = tiny_config(feat_channels=tuple(3 + 2 * e for e in range(experts)))
+    cfg = dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, features=False))
+    model = FusionNet(config=cfg)
+    assert not any("feat_proj" in n or "feat_norm" in n for n, _ in model.named_parameters())
+    assert model.embed.expert_embed.shape == (experts, cfg.token_channels)
+    lr, srs, feats = make_inputs(cfg)
+    with torch.no_grad():
+        assert_close(model(lr, srs, []).sr, srs.mean(dim=1), atol=1e-6, rtol=0)
+    perturb_zero_layers(model)
+    with torch.no_grad():
+        out = model(lr, srs, []).sr
+        assert torch.equal(out, model(lr, srs, feats).sr)
+        assert torch.equal(out, model(lr, srs, [f + 1.0 for f in feats]).sr)
+    out = model(lr, srs, [])
+    (out.sr.square().mean() + 0.01 * out.load_balance_loss).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    # with features the same config reads them: other feats, other output
+    with_feats = FusionNet(config=dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, features=True)))
+    perturb_zero_layers(with_feats)
+    with torch.no_grad():
+        assert not torch.equal(with_feats(lr, srs, feats).sr, with_feats(lr, srs, [f + 1.0 for f in feats]).sr)

@@ -98,6 +98,9 @@ class InputsConfig:
     # dim 48), DITN (dim 60), SPAN (28) — the input of each model's upsampler, at LR resolution.
     feat_channels: tuple[PosInt, ...] = (48, 60, 28)
     feat_norm: bool = True  # LayerNorm each expert's feature (their scales differ wildly)
+    # False: the fusion sees the experts' SR images only — the hooked features are never read (they may be absent
+    # from the cache); feat_channels then only counts the experts. The "do features pay for themselves?" ablation.
+    features: bool = True
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,11 @@ class FusionNet(nn.Module):
         self.num_experts = e
 
         self.embed = ExpertEmbed2d(
-            feat_channels=cfg.inputs.feat_channels, channels=c, token_channels=t, feat_norm=cfg.inputs.feat_norm
+            feat_channels=cfg.inputs.feat_channels,
+            channels=c,
+            token_channels=t,
+            feat_norm=cfg.inputs.feat_norm,
+            features=cfg.inputs.features,
         )
 
         needs_guidance = cfg.cross_band.enabled or cfg.hierarchical.enabled
@@ -391,6 +398,8 @@ class FusionNet(nn.Module):
                 f"srs must be (B,E,3,4H,4W) = {(b, e, 3, SCALE * h, SCALE * w)} for lr {tuple(lr.shape)}, "
                 f"got {tuple(srs.shape)}"
             )
+        if not self.config.inputs.features:
+            return  # SR only: feats are not read (any list, e.g. [] from a cache without features)
         if len(feats) != e:
             raise ValueError(f"expected {e} expert feature maps, got {len(feats)}")
         for i, (feat, c) in enumerate(zip(feats, self.config.inputs.feat_channels, strict=True)):
