@@ -17,6 +17,7 @@ from pipeline.training.losses import (
     fft_loss,
     gate_oracle_loss,
     l1_loss,
+    mse_y_loss,
     sobel_loss,
     ssim_loss,
     swt_haar,
@@ -33,6 +34,19 @@ def test_l1_and_charbonnier_known_values(img):
     assert l1_loss(img + 0.25, img).item() == pytest.approx(0.25, abs=1e-6)
     assert charbonnier_loss(img, img).item() == pytest.approx(1e-3, rel=1e-4)  # sqrt(eps^2)
     assert charbonnier_loss(img + 0.1, img).item() == pytest.approx(math.sqrt(0.01 + 1e-6), rel=1e-5)
+
+
+def test_mse_y_is_the_scored_psnr(img):
+    """−10·log10(mse_y) is the NTIRE PSNR (BT.601 Y, 16–235) of the pair without a border crop; a grey offset of d
+    in every channel moves Y by d·219/255."""
+    from pipeline.core.metrics import psnr_y
+
+    sr = (img + 0.05 * torch.randn_like(img)).clamp(0, 1)
+    expected = psnr_y(sr.double(), img.double(), crop_border=0)
+    for i in range(2):
+        got = -10.0 * torch.log10(mse_y_loss(sr[i : i + 1].double(), img[i : i + 1].double()))
+        assert got.item() == pytest.approx(expected[i].item(), abs=1e-9)
+    assert mse_y_loss(img + 0.1, img).item() == pytest.approx((0.1 * 219.0 / 255.0) ** 2, rel=1e-4)
 
 
 def test_fft_loss_of_a_constant_offset_is_all_dc(img):
