@@ -25,8 +25,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cache.reader import CacheReader
-from cache.schema import SELF_ENSEMBLE_KEY, CacheMeta
-from cache.writer import CacheWriter, check_cache_out, data_dir_of, part_path
+from cache.schema import SELF_ENSEMBLE_KEY, CacheLayout, CacheMeta
+from cache.writer import CacheWriter, check_cache_out, data_dir_of, encode_srs, part_path
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, load_ensemble_spec
 from pipeline.core.errors import BadInputsError, ToolkitError
@@ -152,12 +152,14 @@ def extract(
     root: Path | None = None,
     device: str | None = None,
     compression: str = "none",
+    layout: CacheLayout = CacheLayout(),
     overwrite: bool = False,
     skip_bad: bool = False,
     tta: bool = False,
 ) -> tuple[list[str], list[dict]]:
     """Cache every image of ``hr_dirs`` / ``lr_dir`` at ``out`` (see the module docstring) → (names in the index,
-    skipped inputs with their reasons); the names are rank 0's (other ranks get an empty list)."""
+    skipped inputs with their reasons); the names are rank 0's (other ranks get an empty list). ``layout`` says
+    whether the hooked features are stored and at what precision the SR images are (:class:`CacheLayout`)."""
     check_cache_out(out)  # before anything is read or written: never replace a file that is not a cache
     rank, world, local_rank = dist_setup()
     try:
@@ -188,6 +190,7 @@ def extract(
             scale=scale,
             experts=tuple({**fp.to_dict(), **({SELF_ENSEMBLE_KEY: 8} if tta else {})} for fp in ensemble.fingerprints),
             lr_method="given" if lr_dir is not None else "matlab_bicubic",
+            layout=layout,
         )
 
         if overwrite and world > 1:  # rank 0 wipes before anyone writes
@@ -222,8 +225,8 @@ def extract(
                 job.name,
                 lr=to_uint8(lr).transpose(2, 0, 1).copy(),  # (3,h,w)
                 hr=None if hr is None else to_uint8(hr).transpose(2, 0, 1).copy(),
-                srs=res.srs[0].numpy().astype(np.float16),
-                feats=[f[0].numpy().astype(np.float16) for f in res.feats],
+                srs=encode_srs(res.srs[0], layout.sr_dtype),
+                feats=[f[0].numpy().astype(np.float16) for f in res.feats] if layout.has_features else [],
                 source_hr=str(job.hr or ""),
                 source_lr=str(job.lr or ""),
             )

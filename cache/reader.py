@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from cache.schema import SCHEMA_VERSION, CacheMeta, describe_mismatch
+from cache.schema import SCHEMA_VERSION, CacheLayout, CacheMeta, describe_mismatch
 from cache.writer import CacheMismatchError, data_dir_of, sha256_of
 from pipeline.core.errors import ToolkitError
 
@@ -29,13 +29,14 @@ class CacheError(ToolkitError, RuntimeError):
 
 @dataclass(frozen=True)
 class CacheSample:
-    """One (possibly cropped) sample as float32 tensors in [0,1] (features as stored)."""
+    """One (possibly cropped) sample as float32 tensors in [0,1] (features as stored; none with layout features
+    "none"; 8-bit SR images come back as their levels /255)."""
 
     name: str
     lr: torch.Tensor  # (3,h,w)
     hr: torch.Tensor | None  # (3,s*h,s*w)
     srs: torch.Tensor  # (E,3,s*h,s*w)
-    feats: tuple[torch.Tensor, ...]  # E × (C_e,h,w)
+    feats: tuple[torch.Tensor, ...]  # E × (C_e,h,w), or () when the cache stores no features
 
 
 class CacheReader:
@@ -61,10 +62,13 @@ class CacheReader:
                 f"{self.path}: schema_version is {version}, this toolkit reads {SCHEMA_VERSION}; re-extract the cache"
             )
         self.meta = CacheMeta(
-            scale=int(attrs["scale"]), experts=tuple(json.loads(attrs["experts"])), lr_method=str(attrs["lr_method"])
+            scale=int(attrs["scale"]),
+            experts=tuple(json.loads(attrs["experts"])),
+            lr_method=str(attrs["lr_method"]),
+            layout=CacheLayout.from_attrs(attrs),
         )
-        if expect is not None:
-            diffs = [d for d in describe_mismatch(self.meta, expect) if not d.startswith("lr_method")]
+        if expect is not None:  # the experts must agree; the layout is checked against what reads it (the fusion)
+            diffs = [d for d in describe_mismatch(self.meta, expect, layout=False) if not d.startswith("lr_method")]
             if diffs:
                 raise CacheMismatchError(f"{self.path} does not match the expected experts: {'; '.join(diffs)}")
         self.has_hr = bool(attrs["has_hr"])
@@ -85,6 +89,10 @@ class CacheReader:
     @property
     def scale(self) -> int:
         return self.meta.scale
+
+    @property
+    def layout(self) -> CacheLayout:
+        return self.meta.layout
 
     def lr_size(self, i: int) -> tuple[int, int]:
         m = self._manifest[i]
@@ -120,8 +128,26 @@ class CacheReader:
         lr = torch.from_numpy(f["lr"][lr_sl].astype(np.float32) / 255.0)
         hr = torch.from_numpy(f["hr"][hr_sl].astype(np.float32) / 255.0) if "hr" in f else None
         srs = torch.from_numpy(f["sr"][(slice(None), *hr_sl)].astype(np.float32))
-        feats = tuple(torch.from_numpy(f["feat"][n][lr_sl].astype(np.float32)) for n in self.meta.expert_names)
+        if self.layout.sr_dtype == "uint8":
+            srs = srs / 255.0
+        feats = ()
+        if self.layout.has_features:
+            feats = tuple(torch.from_numpy(f["feat"][n][lr_sl].astype(np.float32)) for n in self.meta.expert_names)
         return CacheSample(name=self._manifest[i]["name"], lr=lr, hr=hr, srs=srs, feats=feats)
+
+    def read_stored(self, i: int) -> dict:
+        """Sample ``i`` exactly as stored (numpy arrays, no conversion): ``lr``, ``hr`` (or None), ``srs``, ``feats``
+        (a list, empty without features) and the ``source_hr`` / ``source_lr`` attributes — for re-packing."""
+        f = self._file(i)
+        feats = [f["feat"][n][()] for n in self.meta.expert_names] if self.layout.has_features else []
+        return {
+            "lr": f["lr"][()],
+            "hr": f["hr"][()] if "hr" in f else None,
+            "srs": f["sr"][()],
+            "feats": feats,
+            "source_hr": str(f.attrs.get("source_hr", "")),
+            "source_lr": str(f.attrs.get("source_lr", "")),
+        }
 
     def verify(self) -> list[str]:
         """Re-read every sample: presence, shapes, finiteness and stored sha256. Returns one line per problem."""
@@ -133,11 +159,15 @@ class CacheReader:
                 f = self._file(i)
                 sums = json.loads(f.attrs["sha256"])
                 h, w = m["lr_h"], m["lr_w"]
-                expected = {"lr": ((3, h, w), np.uint8), "sr": ((n_exp, 3, s * h, s * w), np.float16)}
+                sr_dtype = np.dtype(self.layout.sr_dtype)
+                expected = {"lr": ((3, h, w), np.uint8), "sr": ((n_exp, 3, s * h, s * w), sr_dtype)}
                 if self.has_hr:
                     expected["hr"] = ((3, s * h, s * w), np.uint8)
-                for fp in self.meta.experts:
-                    expected[f"feat/{fp['name']}"] = ((int(fp["feature_channels"]), h, w), np.float16)
+                if self.layout.has_features:
+                    for fp in self.meta.experts:
+                        expected[f"feat/{fp['name']}"] = ((int(fp["feature_channels"]), h, w), np.float16)
+                elif "feat" in f and len(f["feat"]):
+                    problems.append(f"{name}: holds features, but the index says features none")
                 for key, (shape, dtype) in expected.items():
                     if key not in f:
                         problems.append(f"{name}: missing dataset {key}")

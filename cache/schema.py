@@ -7,6 +7,9 @@ Layout (schema version 1) — a cache called ``train.h5`` is the index file plus
              scale           int      SR scale (4)
              experts         str      JSON list of expert fingerprints, in expert order (see CacheMeta)
              lr_method       str      "matlab_bicubic" (LR made from HR by pipeline.core.resize.make_lr) or "given"
+             features        str      "full" (every expert's hooked features) or "none" (SR images only); absent: full
+             sr_dtype        str      "float16" or "uint8" (SR rounded to 8-bit levels, like the submission); absent:
+                                      float16
              has_hr          bool     whether every sample holds its HR image
              created         str      ISO-8601 UTC time of the index
              tool_version    str      version of this toolkit
@@ -19,8 +22,12 @@ Layout (schema version 1) — a cache called ``train.h5`` is the index file plus
       attrs  name, source_hr, source_lr, lr_h, lr_w, sha256 (JSON {dataset: hex digest of its raw bytes})
       lr     uint8   (3, h, w)                   the LR image
       hr     uint8   (3, s*h, s*w)               the HR image (cropped to s*h × s*w), absent with --lr only
-      sr     float16 (E, 3, s*h, s*w)            every expert's SR output, never 8-bit quantised
-      feat/<expert>  float16 (C_e, h, w)         hooked features of each expert, cropped to the LR size
+      sr     float16 (E, 3, s*h, s*w)            every expert's SR output (uint8 with sr_dtype "uint8": 2x smaller)
+      feat/<expert>  float16 (C_e, h, w)         hooked features of each expert, cropped to the LR size (absent with
+                                                 features "none")
+
+Layout options (``CacheLayout``: features, sr_dtype) trade bytes for what the fusion can read; a cache holding less
+than a fusion was trained on is refused by :func:`describe_layout_shortfall`'s callers, naming both.
 
 Arrays are CHW like the rest of the toolkit. Whole images are stored — never one crop per image — and chunked so
 that a random training crop touches few chunks (``SR_CHUNK`` × ``SR_CHUNK`` spatial chunks in HR space, ``FEAT_CHUNK``
@@ -50,6 +57,8 @@ FEAT_CHUNK = 16  # LR-space spatial chunk of `lr` and `feat/*`
 COMPRESSIONS = ("none", "lzf")
 
 LR_METHODS = ("matlab_bicubic", "given")
+FEATURE_MODES = ("full", "none")
+SR_DTYPES = ("float16", "uint8")
 
 # fingerprint fields that must agree between a cache and what a fusion config expects
 FINGERPRINT_FIELDS = (
@@ -68,12 +77,39 @@ SELF_ENSEMBLE_KEY = (
 
 
 @dataclass(frozen=True)
+class CacheLayout:
+    """What a cache stores per image beyond LR/HR: hooked features or not, and the SR images' precision."""
+
+    features: str = "full"  # "full" | "none"
+    sr_dtype: str = "float16"  # "float16" | "uint8"
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_MODES:
+            raise ValueError(f"features must be one of {FEATURE_MODES}, got {self.features!r}")
+        if self.sr_dtype not in SR_DTYPES:
+            raise ValueError(f"sr_dtype must be one of {SR_DTYPES}, got {self.sr_dtype!r}")
+
+    @property
+    def has_features(self) -> bool:
+        return self.features == "full"
+
+    def describe(self) -> str:
+        return f"features {self.features}, sr {self.sr_dtype}"
+
+    @classmethod
+    def from_attrs(cls, attrs: Any) -> CacheLayout:
+        """From an index's attributes or a meta.json dict (caches written before the options existed: full/float16)."""
+        return cls(features=str(attrs.get("features", "full")), sr_dtype=str(attrs.get("sr_dtype", "float16")))
+
+
+@dataclass(frozen=True)
 class CacheMeta:
     """What a cache was made from; stored in the index and checked on resume and on read."""
 
     scale: int
     experts: tuple[dict[str, Any], ...]  # fingerprints, in expert order
     lr_method: str
+    layout: CacheLayout = CacheLayout()
 
     def __post_init__(self) -> None:
         if self.lr_method not in LR_METHODS:
@@ -97,9 +133,12 @@ class CacheMeta:
         return json.dumps(list(self.experts), sort_keys=True)
 
 
-def describe_mismatch(found: CacheMeta, expected: CacheMeta) -> list[str]:
-    """Human-readable differences between two metas (empty when they agree)."""
+def describe_mismatch(found: CacheMeta, expected: CacheMeta, *, layout: bool = True) -> list[str]:
+    """Human-readable differences between two metas (empty when they agree); ``layout=False`` compares what the cache
+    was made from (experts, scale, LR method) but not how it stores it."""
     diffs = []
+    if layout and found.layout != expected.layout:
+        diffs.append(f"layout: cache has {found.layout.describe()}, expected {expected.layout.describe()}")
     if found.scale != expected.scale:
         diffs.append(f"scale: cache has {found.scale}, expected {expected.scale}")
     if found.lr_method != expected.lr_method:
@@ -114,6 +153,23 @@ def describe_mismatch(found: CacheMeta, expected: CacheMeta) -> list[str]:
             elif (key in a) != (key in b):
                 diffs.append(f"experts[{i}].{key}: present in only one of cache/expected")
     return diffs
+
+
+def describe_layout_shortfall(cache: CacheLayout, *, reads_features: bool, sr_dtype: str) -> list[str]:
+    """What a fusion that reads hooked features (or not) and was trained on ``sr_dtype`` SR images would miss in a
+    cache of layout ``cache`` (empty: it can read it). A cache holding *more* is fine: a features-free fusion ignores
+    stored features, and a fusion trained on uint8 SR rounds its input to 8-bit levels itself."""
+    problems = []
+    if reads_features and not cache.has_features:
+        problems.append(
+            "the cache stores no features (features none) but the fusion reads them (model.inputs.features=true)"
+        )
+    if cache.sr_dtype == "uint8" and sr_dtype != "uint8":
+        problems.append(
+            f"the cache stores 8-bit SR images (sr uint8) but the fusion was trained on {sr_dtype} ones "
+            "(model.inputs.sr_dtype)"
+        )
+    return problems
 
 
 def _norm(v: Any) -> Any:

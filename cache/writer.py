@@ -22,6 +22,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from cache.schema import (
     COMPRESSIONS,
@@ -31,7 +32,9 @@ from cache.schema import (
     PART_SUFFIX,
     SCHEMA_VERSION,
     SR_CHUNK,
+    SR_DTYPES,
     TOOL_VERSION,
+    CacheLayout,
     CacheMeta,
     describe_mismatch,
 )
@@ -44,6 +47,7 @@ __all__ = [
     "CacheMismatchError",
     "check_cache_out",
     "data_dir_of",
+    "encode_srs",
     "is_cache_index",
     "part_path",
     "sha256_of",
@@ -96,6 +100,19 @@ def part_path(data_dir: Path, name: str) -> Path:
 
 def sha256_of(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def encode_srs(srs: torch.Tensor | np.ndarray, sr_dtype: str) -> np.ndarray:
+    """Experts' SR images ``(E,3,sH,sW)`` in [0,1] → the array a cache of ``sr_dtype`` stores: float16, or the
+    uint8 levels of that float16 (clamped to [0,1] and rounded, like the PNG a submission writes; the reader divides by
+    255). Going through float16 makes a uint8 extraction bit-identical to re-packing a float16 cache."""
+    arr = srs.detach().float().cpu().numpy() if isinstance(srs, torch.Tensor) else np.asarray(srs)
+    arr = arr.astype(np.float16)
+    if sr_dtype == "float16":
+        return arr
+    if sr_dtype == "uint8":
+        return np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    raise ValueError(f"sr_dtype must be one of {SR_DTYPES}, got {sr_dtype!r}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -186,6 +203,8 @@ class CacheWriter:
             "scale": self.meta.scale,
             "experts": json.loads(self.meta.experts_json()),
             "lr_method": self.meta.lr_method,
+            "features": self.meta.layout.features,
+            "sr_dtype": self.meta.layout.sr_dtype,
         }
 
     def _check_or_write_meta(self) -> None:
@@ -198,7 +217,12 @@ class CacheWriter:
                     f"{self.path}: existing partial cache has schema {have.get('schema_version')}, this tool writes "
                     f"{SCHEMA_VERSION}; rerun with --overwrite"
                 )
-            found = CacheMeta(scale=have["scale"], experts=tuple(have["experts"]), lr_method=have["lr_method"])
+            found = CacheMeta(
+                scale=have["scale"],
+                experts=tuple(have["experts"]),
+                lr_method=have["lr_method"],
+                layout=CacheLayout.from_attrs(have),
+            )
             diffs = describe_mismatch(found, self.meta)
             if diffs:
                 raise CacheMismatchError(
@@ -225,8 +249,8 @@ class CacheWriter:
         *,
         lr: np.ndarray,  # uint8 (3,h,w)
         hr: np.ndarray | None,  # uint8 (3,s*h,s*w)
-        srs: np.ndarray,  # float16 (E,3,s*h,s*w)
-        feats: Sequence[np.ndarray],  # E arrays float16 (C_e,h,w)
+        srs: np.ndarray,  # float16 or uint8 (meta.layout.sr_dtype) (E,3,s*h,s*w)
+        feats: Sequence[np.ndarray],  # E arrays float16 (C_e,h,w); empty with layout features "none"
         source_hr: str = "",
         source_lr: str = "",
     ) -> Path:
@@ -235,11 +259,16 @@ class CacheWriter:
         if lr.dtype != np.uint8 or lr.ndim != 3 or lr.shape[0] != 3:
             raise ValueError(f"{name}: lr must be uint8 (3,h,w), got {lr.dtype} {lr.shape}")
         h, w = lr.shape[1:]
-        if srs.dtype != np.float16 or srs.shape != (n_exp, 3, s * h, s * w):
-            raise ValueError(f"{name}: srs must be float16 {(n_exp, 3, s * h, s * w)}, got {srs.dtype} {srs.shape}")
+        layout = self.meta.layout
+        if srs.dtype != np.dtype(layout.sr_dtype) or srs.shape != (n_exp, 3, s * h, s * w):
+            raise ValueError(
+                f"{name}: srs must be {layout.sr_dtype} {(n_exp, 3, s * h, s * w)}, got {srs.dtype} {srs.shape}"
+            )
         if hr is not None and (hr.dtype != np.uint8 or hr.shape != (3, s * h, s * w)):
             raise ValueError(f"{name}: hr must be uint8 {(3, s * h, s * w)}, got {hr.dtype} {hr.shape}")
-        if len(feats) != n_exp:
+        if not layout.has_features and len(feats):
+            raise ValueError(f"{name}: this cache stores no features (features none), got {len(feats)} feature maps")
+        if layout.has_features and len(feats) != n_exp:
             raise ValueError(f"{name}: expected {n_exp} feature maps, got {len(feats)}")
         for fp, f in zip(self.meta.experts, feats):
             want = (int(fp["feature_channels"]), h, w)
@@ -258,9 +287,10 @@ class CacheWriter:
             if hr is not None:
                 self._put(f, "hr", hr, SR_CHUNK, checksums)
             self._put(f, "sr", srs, SR_CHUNK, checksums)
-            grp = f.create_group("feat")
-            for fp, arr in zip(self.meta.experts, feats):
-                self._put(grp, str(fp["name"]), arr, FEAT_CHUNK, checksums, prefix="feat/")
+            if layout.has_features:
+                grp = f.create_group("feat")
+                for fp, arr in zip(self.meta.experts, feats):
+                    self._put(grp, str(fp["name"]), arr, FEAT_CHUNK, checksums, prefix="feat/")
             f.attrs["sha256"] = json.dumps(checksums, sort_keys=True)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -294,6 +324,8 @@ class CacheWriter:
                     "scale": self.meta.scale,
                     "experts": self.meta.experts_json(),
                     "lr_method": self.meta.lr_method,
+                    "features": self.meta.layout.features,
+                    "sr_dtype": self.meta.layout.sr_dtype,
                     "has_hr": bool(has_hr and bool(names)),
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                     "tool_version": TOOL_VERSION,

@@ -1,28 +1,31 @@
 """What the cache costs at challenge scale, measured on synthetic data with the real shapes, side by side in one run.
 
     python scripts/bench_cache_scale.py [--images 2] [--hr-size 1356x2040] [--widths 180,180,64 48,60,28]
-                                        [--patch 64] [--batch 16] [--workers 0,2] [--gpu-tflops 100]
-                                        [--out /tmp/bench_cache_scale]
+                                        [--layouts full:float16 none:float16 none:uint8] [--patch 64] [--batch 16]
+                                        [--workers 0,2] [--gpu-tflops 100] [--out /tmp/bench_cache_scale]
 
 For each expert set (feature widths per expert; default HAT-L/DAT/NAFNet-class 180/180/64 and the bundled
-CRAFT/DITN/SPAN 48/60/28) it writes ``--images`` synthetic DIV2K-sized images (HR 2040×1356, three experts) through
-the real :class:`cache.writer.CacheWriter`, and prints:
+CRAFT/DITN/SPAN 48/60/28) and each cache layout (``features:sr_dtype``, :class:`cache.schema.CacheLayout`) it writes
+``--images`` synthetic DIV2K-sized images (HR 2040×1356, three experts) through the real
+:class:`cache.writer.CacheWriter`, and prints:
 
 * bytes per HR pixel (the files on disk ÷ HR pixels) and the projected cache size for DIV2K (800 training images,
   ~2.26 gigapixels of HR), DF2K (3,450 images, ~9.7 Gpx) and LSDIR (84,991 images, ~108 Gpx at its mean size);
 * write throughput (MB/s of cache written, fsync and rename included);
 * random-crop read rate (crops/s at ``--batch`` LR crops of ``--patch`` px, for each worker count);
-* the fusion's training step on this CPU at the same batch, its FLOPs per step (``torch.utils.flop_counter``, forward
+* the fusion's training step on this CPU at the same batch (the fusion that layout can feed: SR only without
+  features, 8-bit input with uint8 SR), its FLOPs per step (``torch.utils.flop_counter``, forward
   + backward) and the GPU step rate those FLOPs allow at ``--gpu-tflops`` effective TFLOP/s — and the read rate as a
   multiple of that GPU rate (the loader must keep ≥ 3× it, or the GPU waits on the cache).
 
-The SR outputs and features are smooth random fields (stored as float16 like real ones), so the uncompressed sizes
-are exact for the layout; compression ratios depend on real content and are measured by scripts/bench_cache.py.
+The SR outputs and features are smooth random fields (stored like real ones), so the uncompressed sizes are exact
+for the layout; compression ratios depend on real content and are measured by scripts/bench_cache.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
@@ -34,8 +37,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from cache.dataset import CachedSRDataset, crops_per_second
-from cache.schema import CacheMeta
-from cache.writer import CacheWriter
+from cache.schema import CacheLayout, CacheMeta
+from cache.writer import CacheWriter, encode_srs
 from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from pipeline.training.losses import charbonnier_loss
@@ -53,8 +56,10 @@ def smooth_field(channels: int, h: int, w: int, *, gen: torch.Generator) -> torc
     return (field + 0.02 * torch.randn(channels, h, w, generator=gen)).clamp(0, 1)
 
 
-def write_synthetic(path: Path, widths: tuple[int, ...], *, images: int, hr: tuple[int, int]) -> tuple[float, int]:
-    """Write a cache of ``images`` synthetic images → (seconds, HR pixels written)."""
+def write_synthetic(
+    path: Path, widths: tuple[int, ...], *, layout: CacheLayout, images: int, hr: tuple[int, int]
+) -> tuple[float, int]:
+    """Write a cache of ``images`` synthetic images in ``layout`` → (seconds, HR pixels written)."""
     h, w = hr[0] // SCALE, hr[1] // SCALE
     meta = CacheMeta(
         scale=SCALE,
@@ -62,6 +67,7 @@ def write_synthetic(path: Path, widths: tuple[int, ...], *, images: int, hr: tup
             {"name": f"expert{i}", "feature_channels": c, "sha256": f"{i:064x}"} for i, c in enumerate(widths)
         ),
         lr_method="matlab_bicubic",
+        layout=layout,
     )
     gen = torch.Generator().manual_seed(0)
     samples = []
@@ -71,8 +77,10 @@ def write_synthetic(path: Path, widths: tuple[int, ...], *, images: int, hr: tup
             {
                 "lr": (F.avg_pool2d(hr_img[None], SCALE)[0] * 255).round().to(torch.uint8).numpy(),
                 "hr": (hr_img * 255).round().to(torch.uint8).numpy(),
-                "srs": torch.stack([hr_img + 0.01 * e for e in range(len(widths))]).numpy().astype(np.float16),
-                "feats": [smooth_field(c, h, w, gen=gen).numpy().astype(np.float16) for c in widths],
+                "srs": encode_srs(torch.stack([hr_img + 0.01 * e for e in range(len(widths))]), layout.sr_dtype),
+                "feats": [smooth_field(c, h, w, gen=gen).numpy().astype(np.float16) for c in widths]
+                if layout.has_features
+                else [],
             }
         )
     t0 = time.perf_counter()
@@ -91,13 +99,15 @@ def fusion_step(path: Path, *, patch: int, batch: int, steps: int) -> tuple[floa
     """The default fusion network's training step on this cache → (CPU seconds per step, FLOPs per step)."""
     ds = CachedSRDataset(path, patch=patch, seed=0)
     cfg = load_fusion_config(REPO / "configs" / "fusion.yaml").with_feat_channels(ds.meta.feature_channels)
-    model = FusionNet(config=cfg)
+    layout = ds.meta.layout
+    inputs = dataclasses.replace(cfg.inputs, features=layout.has_features, sr_dtype=layout.sr_dtype)
+    model = FusionNet(config=dataclasses.replace(cfg, inputs=inputs))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     items = [ds[i] for i in range(batch)]
     lr = torch.stack([it["lr"] for it in items])
     hr = torch.stack([it["hr"] for it in items])
     srs = torch.stack([it["srs"] for it in items])
-    feats = [torch.stack([it["feats"][e] for it in items]) for e in range(len(ds.meta.feature_channels))]
+    feats = [torch.stack([it["feats"][e] for it in items]) for e in range(len(items[0]["feats"]))]
 
     def step() -> None:
         loss = charbonnier_loss(model(lr, srs, feats).sr, hr)
@@ -123,6 +133,12 @@ def _main(argv: list[str] | None = None) -> int:
         default=["180,180,64", "48,60,28"],
         help="feature widths per expert, one comma-separated set per cache",
     )
+    ap.add_argument(
+        "--layouts",
+        nargs="+",
+        default=["full:float16", "none:float16", "none:uint8"],
+        help="cache layouts features:sr_dtype (features full|none, SR float16|uint8)",
+    )
     ap.add_argument("--patch", type=int, default=64, help="LR crop side")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", default="0,2", help="loader worker counts to time")
@@ -135,23 +151,29 @@ def _main(argv: list[str] | None = None) -> int:
     if len(hr) != 2 or min(hr) < SCALE * args.patch:
         ap.error(f"--hr-size must be HxW with both sides >= {SCALE * args.patch}")
     workers = [int(v) for v in args.workers.split(",")]
+    try:
+        layouts = [CacheLayout(*spec.split(":")) for spec in args.layouts]
+    except (TypeError, ValueError) as exc:
+        ap.error(f"--layouts: {exc} (expected features:sr_dtype, e.g. none:uint8)")
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     print(
-        f"bench_cache_scale: {args.images} synthetic images of HR {hr[1]}x{hr[0]} per cache, float16 SR + features, "
-        f"no compression; {torch.get_num_threads()} torch threads; GPU estimate at {args.gpu_tflops:g} TFLOP/s"
+        f"bench_cache_scale: {args.images} synthetic images of HR {hr[1]}x{hr[0]} per cache, no compression; "
+        f"{torch.get_num_threads()} torch threads; GPU estimate at {args.gpu_tflops:g} TFLOP/s"
     )
-    for spec in args.widths:
+    for spec, layout in [(spec, layout) for spec in args.widths for layout in layouts]:
         widths = tuple(int(v) for v in spec.split(","))
-        path = args.out / f"w{'_'.join(map(str, widths))}.h5"
-        seconds, pixels = write_synthetic(path, widths, images=args.images, hr=hr)
+        path = args.out / f"w{'_'.join(map(str, widths))}_{layout.features}_{layout.sr_dtype}.h5"
+        seconds, pixels = write_synthetic(path, widths, layout=layout, images=args.images, hr=hr)
         size = cache_bytes(path)
         per_px = size / pixels
-        sr_b, feat_b = 2 * 3 * len(widths), 2 * sum(widths) / SCALE**2
+        sr_b = (2 if layout.sr_dtype == "float16" else 1) * 3 * len(widths)
+        feat_b = 2 * sum(widths) / SCALE**2 if layout.has_features else 0.0
         print(
-            f"\n[experts with feature widths {list(widths)}] {per_px:.1f} B per HR pixel (SR {sr_b:.0f} + features "
-            f"{feat_b:.1f} + HR/LR {3 + 3 / SCALE**2:.1f} by the layout); write {size / seconds / 1e6:.0f} MB/s"
+            f"\n[feature widths {list(widths)}, {layout.describe()}] {per_px:.1f} B per HR pixel (SR {sr_b:.0f} + "
+            f"features {feat_b:.1f} + HR/LR {3 + 3 / SCALE**2:.1f} by the layout); "
+            f"write {size / seconds / 1e6:.0f} MB/s"
         )
         print(
             "  projected: "

@@ -1,7 +1,8 @@
 """Run the frozen experts once and cache their SR outputs + hooked features in HDF5 (layout: cache/schema.py).
 
     python scripts/extract_features.py --experts configs/experts/shared_real.yaml --hr HR_DIR [--lr LR_DIR] \\
-        --out caches/train.h5 [--compression none|lzf] [--overwrite] [--skip-bad] [--verify]
+        --out caches/train.h5 [--compression none|lzf] [--features full|none] [--sr-dtype float16|uint8] \
+        [--overwrite] [--skip-bad] [--verify]
     python scripts/extract_features.py --out caches/train.h5 --verify          # check an existing cache
     torchrun --nproc_per_node 8 scripts/extract_features.py ...                # one share of the images per rank
 
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 from cache.extract import extract, verify
-from cache.schema import COMPRESSIONS
+from cache.schema import COMPRESSIONS, FEATURE_MODES, SR_DTYPES, CacheLayout
 from pipeline.core.cli import run_cli
 
 
@@ -65,6 +66,19 @@ def _main(argv: list[str] | None = None) -> int:
         help="run every expert on this device (default: the YAML's; under torchrun with CUDA: cuda:LOCAL_RANK)",
     )
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
+    ap.add_argument(
+        "--features",
+        choices=FEATURE_MODES,
+        default="full",
+        help="store the experts' hooked features (full) or SR images only (none: for fusions with "
+        "model.inputs.features=false)",
+    )
+    ap.add_argument(
+        "--sr-dtype",
+        choices=SR_DTYPES,
+        default="float16",
+        help="precision of the cached SR images (uint8: half the bytes; for fusions with model.inputs.sr_dtype=uint8)",
+    )
     ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) cache first")
     ap.add_argument(
         "--skip-bad", action="store_true", help="skip bad inputs (recorded in the index) instead of refusing to start"
@@ -93,6 +107,7 @@ def _main(argv: list[str] | None = None) -> int:
         root=args.root,
         device=args.device,
         compression=args.compression,
+        layout=CacheLayout(features=args.features, sr_dtype=args.sr_dtype),
         overwrite=args.overwrite,
         skip_bad=args.skip_bad,
         tta=args.tta,

@@ -3,6 +3,7 @@ resume, bad inputs, and aligned random crops from the dataset."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,8 +21,9 @@ from torch.utils.data import DataLoader
 
 from cache.dataset import CachedSRDataset
 from cache.reader import CacheError, CacheReader
-from cache.schema import CacheMeta
-from cache.writer import CacheLockedError, CacheMismatchError, CacheWriter
+from cache.repack import RepackError, repack
+from cache.schema import CacheLayout, CacheMeta, describe_layout_shortfall
+from cache.writer import CacheLockedError, CacheMismatchError, CacheWriter, encode_srs
 from pipeline.core.augment import augment
 from pipeline.core.imageio import write_image
 
@@ -170,6 +172,74 @@ def test_writer_validates_shapes_and_finiteness(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# layout options (features full|none, SR float16|uint8)
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("features", ["full", "none"])
+@pytest.mark.parametrize("sr_dtype", ["float16", "uint8"])
+def test_every_layout_round_trips_within_its_precision(tmp_path, features, sr_dtype):
+    layout = CacheLayout(features=features, sr_dtype=sr_dtype)
+    meta = dataclasses.replace(_meta(), layout=layout)
+    rng = np.random.default_rng(3)
+    smp = _sample(rng, 20, 24, meta)
+    sr_float = (rng.random(smp["srs"].shape) * 1.2 - 0.1).astype(np.float32)  # experts overshoot [0,1] a little
+    with CacheWriter(tmp_path / "c.h5", meta=meta) as w:
+        feats = smp["feats"] if layout.has_features else []
+        w.write_sample("a", lr=smp["lr"], hr=smp["hr"], srs=encode_srs(sr_float, sr_dtype), feats=feats)
+        w.write_index(["a"])
+    r = CacheReader(tmp_path / "c.h5", expect=_meta())  # the experts agree; the layout is the reader's to report
+    assert r.layout == layout and r.verify() == []
+    s = r.read(0, box=(3, 5, 8, 10))
+    ref = torch.from_numpy(sr_float[:, :, 12:44, 20:60])
+    assert torch.equal(s.lr, torch.from_numpy(smp["lr"][:, 3:11, 5:15]).float() / 255)
+    if sr_dtype == "float16":  # exactly the float16 of the source (values beyond [0,1] kept)
+        assert torch.equal(s.srs, ref.half().float())
+    else:  # the 8-bit levels of the clamped source, like the PNG a submission writes
+        assert torch.equal(s.srs * 255, (s.srs * 255).round())
+        assert (s.srs - ref.clamp(0, 1)).abs().max() <= 0.5 / 255 + 2**-11  # rounded from the float16
+    if layout.has_features:
+        assert torch.equal(s.feats[1], torch.from_numpy(smp["feats"][1][:, 3:11, 5:15].astype(np.float32)))
+    else:
+        assert s.feats == ()
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert (f.attrs["features"], f.attrs["sr_dtype"]) == (features, sr_dtype)
+        assert ("feat" in f["images/a"]) == layout.has_features and f["images/a/sr"].dtype == np.dtype(sr_dtype)
+
+
+def test_layout_is_checked_on_write_resume_and_verify(small_cache, tmp_path):
+    path, meta, samples = small_cache
+    lean = dataclasses.replace(meta, layout=CacheLayout(features="none", sr_dtype="uint8"))
+    with pytest.raises(
+        CacheMismatchError, match=r"cannot resume.*layout: cache has features full, sr float16, expected features none"
+    ):
+        CacheWriter(path, meta=lean)
+    smp = samples["a"]
+    with CacheWriter(tmp_path / "lean.h5", meta=lean) as w:
+        with pytest.raises(ValueError, match="srs must be uint8"):
+            w.write_sample("x", lr=smp["lr"], hr=smp["hr"], srs=smp["srs"], feats=[])
+        with pytest.raises(ValueError, match="stores no features"):
+            w.write_sample("x", lr=smp["lr"], hr=smp["hr"], srs=encode_srs(smp["srs"], "uint8"), feats=smp["feats"])
+        w.write_sample("x", lr=smp["lr"], hr=smp["hr"], srs=encode_srs(smp["srs"], "uint8"), feats=[])
+        w.write_index(["x"])
+    with h5py.File(tmp_path / "lean.h5.d" / "x.h5", "r+") as f:  # features where the index says none
+        f.create_dataset("feat/e0", data=np.zeros((5, 20, 24), np.float16))
+    assert CacheReader(tmp_path / "lean.h5").verify() == ["x: holds features, but the index says features none"]
+    with h5py.File(path, "a") as f:  # a cache written before the options existed reads as full / float16
+        del f.attrs["features"], f.attrs["sr_dtype"]
+    assert CacheReader(path).layout == CacheLayout()
+
+
+def test_a_cache_holding_less_than_the_fusion_reads_is_refused_naming_both():
+    full, lean = CacheLayout(), CacheLayout(features="none", sr_dtype="uint8")
+    assert describe_layout_shortfall(full, reads_features=True, sr_dtype="float16") == []
+    assert describe_layout_shortfall(full, reads_features=False, sr_dtype="uint8") == []  # more than needed is fine
+    assert describe_layout_shortfall(lean, reads_features=False, sr_dtype="uint8") == []
+    problems = describe_layout_shortfall(lean, reads_features=True, sr_dtype="float16")
+    assert len(problems) == 2
+    assert "features none" in problems[0] and "model.inputs.features=true" in problems[0]
+    assert "sr uint8" in problems[1] and "float16" in problems[1] and "model.inputs.sr_dtype" in problems[1]
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # the dataset
 # ------------------------------------------------------------------------------------------------------------------
 def test_augment_is_the_dihedral_group():
@@ -273,9 +343,10 @@ def _assert_same(a: dict, b: dict) -> None:
             assert torch.equal(x, y), name
 
 
-def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys):
+@pytest.mark.parametrize("layout", [[], ["--features", "none", "--sr-dtype", "uint8"]], ids=["full-f16", "none-u8"])
+def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys, layout):
     root = tiny_setup
-    args = ["--experts", root / "experts.yaml", "--hr", root / "hr"]
+    args = ["--experts", root / "experts.yaml", "--hr", root / "hr", *layout]
     ref = tmp_path / "ref.h5"
     assert _extract([*args, "--out", ref, "--verify"]) == 0
     captured = capsys.readouterr()
@@ -283,6 +354,8 @@ def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys):
     assert f"extract_features: cache {ref} holds 8 images" in captured.out  # the path, not a tensor's repr
     reference = _dump(ref)
     assert len(reference) == 8
+    want = CacheLayout(features="none", sr_dtype="uint8") if layout else CacheLayout()
+    assert CacheReader(ref).layout == want and len(reference["im00"]) == 3 + 2 * want.has_features
 
     # a real SIGKILL at several points: mid-write of the first image, after some images, while indexing
     out = tmp_path / "killed.h5"
@@ -468,3 +541,21 @@ def test_dataset_stream_is_a_pure_function_of_seed_and_index(small_cache):
     assert sorted(a.image_of(k) for k in range(2)) == [0, 1] and sorted(a.image_of(k) for k in range(2, 4)) == [0, 1]
     c = CachedSRDataset(path, patch=8, seed=4)
     assert any(not torch.equal(a[k]["box"], c[k]["box"]) for k in range(6))
+
+
+def test_repack_equals_extracting_with_that_layout_and_never_invents_data(tiny_setup, tmp_path):
+    root = tiny_setup
+    args = ["--experts", root / "experts.yaml", "--hr", root / "hr"]
+    assert _extract([*args, "--out", tmp_path / "full.h5"]) == 0
+    assert _extract([*args, "--out", tmp_path / "lean.h5", "--features", "none", "--sr-dtype", "uint8"]) == 0
+    lean = CacheLayout(features="none", sr_dtype="uint8")
+    packed = repack(tmp_path / "full.h5", tmp_path / "packed.h5", layout=lean, compression="lzf")
+    assert packed.layout == lean and packed.verify() == []
+    _assert_same(_dump(tmp_path / "packed.h5"), _dump(tmp_path / "lean.h5"))  # bit-identical to a lean extraction
+    with pytest.raises(RepackError, match=r"lean\.h5 stores no features"):
+        repack(tmp_path / "lean.h5", tmp_path / "x.h5", layout=CacheLayout(sr_dtype="uint8"))
+    with pytest.raises(RepackError, match=r"stores 8-bit SR images \(sr uint8\)"):
+        repack(tmp_path / "lean.h5", tmp_path / "x.h5", layout=CacheLayout(features="none"))
+    with pytest.raises(RepackError, match="not over its source"):
+        repack(tmp_path / "full.h5", tmp_path / "full.h5", layout=lean)
+    assert not (tmp_path / "x.h5").exists()

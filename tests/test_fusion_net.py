@@ -10,6 +10,7 @@ import torch
 from conftest import assert_close
 
 from pipeline.core.config import ConfigError
+from pipeline.core.imageio import quantize_8bit
 from pipeline.model.fusion_net import (
     PHASE_SWITCHES,
     FusionConfig,
@@ -316,3 +317,21 @@ def test_sr_only_fusion_never_reads_the_features(experts: int) -> None:
     perturb_zero_layers(with_feats)
     with torch.no_grad():
         assert not torch.equal(with_feats(lr, srs, feats).sr, with_feats(lr, srs, [f + 1.0 for f in feats]).sr)
+
+
+def test_uint8_fusion_sees_the_8bit_levels_in_training_and_inference_alike() -> None:
+    """inputs.sr_dtype=uint8 (the fusion for an SR-uint8 cache): the output for the experts' float SR images equals
+    the output for their 8-bit levels (what the cache returns), so live inference matches training; a float16
+    fusion tells them apart."""
+    cfg = tiny_config()
+    u8 = FusionNet(config=dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, sr_dtype="uint8")))
+    perturb_zero_layers(u8)
+    lr, srs, feats = make_inputs(cfg)
+    levels = quantize_8bit(srs)
+    assert not torch.equal(levels, srs)
+    with torch.no_grad():
+        assert torch.equal(u8(lr, srs, feats).sr, u8(lr, levels, feats).sr)
+        f16 = FusionNet(config=cfg)
+        f16.load_state_dict(u8.state_dict())  # same weights, only the input precision differs
+        assert not torch.equal(f16(lr, srs, feats).sr, f16(lr, levels, feats).sr)
+        assert torch.equal(f16(lr, levels, feats).sr, u8(lr, srs, feats).sr)

@@ -17,6 +17,8 @@ import yaml
 from conftest import program, read_metrics, run_main
 from safetensors.torch import load_file
 
+from cache.extract import extract
+from cache.schema import CacheLayout
 from pipeline.core.config import ConfigError
 from pipeline.model.io import load_pretrained, read_extra
 from pipeline.training.checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
@@ -54,6 +56,19 @@ def tiny_cache(tiny_compact_experts, tmp_path_factory) -> Path:
         )
     finally:
         torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lean_cache(tiny_compact_experts, tmp_path_factory) -> Path:
+    """The tiny experts' cache without features and with 8-bit SR images (the leanest layout)."""
+    out = tmp_path_factory.mktemp("lean_cache") / "lean.h5"
+    extract(
+        experts=tiny_compact_experts["yaml"],
+        out=out,
+        hr_dirs=[tiny_compact_experts["hr"]],
+        layout=CacheLayout(features="none", sr_dtype="uint8"),
+    )
     return out
 
 
@@ -154,6 +169,22 @@ def test_tiny_cached_run_learns_and_saves_everything(tiny_cache, tmp_path, capsy
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(resolve_checkpoint(run) / "model.safetensors"))
+
+
+def test_a_lean_cache_trains_only_the_fusion_it_can_feed(lean_cache, tmp_path):
+    """A cache without features / with 8-bit SR is refused for a fusion that reads features / float SR (the
+    message names the cache's layout and the fusion's setting); the SR-only 8-bit fusion trains on it."""
+    cfg_path = _write_config(tmp_path / "cfg.yaml", lean_cache, tmp_path / "runs", steps=6, val_every=6, ckpt_every=6)
+    with pytest.raises(
+        RunError,
+        match=r"lean\.h5 \(features none, sr uint8\) cannot feed this fusion.*"
+        r"model\.inputs\.features=true.*model\.inputs\.sr_dtype",
+    ):
+        run_main(train_mod.main, [str(cfg_path)], debug=True)
+    over = ["model.inputs.features=false", "model.inputs.sr_dtype=uint8"]
+    assert run_main(train_mod.main, [str(cfg_path), *over]) == 0
+    model = load_pretrained(resolve_checkpoint(tmp_path / "runs" / "tiny"))
+    assert model.config.inputs.features is False and model.config.inputs.sr_dtype == "uint8"
 
 
 def test_resume_after_sigkill_is_bit_identical(tiny_cache, tmp_path):

@@ -48,6 +48,7 @@ from pipeline.core.config import (
     config_from_dict,
     load_yaml,
 )
+from pipeline.core.imageio import quantize_8bit
 from pipeline.model.blocks import (
     GUIDANCE_GROUPS,
     BandFusion2d,
@@ -101,6 +102,9 @@ class InputsConfig:
     # False: the fusion sees the experts' SR images only — the hooked features are never read (they may be absent
     # from the cache); feat_channels then only counts the experts. The "do features pay for themselves?" ablation.
     features: bool = True
+    # "uint8": the fusion rounds the experts' SR images to 8-bit levels before anything else, in training and at
+    # inference alike — what a cache of SR uint8 (half the bytes) holds; "float16": they are used as given.
+    sr_dtype: Literal["float16", "uint8"] = "float16"
 
 
 @dataclass(frozen=True)
@@ -434,6 +438,8 @@ class FusionNet(nn.Module):
     def forward_with_precomputed(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor]) -> FusionOutput:
         """lr (B,3,H,W), srs (B,E,3,4H,4W), feats: E tensors (B,C_e,H,W) → :class:`FusionOutput`."""
         self._check_inputs(lr, srs, feats)
+        if self.config.inputs.sr_dtype == "uint8":
+            srs = quantize_8bit(srs)  # identical in training (a uint8 cache holds these levels) and at inference
         sr_mean = srs.mean(dim=1)
         tokens, x = self.embed(lr, srs, sr_mean, feats)  # (B,E,T,H,W), (B,C,H,W)
 

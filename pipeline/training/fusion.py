@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cache.dataset import CachedFullImageDataset, CachedSRDataset
-from cache.schema import SCHEMA_VERSION
+from cache.schema import SCHEMA_VERSION, CacheLayout, describe_layout_shortfall
 from pipeline.core.config import config_to_dict
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
-from pipeline.model.fusion_net import FusionNet
+from pipeline.model.fusion_net import FusionConfig, FusionNet
 from pipeline.training.checkpoint import load_train_state, remove_stale_temps, resolve_checkpoint, save_checkpoint
 from pipeline.training.config import RunConfig, StageConfig
 from pipeline.training.ema import ModelEma
@@ -69,6 +69,7 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
                 f"(data.skip_small): {', '.join(train_ds.skipped[:8])}{' ...' if len(train_ds.skipped) > 8 else ''}"
             )
         meta = train_ds.meta
+        check_cache_layout(d.train_cache, meta.layout, cfg.model)
         if d.experts is not None:
             check_expert_files(d.experts, meta)
     else:
@@ -83,6 +84,7 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
     val_ds = None
     if d.val_cache is not None and rank == 0:
         val_ds = CachedFullImageDataset(d.val_cache, expect=meta)
+        check_cache_layout(d.val_cache, val_ds.reader.layout, cfg.model)
     sampler = StepBatchSampler(
         start_step=start_step, steps=cfg.train.steps, batch_size=d.batch_size, rank=rank, world=world
     )
@@ -95,6 +97,14 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
         persistent_workers=False,
     )
     return loader, val_ds, meta, ensemble
+
+
+def check_cache_layout(path: str, layout: CacheLayout, model: FusionConfig) -> None:
+    """The cache at ``path`` must hold what the fusion reads (``model.inputs``): else a :class:`RunError` naming
+    the cache's layout and the fusion's setting."""
+    problems = describe_layout_shortfall(layout, reads_features=model.inputs.features, sr_dtype=model.inputs.sr_dtype)
+    if problems:
+        raise RunError(f"{path} ({layout.describe()}) cannot feed this fusion: {'; '.join(problems)}")
 
 
 def check_expert_files(experts_yaml: str, meta) -> None:

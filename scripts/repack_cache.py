@@ -1,0 +1,59 @@
+"""Re-pack a cache into a leaner layout — no experts run (library: cache/repack.py).
+
+    python scripts/repack_cache.py caches/train.h5 caches/train_lean.h5 --features none --sr-dtype uint8 [--verify]
+
+Features ``full`` → ``none`` and SR ``float16`` → ``uint8`` (the same rounding as ``extract_features.py
+--sr-dtype uint8``), with any ``--compression``. Crash-safe and resumable like extraction: rerun after a kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cache.extract import verify
+from cache.repack import repack
+from cache.schema import COMPRESSIONS, FEATURE_MODES, SR_DTYPES, CacheLayout
+from cache.writer import data_dir_of
+from pipeline.core.cli import run_cli
+
+
+def _bytes(path: Path) -> int:
+    return path.stat().st_size + sum(f.stat().st_size for f in data_dir_of(path).iterdir())
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="repack_cache.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("src", type=Path, help="the cache index to read")
+    ap.add_argument("out", type=Path, help="the new cache index")
+    ap.add_argument("--features", choices=FEATURE_MODES, default="full")
+    ap.add_argument("--sr-dtype", choices=SR_DTYPES, default="float16")
+    ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
+    ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) output cache first")
+    ap.add_argument("--verify", action="store_true", help="re-read and check every sample of the new cache")
+    args = ap.parse_args(argv)
+    layout = CacheLayout(features=args.features, sr_dtype=args.sr_dtype)
+    new = repack(args.src, args.out, layout=layout, compression=args.compression, overwrite=args.overwrite)
+    before, after = _bytes(args.src), _bytes(args.out)
+    print(
+        f"repack_cache: {len(new)} images, {layout.describe()} → {args.out}: {after / 1e6:.1f} MB "
+        f"({after / before:.1%} of {args.src}, {before / 1e6:.1f} MB)"
+    )
+    if args.verify:
+        _, problems, seconds = verify(args.out)
+        print(f"verify: {len(new)} images in {args.out}, {len(problems)} problem(s), {seconds:.1f} s")
+        for p in problems:
+            print(f"verify: {p}")
+        return 1 if problems else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("repack_cache", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
