@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401 - registers the bitshuffle/zstd filters a cache may use
 import numpy as np
 import torch
 

@@ -31,7 +31,8 @@ than a fusion was trained on is refused by :func:`describe_layout_shortfall`'s c
 
 Arrays are CHW like the rest of the toolkit. Whole images are stored — never one crop per image — and chunked so
 that a random training crop touches few chunks (``SR_CHUNK`` × ``SR_CHUNK`` spatial chunks in HR space, ``FEAT_CHUNK``
-in LR space). Compression is optional: none (default, fastest to read) or lzf.
+in LR space). Compression is optional: none (default, fastest to read), lzf, or bitshuffle + LZ4 / zstd (the
+``hdf5plugin`` filters made for numeric arrays; every reader and writer imports hdf5plugin to register them).
 
 Per-image files are what make extraction crash-safe without relying on HDF5's own crash behaviour: a sample is
 complete exactly when its file exists under its final name (the rename happens after the data are flushed), and the
@@ -54,7 +55,7 @@ LOCK_SUFFIX = ".lock"
 
 SR_CHUNK = 64  # HR-space spatial chunk of `sr` and `hr`
 FEAT_CHUNK = 16  # LR-space spatial chunk of `lr` and `feat/*`
-COMPRESSIONS = ("none", "lzf")
+COMPRESSIONS = ("none", "lzf", "bitshuffle-lz4", "bitshuffle-zstd")  # per-dataset HDF5 filters (self-describing)
 
 LR_METHODS = ("matlab_bicubic", "given")
 FEATURE_MODES = ("full", "none")

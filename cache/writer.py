@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
+import hdf5plugin
 import numpy as np
 import torch
 
@@ -47,6 +48,7 @@ __all__ = [
     "CacheMismatchError",
     "check_cache_out",
     "data_dir_of",
+    "compression_filter",
     "encode_srs",
     "is_cache_index",
     "part_path",
@@ -115,6 +117,17 @@ def encode_srs(srs: torch.Tensor | np.ndarray, sr_dtype: str) -> np.ndarray:
     raise ValueError(f"sr_dtype must be one of {SR_DTYPES}, got {sr_dtype!r}")
 
 
+def compression_filter(compression: str) -> dict:
+    """``create_dataset`` keyword arguments of a :data:`cache.schema.COMPRESSIONS` name."""
+    if compression == "none":
+        return {}
+    if compression == "lzf":
+        return {"compression": "lzf"}
+    if compression in ("bitshuffle-lz4", "bitshuffle-zstd"):
+        return dict(hdf5plugin.Bitshuffle(cname=compression.split("-", 1)[1]))
+    raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -149,7 +162,7 @@ class CacheWriter:
         self.path = Path(path)
         self.data_dir = data_dir_of(self.path)
         self.meta = meta
-        self.compression = None if compression == "none" else compression
+        self.filters = compression_filter(compression)
         self.rank = rank
         self._lock_fh = None
         self._lock()
@@ -299,7 +312,7 @@ class CacheWriter:
         return final
 
     def _put(self, group: h5py.Group, key: str, arr: np.ndarray, chunk: int, sums: dict, prefix: str = "") -> None:
-        group.create_dataset(key, data=arr, chunks=_chunks(arr.shape, chunk), compression=self.compression)
+        group.create_dataset(key, data=arr, chunks=_chunks(arr.shape, chunk), **self.filters)
         sums[prefix + key] = sha256_of(arr)
 
     # ------------------------------------------------------------------------------------------------------ index

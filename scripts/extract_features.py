@@ -1,7 +1,8 @@
 """Run the frozen experts once and cache their SR outputs + hooked features in HDF5 (layout: cache/schema.py).
 
     python scripts/extract_features.py --experts configs/experts/shared_real.yaml --hr HR_DIR [--lr LR_DIR] \\
-        --out caches/train.h5 [--compression none|lzf] [--features full|none] [--sr-dtype float16|uint8] \
+        --out caches/train.h5 [--compression none|lzf|bitshuffle-lz4|bitshuffle-zstd] \\
+        [--features full|none] [--sr-dtype float16|uint8] \\
         [--overwrite] [--skip-bad] [--verify]
     python scripts/extract_features.py --out caches/train.h5 --verify          # check an existing cache
     torchrun --nproc_per_node 8 scripts/extract_features.py ...                # one share of the images per rank

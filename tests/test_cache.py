@@ -174,15 +174,23 @@ def test_writer_validates_shapes_and_finiteness(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 # layout options (features full|none, SR float16|uint8)
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("features", ["full", "none"])
-@pytest.mark.parametrize("sr_dtype", ["float16", "uint8"])
-def test_every_layout_round_trips_within_its_precision(tmp_path, features, sr_dtype):
+@pytest.mark.parametrize(
+    ("features", "sr_dtype", "compression"),
+    [
+        ("full", "float16", "none"),
+        ("full", "uint8", "lzf"),
+        ("none", "float16", "bitshuffle-lz4"),
+        ("none", "uint8", "bitshuffle-zstd"),
+        ("full", "float16", "bitshuffle-zstd"),
+    ],
+)
+def test_every_layout_round_trips_within_its_precision(tmp_path, features, sr_dtype, compression):
     layout = CacheLayout(features=features, sr_dtype=sr_dtype)
     meta = dataclasses.replace(_meta(), layout=layout)
     rng = np.random.default_rng(3)
     smp = _sample(rng, 20, 24, meta)
     sr_float = (rng.random(smp["srs"].shape) * 1.2 - 0.1).astype(np.float32)  # experts overshoot [0,1] a little
-    with CacheWriter(tmp_path / "c.h5", meta=meta) as w:
+    with CacheWriter(tmp_path / "c.h5", meta=meta, compression=compression) as w:
         feats = smp["feats"] if layout.has_features else []
         w.write_sample("a", lr=smp["lr"], hr=smp["hr"], srs=encode_srs(sr_float, sr_dtype), feats=feats)
         w.write_index(["a"])
@@ -203,6 +211,7 @@ def test_every_layout_round_trips_within_its_precision(tmp_path, features, sr_dt
     with h5py.File(tmp_path / "c.h5", "r") as f:
         assert (f.attrs["features"], f.attrs["sr_dtype"]) == (features, sr_dtype)
         assert ("feat" in f["images/a"]) == layout.has_features and f["images/a/sr"].dtype == np.dtype(sr_dtype)
+        assert (f["images/a/sr"].id.get_create_plist().get_nfilters() > 0) == (compression != "none")
 
 
 def test_layout_is_checked_on_write_resume_and_verify(small_cache, tmp_path):
