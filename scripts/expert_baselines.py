@@ -2,6 +2,7 @@
 
     python -m experts.run --config configs/experts/shared_real.yaml --input LR_DIR --output EXP_DIR
     python scripts/expert_baselines.py --experts-dir EXP_DIR --hr HR_DIR [--scale 4] [--blocks 8 16] [--blend]
+                                       [--image-blend]
 
 ``EXP_DIR`` holds one sub-folder of SR PNGs per expert (``experts.run``'s layout, ``fingerprints.json`` gives the
 order). Writes, with the same file names:
@@ -16,6 +17,9 @@ order). Writes, with the same file names:
 * ``EXP_DIR/_blend/`` (``--blend``): one fixed linear blend ``Σ_e w_e·sr_e`` whose weights (any sign, no bias) are
   the least-squares fit of the HR's Y on the experts' Y over the whole set (border cropped) — fitted on the scored
   images themselves, so an upper bound of any fixed blend; the weights go to ``EXP_DIR/blend_weights.json``.
+* ``EXP_DIR/_blend_image/`` (``--image-blend``): per image, the least-squares blend fitted on that image alone — the
+  ceiling of any method that picks its expert weights per image (a global gate, a per-image ensembler) but does not
+  vary them within the image; the weights per image go to ``EXP_DIR/blend_image_weights.json``.
 
 Score both with ``scripts/evaluate.py --sr EXP_DIR/_mean --hr HR_DIR``. The HR is cropped to a multiple of the scale
 as in the scoring; SR/HR pairing and sizes are checked first.
@@ -35,7 +39,7 @@ from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_dir, is_marked, mark_output_dir
-from pipeline.evaluation.baselines import blend_weights, block_oracle, expert_mean, pixel_oracle
+from pipeline.evaluation.baselines import blend_weights, block_oracle, expert_mean, image_blend, pixel_oracle
 from pipeline.evaluation.scoring import PairingError, check_sizes, pair_images
 
 __all__ = ["main"]
@@ -55,6 +59,9 @@ def _main(argv: list[str] | None = None) -> int:
         help="also the block oracles at these tile sides (SR pixels), e.g. 8 16",
     )
     ap.add_argument("--blend", action="store_true", help="also the least-squares fixed blend fitted on this set")
+    ap.add_argument(
+        "--image-blend", action="store_true", help="also the least-squares blend fitted on each image alone"
+    )
     args = ap.parse_args(argv)
     if any(b < 1 for b in args.blocks):
         ap.error(f"--blocks must be >= 1, got {args.blocks}")
@@ -82,7 +89,13 @@ def _main(argv: list[str] | None = None) -> int:
             hr = crop_to_match(read_image(pairs[0].hr), srs[:, 0], scale=args.scale)  # as the scoring crops it
             yield pairs[0].sr.name, srs, hr
 
-    written = ["_mean", "_oracle", *(f"_oracle_b{b}" for b in args.blocks), *(["_blend"] if args.blend else [])]
+    written = [
+        "_mean",
+        "_oracle",
+        *(f"_oracle_b{b}" for b in args.blocks),
+        *(["_blend"] if args.blend else []),
+        *(["_blend_image"] if args.image_blend else []),
+    ]
     for folder in written:  # the shared output guard, before any work: new, empty or made by this script
         check_output_dir(args.experts_dir / folder, ours=is_marked)
     weights = None
@@ -99,6 +112,7 @@ def _main(argv: list[str] | None = None) -> int:
         )
     for folder in written:
         mark_output_dir(args.experts_dir / folder, tool="expert_baselines.py")
+    per_image = {}
     for name, srs, hr in tqdm(images(), total=len(per_expert[0]), desc="baselines", unit="img"):
         write_image(args.experts_dir / "_mean" / name, expert_mean(srs))
         write_image(args.experts_dir / "_oracle" / name, pixel_oracle(srs, hr))
@@ -106,6 +120,14 @@ def _main(argv: list[str] | None = None) -> int:
             write_image(args.experts_dir / f"_oracle_b{b}" / name, block_oracle(srs, hr, b))
         if weights is not None:
             write_image(args.experts_dir / "_blend" / name, torch.einsum("e,bechw->bchw", weights, srs).clamp(0, 1))
+        if args.image_blend:
+            out, w = image_blend(srs, hr, scale=args.scale)
+            write_image(args.experts_dir / "_blend_image" / name, out)
+            per_image[name] = [float(v) for v in w]
+    if args.image_blend:
+        (args.experts_dir / "blend_image_weights.json").write_text(
+            json.dumps({"experts": names, "weights": per_image}, indent=2)
+        )
     print(f"expert_baselines: {len(per_expert[0])} images of {names} -> {args.experts_dir}/{{{','.join(written)}}}")
     return 0
 

@@ -66,6 +66,20 @@ def test_blend_weights_recover_a_linear_combination():
     torch.testing.assert_close(w, torch.tensor([0.7, 0.5, -0.2]), atol=1e-4, rtol=0)
 
 
+def test_image_blend_is_each_images_own_least_squares_blend():
+    g = torch.Generator().manual_seed(3)
+    pairs = []
+    for w in ([0.6, 0.3, 0.1], [0.2, 0.9, -0.1]):  # two images that want different weights
+        srs = torch.rand(1, 3, 3, 20, 20, generator=g) * 0.8 + 0.1
+        hr = sum(wi * srs[:, i] for i, wi in enumerate(w))
+        pairs.append((srs, hr, torch.tensor(w)))
+        out, got = baselines.image_blend(srs, hr, scale=4)
+        torch.testing.assert_close(got, torch.tensor(w), atol=1e-4, rtol=0)
+        torch.testing.assert_close(out, hr.clamp(0, 1), atol=1e-4, rtol=0)
+    shared = baselines.blend_weights([(s, h) for s, h, _ in pairs], scale=4)  # one blend cannot fit both
+    assert (shared - pairs[0][2]).abs().max() > 0.05 and (shared - pairs[1][2]).abs().max() > 0.05
+
+
 def test_baselines_script_and_table(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     hr_dir, exp = tmp_path / "hr", tmp_path / "exp"
@@ -78,8 +92,9 @@ def test_baselines_script_and_table(tmp_path, capsys):
         for k, n in enumerate(names):
             noise = (0.02 + 0.03 * k) * torch.randn(1, 3, 24, 28, generator=g)
             write_image(exp / n / f"img{i}x4.png", (hr[..., :24, :28] + noise).clamp(0, 1))
-    assert expert_baselines.main(["--experts-dir", str(exp), "--hr", str(hr_dir), "--blocks", "4", "--blend"]) == 0
-    for folder in ("_oracle", "_oracle_b4", "_blend"):
+    argv = ["--experts-dir", str(exp), "--hr", str(hr_dir), "--blocks", "4", "--blend", "--image-blend"]
+    assert expert_baselines.main(argv) == 0
+    for folder in ("_oracle", "_oracle_b4", "_blend", "_blend_image"):
         assert sorted(p.name for p in (exp / folder).iterdir() if not p.name.startswith(".")) == [
             "img0x4.png",
             "img1x4.png",
@@ -88,7 +103,7 @@ def test_baselines_script_and_table(tmp_path, capsys):
     assert blend["experts"] == names and blend["weights"][0] > blend["weights"][2]  # a (least noise) weighs most
 
     scores = {}
-    for m in ["a", "b", "c", "_mean", "_oracle", "_oracle_b4", "_blend"]:
+    for m in ["a", "b", "c", "_mean", "_oracle", "_oracle_b4", "_blend", "_blend_image"]:
         rows = score_fidelity(pair_images(exp / m, hr_dir, scale=4), scale=4)
         scores[m.strip("_")] = sum(r["psnr"] for r in rows) / len(rows)
         (tmp_path / "res" / "S" / "scores").mkdir(parents=True, exist_ok=True)
@@ -97,6 +112,8 @@ def test_baselines_script_and_table(tmp_path, capsys):
         )
     assert scores["oracle"] > scores["oracle_b4"] >= max(scores["a"], scores["b"], scores["c"])  # a wins most tiles
     assert scores["blend"] > max(scores["a"], scores["b"], scores["c"])  # independent noise: the blend averages it
+    assert scores["blend_image"] > scores["blend"]  # fitted on each image alone: at least as good on it
+    assert sorted(json.loads((exp / "blend_image_weights.json").read_text())["weights"]) == ["img0x4.png", "img1x4.png"]
     # the saved oracle PNG is exactly made of expert pixels (no rounding loss)
     o = read_image(exp / "_oracle" / "img0x4.png")
     stack = torch.stack([read_image(exp / n / "img0x4.png") for n in names])  # (E,1,3,H,W)

@@ -9,7 +9,15 @@ import torch
 from pipeline.core.metrics import rgb_to_y
 from pipeline.inference.ensemblers import BlendStats, blend_stats
 
-__all__ = ["BlendStats", "blend_stats", "blend_weights", "block_oracle", "expert_mean", "pixel_oracle"]
+__all__ = [
+    "BlendStats",
+    "blend_stats",
+    "blend_weights",
+    "block_oracle",
+    "expert_mean",
+    "image_blend",
+    "pixel_oracle",
+]
 
 
 def expert_mean(srs: torch.Tensor) -> torch.Tensor:
@@ -39,3 +47,13 @@ def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
     """Least-squares ``w (E,)`` minimising Σ (Σ_e w_e·Y_e − Y_hr)² over every image's border-cropped pixels (border =
     ``scale``, as NTIRE's); ``pairs_per_image`` as for :func:`blend_stats`."""
     return blend_stats(pairs_per_image, border=scale).solve().float()
+
+
+def image_blend(srs: torch.Tensor, hr: torch.Tensor, *, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``srs (1,E,3,H,W)``, ``hr (1,3,H,W)`` → (``(1,3,H,W)`` blend, its weights ``(E,)``): the least-squares fixed
+    blend fitted on this one image (border ``scale`` cropped) — with the HR in hand, the ceiling of any method that
+    adapts its expert weights per image but not within it."""
+    if srs.shape[0] != 1:
+        raise ValueError(f"one image at a time, got a batch of {srs.shape[0]}")
+    w = blend_weights([(srs, hr)], scale=scale)
+    return torch.einsum("e,bechw->bchw", w.to(srs.dtype), srs).clamp(0, 1), w
