@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cache.reader import CacheReader
-from cache.schema import SELF_ENSEMBLE_KEY, CacheLayout, CacheMeta
+from cache.schema import EXTRACT_LAYOUT, SELF_ENSEMBLE_KEY, CacheLayout, CacheMeta
 from cache.writer import CacheWriter, check_cache_out, data_dir_of, encode_srs, part_path
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, load_ensemble_spec
@@ -152,7 +152,7 @@ def extract(
     root: Path | None = None,
     device: str | None = None,
     compression: str = "none",
-    layout: CacheLayout = CacheLayout(),
+    layout: CacheLayout = EXTRACT_LAYOUT,
     overwrite: bool = False,
     skip_bad: bool = False,
     tta: bool = False,

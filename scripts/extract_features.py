@@ -10,6 +10,9 @@
 * LR: generated from HR with the MATLAB-compatible bicubic when ``--lr`` is not given (HR cropped to a multiple of the
   scale); ``--lr`` alone (no ``--hr``) caches test sets without ground truth; with both, LR ``NAMEx4.png`` pairs with
   HR ``NAME.png`` and the sizes must agree.
+* Layout (cache/README.md): by default SR images only, at 8-bit levels (``--features none --sr-dtype uint8``: the
+  default fusion reads nothing else); ``--features full --sr-dtype float16`` stores everything (fusions with
+  ``model.inputs.features=true``, e.g. the committed checkpoints' recipes).
 * Crash-safe and resumable: kill it at any moment and rerun the same command; finished images are kept, half-written
   ones are redone, the index appears only when every image is done. ``--overwrite`` starts from scratch.
 * Bad inputs (an unreadable, truncated or non-image file — every input is fully decoded first —, an LR/HR size
@@ -35,7 +38,7 @@ from pathlib import Path
 import torch
 
 from cache.extract import extract, verify
-from cache.schema import COMPRESSIONS, FEATURE_MODES, SR_DTYPES, CacheLayout
+from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
 from pipeline.core.cli import run_cli
 
 
@@ -70,15 +73,16 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--features",
         choices=FEATURE_MODES,
-        default="full",
-        help="store the experts' hooked features (full) or SR images only (none: for fusions with "
-        "model.inputs.features=false)",
+        default=EXTRACT_LAYOUT.features,
+        help="SR images only (none, the default: for fusions with model.inputs.features=false, the default) or also "
+        "the experts' hooked features (full)",
     )
     ap.add_argument(
         "--sr-dtype",
         choices=SR_DTYPES,
-        default="float16",
-        help="precision of the cached SR images (uint8: half the bytes; for fusions with model.inputs.sr_dtype=uint8)",
+        default=EXTRACT_LAYOUT.sr_dtype,
+        help="precision of the cached SR images (uint8, the default: half the bytes, for fusions with "
+        "model.inputs.sr_dtype=uint8, the default; float16: as the experts gave them)",
     )
     ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) cache first")
     ap.add_argument(

@@ -173,6 +173,10 @@ def run(args: argparse.Namespace) -> dict:
             device,
             "--root",
             str(REPO),
+            "--features",  # the bundled fusion reads the hooked features and float SR (configs/train/quickstart.yaml)
+            "full",
+            "--sr-dtype",
+            "float16",
             "--verify",
         ],
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cache.extract import verify
 from cache.repack import repack
-from cache.schema import COMPRESSIONS, FEATURE_MODES, SR_DTYPES, CacheLayout
+from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
 from cache.writer import data_dir_of
 from pipeline.core.cli import run_cli
 
@@ -29,8 +29,8 @@ def _main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("src", type=Path, help="the cache index to read")
     ap.add_argument("out", type=Path, help="the new cache index")
-    ap.add_argument("--features", choices=FEATURE_MODES, default="full")
-    ap.add_argument("--sr-dtype", choices=SR_DTYPES, default="float16")
+    ap.add_argument("--features", choices=FEATURE_MODES, default=EXTRACT_LAYOUT.features)
+    ap.add_argument("--sr-dtype", choices=SR_DTYPES, default=EXTRACT_LAYOUT.sr_dtype)
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) output cache first")
     ap.add_argument("--verify", action="store_true", help="re-read and check every sample of the new cache")

@@ -78,9 +78,11 @@ fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = fusion ]; then
   "$PY" scripts/extract_features.py --experts configs/experts/zoo_small.yaml \
-      --hr "$SHARED/data/train/T91" "$SHARED/data/train/BSD200" --out caches/zoo_train.h5
+      --hr "$SHARED/data/train/T91" "$SHARED/data/train/BSD200" --out caches/zoo_train.h5 \
+      --features full --sr-dtype float16
   "$PY" scripts/extract_features.py --experts configs/experts/zoo_small.yaml \
-      --hr "$SHARED/data/val/Set5/HR" --lr "$SHARED/data/val/Set5/LR_bicubic/X4" --out caches/zoo_set5.h5
+      --hr "$SHARED/data/val/Set5/HR" --lr "$SHARED/data/val/Set5/LR_bicubic/X4" --out caches/zoo_set5.h5 \
+      --features full --sr-dtype float16
   if [ -d runs/fusion_zoo_small/ckpt ]; then
     "$PY" train.py --resume runs/fusion_zoo_small
   else

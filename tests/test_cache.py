@@ -352,7 +352,7 @@ def _assert_same(a: dict, b: dict) -> None:
             assert torch.equal(x, y), name
 
 
-@pytest.mark.parametrize("layout", [[], ["--features", "none", "--sr-dtype", "uint8"]], ids=["full-f16", "none-u8"])
+@pytest.mark.parametrize("layout", [["--features", "full", "--sr-dtype", "float16"], []], ids=["full-f16", "default"])
 def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys, layout):
     root = tiny_setup
     args = ["--experts", root / "experts.yaml", "--hr", root / "hr", *layout]
@@ -363,7 +363,7 @@ def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys, la
     assert f"extract_features: cache {ref} holds 8 images" in captured.out  # the path, not a tensor's repr
     reference = _dump(ref)
     assert len(reference) == 8
-    want = CacheLayout(features="none", sr_dtype="uint8") if layout else CacheLayout()
+    want = CacheLayout() if layout else CacheLayout(features="none", sr_dtype="uint8")  # the default: SR only, 8-bit
     assert CacheReader(ref).layout == want and len(reference["im00"]) == 3 + 2 * want.has_features
 
     # a real SIGKILL at several points: mid-write of the first image, after some images, while indexing
@@ -517,7 +517,8 @@ def test_cached_crop_equals_expert_on_full_lr(tiny_setup, tmp_path):
     hr_dir.mkdir()
     src = sorted((root / "hr").glob("*.png"))[3]
     (hr_dir / src.name).write_bytes(src.read_bytes())
-    assert _extract(["--experts", root / "experts.yaml", "--hr", hr_dir, "--out", tmp_path / "c.h5"]) == 0
+    full = ["--features", "full", "--sr-dtype", "float16"]
+    assert _extract(["--experts", root / "experts.yaml", "--hr", hr_dir, "--out", tmp_path / "c.h5", *full]) == 0
 
     hr_full, lr_full = make_lr(read_image(src), 4)
     threads = torch.get_num_threads()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.model.fusion_net import FusionConfig, FusionNet, load_fusion_config
 from pipeline.model.io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained, read_extra, save_pretrained
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "fusion_tiny.yaml"
@@ -94,3 +94,17 @@ def test_extra_must_be_json(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         save_pretrained(trained_like_model(), tmp_path / "ckpt", extra={"tensor": torch.zeros(1)})
     assert not (tmp_path / "ckpt" / CONFIG_NAME).exists()
+
+
+def test_a_checkpoint_saved_before_the_input_switches_loads_as_it_was_trained(tmp_path: Path) -> None:
+    """config.json without inputs.features / inputs.sr_dtype (every checkpoint saved before they existed, e.g. the
+    committed ones) means features read and float SR — not today's defaults (SR only, 8-bit)."""
+    cfg = load_fusion_config(TINY).with_feat_channels((5, 7))
+    legacy_cfg = dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, features=True, sr_dtype="float16"))
+    ckpt = save_pretrained(FusionNet(config=legacy_cfg), tmp_path / "old")
+    payload = json.loads((ckpt / CONFIG_NAME).read_text())
+    del payload["config"]["inputs"]["features"], payload["config"]["inputs"]["sr_dtype"]
+    (ckpt / CONFIG_NAME).write_text(json.dumps(payload))
+    model = load_pretrained(ckpt)
+    assert model.config.inputs.features is True and model.config.inputs.sr_dtype == "float16"
+    assert FusionConfig().inputs.features is False and FusionConfig().inputs.sr_dtype == "uint8"

@@ -30,6 +30,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def tiny_config(feat_channels: tuple[int, ...] = (6, 10, 4), **switches: bool) -> FusionConfig:
     cfg = load_fusion_config(TINY).with_feat_channels(feat_channels)
+    # the whole network: it reads the hooked features and the SR as given (the defaults read SR only, at 8 bits;
+    # both switches have their own tests below)
+    cfg = dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, features=True, sr_dtype="float16"))
     for name, enabled in switches.items():
         cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), enabled=enabled)})
     return cfg
@@ -56,8 +59,9 @@ def perturb_zero_layers(model: torch.nn.Module) -> None:
 def test_untrained_output_is_exactly_the_experts_mean_default_config() -> None:
     model = FusionNet(config=FusionConfig())
     lr, srs, feats = make_inputs(model.config, batch=1, size=(16, 12))
+    srs = quantize_8bit(srs)  # the default fusion reads the SR at 8-bit levels (what the default cache holds)
     with torch.no_grad():
-        out = model(lr, srs, feats)
+        out = model(lr, srs, [])  # and no features (the default cache holds none)
     assert isinstance(out, FusionOutput)
     assert_close(out.sr, srs.mean(dim=1), atol=1e-6, rtol=0)
     assert out.gates.shape == (1, 3, 64, 48)

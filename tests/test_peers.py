@@ -185,6 +185,7 @@ def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp
     src = sorted(tiny_compact_experts["hr"].glob("*.png"))[0]
     write_image(hr / src.name, read_image(src))
     args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr)]
+    args += ["--features", "full", "--sr-dtype", "float16"]  # everything, to compare with the experts' own output
     assert extract_features.main([*args, "--out", str(tmp_path / "x8.h5"), "--tta"]) == 0
     reader = CacheReader(tmp_path / "x8.h5")
     assert [fp["self_ensemble"] for fp in reader.meta.experts] == [8, 8]

@@ -175,13 +175,14 @@ def test_a_lean_cache_trains_only_the_fusion_it_can_feed(lean_cache, tmp_path):
     """A cache without features / with 8-bit SR is refused for a fusion that reads features / float SR (the
     message names the cache's layout and the fusion's setting); the SR-only 8-bit fusion trains on it."""
     cfg_path = _write_config(tmp_path / "cfg.yaml", lean_cache, tmp_path / "runs", steps=6, val_every=6, ckpt_every=6)
+    full = ["model.inputs.features=true", "model.inputs.sr_dtype=float16"]
     with pytest.raises(
         RunError,
         match=r"lean\.h5 \(features none, sr uint8\) cannot feed this fusion.*"
         r"model\.inputs\.features=true.*model\.inputs\.sr_dtype",
     ):
-        run_main(train_mod.main, [str(cfg_path)], debug=True)
-    over = ["model.inputs.features=false", "model.inputs.sr_dtype=uint8"]
+        run_main(train_mod.main, [str(cfg_path), *full], debug=True)
+    over = ["model.inputs.features=false", "model.inputs.sr_dtype=uint8"]  # the defaults, spelled out
     assert run_main(train_mod.main, [str(cfg_path), *over]) == 0
     model = load_pretrained(resolve_checkpoint(tmp_path / "runs" / "tiny"))
     assert model.config.inputs.features is False and model.config.inputs.sr_dtype == "uint8"

@@ -99,12 +99,16 @@ class InputsConfig:
     # dim 48), DITN (dim 60), SPAN (28) — the input of each model's upsampler, at LR resolution.
     feat_channels: tuple[PosInt, ...] = (48, 60, 28)
     feat_norm: bool = True  # LayerNorm each expert's feature (their scales differ wildly)
-    # False: the fusion sees the experts' SR images only — the hooked features are never read (they may be absent
-    # from the cache); feat_channels then only counts the experts. The "do features pay for themselves?" ablation.
-    features: bool = True
-    # "uint8": the fusion rounds the experts' SR images to 8-bit levels before anything else, in training and at
-    # inference alike — what a cache of SR uint8 (half the bytes) holds; "float16": they are used as given.
-    sr_dtype: Literal["float16", "uint8"] = "float16"
+    # False (default): the fusion sees the experts' SR images only — the hooked features are never read (a cache
+    # made with --features none holds none); feat_channels then only counts the experts. True: it also reads each
+    # expert's hooked feature. Measured with the real experts (docs/RESULTS.md), the features earned -0.004 to
+    # +0.001 dB on BSD100 for ~70 % of the cache's bytes: off by default.
+    features: bool = False
+    # "uint8" (default): the fusion rounds the experts' SR images to 8-bit levels before anything else, in training
+    # and at inference alike — what a cache of SR uint8 (half the bytes) holds (-0.001 dB on BSD100 against
+    # float16); "float16": they are used as given. Checkpoints saved before these two fields existed read as
+    # features=true, sr_dtype=float16 (pipeline.model.io).
+    sr_dtype: Literal["float16", "uint8"] = "uint8"
 
 
 @dataclass(frozen=True)

@@ -74,11 +74,22 @@ def save_pretrained(model: FusionNet, directory: str | os.PathLike, *, extra: Ma
     return out
 
 
+# inputs fields added after checkpoints were first written, with the behaviour every older checkpoint was trained
+# with: an absent key means that, never today's default
+LEGACY_INPUTS = {"features": True, "sr_dtype": "float16"}
+
+
 def _read_payload(directory: Path) -> dict[str, Any]:
     try:
-        return read_format_json(directory / CONFIG_NAME, fmt=FORMAT, version=FORMAT_VERSION, what="checkpoint config")
+        payload = read_format_json(
+            directory / CONFIG_NAME, fmt=FORMAT, version=FORMAT_VERSION, what="checkpoint config"
+        )
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
+    config = payload.get("config")
+    if isinstance(config, dict) and isinstance(config.get("inputs", {}), dict):
+        config["inputs"] = {**LEGACY_INPUTS, **config.get("inputs", {})}
+    return payload
 
 
 def load_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> FusionNet:
