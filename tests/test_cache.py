@@ -352,7 +352,11 @@ def _assert_same(a: dict, b: dict) -> None:
             assert torch.equal(x, y), name
 
 
-@pytest.mark.parametrize("layout", [["--features", "full", "--sr-dtype", "float16"], []], ids=["full-f16", "default"])
+@pytest.mark.parametrize(
+    "layout",
+    [["--features", "full", "--sr-dtype", "float16"], [], ["--compression", "bitshuffle-zstd"]],
+    ids=["full-f16", "default", "default-zstd"],
+)
 def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys, layout):
     root = tiny_setup
     args = ["--experts", root / "experts.yaml", "--hr", root / "hr", *layout]
@@ -363,8 +367,11 @@ def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys, la
     assert f"extract_features: cache {ref} holds 8 images" in captured.out  # the path, not a tensor's repr
     reference = _dump(ref)
     assert len(reference) == 8
-    want = CacheLayout() if layout else CacheLayout(features="none", sr_dtype="uint8")  # the default: SR only, 8-bit
+    full = "--features" in layout
+    want = CacheLayout() if full else CacheLayout(features="none", sr_dtype="uint8")  # the default: SR only, 8-bit
     assert CacheReader(ref).layout == want and len(reference["im00"]) == 3 + 2 * want.has_features
+    with h5py.File(ref, "r") as f:  # the filter is really applied
+        assert (f["images/im00/sr"].id.get_create_plist().get_nfilters() > 0) == ("--compression" in layout)
 
     # a real SIGKILL at several points: mid-write of the first image, after some images, while indexing
     out = tmp_path / "killed.h5"
