@@ -103,8 +103,8 @@ class CacheLayout:
         return cls(features=str(attrs.get("features", "full")), sr_dtype=str(attrs.get("sr_dtype", "float16")))
 
 
-# what extract_features writes unless told otherwise: SR images only, at 8-bit levels — 12.3 bytes per HR pixel for
-# three experts of any width (full/float16: 38 for CRAFT/DITN/SPAN, 74 for HAT-L/DAT/NAFNet), for a fusion PSNR
+# what extract_features writes unless told otherwise: SR images only, at 8-bit levels — 12.8 bytes per HR pixel for
+# three experts of any width (full/float16: 40 for CRAFT/DITN/SPAN, 77 for HAT-L/DAT/NAFNet), for a fusion PSNR
 # within 0.002 dB of the full cache's on BSD100 (cache/README.md). It feeds the default fusion (configs/fusion.yaml).
 EXTRACT_LAYOUT = CacheLayout(features="none", sr_dtype="uint8")
 
