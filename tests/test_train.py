@@ -403,3 +403,10 @@ def test_ddp_two_gloo_processes(tiny_cache, tmp_path):
     log = read_metrics(run)
     assert [s for s, _ in log["train/loss"]] == [2, 4]  # rank 0 alone logs
     assert math.isfinite(log["val/psnr"][-1][1])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_run_config_loads_strictly(path):
+    """configs/train/*.yaml pass the strict schema (unknown keys, wrong types, bad model settings are errors)."""
+    cfg = load_run_config(path)
+    assert cfg.train.steps >= 1 and cfg.model.num_experts >= 1
