@@ -46,6 +46,7 @@ __all__ = [
     "CacheWriter",
     "CacheLockedError",
     "CacheMismatchError",
+    "cache_bytes",
     "check_cache_out",
     "data_dir_of",
     "compression_filter",
@@ -68,6 +69,11 @@ class CacheMismatchError(ToolkitError, ValueError):
 
 def data_dir_of(index_path: Path) -> Path:
     return index_path.with_name(index_path.name + DATA_DIR_SUFFIX)
+
+
+def cache_bytes(index_path: Path) -> int:
+    """Bytes on disk of a cache: its index plus every file in its data folder."""
+    return index_path.stat().st_size + sum(f.stat().st_size for f in data_dir_of(index_path).iterdir())
 
 
 def is_cache_index(path: Path) -> bool:

@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cache.dataset import CachedSRDataset, crops_per_second
 from cache.schema import CacheLayout, CacheMeta
-from cache.writer import CacheWriter, encode_srs
+from cache.writer import CacheWriter, cache_bytes, encode_srs
 from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from pipeline.training.losses import charbonnier_loss
@@ -89,10 +89,6 @@ def write_synthetic(
             writer.write_sample(f"img{i:03d}", lr=s["lr"], hr=s["hr"], srs=s["srs"], feats=s["feats"])
         writer.write_index([f"img{i:03d}" for i in range(images)])
     return time.perf_counter() - t0, images * SCALE * h * SCALE * w
-
-
-def cache_bytes(path: Path) -> int:
-    return path.stat().st_size + sum(f.stat().st_size for f in path.with_name(path.name + ".d").iterdir())
 
 
 def fusion_step(path: Path, *, patch: int, batch: int, steps: int) -> tuple[float, float]:

@@ -15,12 +15,8 @@ from pathlib import Path
 from cache.extract import verify
 from cache.repack import repack
 from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
-from cache.writer import data_dir_of
+from cache.writer import cache_bytes
 from pipeline.core.cli import run_cli
-
-
-def _bytes(path: Path) -> int:
-    return path.stat().st_size + sum(f.stat().st_size for f in data_dir_of(path).iterdir())
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -37,7 +33,7 @@ def _main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     layout = CacheLayout(features=args.features, sr_dtype=args.sr_dtype)
     new = repack(args.src, args.out, layout=layout, compression=args.compression, overwrite=args.overwrite)
-    before, after = _bytes(args.src), _bytes(args.out)
+    before, after = cache_bytes(args.src), cache_bytes(args.out)
     print(
         f"repack_cache: {len(new)} images, {layout.describe()} → {args.out}: {after / 1e6:.1f} MB "
         f"({after / before:.1%} of {args.src}, {before / 1e6:.1f} MB)"
