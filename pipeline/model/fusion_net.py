@@ -102,7 +102,7 @@ class InputsConfig:
     # False (default): the fusion sees the experts' SR images only — the hooked features are never read (a cache
     # made with --features none holds none); feat_channels then only counts the experts. True: it also reads each
     # expert's hooked feature. Measured with the real experts (docs/RESULTS.md), the features earned -0.004 to
-    # +0.001 dB on BSD100 for ~70 % of the cache's bytes: off by default.
+    # +0.001 dB on BSD100 for 44 % of the cache's bytes (71 % with HAT-L-class widths): off by default.
     features: bool = False
     # "uint8" (default): the fusion rounds the experts' SR images to 8-bit levels before anything else, in training
     # and at inference alike — what a cache of SR uint8 (half the bytes) holds (-0.001 dB on BSD100 against
