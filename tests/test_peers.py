@@ -168,6 +168,7 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
     assert abs(rows[("none", "mean")]["psnr"] - sum(scores) / len(scores)) < 2e-3  # fp16 storage
     best = max(rows[("none", n)]["psnr"] for n in ("noisy", "calm"))
     assert rows[("none", "oracle 16x16 blocks")]["psnr"] >= best
+    assert rows[("none", "oracle 16x16 blocks")]["psnr"] >= rows[("none", "held-out oracle 16x16")]["psnr"]
     # a rerun computes nothing again (every image is stored) and gives the same table
     capsys.readouterr()
     assert run_main(compare_ensembles.main, args) == 0

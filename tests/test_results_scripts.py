@@ -55,6 +55,29 @@ def test_block_oracle_picks_per_tile_and_sits_between_pixel_oracle_and_best_expe
     assert torch.equal(baselines.block_oracle(srs, hr, 1), baselines.pixel_oracle(srs, hr))
 
 
+def test_heldout_block_oracle_never_lets_a_pixel_choose_by_its_own_error():
+    hr = torch.full((1, 3, 8, 10), 0.5)  # width 10, tiles of 4: the last tile is 2 wide (halves of 1 column)
+    right = torch.tensor([c % 4 >= 2 if c < 8 else c == 9 for c in range(10)])  # second half of each tile
+    wrong = hr + 0.2
+    srs = torch.stack([torch.where(right, hr, wrong), torch.where(right, wrong, hr)], dim=1)  # (1,2,3,8,10)
+    # expert 0 is exact on the right halves, expert 1 on the left ones: the in-sample oracles are exact
+    torch.testing.assert_close(baselines.pixel_oracle(srs, hr), hr)
+    # a choice carried from the other half is wrong everywhere: no pixel's own error entered it
+    torch.testing.assert_close(baselines.heldout_block_oracle(srs, hr, 4), wrong)
+
+
+def test_heldout_block_oracle_equals_the_block_oracle_when_the_best_expert_is_coherent_per_tile():
+    g = torch.Generator().manual_seed(4)
+    hr = torch.rand(1, 3, 12, 12, generator=g)
+    srs = (hr.unsqueeze(1) + 0.1 * torch.randn(1, 3, 3, 12, 12, generator=g)).clamp(0, 1)
+    best = torch.randint(0, 3, (3, 3), generator=g).repeat_interleave(4, 0).repeat_interleave(4, 1)  # (12,12)
+    for e in range(3):
+        srs[0, e][:, best == e] = hr[0][:, best == e]  # expert e is exact wherever it is the tile's best
+    out = baselines.heldout_block_oracle(srs, hr, 4)
+    torch.testing.assert_close(out, baselines.block_oracle(srs, hr, 4))
+    torch.testing.assert_close(out, hr)
+
+
 def test_blend_weights_recover_a_linear_combination():
     g = torch.Generator().manual_seed(2)
     data = []
@@ -93,8 +116,9 @@ def test_baselines_script_and_table(tmp_path, capsys):
             noise = (0.02 + 0.03 * k) * torch.randn(1, 3, 24, 28, generator=g)
             write_image(exp / n / f"img{i}x4.png", (hr[..., :24, :28] + noise).clamp(0, 1))
     argv = ["--experts-dir", str(exp), "--hr", str(hr_dir), "--blocks", "4", "--blend", "--image-blend"]
+    argv += ["--heldout-blocks", "4"]
     assert expert_baselines.main(argv) == 0
-    for folder in ("_oracle", "_oracle_b4", "_blend", "_blend_image"):
+    for folder in ("_oracle", "_oracle_b4", "_oracle_heldout_b4", "_blend", "_blend_image"):
         assert sorted(p.name for p in (exp / folder).iterdir() if not p.name.startswith(".")) == [
             "img0x4.png",
             "img1x4.png",
@@ -103,7 +127,7 @@ def test_baselines_script_and_table(tmp_path, capsys):
     assert blend["experts"] == names and blend["weights"][0] > blend["weights"][2]  # a (least noise) weighs most
 
     scores = {}
-    for m in ["a", "b", "c", "_mean", "_oracle", "_oracle_b4", "_blend", "_blend_image"]:
+    for m in ["a", "b", "c", "_mean", "_oracle", "_oracle_b4", "_oracle_heldout_b4", "_blend", "_blend_image"]:
         rows = score_fidelity(pair_images(exp / m, hr_dir, scale=4), scale=4)
         scores[m.strip("_")] = sum(r["psnr"] for r in rows) / len(rows)
         (tmp_path / "res" / "S" / "scores").mkdir(parents=True, exist_ok=True)
@@ -111,6 +135,7 @@ def test_baselines_script_and_table(tmp_path, capsys):
             json.dumps({"images": rows, "mean": {"psnr": scores[m.strip("_")], "ssim": 0.5}})
         )
     assert scores["oracle"] > scores["oracle_b4"] >= max(scores["a"], scores["b"], scores["c"])  # a wins most tiles
+    assert scores["oracle_b4"] >= scores["oracle_heldout_b4"] >= scores["a"]  # a wins (nearly) every half tile here
     assert scores["blend"] > max(scores["a"], scores["b"], scores["c"])  # independent noise: the blend averages it
     assert scores["blend_image"] > scores["blend"]  # fitted on each image alone: at least as good on it
     assert sorted(json.loads((exp / "blend_image_weights.json").read_text())["weights"]) == ["img0x4.png", "img1x4.png"]

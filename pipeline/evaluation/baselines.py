@@ -1,6 +1,8 @@
 """The reference points every fusion is measured against, made from the experts' SR images (``srs (B,E,3,H,W)``):
-the plain mean, the per-pixel and per-block oracles (chosen with the HR in hand: ceilings, not methods) and the
-least-squares blend fitted on a set (:class:`pipeline.inference.ensemblers.BlendStats`)."""
+the plain mean, the per-pixel and per-block oracles (chosen with the HR in hand: ceilings, not methods), the held-out
+block oracle (each half of a block takes the expert that is best on the *other* half: how far a block-level choice
+carries beyond the pixels it was made on) and the least-squares blend fitted on a set
+(:class:`pipeline.inference.ensemblers.BlendStats`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ __all__ = [
     "blend_weights",
     "block_oracle",
     "expert_mean",
+    "heldout_block_oracle",
     "image_blend",
     "pixel_oracle",
 ]
@@ -40,6 +43,36 @@ def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tenso
     tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
     best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
     best = best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]  # (B,H,W)
+    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
+def _half_of_tile(n: int, block: int, device: torch.device) -> torch.Tensor:
+    """``(n,)`` bool: position ``i`` lies in the second half of its ``block``-wide tile (a last, narrower tile is split
+    in halves of its own width; a one-pixel tile has no second half)."""
+    i = torch.arange(n, device=device)
+    start = i - i % block
+    width = (n - start).clamp(max=block)
+    return (i - start) >= (width + 1) // 2
+
+
+def heldout_block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tensor:
+    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: each ``block``×``block`` tile is split into its left and
+    right halves, and each half takes the expert with the lowest squared Y error over the *other* half.
+
+    The block oracle (:func:`block_oracle`) picks an expert by the very pixels it is scored on, so part of its gain
+    is the noise of that choice. Here no pixel's own error enters its choice: the gain that remains is what a gate
+    that knew the best expert of each block region could carry to the pixels next to it — the part of the block
+    oracle's headroom that is spatially coherent at that scale. (A one-pixel-wide last tile, only ever inside the
+    scored border, has no other half and takes expert 0.)"""
+    b, e, _, h, w = srs.shape
+    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
+    right = _half_of_tile(w, block, err.device)  # (W,)
+    picks = []
+    for half in (~right, right):  # the choice made on this half, for the pixels of the other one
+        tile_err = torch.nn.functional.avg_pool2d(err * half, block, stride=block, ceil_mode=True)
+        best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
+        picks.append(best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w])  # (B,H,W)
+    best = torch.where(right, picks[0], picks[1])  # right half ← choice made on the left half, and vice versa
     return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
 
 

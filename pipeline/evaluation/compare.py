@@ -4,8 +4,9 @@ Regimes: ``none`` — each expert run once; ``x8`` — each expert's ×8 self-en
 (:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`). Rows per regime: every expert, the training-free
 ensemblers (:mod:`pipeline.inference.ensemblers`: mean, ZZPM, and the fitted files given, e.g. EnsIR and the
 least-squares
-blend), the fusion checkpoint (in ``x8``: on the ×8 experts, and the ×8 of the whole pipeline), and the 16×16-block
-oracle (the best expert per block, chosen with the HR in hand: a ceiling, not a method).
+blend), the fusion checkpoint (in ``x8``: on the ×8 experts, and the ×8 of the whole pipeline), the 16×16-block
+oracle (the best expert per block, chosen with the HR in hand: a ceiling, not a method) and its held-out form (each
+half block takes the other half's best expert: the part of that ceiling a block-scale gate could learn).
 
 Every image's expert outputs (both regimes, the identity pass's features, the fusion's two ×8 variants) are computed
 once and stored in ``cache_dir/<name>.pt`` (float16, atomic writes, ``meta.json`` pins the experts' and the
@@ -28,7 +29,7 @@ from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
-from pipeline.evaluation.baselines import block_oracle
+from pipeline.evaluation.baselines import block_oracle, heldout_block_oracle
 from pipeline.inference.ensemblers import Ensembler, apply
 
 __all__ = [
@@ -186,6 +187,13 @@ def score_rows(
                 f"oracle {oracle_block}x{oracle_block} blocks",
                 "oracle",
                 block_oracle(srs[None], hr[None], oracle_block)[0],
+                hr,
+            )
+            add(
+                regime,
+                f"held-out oracle {oracle_block}x{oracle_block}",
+                "oracle",
+                heldout_block_oracle(srs[None], hr[None], oracle_block)[0],
                 hr,
             )
     return list(rows.values())
