@@ -26,7 +26,7 @@ import os
 import sys
 
 from pipeline.core.cli import run_cli
-from pipeline.training.config import check_run_inputs, load_run_config
+from pipeline.training.config import check_run_inputs, legacy_run_overrides, load_run_config
 from pipeline.training.fusion import train
 from pipeline.training.loop import add_run_arguments, execute_run, run_arguments
 
@@ -45,6 +45,7 @@ def _main(argv: list[str] | None = None) -> int:
         check=check_run_inputs,
         train=lambda cfg, run_dir: train(cfg, run_dir, resume=args.resume is not None),
         write=rank0,
+        legacy=legacy_run_overrides,
     )
     if rank0:
         print(f"train: done at step {summary['step']}; run directory {run_dir}")

@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 
 from cache.extract import extract
 from cache.schema import CacheLayout
-from pipeline.core.config import ConfigError
+from pipeline.core.config import ConfigError, config_to_dict
 from pipeline.model.io import load_pretrained, read_extra
 from pipeline.training.checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
-from pipeline.training.config import StageConfig, load_run_config
+from pipeline.training.config import RunConfig, StageConfig, legacy_run_overrides, load_run_config
 from pipeline.training.fusion import stage_at
-from pipeline.training.loop import RunError, scheduled_lr
+from pipeline.training.loop import RunError, prepare_run, scheduled_lr
 from pipeline.training.losses import CombinedLoss
 
 train_mod = program("train")
@@ -245,6 +245,38 @@ def test_resume_refuses_other_config_or_cache(tiny_cache, tiny_compact_experts, 
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(RunError, match=r"training data differ.*images"):
         run_main(train_mod.main, [str(cfg2), "--resume", str(run)], debug=True)
+
+
+def test_resume_of_a_run_older_than_the_input_switches_keeps_what_it_was_trained_with(tmp_path, capsys):
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    saved = config_to_dict(RunConfig())
+    for key in ("features", "sr_dtype"):  # a run saved before these keys existed
+        del saved["model"]["inputs"][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert legacy_run_overrides(saved) == ["model.inputs.features=true", "model.inputs.sr_dtype=float16"]
+
+    def prepare(*overrides, legacy=legacy_run_overrides):
+        return prepare_run(
+            prog="train",
+            config=None,
+            overrides=list(overrides),
+            resume=run,
+            load=load_run_config,
+            run_dir_of=lambda c: run,
+            write=False,
+            legacy=legacy,
+        )[0]
+
+    inputs = prepare().model.inputs  # not today's defaults (SR only, 8-bit): those would change what it trains on
+    assert (inputs.features, inputs.sr_dtype) == (True, "float16")
+    assert "predates model.inputs.features=true, model.inputs.sr_dtype=float16" in capsys.readouterr().out
+    with pytest.raises(RunError, match=r"model\.inputs\.sr_dtype: run has 'float16', now 'uint8'"):
+        prepare("model.inputs.sr_dtype=uint8")
+    with pytest.raises(RunError, match=r"model\.inputs\.features: run has None, now False"):
+        prepare(legacy=None)  # without the migration the absent key would silently become today's default
+    current = config_to_dict(RunConfig())
+    assert legacy_run_overrides(current) == []  # a config that has the keys keeps them
 
 
 def test_init_from_fine_tunes_a_trained_model_and_refuses_a_mismatch(tiny_cache, tmp_path):

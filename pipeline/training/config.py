@@ -12,13 +12,14 @@ linearly with N, if you change N).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
 from pipeline.model.fusion_net import FusionConfig
+from pipeline.model.io import LEGACY_INPUTS
 from pipeline.training.losses import LossWeights
 
 __all__ = [
@@ -118,6 +119,23 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+
+
+def legacy_run_overrides(saved: Mapping[str, Any]) -> list[str]:
+    """The dotted overrides that give a run's saved, resolved ``config.yaml`` the behaviour it was trained with for keys
+    added after it was written: a resolved config lacks a key only because it predates it, and for
+    ``model.inputs`` the absent key means what every older run did (:data:`pipeline.model.io.LEGACY_INPUTS`: hooked
+    features, float SR), never today's default. Used by ``train.py --resume`` (without a config file)."""
+    model = saved.get("model")
+    inputs = model.get("inputs") if isinstance(model, Mapping) else None
+    if not isinstance(inputs, Mapping):
+        return []
+    text = {True: "true", False: "false"}
+    return [
+        f"model.inputs.{k}={text.get(v, v) if isinstance(v, bool) else v}"
+        for k, v in LEGACY_INPUTS.items()
+        if k not in inputs
+    ]
 
 
 def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:

@@ -27,7 +27,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from pipeline.core.config import ConfigError, config_to_dict, load_yaml, save_config
+from pipeline.core.config import ConfigError, apply_overrides, config_to_dict, load_yaml, save_config
 from pipeline.core.errors import ToolkitError
 from pipeline.training.checkpoint import prune_checkpoints
 from pipeline.training.config import LoopConfig
@@ -243,6 +243,7 @@ def prepare_run(
     run_dir_of: Callable[[C], Path],
     write: bool = True,
     check: Callable[[C], None] | None = None,
+    legacy: Callable[[Mapping[str, Any]], Sequence[str]] | None = None,
 ) -> tuple[C, Path]:
     """Resolve the config and the run directory of a training command.
 
@@ -253,6 +254,9 @@ def prepare_run(
     ``resume``: the config is the run's ``config.yaml`` (or ``config``) with ``overrides`` applied, and must equal the
     saved one but for :data:`RESUME_MAY_CHANGE` (where and how fast it runs, how often it logs, validates and saves:
     a run started on one machine can go on on another); those changes are printed and saved into ``config.yaml``.
+    ``legacy(saved)``: for a resume from the saved config alone, the overrides that restore keys the saved config
+    predates with the behaviour the run was trained with (applied before ``overrides`` and to the saved config the
+    resumed one is compared with; printed).
     ``check(cfg)`` validates the run's inputs (caches, folders, weights) *before* the run directory is created or
     touched, so a run refused for a config or input error leaves nothing behind.
     Errors are :class:`RunError` (a config or input error names the file and key).
@@ -262,8 +266,15 @@ def prepare_run(
             saved = resume / "config.yaml"
             if not saved.is_file():
                 raise RunError(f"{saved} not found: is {resume} a run directory?")
-            cfg = load(config or saved, overrides)
-            diffs = config_differences(load_yaml(saved), config_to_dict(cfg))
+            saved_dict = load_yaml(saved)
+            pre = list(legacy(saved_dict)) if legacy is not None and config is None else []
+            if pre:
+                print(
+                    f"{prog}: {saved} predates {', '.join(pre)}: resuming with what the run was trained with",
+                    flush=True,
+                )
+            cfg = load(config or saved, [*pre, *overrides])
+            diffs = config_differences(apply_overrides(saved_dict, pre), config_to_dict(cfg))
             fixed = [d for d in diffs if d.split(":")[0] not in RESUME_MAY_CHANGE]
             if fixed:
                 raise RunError(
@@ -521,6 +532,7 @@ def execute_run(
     check: Callable[[C], None],
     train: Callable[[C, Path], dict],
     write: bool = True,
+    legacy: Callable[[Mapping[str, Any]], Sequence[str]] | None = None,
 ) -> tuple[dict, Path]:
     """Resolve the config and run directory (:func:`prepare_run`), train, release the run's lock → (summary, run
     directory). A new run that fails before its first checkpoint leaves no folder behind."""
@@ -533,6 +545,7 @@ def execute_run(
         run_dir_of=lambda c: Path(c.train.runs_dir) / c.train.name,
         write=write,
         check=check,
+        legacy=legacy,
     )
     ok = False
     try:
