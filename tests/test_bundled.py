@@ -22,7 +22,8 @@ from experts.loading import sha256_file
 from experts.spec import load_ensemble_spec
 from experts.zoo import read_expert_config
 from pipeline.core.config import ConfigError, config_to_dict
-from pipeline.model.io import read_extra
+from pipeline.model.io import load_pretrained, read_extra
+from pipeline.training.config import load_run_config
 from pipeline.training.expert.config import load_expert_run_config
 from pipeline.training.expert.recipe import load_zoo_recipe, stages
 from pipeline.training.expert.validation import evaluate, load_val_sets
@@ -72,6 +73,13 @@ def test_a_recipe_stage_cannot_set_what_the_stage_sets_itself_or_break_the_shell
     path.write_text(f"experts:\n  a:\n    config: a.yaml\n    fine_tune:\n      - ['{stage}']\n")
     with pytest.raises(ConfigError, match="fine_tune"):
         load_zoo_recipe(path)
+
+
+def test_committed_real_fusion_is_its_recipes_model():
+    """checkpoints/fusion_craft_ditn_span holds the model configs/train/fusion_craft_ditn_span.yaml trains (the
+    recipe and the weights cannot drift apart unnoticed)."""
+    recipe = load_run_config(REPO / "configs" / "train" / "fusion_craft_ditn_span.yaml")
+    assert load_pretrained(REPO / "checkpoints" / "fusion_craft_ditn_span").config == recipe.model
 
 
 @pytest.mark.parametrize("name", list(load_zoo_recipe(RECIPE).experts))
