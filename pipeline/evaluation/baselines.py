@@ -35,15 +35,29 @@ def pixel_oracle(srs: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return torch.gather(srs, 1, best.expand(-1, 1, 3, -1, -1)).squeeze(1)
 
 
+def _squared_y_error(srs: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B·E,1,H,W)``: each expert's squared Y error per pixel."""
+    return (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(srs.shape[1], dim=0)).square()
+
+
+def _tile_choice(err: torch.Tensor, srs: torch.Tensor, block: int) -> torch.Tensor:
+    """``err (B·E,1,H,W)`` → ``(B,H,W)``: per ``block``×``block`` tile (the last row/column of tiles may be smaller),
+    the expert with the lowest mean of ``err`` over the tile, spread back over the tile's pixels."""
+    b, e, _, h, w = srs.shape
+    tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
+    best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
+    return best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]
+
+
+def _take(srs: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """``srs (B,E,3,H,W)``, ``best (B,H,W)`` expert indices → ``(B,3,H,W)``."""
+    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
 def block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> torch.Tensor:
     """``srs (B,E,3,H,W)``, ``hr (B,3,H,W)`` → ``(B,3,H,W)``: per ``block``×``block`` tile (the last row/column of
     tiles may be smaller), the expert with the lowest mean squared Y error over the tile."""
-    b, e, _, h, w = srs.shape
-    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
-    tile_err = torch.nn.functional.avg_pool2d(err, block, stride=block, ceil_mode=True)  # (B·E,1,⌈H/b⌉,⌈W/b⌉)
-    best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
-    best = best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w]  # (B,H,W)
-    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+    return _take(srs, _tile_choice(_squared_y_error(srs, hr), srs, block))
 
 
 def _half_of_tile(n: int, block: int, device: torch.device) -> torch.Tensor:
@@ -64,16 +78,11 @@ def heldout_block_oracle(srs: torch.Tensor, hr: torch.Tensor, block: int) -> tor
     that knew the best expert of each block region could carry to the pixels next to it — the part of the block
     oracle's headroom that is spatially coherent at that scale. (A one-pixel-wide last tile, only ever inside the
     scored border, has no other half and takes expert 0.)"""
-    b, e, _, h, w = srs.shape
-    err = (rgb_to_y(srs.flatten(0, 1)) - rgb_to_y(hr).repeat_interleave(e, dim=0)).square()  # (B·E,1,H,W)
-    right = _half_of_tile(w, block, err.device)  # (W,)
-    picks = []
-    for half in (~right, right):  # the choice made on this half, for the pixels of the other one
-        tile_err = torch.nn.functional.avg_pool2d(err * half, block, stride=block, ceil_mode=True)
-        best = tile_err.view(b, e, *tile_err.shape[-2:]).argmin(dim=1)  # (B,⌈H/b⌉,⌈W/b⌉)
-        picks.append(best.repeat_interleave(block, dim=1).repeat_interleave(block, dim=2)[:, :h, :w])  # (B,H,W)
-    best = torch.where(right, picks[0], picks[1])  # right half ← choice made on the left half, and vice versa
-    return torch.gather(srs, 1, best[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+    err = _squared_y_error(srs, hr)  # (B·E,1,H,W)
+    right = _half_of_tile(srs.shape[-1], block, err.device)  # (W,)
+    # the choice made on each half, for the pixels of the other one
+    from_left, from_right = (_tile_choice(err * half, srs, block) for half in (~right, right))  # (B,H,W) each
+    return _take(srs, torch.where(right, from_left, from_right))
 
 
 def blend_weights(pairs_per_image, *, scale: int) -> torch.Tensor:
