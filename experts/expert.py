@@ -26,13 +26,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from spandrel import ImageModelDescriptor
 
+from experts.code import load_code_model
 from experts.devices import precision_dtype, resolve_device
 from experts.hooks import FeatureHooks, HookError, default_hook_layers
-from experts.loading import ExpertLoadError, jsonable, load_descriptor, read_state_dict, sha256_file
+from experts.loading import (
+    ExpertLoadError,
+    LoadedModel,
+    load_descriptor,
+    loaded_from_descriptor,
+    read_state_dict,
+    sha256_file,
+)
 from experts.padding import pad_to_requirements
-from experts.spec import ExpertSpec, resolve_checkpoint
+from experts.spec import ExpertSpec, portable_path, resolve_checkpoint
 from experts.tiling import tiled_forward
 
 __all__ = ["Expert", "ExpertFingerprint", "GradMode", "grad_context", "load_expert"]
@@ -71,10 +78,12 @@ class ExpertFingerprint:
     precision: str
     num_params: int
     tags: tuple[str, ...]
-    hyperparameters: Mapping[str, Any]  # detected by spandrel, JSON-serialisable
+    hyperparameters: Mapping[str, Any]  # detected by spandrel (a code expert: its kwargs), JSON-serialisable
+    code: Mapping[str, Any] | None = None  # a code expert's file (portable path), sha256, class, kwargs, data range …
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (the HDF5 cache stores it as a JSON attribute)."""
+        extra = {"code": dict(self.code)} if self.code is not None else {}
         return {
             "name": self.name,
             "architecture": self.architecture,
@@ -88,6 +97,7 @@ class ExpertFingerprint:
             "num_params": self.num_params,
             "tags": list(self.tags),
             "hyperparameters": dict(self.hyperparameters),
+            **extra,
         }
 
 
@@ -98,7 +108,7 @@ class Expert:
         self,
         *,
         spec: ExpertSpec,
-        descriptor: ImageModelDescriptor,
+        loaded: LoadedModel,
         checkpoint: Path,
         sha256: str,
         ensemble_scale: int = 4,
@@ -106,45 +116,53 @@ class Expert:
     ) -> None:
         what = f"expert {spec.name!r} ({checkpoint})"
         self.in_factor = 1 if spec.input == "lr" else ensemble_scale  # input pixels per LR pixel
-        if self.in_factor * descriptor.scale != ensemble_scale:
+        if self.in_factor * loaded.scale != ensemble_scale:
             raise ValueError(
                 f"{what}: input {spec.input!r} needs a x{ensemble_scale // self.in_factor} model for a "
-                f"x{ensemble_scale} ensemble, the checkpoint is x{descriptor.scale}"
+                f"x{ensemble_scale} ensemble, the checkpoint is x{loaded.scale}"
             )
         self.spec = spec
         self.name = spec.name
         self.ensemble_scale = ensemble_scale
         self.grad_mode: GradMode = grad_mode
-        self.size_requirements = descriptor.size_requirements
-        self.model_scale = descriptor.scale
+        self.size_requirements = loaded.size_requirements
+        self.model_scale = loaded.scale
+        self.data_range = loaded.data_range  # the model is fed [0, data_range] and its output divided by it
         self.device = resolve_device(spec.device)
         self.dtype = precision_dtype(
             spec.precision,
-            supports_half=descriptor.supports_half,
-            supports_bfloat16=descriptor.supports_bfloat16,
+            supports_half=loaded.supports_half,
+            supports_bfloat16=loaded.supports_bfloat16,
             what=what,
         )
-        model = descriptor.model
+        model = loaded.model
         model.eval()
         model.requires_grad_(False)
         self.model = model.to(device=self.device, dtype=self.dtype)
-        self.hook_layers = spec.hooks or default_hook_layers(descriptor.architecture.id, model)
-        FeatureHooks(model, layers=self.hook_layers)  # fail now on a layer name that does not exist
+        if spec.hooks:
+            self.hook_layers: tuple[str, ...] = tuple(spec.hooks)
+        elif loaded.code is not None:
+            self.hook_layers = ()  # a code expert has no default layer: no features unless `hooks:` names them
+        else:
+            self.hook_layers = default_hook_layers(loaded.architecture, model)
+        if self.hook_layers:
+            FeatureHooks(model, layers=self.hook_layers)  # fail now on a layer name that does not exist
 
         channels = self._probe()
         self.fingerprint = ExpertFingerprint(
             name=spec.name,
-            architecture=descriptor.architecture.id,
-            checkpoint=str(checkpoint),
+            architecture=loaded.architecture,
+            checkpoint=portable_path(checkpoint),
             sha256=sha256,
-            scale=descriptor.scale,
+            scale=loaded.scale,
             input=spec.input,
             hook_layers=self.hook_layers,
             feature_channels=channels,
             precision=spec.precision,
             num_params=sum(p.numel() for p in model.parameters()),
-            tags=tuple(descriptor.tags),
-            hyperparameters=types.MappingProxyType(jsonable(getattr(model, "hyperparameters", {}))),
+            tags=tuple(loaded.tags),
+            hyperparameters=types.MappingProxyType(dict(loaded.hyperparameters)),
+            code=types.MappingProxyType(dict(loaded.code)) if loaded.code is not None else None,
         )
 
     @property
@@ -188,6 +206,8 @@ class Expert:
         out, raw_feats = self._hooked_forward(x)
         s = self.model_scale
         sr = out[..., : h_in * s, : w_in * s].float().clamp_(0, 1)  # (B,3,sH,sW)
+        if not self.hook_layers:
+            return sr, sr.new_zeros(sr.shape[0], 0, h, w)  # no hooked layer: an empty (B,0,H,W) feature
         feats = []
         for name, f in zip(self.hook_layers, raw_feats):
             if f.ndim != 4 or f.shape[-2] < h or f.shape[-1] < w:
@@ -202,9 +222,17 @@ class Expert:
         """Pad ``x`` to the size requirements, run the model with hooks → (raw output, raw hooked features)."""
         h_in, w_in = x.shape[-2:]
         xp = pad_to_requirements(x, self.size_requirements)  # reflect at bottom/right, as spandrel's descriptor call
-        with FeatureHooks(self.model, layers=self.hook_layers) as hooks:
-            out = self.model(xp.to(self.dtype))
-            feats = hooks.collect()
+        xp = xp.to(self.dtype)
+        if self.data_range != 1.0:
+            xp = xp * self.data_range
+        if self.hook_layers:
+            with FeatureHooks(self.model, layers=self.hook_layers) as hooks:
+                out = self.model(xp)
+                feats = hooks.collect()
+        else:
+            out, feats = self.model(xp), []
+        if self.data_range != 1.0 and isinstance(out, torch.Tensor):
+            out = out / self.data_range
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != 3:
             raise RuntimeError(
                 f"expert {self.name!r}: the model returned {type(out).__name__} "
@@ -248,12 +276,16 @@ def load_expert(
     checkpoint, :class:`experts.devices.DeviceError` for a device this machine lacks, ``ValueError`` for an
     unsupported precision, :class:`experts.hooks.HookError` for a bad hook layer.
     """
-    path = resolve_checkpoint(spec, root)
-    state = read_state_dict(path, key=spec.checkpoint_key)
-    digest = sha256_file(path)
-    if spec.sha256 is not None and digest != spec.sha256:
-        raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
-    desc = load_descriptor(path, state, architecture=spec.architecture, scale=spec.scale, expect=spec.expect)
+    if spec.code is not None:
+        loaded, path, digest = load_code_model(spec, root=root)
+    else:
+        path = resolve_checkpoint(spec, root)
+        state = read_state_dict(path, key=spec.checkpoint_key)
+        digest = sha256_file(path)
+        if spec.sha256 is not None and digest != spec.sha256:
+            raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
+        desc = load_descriptor(path, state, architecture=spec.architecture, scale=spec.scale, expect=spec.expect)
+        loaded = loaded_from_descriptor(desc)
     return Expert(
-        spec=spec, descriptor=desc, checkpoint=path, sha256=digest, ensemble_scale=ensemble_scale, grad_mode=grad_mode
+        spec=spec, loaded=loaded, checkpoint=path, sha256=digest, ensemble_scale=ensemble_scale, grad_mode=grad_mode
     )

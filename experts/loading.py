@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,25 @@ from spandrel import (
     ArchSupport,
     ImageModelDescriptor,
     ModelLoader,
+    SizeRequirements,
     UnsupportedModelError,
     canonicalize_state_dict,
 )
+from torch import nn
 
 from experts.archs import ARCHITECTURES
 from pipeline.core.errors import ToolkitError
 
-__all__ = ["EXPERT_REGISTRY", "ExpertLoadError", "jsonable", "load_descriptor", "read_state_dict", "sha256_file"]
+__all__ = [
+    "EXPERT_REGISTRY",
+    "ExpertLoadError",
+    "LoadedModel",
+    "jsonable",
+    "load_descriptor",
+    "loaded_from_descriptor",
+    "read_state_dict",
+    "sha256_file",
+]
 
 
 def _expert_registry() -> ArchRegistry:
@@ -57,6 +69,36 @@ EXPERT_REGISTRY: ArchRegistry = _expert_registry()
 
 class ExpertLoadError(ToolkitError, ValueError):
     """A checkpoint cannot become a trustworthy expert; the message names the file."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A strictly loaded SR model and what running it needs — from spandrel's descriptor or from a team's code file
+    (``experts/code.py``). ``model`` is fed RGB in ``[0, data_range]`` and returns the same range."""
+
+    model: nn.Module
+    architecture: str
+    scale: int
+    size_requirements: SizeRequirements  # reflect-padding at the bottom/right before the forward
+    supports_half: bool
+    supports_bfloat16: bool
+    tags: tuple[str, ...]
+    hyperparameters: Mapping[str, Any]  # JSON-serialisable (spandrel's detected ones, or the code's kwargs)
+    data_range: float = 1.0
+    code: Mapping[str, Any] | None = None  # a code expert's file, class, kwargs, sha256 … (for its fingerprint)
+
+
+def loaded_from_descriptor(desc: ImageModelDescriptor) -> LoadedModel:
+    return LoadedModel(
+        model=desc.model,
+        architecture=desc.architecture.id,
+        scale=desc.scale,
+        size_requirements=desc.size_requirements,
+        supports_half=desc.supports_half,
+        supports_bfloat16=desc.supports_bfloat16,
+        tags=tuple(desc.tags),
+        hyperparameters=jsonable(getattr(desc.model, "hyperparameters", {})),
+    )
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:

@@ -15,6 +15,26 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
         tile: 0                   # LR tile side in pixels; 0 = run whole images
         tile_overlap: 32          # LR pixels shared by neighbouring tiles
 
+**Experts defined by a Python file** (the NTIRE team-code convention, for models spandrel does not know) add a
+``code:`` section and an explicit opt-in, because importing the file runs it::
+
+      - name: rlfn
+        checkpoint: ../shared/zoo/ntire2024_esr/weights/team00_rlfn.pth
+        sha256: 3c9be7b9...          # required for a code expert: the weights are pinned
+        scale: 4
+        trust_code: true             # required: this expert imports and runs the file below
+        code:
+          file: ../shared/zoo/ntire2024_esr/models/team00_RLFN.py
+          sha256: 2f830c7c...        # required: the code is pinned too
+          class_name: RLFN_Prune     # an nn.Module class defined in the file
+          kwargs: {}                 # keyword arguments of its constructor
+          data_range: 255            # the model is fed RGB in [0, data_range] (1 or 255)
+          pad_multiple: 1            # reflect-pad the input at the bottom/right to a multiple of this
+        checkpoint_key: null         # null = the file's state dict (spandrel's unwrapping); params / params_ema …
+
+``architecture`` is then the class name (it may be left out). A code expert has no default hook layer: with
+``hooks: []`` it yields no features (0 channels) — name its layers in ``hooks:`` to cache them.
+
 Relative checkpoint paths are resolved against the repository root (the folder holding ``experts/``), never
 against the current directory, so a config means the same thing wherever a command is started; pass an explicit
 ``root`` to :func:`resolve_checkpoint` (CLI: ``--root``) to resolve them elsewhere. Absolute paths are kept.
@@ -35,12 +55,16 @@ from pipeline.core.config import ConfigError, NonNegInt, PosInt, load_config
 
 __all__ = [
     "REPO_ROOT",
+    "CodeSpec",
     "EnsembleSpec",
     "ExpertSpec",
     "Precision",
     "input_source",
     "load_ensemble_spec",
+    "portable_path",
     "resolve_checkpoint",
+    "resolve_code_file",
+    "resolve_path",
     "with_devices",
 ]
 
@@ -52,14 +76,44 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _EXPERT_INPUT_PREFIX = "expert:"
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    """The team file that defines an expert's model (see the module docstring)."""
+
+    file: str  # the Python file, relative to the repository root like ``checkpoint``
+    sha256: str  # pin of the file: importing it runs it, so it must be exactly the file that was reviewed
+    class_name: str  # the nn.Module class defined in the file
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    data_range: Literal[1, 255] = 1  # the model is fed RGB in [0, data_range]; its output is divided by it
+    pad_multiple: PosInt = 1  # reflect-pad the input (bottom/right) to a multiple of this; outputs are cropped back
+
+    def __post_init__(self) -> None:
+        if not self.file:
+            raise ConfigError("code.file is empty")
+        if not _SHA256_RE.fullmatch(self.sha256):
+            raise ConfigError(f"code.sha256 must be 64 lowercase hex digits, got {self.sha256[:80]!r}")
+        if not _IDENT_RE.match(self.class_name):
+            raise ConfigError(f"code.class_name must be a Python identifier, got {self.class_name[:80]!r}")
+        bad = [k for k in self.kwargs if not _IDENT_RE.match(str(k))]
+        if bad:
+            raise ConfigError(f"code.kwargs: keys must be Python identifiers, got {bad[:5]}")
+        if not isinstance(self.kwargs, types.MappingProxyType):
+            object.__setattr__(self, "kwargs", types.MappingProxyType(dict(self.kwargs)))
+
+
 @dataclass(frozen=True)
 class ExpertSpec:
     """One frozen pretrained expert. See the module docstring for the meaning of each field."""
 
     name: str
     checkpoint: str
-    architecture: str
     scale: PosInt
+    # spandrel's architecture id (asserted after detection); for a code expert the class name (default: that)
+    architecture: str = ""
     hooks: tuple[str, ...] = ()
     input: str = "lr"
     precision: Precision = "fp32"
@@ -74,9 +128,31 @@ class ExpertSpec:
     # Hyper-parameters that spandrel must detect (compared with the model's ``hyperparameters``), e.g.
     # ``{embed_dim: 180, window_size: 16}``. Lists and tuples compare equal.
     expect: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    # The model is a class in a Python file instead of a spandrel architecture (module docstring).
+    code: CodeSpec | None = None
+    # Explicit opt-in to import ``code.file``: importing a file runs arbitrary code. Without it a code expert is an
+    # error, never imported.
+    trust_code: bool = False
 
     def __post_init__(self) -> None:
         where = f"expert {self.name!r}"
+        if self.code is None:
+            if not self.architecture:
+                raise ConfigError(f"{where}: architecture is required (spandrel's architecture id), or a code: section")
+            if self.trust_code:
+                raise ConfigError(f"{where}: trust_code is only meaningful with a code: section")
+        else:
+            if not self.architecture:
+                object.__setattr__(self, "architecture", self.code.class_name)
+            elif self.architecture != self.code.class_name:
+                raise ConfigError(
+                    f"{where}: architecture {self.architecture!r} differs from code.class_name "
+                    f"{self.code.class_name!r} (leave architecture out for a code expert)"
+                )
+            if self.sha256 is None:
+                raise ConfigError(f"{where}: a code expert needs sha256 of its weights (the code is pinned too)")
+            if self.expect:
+                raise ConfigError(f"{where}: expect: checks spandrel's detection; a code expert has kwargs instead")
         if not _NAME_RE.match(self.name):
             raise ConfigError(f"{where}: name must match {_NAME_RE.pattern} (it becomes a folder name)")
         if not self.checkpoint:
@@ -97,7 +173,7 @@ class ExpertSpec:
             raise ConfigError(f"{where}: tile and tile_overlap must be >= 0")
         if self.tile and self.tile_overlap >= self.tile:
             raise ConfigError(f"{where}: tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})")
-        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+        if self.sha256 is not None and not _SHA256_RE.fullmatch(self.sha256):
             raise ConfigError(f"{where}: sha256 must be 64 lowercase hex digits")
         if not isinstance(self.expect, types.MappingProxyType):
             object.__setattr__(self, "expect", types.MappingProxyType(dict(self.expect)))
@@ -161,10 +237,36 @@ def load_ensemble_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -
     return load_config(EnsembleSpec, path, overrides)
 
 
-def resolve_checkpoint(spec: ExpertSpec, root: str | os.PathLike | None = None) -> Path:
-    """The checkpoint path of ``spec``: absolute paths as they are, relative ones against ``root`` (default: the
-    repository root, :data:`REPO_ROOT`)."""
-    p = Path(spec.checkpoint).expanduser()
+def resolve_path(path: str, root: str | os.PathLike | None = None) -> Path:
+    """A path of an expert YAML: absolute as it is, relative against ``root`` (default: :data:`REPO_ROOT`)."""
+    p = Path(path).expanduser()
     if not p.is_absolute():
         p = Path(root if root is not None else REPO_ROOT) / p
     return Path(os.path.normpath(p))  # drop the `..` of ../shared/... (symlinks are not resolved)
+
+
+def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """How a file is recorded in what others may copy (checkpoints, caches, exports): relative to ``root`` (default:
+    the repository root) when it lies inside the root's parent folder — ``experts/zoo/hat_s/model.safetensors``,
+    ``../shared/weights/craft_x4.pth`` — so a clone in any folder resolves it (:func:`resolve_path`); other paths
+    stay absolute."""
+    base = Path(root if root is not None else REPO_ROOT).resolve()
+    p = Path(os.path.normpath(Path(path).expanduser().absolute()))
+    try:
+        p.relative_to(base.parent)
+    except ValueError:
+        return str(p)
+    return Path(os.path.relpath(p, base)).as_posix()
+
+
+def resolve_checkpoint(spec: ExpertSpec, root: str | os.PathLike | None = None) -> Path:
+    """The checkpoint path of ``spec``: absolute paths as they are, relative ones against ``root`` (default: the
+    repository root, :data:`REPO_ROOT`)."""
+    return resolve_path(spec.checkpoint, root)
+
+
+def resolve_code_file(spec: ExpertSpec, root: str | os.PathLike | None = None) -> Path:
+    """The model file of a code expert (resolved like :func:`resolve_checkpoint`)."""
+    if spec.code is None:
+        raise ValueError(f"expert {spec.name!r} is not defined by a code file")
+    return resolve_path(spec.code.file, root)

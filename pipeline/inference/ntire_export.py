@@ -18,8 +18,9 @@ from importlib import metadata
 from pathlib import Path
 
 from experts.loading import sha256_file
-from experts.spec import EnsembleSpec, load_ensemble_spec
+from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
 from experts.spec import resolve_checkpoint as expert_checkpoint
+from experts.spec import resolve_code_file as expert_code_file
 from pipeline.core.config import save_config
 from pipeline.core.errors import ToolkitError
 from pipeline.inference.ensemblers import load as load_ensembler
@@ -100,11 +101,17 @@ def vendored_modules(entry: str = ENTRY) -> dict[str, Path]:
     return found
 
 
-def third_party(sources: Iterable[Path]) -> list[str]:
-    """Top-level third-party modules imported by ``sources`` (stdlib and our packages excluded), sorted."""
+def third_party(sources: Iterable[Path], *, module_level: bool = False) -> list[str]:
+    """Top-level third-party modules imported by ``sources`` (stdlib and our packages excluded), sorted.
+    ``module_level``: only the imports that run on import (a team file's ``if __name__ == "__main__":`` benchmark
+    imports such as fvcore are not needed to run its model)."""
     names = set()
     for path in sources:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        nodes = (
+            [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))] if module_level else ast.walk(tree)
+        )
+        for node in nodes:
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -178,9 +185,24 @@ def checked_experts(ckpt: Path, experts_yaml: Path | None) -> tuple[EnsembleSpec
             problems.append(
                 f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, the fusion was trained with {e.sha256[:16]}…"
             )
+        problems += _code_problems(e)
     if problems:
         raise ExportError("; ".join(problems))
     return spec, files
+
+
+def _code_problems(e: ExpertSpec) -> list[str]:
+    """A code expert's model file must exist, be opted in and have its pinned sha256 (it is copied into the export)."""
+    if e.code is None:
+        return []
+    path = expert_code_file(e)
+    if not e.trust_code:
+        return [f"expert {e.name!r}: {path} is imported only with `trust_code: true` in the expert YAML"]
+    if not path.is_file():
+        return [f"expert {e.name!r}: model code file not found: {path}"]
+    if (digest := sha256_file(path)) != e.code.sha256:
+        return [f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, pinned {e.code.sha256[:16]}…"]
+    return []
 
 
 def checked_ensemble_experts(weights: Path, experts_yaml: Path) -> tuple[EnsembleSpec, list[Path]]:
@@ -204,6 +226,7 @@ def checked_ensemble_experts(weights: Path, experts_yaml: Path) -> tuple[Ensembl
                 f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, {weights} was fitted with "
                 f"{str(fp['sha256'])[:16]}…"
             )
+        problems += _code_problems(e)
         pinned.append(dataclasses.replace(e, sha256=fp["sha256"]))
     if problems:
         raise ExportError("; ".join(problems))
@@ -230,7 +253,13 @@ def write_model_dir(
         (dest / rel).parent.mkdir(exist_ok=True)
         shutil.copy2(src, dest / rel)
         sums += f"{e.sha256}  {rel}\n"
-        experts.append(dataclasses.replace(e, checkpoint=rel, device="cpu"))  # main() sets the device
+        changes: dict = {"checkpoint": rel, "device": "cpu"}  # main() sets the device
+        if e.code is not None:  # the team's model file travels with its weights, pinned like them
+            rel_code = f"experts/{e.name}.py"
+            shutil.copy2(expert_code_file(e), dest / rel_code)
+            sums += f"{e.code.sha256}  {rel_code}\n"
+            changes["code"] = dataclasses.replace(e.code, file=rel_code)
+        experts.append(dataclasses.replace(e, **changes))
     save_config(dataclasses.replace(spec, experts=tuple(experts)), dest / EXPERTS_YAML)
     sums += f"{sha256_file(dest / EXPERTS_YAML)}  {EXPERTS_YAML}\n"
     (dest / CHECKSUMS).write_text(sums)
@@ -303,6 +332,8 @@ def build(
 ) -> None:
     code = tmp / "models" / pkg
     imports = write_vendor(code / "_vendor")
+    code_files = [expert_code_file(e) for e in spec.experts if e.code is not None]
+    imports = sorted(set(imports) | set(third_party(code_files, module_level=True)))
     (code / "__init__.py").write_text(INIT.format(pkg=pkg))
     (code / "requirements.txt").write_text(requirements_text(imports))
     experts = ", ".join(f"{e.name} ({e.architecture})" for e in spec.experts)

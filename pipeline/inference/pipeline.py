@@ -54,7 +54,17 @@ class FusionPipeline:
         return self.ensemble.scale
 
 
-def _spec_from_fingerprints(fps: list[dict[str, Any]], *, scale: int, device: str, tile: int) -> EnsembleSpec:
+def _spec_from_fingerprints(
+    ckpt: Path, fps: list[dict[str, Any]], *, scale: int, device: str, tile: int
+) -> EnsembleSpec:
+    coded = [fp for fp in fps if fp.get("code")]
+    if coded:
+        fp = coded[0]
+        raise PipelineError(
+            f"{ckpt}: expert {fp['name']!r} is defined by a Python file ({fp['code'].get('file')}) and importing it "
+            "runs its code: name the experts with --experts, a YAML that opts in with `trust_code: true` "
+            "(e.g. configs/experts/esr_pool.yaml)"
+        )
     experts = tuple(
         ExpertSpec(
             name=fp["name"],
@@ -91,6 +101,16 @@ def _spec_from_yaml(path: Path, fps: list[dict[str, Any]], *, device: str | None
             raise PipelineError(
                 f"{path}: expert {e.name!r} pins sha256 {e.sha256[:12]}…, trained with {fp['sha256'][:12]}…"
             )
+        code = fp.get("code")
+        if (e.code is None) != (code is None) or (
+            code is not None
+            and (e.code.sha256, e.code.class_name, e.code.data_range, dict(e.code.kwargs))
+            != (code["sha256"], code["class_name"], code["data_range"], dict(code["kwargs"]))
+        ):
+            raise PipelineError(
+                f"{path}: expert {e.name!r} is not built as the fusion's was "
+                f"(code file, class, kwargs or data range differ from the recorded {code or 'spandrel model'})"
+            )
         changes: dict[str, Any] = {"sha256": fp["sha256"], "hooks": tuple(fp["hook_layers"])}  # loading verifies it
         if device is not None:
             changes["device"] = device
@@ -115,7 +135,7 @@ def expert_spec(
         raise PipelineError(f"{ckpt}: config.json records no expert fingerprints; cannot know which experts to run")
     if experts_yaml is not None:
         return _spec_from_yaml(Path(experts_yaml), fps, device=device, tile=tile)
-    return _spec_from_fingerprints(fps, scale=int(extra.get("scale", 4)), device=device, tile=tile or 0)
+    return _spec_from_fingerprints(ckpt, fps, scale=int(extra.get("scale", 4)), device=device, tile=tile or 0)
 
 
 def expert_spec_from_yaml(path: str | os.PathLike, *, device: str = "cpu", tile: int | None = None) -> EnsembleSpec:

@@ -97,7 +97,8 @@ SCALE = 4
 class InputsConfig:
     # Channel count of each expert's hooked feature, in ensemble order. Defaults: the real experts CRAFT (embed
     # dim 48), DITN (dim 60), SPAN (28) — the input of each model's upsampler, at LR resolution.
-    feat_channels: tuple[PosInt, ...] = (48, 60, 28)
+    # An expert without hooked layers has 0 channels (a code expert without `hooks:`): allowed when features=false.
+    feat_channels: tuple[NonNegInt, ...] = (48, 60, 28)
     feat_norm: bool = True  # LayerNorm each expert's feature (their scales differ wildly)
     # False (default): the fusion sees the experts' SR images only — the hooked features are never read (a cache
     # made with --features none holds none); feat_channels then only counts the experts. True: it also reads each
@@ -258,8 +259,13 @@ def load_fusion_config(path: str | Path, overrides: Sequence[str] = ()) -> Fusio
 
 def _validate(cfg: FusionConfig) -> None:
     e = cfg.num_experts
-    if e < 1 or any(c < 1 for c in cfg.inputs.feat_channels):
-        raise ConfigError(f"inputs.feat_channels must list >= 1 positive widths, got {cfg.inputs.feat_channels}")
+    if e < 1:
+        raise ConfigError("inputs.feat_channels must list one width per expert (at least one expert)")
+    if cfg.inputs.features and any(c < 1 for c in cfg.inputs.feat_channels):
+        raise ConfigError(
+            f"inputs.features=true needs every expert's hooked feature, but inputs.feat_channels has a 0 "
+            f"(an expert without hook layers): {cfg.inputs.feat_channels}"
+        )
     if cfg.start_expert is not None and not 0 <= cfg.start_expert < e:
         raise ConfigError(f"start_expert={cfg.start_expert} is not an expert index (E={e})")
     prior = cfg.gating.prior
