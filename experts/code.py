@@ -139,12 +139,19 @@ def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tupl
     model = _build(file, module, code.class_name, kwargs)
     _load_strict(model, ckpt, key=spec.checkpoint_key)
     model.eval()
-    _check_scale(model, ckpt, scale=spec.scale, data_range=float(code.data_range), multiple=code.pad_multiple)
+    _check_scale(
+        model,
+        ckpt,
+        scale=spec.scale,
+        data_range=float(code.data_range),
+        multiple=code.pad_multiple,
+        minimum=code.min_size,
+    )
     loaded = LoadedModel(
         model=model,
         architecture=code.class_name,
         scale=spec.scale,
-        size_requirements=SizeRequirements(multiple_of=code.pad_multiple),
+        size_requirements=SizeRequirements(minimum=code.min_size, multiple_of=code.pad_multiple),
         supports_half=True,  # the spec's precision is the user's explicit choice for a model spandrel does not know
         supports_bfloat16=True,
         tags=(CODE_TAG,),
@@ -157,13 +164,14 @@ def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tupl
             "kwargs": jsonable(kwargs),
             "data_range": code.data_range,
             "pad_multiple": code.pad_multiple,
+            "min_size": code.min_size,
         },
     )
     return loaded, ckpt, weights_digest
 
 
-def _check_scale(model: nn.Module, ckpt: Path, *, scale: int, data_range: float, multiple: int) -> None:
-    a = max(_PROBE, multiple)
+def _check_scale(model: nn.Module, ckpt: Path, *, scale: int, data_range: float, multiple: int, minimum: int) -> None:
+    a = max(_PROBE, multiple, minimum)
     a = -(-a // multiple) * multiple
     x = torch.full((1, 3, a, a), 0.5 * data_range)
     try:

@@ -30,6 +30,7 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
           kwargs: {}                 # keyword arguments of its constructor
           data_range: 255            # the model is fed RGB in [0, data_range] (1 or 255)
           pad_multiple: 1            # reflect-pad the input at the bottom/right to a multiple of this
+          min_size: 15               # smallest side the model runs on (strided pooling); smaller inputs are padded
         checkpoint_key: null         # null = the file's state dict (spandrel's unwrapping); params / params_ema …
 
 ``architecture`` is then the class name (it may be left out). A code expert has no default hook layer: with
@@ -90,6 +91,7 @@ class CodeSpec:
     kwargs: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     data_range: Literal[1, 255] = 1  # the model is fed RGB in [0, data_range]; its output is divided by it
     pad_multiple: PosInt = 1  # reflect-pad the input (bottom/right) to a multiple of this; outputs are cropped back
+    min_size: NonNegInt = 0  # smallest input side the model runs on; smaller inputs are padded up to it (as spandrel)
 
     def __post_init__(self) -> None:
         if not self.file:
