@@ -5,8 +5,9 @@
   next run deletes and redoes.
 * The index is written last, to a temp file that is renamed over the final name: it is either absent or complete.
 * A lock (``fcntl.flock`` on ``<cache>.lock``, one per rank) stops two writers on the same cache.
-* On resume the stored meta (scale, expert fingerprints, LR method) must equal the new run's, or the writer refuses
-  and says which field differs; ``overwrite=True`` starts from scratch instead.
+* On resume the stored meta (scale, expert fingerprints, LR method, layout and compression) must equal the new
+  run's, or the writer refuses and says which field differs, naming both values; ``overwrite=True`` starts from
+  scratch instead.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "is_cache_index",
     "part_path",
     "sha256_of",
+    "stored_compression",
 ]
 
 _META_FILE = "meta.json"
@@ -134,6 +136,18 @@ def compression_filter(compression: str) -> dict:
     raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
+def stored_compression(dataset: h5py.Dataset) -> str:
+    """The :data:`cache.schema.COMPRESSIONS` name of a written dataset's filter (HDF5 filters are self-describing:
+    bitshuffle, filter 32008, stores its codec as the 5th option — 2 LZ4, 3 zstd)."""
+    filters = dataset._filters
+    if "lzf" in filters:
+        return "lzf"
+    opts = filters.get(str(hdf5plugin.BSHUF_ID))
+    if opts is not None:
+        return "bitshuffle-zstd" if len(opts) > 4 and opts[4] == 3 else "bitshuffle-lz4"
+    return "none"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -168,6 +182,7 @@ class CacheWriter:
         self.path = Path(path)
         self.data_dir = data_dir_of(self.path)
         self.meta = meta
+        self.compression = compression
         self.filters = compression_filter(compression)
         self.rank = rank
         self._lock_fh = None
@@ -224,6 +239,7 @@ class CacheWriter:
             "lr_method": self.meta.lr_method,
             "features": self.meta.layout.features,
             "sr_dtype": self.meta.layout.sr_dtype,
+            "compression": self.compression,
         }
 
     def _check_or_write_meta(self) -> None:
@@ -243,6 +259,12 @@ class CacheWriter:
                 layout=CacheLayout.from_attrs(have),
             )
             diffs = describe_mismatch(found, self.meta)
+            stored = have.get("compression") or self._stored_compression()  # absent: written before it was recorded
+            if stored is not None and stored != self.compression:
+                diffs.append(
+                    f"compression: cache has {stored}, this run asks for {self.compression} "
+                    f"(rerun with --compression {stored})"
+                )
             if diffs:
                 raise CacheMismatchError(
                     f"{self.path}: cannot resume, the existing cache was made differently: {'; '.join(diffs)}. "
@@ -252,6 +274,17 @@ class CacheWriter:
             tmp = meta_path.with_name(f".{_META_FILE}.tmp")
             tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
             os.replace(tmp, meta_path)
+
+    def _stored_compression(self) -> str | None:
+        """The compression of the samples already written (a partial cache made before meta.json recorded it), read
+        from the first finished sample's ``sr`` dataset; None when there is none."""
+        for part in sorted(self.data_dir.glob(f"*{PART_SUFFIX}")):
+            try:
+                with h5py.File(part, "r") as f:
+                    return stored_compression(f["sr"])
+            except (OSError, KeyError):
+                continue
+        return None
 
     def _remove_stale_temps(self) -> None:
         for tmp in self.data_dir.glob(f".*{PART_SUFFIX}.tmp-r{self.rank}"):
@@ -345,6 +378,7 @@ class CacheWriter:
                     "lr_method": self.meta.lr_method,
                     "features": self.meta.layout.features,
                     "sr_dtype": self.meta.layout.sr_dtype,
+                    "compression": self.compression,
                     "has_hr": bool(has_hr and bool(names)),
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                     "tool_version": TOOL_VERSION,

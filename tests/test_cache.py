@@ -128,6 +128,31 @@ def test_resume_refuses_different_meta(small_cache):
         assert not w.is_done("a") and not path.exists()
 
 
+def test_resume_or_repack_with_another_compression_is_refused_naming_both(tmp_path):
+    """Issue 29 item 1: a cache begun with bitshuffle-zstd and resumed with lzf would end half one, half the other."""
+    meta = _meta()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, meta=meta, compression="bitshuffle-zstd") as w:  # "killed" after one image
+        w.write_sample("a", **_sample(rng, 20, 24, meta))
+    with pytest.raises(CacheMismatchError, match=r"compression: cache has bitshuffle-zstd, this run asks for lzf"):
+        CacheWriter(path, meta=meta, compression="lzf")
+    meta_json = path.with_name("c.h5.d") / "meta.json"  # a partial cache made before the compression was recorded
+    recorded = json.loads(meta_json.read_text())
+    del recorded["compression"]
+    meta_json.write_text(json.dumps(recorded))
+    with pytest.raises(CacheMismatchError, match=r"cache has bitshuffle-zstd, this run asks for none"):
+        CacheWriter(path, meta=meta)  # read back from the finished sample's own filter
+    with CacheWriter(path, meta=meta, compression="bitshuffle-zstd") as w:  # the same compression resumes
+        w.write_sample("b", **_sample(rng, 20, 24, meta))
+        w.write_index(["a", "b"])
+    assert CacheReader(path).compression == "bitshuffle-zstd"
+    # re-packing onto an existing complete cache made with another compression is refused too
+    repack(path, tmp_path / "lzf.h5", layout=meta.layout, compression="lzf")
+    with pytest.raises(CacheMismatchError, match=r"lzf\.h5: cannot resume.*cache has lzf, this run asks for none"):
+        repack(path, tmp_path / "lzf.h5", layout=meta.layout)
+
+
 def test_lock_stops_a_second_writer(small_cache):
     path, meta, _ = small_cache
     with CacheWriter(path, meta=meta):
