@@ -22,17 +22,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.core.errors import BadInputsError, ToolkitError
+from pipeline.core.errors import BadInputsError, ToolkitError, shorten
 
-__all__ = ["DEBUG_FLAG", "one_line", "run_cli", "run_program"]
+__all__ = ["DEBUG_FLAG", "LINE_LIMIT", "one_line", "run_cli", "run_program"]
 
 DEBUG_FLAG = "--debug"
+LINE_LIMIT = 4000  # the most characters of one error line: the library caps what it echoes, this is the backstop
 
 
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (newlines folded), never empty."""
+def one_line(exc: BaseException | str, limit: int = LINE_LIMIT) -> str:
+    """The exception's message on one line (newlines folded), never empty, at most ``limit`` characters (and a note
+    of the full length)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    return shorten(text, limit, quote=False)
 
 
 def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -47,8 +49,8 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: Sequence[s
             raise
         if isinstance(exc, BadInputsError):
             for problem in exc.problems:
-                print(f"{prog}: {problem}", file=sys.stderr)
-            print(f"{prog}: {' '.join(exc.summary.split())}", file=sys.stderr)
+                print(f"{prog}: {one_line(problem)}", file=sys.stderr)
+            print(f"{prog}: {one_line(exc.summary)}", file=sys.stderr)
         else:
             print(f"{prog}: {one_line(exc)}", file=sys.stderr)
         return 2

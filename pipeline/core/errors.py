@@ -10,7 +10,21 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["BadInputsError", "OutputPathError", "ToolkitError"]
+__all__ = ["ECHO_LIMIT", "BadInputsError", "OutputPathError", "ToolkitError", "shorten"]
+
+ECHO_LIMIT = 200  # characters of a user's value that an error message echoes (a 100,000-character string is not)
+
+
+def shorten(value: object, limit: int = ECHO_LIMIT, *, quote: bool = True) -> str:
+    """``repr(value)`` (``str(value)`` with ``quote=False``) cut to ``limit`` characters, saying how long it was:
+    how an error message echoes what a user wrote (a file name, a config value) without echoing all of it."""
+    try:
+        text = repr(value) if quote else str(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        return f"<a {type(value).__name__} too large to print>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
 
 
 class ToolkitError(Exception):
