@@ -5,15 +5,19 @@ folder — ends in one line naming the file (exit status 2), never in a tracebac
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import program
+from conftest import REPO_ROOT, program
 
 from pipeline.core.imageio import write_image
 
 submit = program("submit")
+
+ZOO_FUSION = REPO_ROOT / "checkpoints" / "fusion_zoo_small"
 
 
 def _err_lines(capsys) -> list[str]:
@@ -83,3 +87,86 @@ def test_one_line_caps_any_message():
     assert shorten("abc") == "'abc'" and shorten("abc", quote=False) == "abc"
     assert shorten("y" * 500).endswith("… (502 characters)") and len(shorten("y" * 500)) < 250
     assert len(one_line(ValueError("z" * 100_000))) < LINE_LIMIT + 40
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# item 4: a checkpoint whose checksums its editor recomputed: config.json passes the training config's ranges before
+# any allocation, and a model.safetensors that is not one is one line
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def edited_checkpoint(tmp_path) -> Path:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ZOO_FUSION, ckpt)
+    return ckpt
+
+
+def _edit_config(ckpt: Path, edit) -> None:
+    from pipeline.model.io import write_checksums
+
+    payload = json.loads((ckpt / "config.json").read_text())
+    edit(payload)
+    (ckpt / "config.json").write_text(json.dumps(payload))
+    write_checksums(ckpt)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needles"),
+    [
+        (lambda p: p["config"].__setitem__("token_channels", 10**12), ("config.token_channels", "<= 1024")),
+        (lambda p: p["config"]["hierarchical"].__setitem__("inner_channels", 10**9), ("inner_channels",)),
+        (lambda p: p["config"]["hessian"].__setitem__("dilations", [1, 2, 10**6]), ("dilations[2]",)),
+        (lambda p: p["extra"]["experts"][0].__setitem__("feature_channels", 10**15), ("feature_channels",)),
+        (lambda p: p["extra"].__setitem__("scale", 1e300), ("scale",)),
+        (lambda p: p["extra"]["experts"][1].pop("sha256"), ("experts[1].sha256",)),
+        (lambda p: p.pop("config"), ("config: expected a JSON object",)),
+    ],
+    ids=["token_channels", "inner_channels", "dilation", "feature_channels", "scale", "no-sha256", "no-config"],
+)
+def test_checkpoint_config_is_range_checked_before_any_allocation(
+    edited_checkpoint, lr_dir, tmp_path, capsys, edit, needles
+):
+    _edit_config(edited_checkpoint, edit)
+    out = tmp_path / "out"
+    code = submit.main(["--run", str(edited_checkpoint), "--input", str(lr_dir), "--output", str(out)])
+    _refused(code, _err_lines(capsys), *needles)
+    assert not out.exists()
+
+
+def test_training_config_rejects_absurd_sizes(tmp_path):
+    from pipeline.core.config import ConfigError
+    from pipeline.model.fusion_net import load_fusion_config
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("model:\n  token_channels: 1000000000000\n")
+    with pytest.raises(ConfigError, match=r"token_channels: must be >= 1 and <= 1024"):
+        load_fusion_config(cfg)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/sr_fusion_edges_pickle_ran"),))
+
+
+def test_a_pickle_saved_as_model_safetensors_is_one_line_and_never_runs(edited_checkpoint, lr_dir, tmp_path, capsys):
+    from pipeline.model.io import write_checksums
+
+    ran = Path("/tmp/sr_fusion_edges_pickle_ran")
+    ran.unlink(missing_ok=True)
+    (edited_checkpoint / "model.safetensors").write_bytes(pickle.dumps({"w": _Boom()}))
+    write_checksums(edited_checkpoint)
+    code = submit.main(["--run", str(edited_checkpoint), "--input", str(lr_dir), "--output", str(tmp_path / "o")])
+    _refused(code, _err_lines(capsys), "model.safetensors", "not a readable safetensors file")
+    assert not ran.exists()
+
+
+def test_nan_weights_in_a_checkpoint_are_refused(edited_checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.model.io import CheckpointError, load_pretrained
+
+    state = load_file(str(edited_checkpoint / "model.safetensors"))
+    first = sorted(state)[0]
+    state[first] = torch.full_like(state[first], float("nan"))
+    save_file(state, str(edited_checkpoint / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="hold NaN or Inf"):
+        load_pretrained(edited_checkpoint)
