@@ -6,7 +6,8 @@
 :func:`run_cli` strips a ``--debug`` flag from ``argv``, calls the real ``main`` and turns the library's typed errors
 (:class:`pipeline.core.errors.ToolkitError`) into one line on stderr — ``prog: message`` — and exit status 2. With
 ``--debug`` (or ``SR_FUSION_DEBUG=1``) the traceback is shown instead. Any other exception is a bug and keeps its
-traceback. A ``KeyboardInterrupt`` is one line and status 130. A
+traceback — except an ``OSError`` for a full disk or quota (``ENOSPC``/``EDQUOT``): that is the machine's state, not a
+bug, so it is one line and status 2 too. A ``KeyboardInterrupt`` is one line and status 130. A
 :class:`pipeline.core.errors.BadInputsError` prints one line per bad input, then its summary.
 
 :func:`run_program` runs a command-line program file (a script, ``train.py``) in this process exactly as
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.core.errors import BadInputsError, ToolkitError, shorten
+from pipeline.core.errors import BadInputsError, ToolkitError, is_disk_full, shorten
 
 __all__ = ["DEBUG_FLAG", "LINE_LIMIT", "one_line", "run_cli", "run_program"]
 
@@ -53,6 +54,12 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: Sequence[s
             print(f"{prog}: {one_line(exc.summary)}", file=sys.stderr)
         else:
             print(f"{prog}: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk where no writer named it (the writers raise DiskFullError themselves)
+        if debug or not is_disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: {one_line(exc.strerror or exc)}{where}: free some space and rerun", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
