@@ -4,9 +4,13 @@ folder — ends in one line naming the file (exit status 2), never in a tracebac
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +174,208 @@ def test_nan_weights_in_a_checkpoint_are_refused(edited_checkpoint):
     save_file(state, str(edited_checkpoint / "model.safetensors"))
     with pytest.raises(CheckpointError, match="hold NaN or Inf"):
         load_pretrained(edited_checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# item 5: a full disk anywhere is one line naming the file, leaves no temp file, and a rerun with space completes
+# ---------------------------------------------------------------------------------------------------------------------
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_a_full_disk_while_writing_an_image_is_one_line_and_resumable(
+    trained_run, lr_dir, tmp_path, capsys, monkeypatch
+):
+    import pipeline.core.atomic as atomic
+
+    ref = tmp_path / "ref"
+    assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(ref)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    real = atomic._write_all
+
+    def png_fills_the_disk(fd: int, data: bytes) -> None:
+        if bytes(data[:4]) == b"\x89PNG":
+            real(fd, data[: len(data) // 2])  # half of it made it to the disk
+            _no_space()
+        real(fd, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic, "_write_all", png_fills_the_disk)
+        code = submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out)])
+    _refused(code, _err_lines(capsys), "0901x4.png", "no space left on the device while writing")
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out)]) == 0
+    assert _pngs(out) == _pngs(ref)
+
+
+def test_a_full_disk_while_zipping_leaves_no_temp_zip(trained_run, lr_dir, tmp_path, capsys, monkeypatch):
+    import zipfile
+
+    out = tmp_path / "sub"
+    with monkeypatch.context() as m:
+        m.setattr(zipfile.ZipFile, "write", _no_space)
+        code = submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out), "--zip"])
+    _refused(code, _err_lines(capsys), "sub.zip", "while writing the zip")
+    assert sorted(p.name for p in tmp_path.iterdir() if "zip" in p.name) == []  # no .sub.zip.tmp beside it
+    assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out), "--zip"]) == 0
+    assert (tmp_path / "sub.zip").is_file()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """Mount a small tmpfs (``size`` set by the test through the returned function); skipped where mounting is not
+    allowed (not root, no CAP_SYS_ADMIN, no mount binary)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a small file system to fill")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({res.stderr.strip() or res.returncode})")
+
+    def resize(size: str) -> Path:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True, capture_output=True)
+        return mnt
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _dump_cache(path: Path) -> dict[str, list[torch.Tensor]]:
+    from cache.reader import CacheReader
+
+    r = CacheReader(path)
+    return {name: [s.lr, s.hr, s.srs] for name, s in ((n, r.read(i)) for i, n in enumerate(r.names))}
+
+
+def test_extract_onto_a_full_file_system_is_one_line_then_resumes_identically(
+    tiny_compact_experts, tiny_tmpfs, tmp_path
+):
+    """A real full disk (a 256 KiB tmpfs; each cached image takes ~85 KiB): exit status 2 with one line naming the
+    file — not an errno-28 traceback followed by a segfault at exit (HDF5 failing to flush) — no temp file left,
+    and the same command after freeing space finishes the cache bit-identical to one made on a roomy disk."""
+    args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(tiny_compact_experts["hr"])]
+    assert program("extract_features").main([*args, "--out", str(tmp_path / "ref.h5")]) == 0
+    mnt = tiny_tmpfs("256k")
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "extract_features.py"), *args, "--out", str(mnt / "c.h5")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env)  # this tree's code
+    lines = [line for line in res.stderr.splitlines() if line.startswith("extract_features:")]
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr[-2000:]
+    assert "no space left on the device while writing" in lines[0] and str(mnt) in lines[0]
+    assert not [p.name for p in mnt.rglob("*") if ".tmp" in p.name]
+    tiny_tmpfs("8m")  # space freed
+    assert program("extract_features").main([*args, "--out", str(mnt / "c.h5")]) == 0
+    got, want = _dump_cache(mnt / "c.h5"), _dump_cache(tmp_path / "ref.h5")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(a, b) for n in got for a, b in zip(got[n], want[n]))
+
+
+def test_submit_zip_onto_a_full_file_system_leaves_no_temp_zip(trained_run, tiny_tmpfs, tmp_path, capsys):
+    lr = tmp_path / "lr3"
+    for i in range(3):
+        write_image(lr / f"09{i:02d}x4.png", torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(i)))
+    ref = tmp_path / "ref"
+    assert submit.main(["--run", str(trained_run), "--input", str(lr), "--output", str(ref)]) == 0
+    need = sum(p.stat().st_size for p in ref.iterdir())
+    mnt = tiny_tmpfs(f"{(need * 3 // 2) // 4096 * 4 + 16}k")  # room for the PNGs and readme, not for the zip too
+    out = mnt / "sub"
+    code = submit.main(["--run", str(trained_run), "--input", str(lr), "--output", str(out), "--zip"])
+    _refused(code, _err_lines(capsys), "sub.zip", "no space left on the device while writing the zip")
+    assert sorted(p.name for p in mnt.iterdir()) == ["sub"]  # no .sub.zip.tmp beside the folder
+    tiny_tmpfs("4m")
+    assert submit.main(["--run", str(trained_run), "--input", str(lr), "--output", str(out), "--zip"]) == 0
+    assert _pngs(out) == _pngs(ref) and (mnt / "sub.zip").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# item 6: one writer per output folder
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_second_submit_into_the_same_folder_is_refused_before_any_work(trained_run, lr_dir, tmp_path, capsys):
+    from pipeline.core.locks import FileLock
+    from pipeline.core.outputs import OUTPUT_LOCK
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(out / OUTPUT_LOCK):  # the first submit, as far as the lock is concerned (flock: per open file)
+        code = submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out)])
+        _refused(code, _err_lines(capsys), str(out), "is being written right now by pid")
+        assert sorted(p.name for p in out.iterdir()) == [OUTPUT_LOCK]  # nothing written, the folder left as it was
+    assert submit.main(["--run", str(trained_run), "--input", str(lr_dir), "--output", str(out)]) == 0
+    assert not (out / OUTPUT_LOCK).exists()  # removed on a clean exit
+
+
+def test_a_second_make_lr_into_the_same_folder_is_refused(tmp_path, capsys):
+    from pipeline.core.locks import FileLock
+    from pipeline.core.outputs import OUTPUT_LOCK
+
+    hr = tmp_path / "hr"
+    write_image(hr / "a.png", torch.rand(1, 3, 32, 32))
+    out = tmp_path / "lr"
+    with FileLock(out / OUTPUT_LOCK):
+        _refused(program("make_lr").main(["--hr", str(hr), "--out", str(out)]), _err_lines(capsys), "being written")
+    assert program("make_lr").main(["--hr", str(hr), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".sr-fusion-output", "ax4.png"]
+
+
+def test_lock_release_deletes_the_file_and_a_racing_holder_of_the_old_file_retries(tmp_path):
+    from pipeline.core.locks import FileLock, LockedError
+
+    path = tmp_path / "x.lock"
+    first = FileLock(path).acquire()
+    with pytest.raises(LockedError, match="pid"):
+        FileLock(path).acquire()
+    stale = open(path)  # noqa: SIM115 - a process that opened the file just before the holder deleted it
+    first.release()
+    assert not path.exists()
+    import fcntl
+
+    fcntl.flock(stale.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # it can lock the deleted file ...
+    second = FileLock(path).acquire()  # ... yet the file at the path is a new one, which a newcomer gets
+    assert path.exists()
+    second.release()
+    stale.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# item 8: locks removed on a clean exit; the cache lock taken before the experts load; the missing folder named
+# ---------------------------------------------------------------------------------------------------------------------
+def test_no_lock_file_is_left_after_a_finished_run_and_cache(trained_run):
+    assert not (trained_run / ".lock").exists()
+    assert not list(trained_run.parents[1].glob("*.lock*"))  # c.h5.lock.rank0 beside the cache
+
+
+def test_a_locked_cache_is_refused_before_the_experts_load(tiny_compact_experts, tmp_path, capsys, monkeypatch):
+    from cache.writer import lock_cache
+    from experts.ensemble import ExpertEnsemble
+
+    loaded = []
+    real = ExpertEnsemble.from_spec.__func__
+    monkeypatch.setattr(
+        ExpertEnsemble, "from_spec", classmethod(lambda cls, *a, **k: loaded.append(1) or real(cls, *a, **k))
+    )
+    out = tmp_path / "c.h5"
+    args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(tiny_compact_experts["hr"])]
+    with lock_cache(out):
+        code = program("extract_features").main([*args, "--out", str(out)])
+    _refused(code, _err_lines(capsys), "being written by another process")
+    assert loaded == []  # refused before any expert was loaded
+    assert not (tmp_path / "c.h5.lock.rank0").exists()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc, a folder nothing can be created in")
+def test_an_unwritable_json_path_names_the_missing_folder(tmp_path, capsys):
+    hr, sr = tmp_path / "hr", tmp_path / "sr"
+    write_image(hr / "a.png", torch.rand(1, 3, 32, 32))
+    write_image(sr / "ax4.png", torch.rand(1, 3, 32, 32))
+    code = program("evaluate").main(["--sr", str(sr), "--hr", str(hr), "--json", "/proc/nope/x.json"])
+    line = _refused(code, _err_lines(capsys), "/proc/nope")
+    assert "folder /proc/nope cannot be created" in line
