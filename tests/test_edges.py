@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -379,3 +380,62 @@ def test_an_unwritable_json_path_names_the_missing_folder(tmp_path, capsys):
     code = program("evaluate").main(["--sr", str(sr), "--hr", str(hr), "--json", "/proc/nope/x.json"])
     line = _refused(code, _err_lines(capsys), "/proc/nope")
     assert "folder /proc/nope cannot be created" in line
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# item 7: the committed checkpoints name no path of the machine that made them; a clone anywhere runs them
+# ---------------------------------------------------------------------------------------------------------------------
+_MACHINE_PATH = re.compile(
+    r"(?<![\w.~-])/(?:work|home|tmp|root|Users|mnt|media|data|scratch|opt|srv|var|private)/|(?<![\w])[A-Za-z]:\\\\"
+)
+
+
+def test_no_committed_checkpoint_or_config_names_a_machine_path():
+    found = []
+    for folder in ("checkpoints", "configs"):
+        for path in sorted((REPO_ROOT / folder).rglob("*")):
+            if not path.is_file():
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue  # weights: no text
+            for no, line in enumerate(text.splitlines(), 1):
+                if _MACHINE_PATH.search(line) or str(REPO_ROOT.parent) in line:
+                    found.append(f"{path.relative_to(REPO_ROOT)}:{no}: {line.strip()}")
+    assert found == []
+
+
+def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_path):
+    """The code, the bundled fusion and its experts copied to a new folder (a clone elsewhere: its own REPO_ROOT);
+    submit.py --run checkpoints/fusion_zoo_small finds its experts in the clone by their recorded relative paths —
+    every expert file it reads lies inside the clone."""
+    clone = tmp_path / "elsewhere" / "sr-fusion"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("pipeline", "experts", "cache"):  # experts/ holds the bundled zoo too
+        shutil.copytree(REPO_ROOT / package, clone / package, ignore=skip)
+    shutil.copytree(ZOO_FUSION, clone / "checkpoints" / "fusion_zoo_small")
+    (clone / "scripts").mkdir()
+    shutil.copy2(REPO_ROOT / "scripts" / "submit.py", clone / "scripts" / "submit.py")
+    lr = clone / "LR"
+    write_image(lr / "0901x4.png", torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(5)))
+    probe = (
+        "import json, sys\n"
+        "read = []\n"
+        "sys.addaudithook(lambda e, a: read.append(str(a[0])) if e == 'open' and str(a[0]).endswith("
+        "('.safetensors', '.pth')) else None)\n"
+        "import experts.spec\n"
+        "from pipeline.core.cli import run_program\n"
+        "code = run_program('scripts/submit.py', ['--run', 'checkpoints/fusion_zoo_small', '--input', 'LR', "
+        "'--output', 'OUT', '--device', 'cpu'])\n"
+        "print('PROBE', json.dumps({'root': str(experts.spec.REPO_ROOT), 'read': read, 'code': code}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}  # the clone's code, not this tree's
+    res = subprocess.run([sys.executable, "-c", probe], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    report = json.loads(res.stdout.split("PROBE ", 1)[1]) if "PROBE " in res.stdout else {}
+    assert report.get("code") == 0, res.stderr[-3000:]
+    assert Path(report["root"]) == clone
+    experts_read = [Path(p) for p in report["read"] if "experts" in Path(p).parts]
+    assert len({p.parent.name for p in experts_read}) == 3, report["read"]
+    assert all(p.resolve().is_relative_to(clone.resolve()) for p in experts_read), report["read"]
+    assert (clone / "OUT" / "0901x4.png").is_file()
