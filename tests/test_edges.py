@@ -439,3 +439,28 @@ def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_p
     assert len({p.parent.name for p in experts_read}) == 3, report["read"]
     assert all(p.resolve().is_relative_to(clone.resolve()) for p in experts_read), report["read"]
     assert (clone / "OUT" / "0901x4.png").is_file()
+
+
+def test_a_full_disk_while_saving_a_training_checkpoint_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
+    import pipeline.core.atomic as atomic
+
+    real = atomic._write_all
+
+    def state_fills_the_disk(fd: int, data: bytes) -> None:
+        if bytes(data[:2]) == b"PK":  # torch.save's zip: the training state
+            _no_space()
+        real(fd, data)
+
+    cfg = trained_run.parents[1] / "cfg.yaml"
+    args = [str(cfg), f"train.runs_dir={tmp_path / 'runs'}", "train.name=full", "train.val_every=1000"]
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(atomic, "_write_all", state_fills_the_disk)
+            code = program("train").main(args)
+        _refused(code, _err_lines(capsys), "step_00000003", "while writing the training state")
+        assert not (tmp_path / "runs" / "full").exists()  # the new run saved nothing: its folder is gone again
+        assert program("train").main(args) == 0  # with space again
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(p.name for p in (tmp_path / "runs" / "full" / "ckpt").iterdir() if p.name.startswith(".")) == []

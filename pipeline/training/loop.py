@@ -335,7 +335,8 @@ def release_run(run_dir: Path, *, discard: bool = False) -> None:
     key = run_dir.resolve()
     lock = _LOCKS.pop(key, None)
     try:
-        if discard and key in _CREATED and run_dir.is_dir() and not (run_dir / "ckpt").exists():
+        saved = run_dir / "ckpt"
+        if discard and key in _CREATED and run_dir.is_dir() and not any(saved.glob("step_*")):  # nothing saved
             shutil.rmtree(run_dir, ignore_errors=True)  # still locked while it goes
     finally:
         if lock is not None:
