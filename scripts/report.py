@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.cli import run_cli
+from pipeline.core.errors import BadInputsError
 from pipeline.core.imageio import ImageReadError
 from pipeline.core.outputs import claim_output_dir
 from pipeline.evaluation.scoring import PairingError
@@ -38,7 +39,6 @@ from pipeline.model.io import ChecksumError, resolve_checkpoint
 from pipeline.report.analyse import (
     ReportError,
     build_jobs,
-    check_lr_sizes,
     check_out_dir,
     find_metrics_csv,
     write_report,
@@ -79,9 +79,11 @@ def _main(argv: list[str] | None = None) -> int:
         try:
             pipe = load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile)
             expert_colours(len(pipe.ensemble.names))  # the gate legend has colours for up to 8 experts
-            jobs = build_jobs(args.sr, args.hr, args.lr, pipe.scale)
-            check_lr_sizes(jobs, pipe)
+            # every unpaired, unreadable, mismatched or too small input, one line each, in one go
+            jobs = build_jobs(args.sr, args.hr, args.lr, pipe.scale, min_lr=pipe.ensemble.min_lr_size)
             (args.out / "img").mkdir(parents=True, exist_ok=True)
+        except BadInputsError:
+            raise
         except (PairingError, MetricsError, ImageReadError, OSError, ValueError) as exc:
             raise ReportError(str(exc)) from None  # one line; the folder made for this run is removed again
 

@@ -464,3 +464,21 @@ def test_a_full_disk_while_saving_a_training_checkpoint_is_one_line(trained_run,
     finally:
         torch.set_num_threads(threads)
     assert sorted(p.name for p in (tmp_path / "runs" / "full" / "ckpt").iterdir() if p.name.startswith(".")) == []
+
+
+def test_report_lists_unpaired_unreadable_and_nested_inputs_in_one_pass(trained_run, tmp_path, capsys):
+    """Issue 29 item 3 for report.py: an unpaired SR file, a truncated one and a nested folder in one run."""
+    hr, sr = tmp_path / "hr", tmp_path / "sr"
+    for name in ("a", "b"):
+        write_image(hr / f"{name}.png", torch.rand(1, 3, 32, 32))
+    write_image(sr / "ax4.png", torch.rand(1, 3, 32, 32))
+    write_image(sr / "zzx4.png", torch.rand(1, 3, 32, 32))  # no HR counterpart
+    (sr / "bx4.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (sr / "nested").mkdir()
+    args = ["--run", str(trained_run), "--sr", str(sr), "--hr", str(hr), "--out", str(tmp_path / "rep")]
+    code = program("report").main([*args, "--device", "cpu"])
+    lines = _err_lines(capsys)
+    _refused(code, lines, "zzx4.png", "no HR counterpart")
+    _refused(code, lines, "bx4.png")
+    _refused(code, lines, "nested", "a folder inside the SR folder")
+    assert not (tmp_path / "rep").exists()
