@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cache.reader import CacheReader
 from cache.schema import EXTRACT_LAYOUT, SELF_ENSEMBLE_KEY, CacheLayout, CacheMeta
-from cache.writer import CacheWriter, check_cache_out, data_dir_of, encode_srs, part_path
+from cache.writer import CacheWriter, check_cache_out, data_dir_of, encode_srs, lock_cache, part_path, wipe_cache
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, load_ensemble_spec
 from pipeline.core.errors import BadInputsError, ToolkitError
@@ -36,11 +36,22 @@ from pipeline.core.imageio import (
     read_image,
     read_image_array,
     strip_scale_suffix,
+    subfolder_problems,
     to_uint8,
 )
 from pipeline.core.resize import make_lr
 
-__all__ = ["ExtractError", "Job", "SkipImage", "build_jobs", "check_job", "extract", "load_pair", "verify"]
+__all__ = [
+    "ExtractError",
+    "Job",
+    "SkipImage",
+    "build_jobs",
+    "build_jobs_checked",
+    "check_job",
+    "extract",
+    "load_pair",
+    "verify",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +122,14 @@ def build_jobs(hr_dirs: Sequence[Path], lr_dir: Path | None, scale: int) -> list
     return [Job(name=n, hr=hr.get(n), lr=lr.get(n)) for n in names]
 
 
+def build_jobs_checked(hr_dirs: Sequence[Path], lr_dir: Path | None, scale: int) -> tuple[list[Job], list[str]]:
+    """:func:`build_jobs`, plus one line for each sub-folder of an HR or LR folder: images are never searched in
+    sub-folders, so a nested folder is reported with the bad inputs (and left out with ``skip_bad``)."""
+    jobs = build_jobs(hr_dirs, lr_dir, scale)
+    folders = [("HR folder", d) for d in hr_dirs] + ([("LR folder", lr_dir)] if lr_dir is not None else [])
+    return jobs, [line for label, folder in folders for line in subfolder_problems(folder, label=label)]
+
+
 def load_pair(job: Job, scale: int, min_lr: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """→ ``lr (1,3,h,w)`` on 8-bit levels and ``hr (1,3,s*h,s*w)`` or None. Raises SkipImage with the reason."""
     try:
@@ -162,7 +181,10 @@ def extract(
     whether the hooked features are stored and at what precision the SR images are (:class:`CacheLayout`)."""
     check_cache_out(out)  # before anything is read or written: never replace a file that is not a cache
     rank, world, local_rank = dist_setup()
+    lock = None
+    writer = None
     try:
+        lock = lock_cache(out, rank=rank)  # a second extraction into this cache stops here, before the experts load
         spec = load_ensemble_spec(experts)
         device = device or (f"cuda:{local_rank}" if world > 1 and torch.cuda.is_available() else None)
         if device is not None:
@@ -170,7 +192,7 @@ def extract(
                 experts=tuple(dataclasses.replace(e, device=device) for e in spec.experts), scale=spec.scale
             )
         scale = spec.scale
-        jobs = build_jobs(hr_dirs, lr_dir, scale)
+        jobs, listing = build_jobs_checked(hr_dirs, lr_dir, scale)
         ensemble = ExpertEnsemble.from_spec(spec, root=root, gather_device="cpu")
         min_lr = ensemble.min_lr_size
         already = data_dir_of(out)
@@ -180,12 +202,14 @@ def extract(
             reason = check_job(j, scale, min_lr)
             if reason is not None:
                 bad[j.name] = reason
-        if bad and not skip_bad:
+        if (bad or listing) and not skip_bad:
             raise BadInputsError(
-                f"{len(bad)} bad input(s); nothing was written (fix or remove them, or rerun with "
+                f"{len(bad) + len(listing)} bad input(s); nothing was written (fix or remove them, or rerun with "
                 "--skip-bad to leave them out)",
-                list(bad.values()),
+                [*listing, *bad.values()],
             )
+        for problem in listing if rank == 0 else ():
+            tqdm.write(f"extract_features: skipped {problem}", file=sys.stderr)
         meta = CacheMeta(
             scale=scale,
             experts=tuple({**fp.to_dict(), **({SELF_ENSEMBLE_KEY: 8} if tta else {})} for fp in ensemble.fingerprints),
@@ -195,9 +219,11 @@ def extract(
 
         if overwrite and world > 1:  # rank 0 wipes before anyone writes
             if rank == 0:
-                CacheWriter(out, meta=meta, overwrite=True, rank=0).close()
+                wipe_cache(out)
             dist.barrier()
-        writer = CacheWriter(out, meta=meta, compression=compression, overwrite=overwrite and world == 1, rank=rank)
+        writer = CacheWriter(
+            out, meta=meta, compression=compression, overwrite=overwrite and world == 1, rank=rank, lock=lock
+        )
         mine = [j for i, j in enumerate(jobs) if i % world == rank]
         todo = [j for j in mine if not writer.is_done(j.name)]
         if rank == 0:
@@ -231,7 +257,6 @@ def extract(
                 source_lr=str(job.lr or ""),
             )
         bar.close()
-        writer.close()
 
         if world > 1:
             gathered: list[list[dict]] = [[] for _ in range(world)]
@@ -249,6 +274,10 @@ def extract(
             )
         return done, skipped
     finally:
+        if writer is not None:
+            writer.close()
+        if lock is not None:
+            lock.release()  # a no-op once the writer has released it
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 

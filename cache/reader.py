@@ -72,6 +72,7 @@ class CacheReader:
             diffs = [d for d in describe_mismatch(self.meta, expect, layout=False) if not d.startswith("lr_method")]
             if diffs:
                 raise CacheMismatchError(f"{self.path} does not match the expected experts: {'; '.join(diffs)}")
+        self.compression = str(attrs["compression"]) if "compression" in attrs else None  # None: not recorded
         self.has_hr = bool(attrs["has_hr"])
         self.created = str(attrs.get("created", ""))
         self.skipped = json.loads(attrs.get("skipped", "[]"))

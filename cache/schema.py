@@ -10,6 +10,8 @@ Layout (schema version 1) — a cache called ``train.h5`` is the index file plus
              features        str      "full" (every expert's hooked features) or "none" (SR images only); absent: full
              sr_dtype        str      "float16" or "uint8" (SR rounded to 8-bit levels, like the submission); absent:
                                       float16
+             compression     str      COMPRESSIONS name every sample was written with (absent: a cache made
+                                      before it was recorded; a resume then reads it from the samples' filters)
              has_hr          bool     whether every sample holds its HR image
              created         str      ISO-8601 UTC time of the index
              tool_version    str      version of this toolkit
@@ -18,6 +20,9 @@ Layout (schema version 1) — a cache called ``train.h5`` is the index file plus
       manifest               vlen str, one JSON object per image: {"name", "file", "lr_h", "lr_w"}
       images/<name>          HDF5 external link to train.h5.d/<name>.h5:/  (so any HDF5 tool sees one tree)
 
+    train.h5.d/meta.json              what the cache is made from and how it is stored (scale, experts, LR method,
+                                      features, sr_dtype, compression): a resume or re-pack into this cache must
+                                      ask for exactly that, or it is refused naming both values
     train.h5.d/<name>.h5              one file per image, written to a temp name, fsynced, then renamed
       attrs  name, source_hr, source_lr, lr_h, lr_w, sha256 (JSON {dataset: hex digest of its raw bytes})
       lr     uint8   (3, h, w)                   the LR image

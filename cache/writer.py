@@ -2,17 +2,20 @@
 
 * Each image goes to its own file, written under a temporary name, flushed and fsynced, then renamed: an image is
   complete exactly when its final-named file exists. A kill -9 at any moment leaves at most a temp file, which the
-  next run deletes and redoes.
+  next run deletes and redoes. The HDF5 file is built in memory and written with plain writes, so a full disk is one
+  :class:`pipeline.core.errors.DiskFullError` naming the file (its temp file removed; rerun once there is space).
 * The index is written last, to a temp file that is renamed over the final name: it is either absent or complete.
-* A lock (``fcntl.flock`` on ``<cache>.lock``, one per rank) stops two writers on the same cache.
-* On resume the stored meta (scale, expert fingerprints, LR method) must equal the new run's, or the writer refuses
-  and says which field differs; ``overwrite=True`` starts from scratch instead.
+* A lock (:class:`pipeline.core.locks.FileLock` on ``<cache>.lock.rank<N>``, one per rank) stops two writers on
+  the same cache; :func:`lock_cache` takes it before anything slow happens (the experts load after it), and the lock
+  file is deleted when the writer closes.
+* On resume the stored meta (scale, expert fingerprints, LR method, layout and compression) must equal the new
+  run's, or the writer refuses and says which field differs, naming both values; ``overwrite=True`` starts from
+  scratch instead.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +42,9 @@ from cache.schema import (
     CacheMeta,
     describe_mismatch,
 )
+from pipeline.core.atomic import replace_with_bytes
 from pipeline.core.errors import OutputPathError, ToolkitError
+from pipeline.core.locks import FileLock, LockedError
 from pipeline.core.outputs import check_output_file
 
 __all__ = [
@@ -52,8 +57,11 @@ __all__ = [
     "compression_filter",
     "encode_srs",
     "is_cache_index",
+    "lock_cache",
     "part_path",
     "sha256_of",
+    "stored_compression",
+    "wipe_cache",
 ]
 
 _META_FILE = "meta.json"
@@ -102,6 +110,29 @@ def check_cache_out(path: str | os.PathLike) -> Path:
     return p
 
 
+def lock_cache(path: str | os.PathLike, *, rank: int = 0) -> FileLock:
+    """Take the writer's lock of the cache index ``path`` for ``rank`` (``<index>.lock.rank<N>``) → the held lock;
+    :class:`CacheLockedError` at once when another process holds it."""
+    p = Path(path)
+    lock = FileLock(p.with_name(p.name + f"{LOCK_SUFFIX}.rank{rank}"))
+    try:
+        return lock.acquire()
+    except LockedError as exc:
+        raise CacheLockedError(
+            f"{p} is being written by another process ({exc.holder}; lock {lock.path}); wait for it to finish or "
+            "stop it"
+        ) from None
+
+
+def wipe_cache(path: Path) -> None:
+    """Delete the cache index ``path`` and its data folder (``--overwrite``; the caller holds the lock)."""
+    if path.exists():
+        path.unlink()
+    data = data_dir_of(path)
+    if data.exists():
+        shutil.rmtree(data)
+
+
 def part_path(data_dir: Path, name: str) -> Path:
     return data_dir / f"{name}{PART_SUFFIX}"
 
@@ -134,6 +165,31 @@ def compression_filter(compression: str) -> dict:
     raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
+def stored_compression(dataset: h5py.Dataset) -> str:
+    """The :data:`cache.schema.COMPRESSIONS` name of a written dataset's filter (HDF5 filters are self-describing:
+    bitshuffle, filter 32008, stores its codec as the 5th option — 2 LZ4, 3 zstd)."""
+    filters = dataset._filters
+    if "lzf" in filters:
+        return "lzf"
+    opts = filters.get(str(hdf5plugin.BSHUF_ID))
+    if opts is not None:
+        return "bitshuffle-zstd" if len(opts) > 4 and opts[4] == 3 else "bitshuffle-lz4"
+    return "none"
+
+
+def _in_memory(name: Path) -> h5py.File:
+    """A new HDF5 file held in memory (the core driver, never written by HDF5 itself): :func:`_file_image` gives its
+    bytes — the very bytes HDF5 would have written to ``name`` — which the writer puts on disk with plain writes. So
+    a full disk is an ordinary ``OSError`` of our own write, never a failed HDF5 flush (after which HDF5 cannot close
+    the file, and the interpreter segfaults at exit)."""
+    return h5py.File(name, "w", driver="core", backing_store=False)
+
+
+def _file_image(f: h5py.File) -> bytes:
+    f.flush()
+    return f.id.get_file_image()
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -162,46 +218,32 @@ class CacheWriter:
         compression: str = "none",
         overwrite: bool = False,
         rank: int = 0,
+        lock: FileLock | None = None,
     ) -> None:
+        """``lock``: this rank's lock, already taken with :func:`lock_cache` (the writer releases it on
+        :meth:`close`); by default the writer takes it itself."""
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
         self.path = Path(path)
         self.data_dir = data_dir_of(self.path)
         self.meta = meta
+        self.compression = compression
         self.filters = compression_filter(compression)
         self.rank = rank
-        self._lock_fh = None
-        self._lock()
-        if overwrite and rank == 0:
-            self._wipe()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._check_or_write_meta()
-        self._remove_stale_temps()
-
-    # ---------------------------------------------------------------------------------------------------- locking
-    def _lock(self) -> None:
-        lock_path = self.path.with_name(self.path.name + f"{LOCK_SUFFIX}.rank{self.rank}")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "a+")  # noqa: SIM115 - held for the writer's lifetime
+        self._lock = lock if lock is not None else lock_cache(self.path, rank=rank)
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            raise CacheLockedError(
-                f"{self.path} is being written by another process (lock {lock_path} is held); "
-                "wait for it to finish or stop it"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}\n")
-        fh.flush()
-        self._lock_fh = fh
+            if overwrite and rank == 0:
+                wipe_cache(self.path)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._check_or_write_meta()
+            self._remove_stale_temps()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        """Release (and delete) this rank's lock; the writer writes nothing more."""
+        self._lock.release()
 
     def __enter__(self) -> CacheWriter:
         return self
@@ -210,12 +252,6 @@ class CacheWriter:
         self.close()
 
     # ------------------------------------------------------------------------------------------------ meta/resume
-    def _wipe(self) -> None:
-        if self.path.exists():
-            self.path.unlink()
-        if self.data_dir.exists():
-            shutil.rmtree(self.data_dir)
-
     def _meta_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -224,6 +260,7 @@ class CacheWriter:
             "lr_method": self.meta.lr_method,
             "features": self.meta.layout.features,
             "sr_dtype": self.meta.layout.sr_dtype,
+            "compression": self.compression,
         }
 
     def _check_or_write_meta(self) -> None:
@@ -243,15 +280,31 @@ class CacheWriter:
                 layout=CacheLayout.from_attrs(have),
             )
             diffs = describe_mismatch(found, self.meta)
+            stored = have.get("compression") or self._stored_compression()  # absent: written before it was recorded
+            if stored is not None and stored != self.compression:
+                diffs.append(
+                    f"compression: cache has {stored}, this run asks for {self.compression} "
+                    f"(rerun with --compression {stored})"
+                )
             if diffs:
                 raise CacheMismatchError(
                     f"{self.path}: cannot resume, the existing cache was made differently: {'; '.join(diffs)}. "
                     "Rerun with --overwrite to start over."
                 )
         elif self.rank == 0:
-            tmp = meta_path.with_name(f".{_META_FILE}.tmp")
-            tmp.write_text(json.dumps(want, indent=1, sort_keys=True))
-            os.replace(tmp, meta_path)
+            text = json.dumps(want, indent=1, sort_keys=True)
+            replace_with_bytes(meta_path, text.encode(), tmp=meta_path.with_name(f".{_META_FILE}.tmp"), what="it")
+
+    def _stored_compression(self) -> str | None:
+        """The compression of the samples already written (a partial cache made before meta.json recorded it), read
+        from the first finished sample's ``sr`` dataset; None when there is none."""
+        for part in sorted(self.data_dir.glob(f"*{PART_SUFFIX}")):
+            try:
+                with h5py.File(part, "r") as f:
+                    return stored_compression(f["sr"])
+            except (OSError, KeyError):
+                continue
+        return None
 
     def _remove_stale_temps(self) -> None:
         for tmp in self.data_dir.glob(f".*{PART_SUFFIX}.tmp-r{self.rank}"):
@@ -300,7 +353,7 @@ class CacheWriter:
         final = part_path(self.data_dir, name)
         tmp = final.with_name(f".{final.name}.tmp-r{self.rank}")
         checksums = {}
-        with h5py.File(tmp, "w") as f:
+        with _in_memory(tmp) as f:
             f.attrs.update({"name": name, "source_hr": source_hr, "source_lr": source_lr, "lr_h": h, "lr_w": w})
             self._put(f, "lr", lr, FEAT_CHUNK, checksums)
             if hr is not None:
@@ -311,9 +364,8 @@ class CacheWriter:
                 for fp, arr in zip(self.meta.experts, feats):
                     self._put(grp, str(fp["name"]), arr, FEAT_CHUNK, checksums, prefix="feat/")
             f.attrs["sha256"] = json.dumps(checksums, sort_keys=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+            image = _file_image(f)
+        replace_with_bytes(final, image, tmp=tmp, what=f"the sample {name!r}")
         _fsync_dir(self.data_dir)
         return final
 
@@ -336,7 +388,7 @@ class CacheWriter:
                 )
                 has_hr &= "hr" in f
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with h5py.File(tmp, "w") as f:
+        with _in_memory(tmp) as f:
             f.attrs.update(
                 {
                     "schema_version": SCHEMA_VERSION,
@@ -345,6 +397,7 @@ class CacheWriter:
                     "lr_method": self.meta.lr_method,
                     "features": self.meta.layout.features,
                     "sr_dtype": self.meta.layout.sr_dtype,
+                    "compression": self.compression,
                     "has_hr": bool(has_hr and bool(names)),
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                     "tool_version": TOOL_VERSION,
@@ -357,8 +410,7 @@ class CacheWriter:
             rel = self.data_dir.name
             for m in manifest:
                 grp[m["name"]] = h5py.ExternalLink(f"{rel}/{m['file']}", "/")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+            image = _file_image(f)
+        replace_with_bytes(self.path, image, tmp=tmp, what="the index")
         _fsync_dir(self.path.parent)
         return self.path

@@ -25,8 +25,8 @@ from experts.spec import load_ensemble_spec, with_devices
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
 from pipeline.core.config import ConfigError
-from pipeline.core.imageio import read_image, scan_image_folder, write_image
-from pipeline.core.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
+from pipeline.core.imageio import read_image, scan_images, write_image
+from pipeline.core.outputs import OutputPathError, check_output_dir, claim_output_dir, is_marked, mark_output_dir
 
 __all__ = ["main", "parse_device_map"]
 
@@ -61,20 +61,20 @@ def _main(argv: list[str] | None = None) -> int:
     if args.output.resolve() == args.input.resolve():
         raise OutputPathError(f"output folder {args.output} is the input folder: choose another one")
     check_output_dir(args.output, ours=is_marked)
-    files = scan_image_folder(args.input)
+    scan = scan_images(args.input, subfolders=False)  # every input decoded; its problems raised with the small ones
     spec = with_devices(load_ensemble_spec(args.config), parse_device_map(args.device))
-    ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device=args.gather_device)
-
-    mark_output_dir(args.output, tool="experts.run")
-    for name in ensemble.names:
-        mark_output_dir(args.output / name, tool="experts.run")
-    fingerprints = [{**fp.to_dict(), "self_ensemble": 8 if args.tta else 1} for fp in ensemble.fingerprints]
-    atomic_write_text(args.output / "fingerprints.json", json.dumps(fingerprints, indent=2))
-    for path in tqdm(files, desc="experts x8" if args.tta else "experts", unit="img"):
-        lr = read_image(path)  # (1,3,H,W)
-        out = ensemble.self_ensemble(lr) if args.tta else ensemble(lr)
-        for i, name in enumerate(ensemble.names):
-            write_image(args.output / name / f"{path.stem}.png", out.srs[0, i])  # (3,4H,4W)
+    with claim_output_dir(args.output, tool="experts.run"):  # this process's alone from before the experts load
+        ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device=args.gather_device)
+        files = scan.check(min_side=ensemble.min_lr_size, what="the experts' minimum LR side")
+        for name in ensemble.names:
+            mark_output_dir(args.output / name, tool="experts.run")
+        fingerprints = [{**fp.to_dict(), "self_ensemble": 8 if args.tta else 1} for fp in ensemble.fingerprints]
+        atomic_write_text(args.output / "fingerprints.json", json.dumps(fingerprints, indent=2))
+        for path in tqdm(files, desc="experts x8" if args.tta else "experts", unit="img"):
+            lr = read_image(path)  # (1,3,H,W)
+            out = ensemble.self_ensemble(lr) if args.tta else ensemble(lr)
+            for i, name in enumerate(ensemble.names):
+                write_image(args.output / name / f"{path.stem}.png", out.srs[0, i])  # (3,4H,4W)
     return 0
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, scan_image_folder, write_image
-from pipeline.core.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
+from pipeline.core.outputs import OutputPathError, check_output_dir, claim_output_dir, is_marked
 from pipeline.core.resize import bicubic_upscale
 
 
@@ -26,10 +26,10 @@ def _main(argv: list[str] | None = None) -> int:
     if args.output.resolve() == args.input.resolve():
         raise OutputPathError(f"--output {args.output} is the input folder: choose another one")
     check_output_dir(args.output, ours=is_marked)  # new, empty or made by this script: nothing else is replaced
-    files = scan_image_folder(args.input)  # every input decoded: all bad files listed before any work
-    mark_output_dir(args.output, tool="bicubic.py")
-    for path in tqdm(files, desc="bicubic", unit="img"):
-        write_image(args.output / f"{path.stem}.png", bicubic_upscale(read_image(path), args.scale))
+    files = scan_image_folder(args.input, subfolders=False)  # every input decoded: all bad files listed before any work
+    with claim_output_dir(args.output, tool="bicubic.py"):  # this process's alone until it is done
+        for path in tqdm(files, desc="bicubic", unit="img"):
+            write_image(args.output / f"{path.stem}.png", bicubic_upscale(read_image(path), args.scale))
     print(f"bicubic: wrote {len(files)} images to {args.output}")
     return 0
 

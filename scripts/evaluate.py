@@ -90,8 +90,9 @@ def _main(argv: list[str] | None = None) -> int:
     for folder in (args.sr, args.hr):
         if not folder.is_dir():
             raise PairingError(f"image folder not found: {folder}")
-    pairs = pair_images(args.sr, args.hr, scale=args.scale)
-    check_pairs(pairs, scale=args.scale)  # every unreadable file and every size mismatch, one line each
+    problems: list[str] = []  # unpaired files and sub-folders, then every unreadable file and size mismatch: one go
+    pairs = pair_images(args.sr, args.hr, scale=args.scale, problems=problems)
+    check_pairs(pairs, scale=args.scale, problems=problems)
     if args.perceptual:
         check_image_sizes(pairs)
         dirs = use_weights_dir(args.weights_dir)  # offline; must precede any pyiqa import

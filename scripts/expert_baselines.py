@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ from tqdm import tqdm
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import crop_to_match
-from pipeline.core.outputs import check_output_dir, is_marked, mark_output_dir
+from pipeline.core.outputs import check_output_dir, claim_output_dir, is_marked
 from pipeline.evaluation.baselines import (
     blend_weights,
     block_oracle,
@@ -133,8 +134,19 @@ def _main(argv: list[str] | None = None) -> int:
         print(
             "expert_baselines: least-squares blend " + ", ".join(f"{n} {float(w):+.4f}" for n, w in zip(names, weights))
         )
-    for folder in written:
-        mark_output_dir(args.experts_dir / folder, tool="expert_baselines.py")
+    with ExitStack() as stack:  # every output folder this process's alone until it is done
+        for folder in written:
+            stack.enter_context(claim_output_dir(args.experts_dir / folder, tool="expert_baselines.py"))
+        per_image = _write_baselines(args, images, per_expert, weights)
+    if args.image_blend:
+        (args.experts_dir / "blend_image_weights.json").write_text(
+            json.dumps({"experts": names, "weights": per_image}, indent=2)
+        )
+    print(f"expert_baselines: {len(per_expert[0])} images of {names} -> {args.experts_dir}/{{{','.join(written)}}}")
+    return 0
+
+
+def _write_baselines(args, images, per_expert, weights) -> dict:
     per_image = {}
     for name, srs, hr in tqdm(images(), total=len(per_expert[0]), desc="baselines", unit="img"):
         write_image(args.experts_dir / "_mean" / name, expert_mean(srs))
@@ -149,12 +161,7 @@ def _main(argv: list[str] | None = None) -> int:
             out, w = image_blend(srs, hr, scale=args.scale)
             write_image(args.experts_dir / "_blend_image" / name, out)
             per_image[name] = [float(v) for v in w]
-    if args.image_blend:
-        (args.experts_dir / "blend_image_weights.json").write_text(
-            json.dumps({"experts": names, "weights": per_image}, indent=2)
-        )
-    print(f"expert_baselines: {len(per_expert[0])} images of {names} -> {args.experts_dir}/{{{','.join(written)}}}")
-    return 0
+    return per_image
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from pipeline.inference.ntire_export import (
     checked_ensemble_experts,
     checked_experts,
     export,
+    export_lock,
     package_name,
 )
 from pipeline.model.io import ChecksumError, resolve_checkpoint, verify_checksums
@@ -91,16 +92,18 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"export_ntire: {exc}", file=sys.stderr)
         return 2
 
-    export(
-        out,
-        pkg=pkg,
-        team_id=args.team_id,
-        run=args.run,
-        ckpt=ckpt,
-        spec=spec,
-        files=files,
-        weights=args.weights if args.method != "fusion" else None,
-    )
+    with export_lock(out):  # a second export into --out is refused; checked again now that none can start
+        check_export_out(out, overwrite=args.overwrite)
+        export(
+            out,
+            pkg=pkg,
+            team_id=args.team_id,
+            run=args.run,
+            ckpt=ckpt,
+            spec=spec,
+            files=files,
+            weights=args.weights if args.method != "fusion" else None,
+        )
     print(
         f"export_ntire: wrote {out}/models/{pkg} and {out}/model_zoo/{pkg} (experts {[e.name for e in spec.experts]})"
     )

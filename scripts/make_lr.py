@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image, scan_image_folder, write_image
-from pipeline.core.outputs import OutputPathError, check_output_dir, is_marked, mark_output_dir
+from pipeline.core.outputs import OutputPathError, check_output_dir, claim_output_dir, is_marked
 from pipeline.core.resize import make_lr
 
 
@@ -39,14 +40,15 @@ def _main(argv: list[str] | None = None) -> int:
         if out.resolve() == args.hr.resolve():
             raise OutputPathError(f"output folder {out} is the HR folder: choose another one")
         check_output_dir(out, ours=is_marked)
-    files = scan_image_folder(args.hr, min_side=args.scale, label="HR folder")
-    for out in outs:
-        mark_output_dir(out, tool="make_lr.py")
-    for path in tqdm(files, desc="make_lr", unit="img"):
-        hr, lr = make_lr(read_image(path), args.scale)
-        write_image(args.out / f"{path.stem}x{args.scale}.png", lr)
-        if args.hr_out is not None:
-            write_image(args.hr_out / f"{path.stem}.png", hr)
+    files = scan_image_folder(args.hr, min_side=args.scale, subfolders=False, label="HR folder")
+    with ExitStack() as stack:  # every output folder this process's alone until it is done
+        for out in outs:
+            stack.enter_context(claim_output_dir(out, tool="make_lr.py"))
+        for path in tqdm(files, desc="make_lr", unit="img"):
+            hr, lr = make_lr(read_image(path), args.scale)
+            write_image(args.out / f"{path.stem}x{args.scale}.png", lr)
+            if args.hr_out is not None:
+                write_image(args.hr_out / f"{path.stem}.png", hr)
     print(f"make_lr: wrote {len(files)} LR images (x{args.scale}) to {args.out}")
     return 0
 

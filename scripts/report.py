@@ -30,14 +30,15 @@ from pathlib import Path
 import torch
 
 from pipeline.core.cli import run_cli
+from pipeline.core.errors import BadInputsError
 from pipeline.core.imageio import ImageReadError
+from pipeline.core.outputs import claim_output_dir
 from pipeline.evaluation.scoring import PairingError
 from pipeline.inference.pipeline import load_pipeline
 from pipeline.model.io import ChecksumError, resolve_checkpoint
 from pipeline.report.analyse import (
     ReportError,
     build_jobs,
-    check_lr_sizes,
     check_out_dir,
     find_metrics_csv,
     write_report,
@@ -70,30 +71,37 @@ def _main(argv: list[str] | None = None) -> int:
         ckpt = resolve_checkpoint(args.run, which="best")
         metrics = read_metrics_csv(find_metrics_csv(args.run, ckpt))
         check_out_dir(args.out, [d for d in (args.sr, args.hr, args.lr) if d is not None])
-        pipe = load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile)
-        expert_colours(len(pipe.ensemble.names))  # the gate legend has colours for up to 8 experts
-        jobs = build_jobs(args.sr, args.hr, args.lr, pipe.scale)
-        check_lr_sizes(jobs, pipe)
-        (args.out / "img").mkdir(parents=True, exist_ok=True)
     except (ReportError, PairingError, MetricsError, ChecksumError, ImageReadError, OSError, ValueError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2
 
-    print(
-        f"report: {len(jobs)} images, checkpoint {pipe.checkpoint}, experts {list(pipe.ensemble.names)}, "
-        f"device {args.device}"
-    )
-    best, mean = write_report(
-        pipe,
-        jobs,
-        run=args.run,
-        sr=args.sr,
-        hr=args.hr,
-        lr=args.lr,
-        out=args.out,
-        crop_size=args.crop,
-        metrics=metrics,
-    )
+    with claim_output_dir(args.out, tool="report.py"):  # this process's alone, from before the models load
+        try:
+            pipe = load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile)
+            expert_colours(len(pipe.ensemble.names))  # the gate legend has colours for up to 8 experts
+            # every unpaired, unreadable, mismatched or too small input, one line each, in one go
+            jobs = build_jobs(args.sr, args.hr, args.lr, pipe.scale, min_lr=pipe.ensemble.min_lr_size)
+            (args.out / "img").mkdir(parents=True, exist_ok=True)
+        except BadInputsError:
+            raise
+        except (PairingError, MetricsError, ImageReadError, OSError, ValueError) as exc:
+            raise ReportError(str(exc)) from None  # one line; the folder made for this run is removed again
+
+        print(
+            f"report: {len(jobs)} images, checkpoint {pipe.checkpoint}, experts {list(pipe.ensemble.names)}, "
+            f"device {args.device}"
+        )
+        best, mean = write_report(
+            pipe,
+            jobs,
+            run=args.run,
+            sr=args.sr,
+            hr=args.hr,
+            lr=args.lr,
+            out=args.out,
+            crop_size=args.crop,
+            metrics=metrics,
+        )
     print(
         f"report: mean PSNR-Y fusion {mean['fusion'].psnr:.3f} dB, best expert {best} "
         f"{mean[f'expert:{best}'].psnr:.3f} dB, experts' mean {mean['mean'].psnr:.3f} dB; wrote "

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.cli import run_cli
-from pipeline.core.outputs import check_output_dir, is_marked, mark_output_dir
+from pipeline.core.outputs import check_output_dir, claim_output_dir, is_marked
 from pipeline.core.sample_photos import DEFAULT_NAMES, write_samples
 
 
@@ -27,8 +27,8 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--names", default=",".join(DEFAULT_NAMES), help="comma-separated skimage.data image names")
     args = ap.parse_args(argv)
     check_output_dir(args.out, ours=is_marked)  # new, empty or made by this script: nothing else is replaced
-    mark_output_dir(args.out, tool="sample_images.py")
-    paths = write_samples(args.out, tuple(n.strip() for n in args.names.split(",") if n.strip()))
+    with claim_output_dir(args.out, tool="sample_images.py"):  # this process's alone until it is done
+        paths = write_samples(args.out, tuple(n.strip() for n in args.names.split(",") if n.strip()))
     print(f"sample_images: wrote {len(paths)} HR photos to {args.out}")
     return 0
 

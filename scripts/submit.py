@@ -42,20 +42,20 @@ from tqdm import tqdm
 from experts.ensemble import ExpertEnsemble
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
-from pipeline.core.imageio import check_min_side
 from pipeline.inference.ensemblers import METHODS, fit
 from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import expert_spec_from_yaml, load_pipeline
 from pipeline.inference.submission import (
+    MIN_LR_WHAT,
     README,
     SubmitError,
-    check_folders,
+    claim_output,
     ensembler_method,
     fusion_method,
     make_zip,
     output_name,
-    prepare_output,
     readme_text,
+    scan_folders,
     super_resolve_files,
 )
 
@@ -117,41 +117,51 @@ def _main(argv: list[str] | None = None) -> int:
     elif args.method in ("blend", "ensir") and args.weights is None:
         ap.error(f"--method {args.method} needs --weights (fit it with scripts/fit_ensembler.py)")
 
-    # every input and output is checked before a model is loaded or anything is written
-    files = check_folders(args.input, args.output, min_lr=1, zip_too=args.zip)  # every LR decoded once
-    if args.method == "fusion":
-        method = fusion_method(
-            load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile), regime=regime
-        )
-        source = f"checkpoint {args.run}"
-    else:
-        ensemble = ExpertEnsemble.from_spec(
-            expert_spec_from_yaml(args.experts, device=args.device, tile=args.tile), gather_device=args.device
-        )
-        fps = [fp.to_dict() for fp in ensemble.fingerprints]
-        ens = (
-            load_ensembler(args.weights, experts=fps) if args.weights is not None else fit(args.method, [], experts=fps)
-        )
-        if ens.method != args.method:
-            raise SubmitError(f"{args.weights} holds a {ens.method!r} ensembler, not {args.method!r}")
-        method = ensembler_method(ensemble, ens, regime=regime, device=args.device, extra_data=args.extra_data)
-        source = f"weights {args.weights}" if args.weights is not None else "no fitted weights"
-    check_min_side(files, method.min_lr)
-    refiner = load_refiner(args.refiner, args.refiner_override) if args.refiner is not None else None
+    # every output is checked and every input decoded before a model is loaded or anything is written; the output
+    # folder is this process's alone from here on (a second submit into it is refused)
+    scan = scan_folders(args.input, args.output, zip_too=args.zip)
+    with claim_output(args.output):
+        if args.method == "fusion":
+            method = fusion_method(
+                load_pipeline(args.run, experts_yaml=args.experts, device=args.device, tile=args.tile), regime=regime
+            )
+            source = f"checkpoint {args.run}"
+        else:
+            ensemble = ExpertEnsemble.from_spec(
+                expert_spec_from_yaml(args.experts, device=args.device, tile=args.tile), gather_device=args.device
+            )
+            fps = [fp.to_dict() for fp in ensemble.fingerprints]
+            ens = (
+                load_ensembler(args.weights, experts=fps)
+                if args.weights is not None
+                else fit(args.method, [], experts=fps)
+            )
+            if ens.method != args.method:
+                raise SubmitError(f"{args.weights} holds a {ens.method!r} ensembler, not {args.method!r}")
+            method = ensembler_method(ensemble, ens, regime=regime, device=args.device, extra_data=args.extra_data)
+            source = f"weights {args.weights}" if args.weights is not None else "no fitted weights"
+        files = scan.check(min_side=method.min_lr, what=MIN_LR_WHAT)  # every bad input in one go, the small ones too
+        refiner = load_refiner(args.refiner, args.refiner_override) if args.refiner is not None else None
 
-    print(f"submit: {len(files)} images, method {method.name} ({source}), self-ensemble {regime}, device {args.device}")
-    prepare_output(args.output)
-    times = list(
-        tqdm(
-            super_resolve_files(method, files, args.output, refine=refiner), total=len(files), desc="submit", unit="img"
+        print(
+            f"submit: {len(files)} images, method {method.name} ({source}), self-ensemble {regime}, "
+            f"device {args.device}"
         )
-    )
-    runtime = sum(times) / len(times)
-    atomic_write_text(args.output / README, readme_text(method, runtime=runtime, refined=refiner is not None))
-    print(f"submit: wrote {len(files)} images + readme.txt to {args.output} ({runtime:.2f} s/image)")
-    if args.zip:
-        z = make_zip(args.output, [output_name(f) for f in files])
-        print(f"submit: {z} ({z.stat().st_size / 2**20:.1f} MiB)")
+        times = list(
+            tqdm(
+                super_resolve_files(method, files, args.output, refine=refiner),
+                total=len(files),
+                desc="submit",
+                unit="img",
+            )
+        )
+        runtime = sum(times) / len(times)
+        readme = readme_text(method, runtime=runtime, refined=refiner is not None)
+        atomic_write_text(args.output / README, readme, what="the readme")
+        print(f"submit: wrote {len(files)} images + readme.txt to {args.output} ({runtime:.2f} s/image)")
+        if args.zip:
+            z = make_zip(args.output, [output_name(f) for f in files])
+            print(f"submit: {z} ({z.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 

@@ -23,7 +23,7 @@ from cache.dataset import CachedSRDataset
 from cache.reader import CacheError, CacheReader
 from cache.repack import RepackError, repack
 from cache.schema import CacheLayout, CacheMeta, describe_layout_shortfall
-from cache.writer import CacheLockedError, CacheMismatchError, CacheWriter, encode_srs
+from cache.writer import CacheLockedError, CacheMismatchError, CacheWriter, encode_srs, lock_cache
 from pipeline.core.augment import augment
 from pipeline.core.imageio import write_image
 
@@ -126,6 +126,31 @@ def test_resume_refuses_different_meta(small_cache):
         CacheWriter(path, meta=_meta(channels=(5, 4)))
     with CacheWriter(path, meta=_meta(channels=(5, 4)), overwrite=True) as w:  # explicit overwrite starts over
         assert not w.is_done("a") and not path.exists()
+
+
+def test_resume_or_repack_with_another_compression_is_refused_naming_both(tmp_path):
+    """Issue 29 item 1: a cache begun with bitshuffle-zstd and resumed with lzf would end half one, half the other."""
+    meta = _meta()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, meta=meta, compression="bitshuffle-zstd") as w:  # "killed" after one image
+        w.write_sample("a", **_sample(rng, 20, 24, meta))
+    with pytest.raises(CacheMismatchError, match=r"compression: cache has bitshuffle-zstd, this run asks for lzf"):
+        CacheWriter(path, meta=meta, compression="lzf")
+    meta_json = path.with_name("c.h5.d") / "meta.json"  # a partial cache made before the compression was recorded
+    recorded = json.loads(meta_json.read_text())
+    del recorded["compression"]
+    meta_json.write_text(json.dumps(recorded))
+    with pytest.raises(CacheMismatchError, match=r"cache has bitshuffle-zstd, this run asks for none"):
+        CacheWriter(path, meta=meta)  # read back from the finished sample's own filter
+    with CacheWriter(path, meta=meta, compression="bitshuffle-zstd") as w:  # the same compression resumes
+        w.write_sample("b", **_sample(rng, 20, 24, meta))
+        w.write_index(["a", "b"])
+    assert CacheReader(path).compression == "bitshuffle-zstd"
+    # re-packing onto an existing complete cache made with another compression is refused too
+    repack(path, tmp_path / "lzf.h5", layout=meta.layout, compression="lzf")
+    with pytest.raises(CacheMismatchError, match=r"lzf\.h5: cannot resume.*cache has lzf, this run asks for none"):
+        repack(path, tmp_path / "lzf.h5", layout=meta.layout)
 
 
 def test_lock_stops_a_second_writer(small_cache):
@@ -414,7 +439,7 @@ def test_extract_features_and_crash_safe_resume(tiny_setup, tmp_path, capsys, la
     _assert_same(_dump(out), reference)
 
     # a second writer on the same cache is refused while the first holds the lock
-    with CacheWriter(out, meta=CacheReader(out).meta):
+    with lock_cache(out):
         capsys.readouterr()
         assert _extract([*args, "--out", out]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -501,10 +526,15 @@ def test_extract_distributed_two_gloo_ranks(tiny_setup, tmp_path):
         str(out),
     ]
     res = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},  # this tree's code, not an installed one
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.glob("dist.h5.lock.rank*")) == ["dist.h5.lock.rank0", "dist.h5.lock.rank1"]
+    assert sorted(p.name for p in tmp_path.glob("dist.h5.lock.rank*")) == []  # both ranks' locks, removed at the end
     single = tmp_path / "single.h5"
     assert _extract(["--experts", root / "experts.yaml", "--hr", root / "hr", "--out", single]) == 0
     dumped = _dump(out)

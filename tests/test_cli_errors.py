@@ -94,7 +94,7 @@ def test_evaluate_bad_folder(bad_folder, tmp_path, capsys):
 
 def test_make_lr_bad_folder(bad_folder, tmp_path, capsys):
     code = make_lr.main(["--hr", str(bad_folder), "--out", str(tmp_path / "lr")])
-    _assert_refused(code, capsys.readouterr().err, (*UNREADABLE, "one.png"))  # 1×1 is smaller than the scale
+    _assert_refused(code, capsys.readouterr().err, (*UNREADABLE, "one.png", "sub"))  # 1×1 is smaller than the scale
     assert not (tmp_path / "lr").exists()
 
 
@@ -111,8 +111,28 @@ def test_extract_features_bad_folder(tiny_compact_experts, bad_folder, tmp_path,
             str(tmp_path / "c.h5"),
         ]
     )
-    _assert_refused(code, capsys.readouterr().err, (*UNREADABLE, "one.png"))
+    _assert_refused(code, capsys.readouterr().err, (*UNREADABLE, "one.png", "sub"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+def test_extract_features_lr_bad_folder_names_the_nested_folder(tiny_compact_experts, bad_folder, tmp_path, capsys):
+    """Issue 29 item 3: --lr is scanned like --hr: the nested folder is one of the bad inputs."""
+    args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--lr", str(bad_folder)]
+    code = extract_features.main([*args, "--out", str(tmp_path / "c.h5")])
+    _assert_refused(code, capsys.readouterr().err, (*UNREADABLE, "sub"))  # 1×1 LR is fine for these experts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+def test_submit_lists_the_too_small_image_with_the_others_in_one_pass(bad_folder, tmp_path, capsys):
+    """Issue 29 item 3: the bundled fusion's experts need LR sides >= 16 — known once they are loaded — and the 1×1
+    image is reported in the same run as the unreadable files and the nested folder, not in the next one."""
+    out = tmp_path / "o" / "sub.v1"
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "fusion_zoo_small"
+    code = submit.main(["--run", str(ckpt), "--input", str(bad_folder), "--output", str(out), "--zip"])
+    err = capsys.readouterr().err
+    _assert_refused(code, err, (*UNREADABLE, "sub", "one.png"))
+    assert "smaller than the experts' minimum LR side 16" in err
+    assert not (tmp_path / "o").exists()  # the folder the run claimed is gone again
 
 
 def test_experts_run_bad_folder(tiny_compact_experts, bad_folder, tmp_path, capsys):
@@ -120,7 +140,7 @@ def test_experts_run_bad_folder(tiny_compact_experts, bad_folder, tmp_path, caps
         experts_run.main,
         ["--config", str(tiny_compact_experts["yaml"]), "--input", str(bad_folder), "--output", str(tmp_path / "exp")],
     )
-    _assert_refused(code, capsys.readouterr().err, UNREADABLE)
+    _assert_refused(code, capsys.readouterr().err, (*UNREADABLE, "sub"))
     assert not (tmp_path / "exp").exists()
 
 

@@ -6,7 +6,8 @@
 :func:`run_cli` strips a ``--debug`` flag from ``argv``, calls the real ``main`` and turns the library's typed errors
 (:class:`pipeline.core.errors.ToolkitError`) into one line on stderr — ``prog: message`` — and exit status 2. With
 ``--debug`` (or ``SR_FUSION_DEBUG=1``) the traceback is shown instead. Any other exception is a bug and keeps its
-traceback. A ``KeyboardInterrupt`` is one line and status 130. A
+traceback — except an ``OSError`` for a full disk or quota (``ENOSPC``/``EDQUOT``): that is the machine's state, not a
+bug, so it is one line and status 2 too. A ``KeyboardInterrupt`` is one line and status 130. A
 :class:`pipeline.core.errors.BadInputsError` prints one line per bad input, then its summary.
 
 :func:`run_program` runs a command-line program file (a script, ``train.py``) in this process exactly as
@@ -22,17 +23,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.core.errors import BadInputsError, ToolkitError
+from pipeline.core.errors import BadInputsError, ToolkitError, is_disk_full, shorten
 
-__all__ = ["DEBUG_FLAG", "one_line", "run_cli", "run_program"]
+__all__ = ["DEBUG_FLAG", "LINE_LIMIT", "one_line", "run_cli", "run_program"]
 
 DEBUG_FLAG = "--debug"
+LINE_LIMIT = 4000  # the most characters of one error line: the library caps what it echoes, this is the backstop
 
 
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (newlines folded), never empty."""
+def one_line(exc: BaseException | str, limit: int = LINE_LIMIT) -> str:
+    """The exception's message on one line (newlines folded), never empty, at most ``limit`` characters (and a note
+    of the full length)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    return shorten(text, limit, quote=False)
 
 
 def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -47,10 +50,16 @@ def run_cli(prog: str, main: Callable[[list[str] | None], int], argv: Sequence[s
             raise
         if isinstance(exc, BadInputsError):
             for problem in exc.problems:
-                print(f"{prog}: {problem}", file=sys.stderr)
-            print(f"{prog}: {' '.join(exc.summary.split())}", file=sys.stderr)
+                print(f"{prog}: {one_line(problem)}", file=sys.stderr)
+            print(f"{prog}: {one_line(exc.summary)}", file=sys.stderr)
         else:
             print(f"{prog}: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk where no writer named it (the writers raise DiskFullError themselves)
+        if debug or not is_disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: {one_line(exc.strerror or exc)}{where}: free some space and rerun", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:

@@ -33,7 +33,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.errors import ToolkitError
+from pipeline.core.errors import ToolkitError, shorten
 
 __all__ = [
     "ConfigError",
@@ -69,8 +69,8 @@ class Range:
     lt: float | None = None
 
     def check(self, value: float, key: str) -> None:
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        if not isinstance(value, int) and not math.isfinite(value):  # an int is finite (and may not fit a float)
+            raise ConfigError(f"{key}: must be a finite number, got {shorten(value)}")
         bad = (
             (self.ge is not None and value < self.ge)
             or (self.gt is not None and value <= self.gt)
@@ -78,7 +78,7 @@ class Range:
             or (self.lt is not None and value >= self.lt)
         )
         if bad:
-            raise ConfigError(f"{key}: must be {self.describe()}, got {value!r}")
+            raise ConfigError(f"{key}: must be {self.describe()}, got {shorten(value)}")
 
     def describe(self) -> str:
         parts = [
@@ -109,13 +109,13 @@ def read_format_json(path: str | os.PathLike, *, fmt: str, version: int, what: s
         payload = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: unreadable ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{p}: not valid JSON ({exc})") from exc
+    except ValueError as exc:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise ConfigError(f"{p}: not valid JSON ({shorten(str(exc), quote=False)})") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ConfigError(f"{p}: not a {fmt!r} {what} (format {got!r})")
+        raise ConfigError(f"{p}: not a {fmt!r} {what} (format {shorten(got)})")
     if payload.get("format_version") != version:
-        raise ConfigError(f"{p}: format_version {payload.get('format_version')!r}, this code reads {version}")
+        raise ConfigError(f"{p}: format_version {shorten(payload.get('format_version'))}, this code reads {version}")
     return payload
 
 
@@ -154,7 +154,7 @@ def parse_value(text: str) -> Any:
     try:
         return _yaml_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse value {text!r}: {exc}") from exc
+        raise ConfigError(f"cannot parse value {shorten(text)}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -191,20 +191,20 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 errors.append(exc)
         if len(options) == 1:  # ``X | None``: X's own message says what is wrong (a range, an item's type)
             raise errors[0]
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {shorten(value)} ({type(value).__name__})")
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        raise ConfigError(f"{key}: expected one of {list(args)}, got {shorten(value)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {shorten(value)}")
         return config_from_dict(tp, value, _prefix=key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {value!r}")
+            raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {shorten(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
@@ -212,25 +212,25 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {shorten(value)}")
         vt = args[1] if args else Any
         return types.MappingProxyType({str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()})
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected bool, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}: expected bool, got {shorten(value)} ({type(value).__name__})")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected int, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}: expected int, got {shorten(value)} ({type(value).__name__})")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}: expected float, got {shorten(value)} ({type(value).__name__})")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected str, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}: expected str, got {shorten(value)} ({type(value).__name__})")
     raise ConfigError(f"{key}: unsupported annotation {_type_name(tp)} in the schema")
 
 
@@ -244,7 +244,7 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = ""
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {', '.join(repr(_join(_prefix, k)) for k in unknown)} in section {section!r}; "
+            f"unknown key(s) {', '.join(shorten(_join(_prefix, str(k))) for k in unknown)} in section {section!r}; "
             f"valid keys: {', '.join(sorted(fields))}"
         )
     kwargs = {}
@@ -280,11 +280,11 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     out = _deepcopy_dict(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+            raise ConfigError(f"override {shorten(item)} is not of the form dotted.key=value")
         key, _, raw = item.partition("=")
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {item!r} has an empty key")
+            raise ConfigError(f"override {shorten(item)} has an empty key")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -293,7 +293,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                 child = {}
                 node[part] = child
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+                raise ConfigError(f"override {shorten(item)}: {shorten(part)} is a value, not a section")
             node = child
         node[parts[-1]] = parse_value(raw.strip())
     return out

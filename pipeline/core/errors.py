@@ -10,7 +10,33 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["BadInputsError", "OutputPathError", "ToolkitError"]
+import errno
+import os
+
+__all__ = [
+    "ECHO_LIMIT",
+    "BadInputsError",
+    "DiskFullError",
+    "OutputPathError",
+    "ToolkitError",
+    "disk_full",
+    "is_disk_full",
+    "shorten",
+]
+
+ECHO_LIMIT = 200  # characters of a user's value that an error message echoes (a 100,000-character string is not)
+
+
+def shorten(value: object, limit: int = ECHO_LIMIT, *, quote: bool = True) -> str:
+    """``repr(value)`` (``str(value)`` with ``quote=False``) cut to ``limit`` characters, saying how long it was:
+    how an error message echoes what a user wrote (a file name, a config value) without echoing all of it."""
+    try:
+        text = repr(value) if quote else str(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        return f"<a {type(value).__name__} too large to print>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
 
 
 class ToolkitError(Exception):
@@ -29,3 +55,27 @@ class BadInputsError(ToolkitError, ValueError):
         self.summary = summary
         self.problems = [" ".join(p.split()) for p in problems]
         super().__init__(f"{summary}: " + "; ".join(self.problems) if self.problems else summary)
+
+
+class DiskFullError(ToolkitError, OSError):
+    """The disk (or the user's quota) filled up while a file was written; the partial file was removed, so rerunning
+    after freeing space resumes where the run stopped."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` is an :class:`OSError` for a full disk (``ENOSPC``) or an exceeded quota (``EDQUOT``)."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+def disk_full(path: str | os.PathLike, what: str, exc: OSError) -> DiskFullError:
+    """The one-line error for ``exc`` (see :func:`is_disk_full`) raised while writing ``what`` to ``path``."""
+    reason = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on the device"
+    err = DiskFullError(
+        f"{path}: {reason} while writing {what}; the partial file was removed — free some space and rerun (what "
+        "was finished is kept)"
+    )
+    err.errno = exc.errno
+    return err

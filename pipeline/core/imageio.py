@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -39,8 +40,11 @@ __all__ = [
     "to_uint8",
     "quantize_8bit",
     "image_size",
+    "ImageScan",
     "scan_image_folder",
+    "scan_images",
     "strip_scale_suffix",
+    "subfolder_problems",
     "check_min_side",
 ]
 
@@ -178,6 +182,77 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+@dataclass(frozen=True)
+class ImageScan:
+    """What :func:`scan_images` found in a folder: the images that decoded (with their sizes) and one line per bad
+    entry. :meth:`check` adds the size limit — known only once the experts are loaded — and raises every problem
+    together, so a user fixes all of them in one go."""
+
+    folder: Path
+    sizes: dict[Path, tuple[int, int]]  # every image that decoded → (height, width), in name order
+    problems: dict[Path, str]  # every bad entry → its line
+
+    @property
+    def files(self) -> list[Path]:
+        return list(self.sizes)
+
+    def check(self, *, min_side: int = 1, what: str = "the minimum side") -> list[Path]:
+        """The images, if every entry is good and every image's shorter side is at least ``min_side``; otherwise one
+        :class:`BadInputsError` listing every bad entry (in name order) — decoding problems and small images alike."""
+        problems = dict(self.problems)
+        for p, (h, w) in self.sizes.items():
+            if min(h, w) < min_side:
+                problems[p] = f"{p}: {w}x{h} is smaller than {what} {min_side}"
+        if problems:
+            lines = [problems[p] for p in sorted(problems)]
+            raise BadInputsError(f"{len(lines)} bad input(s) in {self.folder}; nothing was written", lines)
+        if not self.sizes:
+            raise BadInputsError(f"no images in {self.folder} (looked for {'/'.join(IMAGE_EXTENSIONS)} files)", [])
+        return self.files
+
+
+def subfolder_problems(folder: str | os.PathLike, *, label: str) -> list[str]:
+    """One line per (non-hidden) sub-folder of ``folder``: images are never searched in sub-folders, so a nested
+    folder is reported with the bad inputs rather than silently left out."""
+    return [
+        f"{p}: a folder inside the {label} (images are not searched in sub-folders)"
+        for p in sorted(Path(folder).iterdir())
+        if p.is_dir() and not p.name.startswith(".")
+    ]
+
+
+def scan_images(
+    folder: str | os.PathLike, *, other_files: bool = True, subfolders: bool = True, label: str = "input folder"
+) -> ImageScan:
+    """Decode every image directly inside ``folder`` and note every bad entry — zero-byte, truncated or non-image
+    files with an image extension, and (unless allowed) other files (``other_files``) and sub-folders
+    (``subfolders``; images are never searched recursively). Hidden files (``.name``) are ignored. Raises only for a
+    missing folder; :meth:`ImageScan.check` raises the rest."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise BadInputsError(f"{label} not found: {d}", [])
+    problems: dict[Path, str] = {}
+    sizes: dict[Path, tuple[int, int]] = {}
+    for p in sorted(d.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if not subfolders:
+                problems[p] = f"{p}: a folder inside the {label} (images are not searched in sub-folders)"
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            if not other_files:
+                problems[p] = f"{p}: not an image file (extension {p.suffix or 'none'!r})"
+            continue
+        try:
+            arr = read_image_array(p)
+        except ImageReadError as exc:
+            problems[p] = " ".join(str(exc).split())
+            continue
+        sizes[p] = (int(arr.shape[0]), int(arr.shape[1]))
+    return ImageScan(folder=d, sizes=sizes, problems=problems)
+
+
 def scan_image_folder(
     folder: str | os.PathLike,
     *,
@@ -187,41 +262,11 @@ def scan_image_folder(
     label: str = "input folder",
 ) -> list[Path]:
     """The images directly inside ``folder`` (sorted), each one **fully decoded** first, so that every bad input is
-    found before any work: zero-byte, truncated or non-image files with an image extension, images whose shorter
-    side is below ``min_side``, and — unless allowed — other files (``other_files``) and sub-folders
-    (``subfolders``; images are never searched recursively). Hidden files (``.name``) are ignored. All problems are
-    raised together as one :class:`BadInputsError`, one line per file; a missing or empty folder is one too."""
-    d = Path(folder)
-    if not d.is_dir():
-        raise BadInputsError(f"{label} not found: {d}", [])
-    problems: list[str] = []
-    files = []
-    for p in sorted(d.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_dir():
-            if not subfolders:
-                problems.append(f"{p}: a folder inside the {label} (images are not searched in sub-folders)")
-            continue
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            if not other_files:
-                problems.append(f"{p}: not an image file (extension {p.suffix or 'none'!r})")
-            continue
-        try:
-            arr = read_image_array(p)
-        except ImageReadError as exc:
-            problems.append(" ".join(str(exc).split()))
-            continue
-        h, w = arr.shape[:2]
-        if min(h, w) < min_side:
-            problems.append(f"{p}: {w}x{h} is smaller than the minimum side {min_side}")
-            continue
-        files.append(p)
-    if problems:
-        raise BadInputsError(f"{len(problems)} bad input(s) in {d}; nothing was written", problems)
-    if not files:
-        raise BadInputsError(f"no images in {d} (looked for {'/'.join(IMAGE_EXTENSIONS)} files)", [])
-    return files
+    found before any work: :func:`scan_images` then :meth:`ImageScan.check` with ``min_side`` — every problem
+    (unreadable files, images smaller than ``min_side``, other files, sub-folders) in one
+    :class:`BadInputsError`, one line per file; a missing or empty folder is one too."""
+    scan = scan_images(folder, other_files=other_files, subfolders=subfolders, label=label)
+    return scan.check(min_side=min_side, what="the minimum side")
 
 
 def check_min_side(files: list[Path], min_side: int, *, what: str = "the experts' minimum LR side") -> None:

@@ -12,22 +12,34 @@ it reads a model or an image:
 
 :func:`remove_stale_temps` deletes the hidden temporary files that an interrupted atomic write
 (:mod:`pipeline.core.atomic`) leaves behind, so a rerun after ``kill -9`` cleans up after the killed one.
+
+:func:`claim_output_dir` is how a script then writes a checked folder: it creates it, locks it for this process (a
+second writer into the same folder is refused at once, naming the first; :mod:`pipeline.core.locks`), marks it as
+the toolkit's, and on the way out deletes the lock file — and the folder itself when this run created it and failed
+before writing anything into it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.core.atomic import atomic_write_text
 from pipeline.core.errors import OutputPathError
+from pipeline.core.locks import FileLock, LockedError
 
 __all__ = [
     "MARKER",
+    "OUTPUT_LOCK",
+    "OutputLockedError",
     "OutputPathError",
     "check_output_dir",
+    "claim_output_dir",
     "check_output_file",
     "is_marked",
     "mark_output_dir",
@@ -35,6 +47,12 @@ __all__ = [
 ]
 
 MARKER = ".sr-fusion-output"  # a hidden file in each output folder a script created: "this folder is ours"
+OUTPUT_LOCK = ".sr-fusion.lock"  # the lock file of the process writing an output folder (claim_output_dir)
+
+
+class OutputLockedError(OutputPathError):
+    """Another process is writing into this output folder right now."""
+
 
 Ours = Callable[[Path], bool]
 
@@ -46,16 +64,25 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def _check_writable_dir(folder: Path, *, label: str, target: Path) -> None:
+def _check_writable_dir(folder: Path, *, label: str, target: Path, missing: Path | None = None) -> None:
+    """``folder`` (an existing folder) can be written into. ``missing``: the folder the output needs that does not
+    exist yet and would be created under ``folder`` — the one an error then names (not ``folder`` itself, which
+    exists)."""
+    if missing is not None:
+        what = f"folder {missing} cannot be created (in {folder}"
+    else:
+        what = f"cannot write into {folder} ("
     if not folder.is_dir():
         raise OutputPathError(f"{label} {target} is not writable: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{label} {target} is not writable: no write permission in {folder}")
+        sep = ": " if missing is not None else ""
+        raise OutputPathError(f"{label} {target} is not writable: {what}{sep}no write permission)")
     try:  # os.access is not the whole truth (read-only mounts, root on some file systems): probe for real
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise OutputPathError(f"{label} {target} is not writable: {folder}: {exc.strerror}") from None
+        sep = ": " if missing is not None else ""
+        raise OutputPathError(f"{label} {target} is not writable: {what}{sep}{exc.strerror})") from None
 
 
 def check_output_file(
@@ -73,11 +100,12 @@ def check_output_file(
                 "replace it (move it away or choose another path)"
             )
     parent = p.parent if p.parent != Path("") else Path(".")
+    missing = None
     if not parent.exists():
         if not create_parents:
             raise OutputPathError(f"{label} {p}: folder {parent} does not exist")
-        parent = _nearest_existing(parent)
-    _check_writable_dir(parent, label=label, target=p)
+        missing, parent = parent, _nearest_existing(parent)
+    _check_writable_dir(parent, label=label, target=p, missing=missing)
     return p
 
 
@@ -91,7 +119,7 @@ def check_output_dir(
     if p.exists() and not p.is_dir():
         raise OutputPathError(f"{label} {p} exists and is not a folder")
     if p.is_dir():
-        skip = set(ignore)
+        skip = {*ignore, MARKER, OUTPUT_LOCK}  # the toolkit's own bookkeeping is not content
         content = sorted(c.name for c in p.iterdir() if c.name not in skip and not _ATOMIC_TMP.match(c.name))
         if content and (ours is None or not ours(p)):
             shown = ", ".join(content[:5]) + (f", … ({len(content)} entries)" if len(content) > 5 else "")
@@ -100,7 +128,7 @@ def check_output_dir(
             )
         _check_writable_dir(p, label=label, target=p)
     else:
-        _check_writable_dir(_nearest_existing(p), label=label, target=p)
+        _check_writable_dir(_nearest_existing(p), label=label, target=p, missing=p)
     return p
 
 
@@ -133,6 +161,52 @@ def mark_output_dir(folder: str | os.PathLike, *, tool: str) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     marker = d / MARKER
     if not marker.is_file():
-        marker.write_text(f"written by {tool} (sr-fusion); a rerun may replace the files in this folder\n")
+        atomic_write_text(
+            marker, f"written by {tool} (sr-fusion); a rerun may replace the files in this folder\n", what="its marker"
+        )
     remove_stale_temps(d)
     return d
+
+
+@contextmanager
+def claim_output_dir(folder: str | os.PathLike, *, tool: str) -> Iterator[Path]:
+    """Write into the output ``folder`` (checked before with :func:`check_output_dir`) as its only writer::
+
+        with claim_output_dir(out, tool="submit.py"):
+            ...  # load models, write files
+
+    Creates the folder (and missing parents), takes its lock (``.sr-fusion.lock`` inside; another process writing
+    there → :class:`OutputLockedError` at once), marks it (:func:`mark_output_dir`, which also deletes a killed
+    run's temp files: safe now that no one else writes there). On the way out the lock file is deleted; if the block
+    raised and this call created the folder, which holds nothing else, the folder (and the parents it created) is
+    removed again: a refused or failed run leaves no trace."""
+    d = Path(folder)
+    created = []  # the folders this call creates, deepest first
+    p = d.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    lock = FileLock(d / OUTPUT_LOCK)
+    try:
+        lock.acquire()
+    except LockedError as exc:
+        raise OutputLockedError(
+            f"output folder {d} is being written right now by {exc.holder} (lock {lock.path}): wait for it to finish "
+            "or choose another folder"
+        ) from None
+    ok = False
+    try:
+        mark_output_dir(d, tool=tool)
+        yield d
+        ok = True
+    finally:
+        try:
+            if not ok and created and d.is_dir() and {c.name for c in d.iterdir()} <= {MARKER, OUTPUT_LOCK}:
+                shutil.rmtree(d, ignore_errors=True)  # still locked while it goes
+                for parent in created[1:]:
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
+        finally:
+            lock.release()

@@ -7,6 +7,7 @@ and size mismatches are errors found *before* any scoring, each listing the offe
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.core.imageio import (
     read_image,
     read_image_array,
     strip_scale_suffix,
+    subfolder_problems,
 )
 from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
 
@@ -47,43 +49,55 @@ class ImagePair:
     hr: Path
 
 
-def _index(files: list[Path], folder: Path) -> dict[str, Path]:
+def _index(files: list[Path], folder: Path, problems: list[str] | None) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for f in files:
         if f.stem in out:
-            raise PairingError(f"{folder}: two images share the stem {f.stem!r} ({out[f.stem].name}, {f.name})")
+            line = f"{folder}: two images share the stem {f.stem!r} ({out[f.stem].name}, {f.name})"
+            if problems is None:
+                raise PairingError(line)
+            problems.append(line)
+            continue
         out[f.stem] = f
     return out
 
 
-def pair_images(sr_dir: str | Path, hr_dir: str | Path, *, scale: int) -> list[ImagePair]:
-    """Pair every SR image with its HR image by stem (``NAMEx{scale}`` matches ``NAME``); errors on any mismatch."""
+def pair_images(
+    sr_dir: str | Path, hr_dir: str | Path, *, scale: int, problems: list[str] | None = None
+) -> list[ImagePair]:
+    """Pair every SR image with its HR image by stem (``NAMEx{scale}`` matches ``NAME``); errors on any mismatch —
+    or, given a ``problems`` list, appends them there (with one line per sub-folder of either folder) and returns
+    the pairs found, so that :func:`check_pairs` reports them together with every file's own problems."""
     sr_dir, hr_dir = Path(sr_dir), Path(hr_dir)
     sr_files, hr_files = list_images(sr_dir), list_images(hr_dir)
     if not sr_files:
         raise PairingError(f"no images in the SR folder {sr_dir}")
     if not hr_files:
         raise PairingError(f"no images in the HR folder {hr_dir}")
-    hr = _index(hr_files, hr_dir)
+    if problems is not None:
+        problems += subfolder_problems(sr_dir, label="SR folder") + subfolder_problems(hr_dir, label="HR folder")
+    hr = _index(hr_files, hr_dir, problems)
     pairs: list[ImagePair] = []
     extra: list[str] = []
-    for stem, path in _index(sr_files, sr_dir).items():
+    for stem, path in _index(sr_files, sr_dir, problems).items():
         key = stem if stem in hr else strip_scale_suffix(stem, scale)
         if key in hr:
             pairs.append(ImagePair(name=key, sr=path, hr=hr[key]))
         else:
             extra.append(path.name)
     matched = {p.name for p in pairs}
+    found = []
     if len(matched) != len(pairs):
-        raise PairingError("several SR images map to the same HR image (e.g. both 'x.png' and 'xx4.png')")
+        found.append("several SR images map to the same HR image (e.g. both 'x.png' and 'xx4.png')")
     missing = sorted(p.name for s, p in hr.items() if s not in matched)
-    problems = []
     if missing:
-        problems.append(f"{len(missing)} HR image(s) have no SR result in {sr_dir}: {', '.join(missing[:10])}")
+        found.append(f"{len(missing)} HR image(s) have no SR result in {sr_dir}: {', '.join(missing[:10])}")
     if extra:
-        problems.append(f"{len(extra)} SR image(s) have no HR counterpart in {hr_dir}: {', '.join(sorted(extra)[:10])}")
-    if problems:
-        raise PairingError("; ".join(problems))
+        found.append(f"{len(extra)} SR image(s) have no HR counterpart in {hr_dir}: {', '.join(sorted(extra)[:10])}")
+    if found and problems is None:
+        raise PairingError("; ".join(found))
+    if problems is not None:
+        problems += found
     return sorted(pairs, key=lambda p: p.name)
 
 
@@ -102,11 +116,11 @@ def check_sizes(pairs: list[ImagePair], *, scale: int) -> None:
         raise PairingError(f"size mismatch for {len(errors)} image(s): " + "; ".join(errors))
 
 
-def check_pairs(pairs: list[ImagePair], *, scale: int) -> None:
+def check_pairs(pairs: list[ImagePair], *, scale: int, problems: Sequence[str] = ()) -> None:
     """Decode every SR and HR image fully and check each pair's sizes (:func:`check_sizes`' rule): every unreadable
-    or truncated file and every size mismatch is reported together, one line each, before any scoring
-    (:class:`pipeline.core.errors.BadInputsError`)."""
-    problems = []
+    or truncated file and every size mismatch — after the ``problems`` found already (:func:`pair_images`) — is
+    reported together, one line each, before any scoring (:class:`pipeline.core.errors.BadInputsError`)."""
+    problems = list(problems)
     sizes: dict[Path, tuple[int, int]] = {}
     for path in sorted({p for pair in pairs for p in (pair.sr, pair.hr)}):
         try:

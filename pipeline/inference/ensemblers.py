@@ -68,7 +68,7 @@ import torch
 
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.config import ConfigError, read_format_json
-from pipeline.core.errors import ToolkitError
+from pipeline.core.errors import ToolkitError, shorten
 from pipeline.core.metrics import rgb_to_y
 
 __all__ = [
@@ -100,6 +100,7 @@ _EM_TOL = 1e-5  # on the mean log-likelihood per pixel
 _EM_EPS = 1e-6  # added to π's counts and to σ² (as gmm-torch does)
 _ZZPM_EPS = 1e-3
 _LEVELS = 256  # 8-bit HR levels
+MAX_WEIGHT = 1e3  # |weight| of any ensembler parameter: a fitted blend stays within ±10, EnsIR's within [0, 1]
 
 
 class EnsemblerError(ToolkitError, ValueError):
@@ -130,7 +131,7 @@ class Ensembler:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise EnsemblerError(f"method: unknown {self.method!r}, expected one of {list(METHODS)}")
+            raise EnsemblerError(f"method: unknown {shorten(self.method)}, expected one of {list(METHODS)}")
         experts = _check_experts(self.experts)
         object.__setattr__(self, "experts", experts)
         e = len(experts)
@@ -145,7 +146,7 @@ class Ensembler:
         elif self.method == "ensir":
             bw = self.bin_width
             if isinstance(bw, bool) or not isinstance(bw, int) or not 1 <= bw <= 256:
-                raise EnsemblerError(f"bin_width: expected an integer in [1, 256], got {bw!r}")
+                raise EnsemblerError(f"bin_width: expected an integer in [1, 256], got {shorten(bw)}")
             nb = math.ceil(256 / bw)
             object.__setattr__(self, "lut", _as_param("lut", self.lut, (nb**e, 3, e)))
             object.__setattr__(self, "global_weights", _as_param("global_weights", self.global_weights, (3, e)))
@@ -162,17 +163,19 @@ class Ensembler:
 def _check_experts(experts: Any) -> tuple[dict[str, Any], ...]:
     if isinstance(experts, (str, bytes, Mapping)) or not isinstance(experts, Sequence) or not experts:
         raise EnsemblerError(f"experts: expected a non-empty list of fingerprints, got {type(experts).__name__}")
+    if len(experts) > 64:
+        raise EnsemblerError(f"experts: at most 64 experts, got {len(experts)}")
     out = []
     for i, fp in enumerate(experts):
         if not isinstance(fp, Mapping):
             raise EnsemblerError(f"experts[{i}]: expected a fingerprint mapping, got {type(fp).__name__}")
         for key in ("name", "sha256"):
             if not isinstance(fp.get(key), str) or not fp[key]:
-                raise EnsemblerError(f"experts[{i}].{key}: expected a non-empty string, got {fp.get(key)!r}")
+                raise EnsemblerError(f"experts[{i}].{key}: expected a non-empty string, got {shorten(fp.get(key))}")
         try:
             out.append(json.loads(json.dumps(dict(fp), allow_nan=False)))  # a JSON-clean copy (tuples → lists)
         except (TypeError, ValueError) as exc:
-            raise EnsemblerError(f"experts[{i}]: not JSON-serialisable ({exc})") from exc
+            raise EnsemblerError(f"experts[{i}]: not JSON-serialisable ({shorten(str(exc), quote=False)})") from None
     return tuple(out)
 
 
@@ -180,16 +183,21 @@ def _as_param(key: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
     try:
         t = torch.as_tensor(value, dtype=torch.float64).detach().cpu().clone()
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise EnsemblerError(f"{key}: not an array of numbers ({exc})") from exc
+        raise EnsemblerError(f"{key}: not an array of numbers ({shorten(str(exc), quote=False)})") from None
     if tuple(t.shape) != shape:
-        raise EnsemblerError(f"{key}: expected shape {list(shape)}, got {list(t.shape)}")
+        raise EnsemblerError(f"{key}: expected shape {list(shape)}, got {shorten(list(t.shape))}")
     if not bool(torch.isfinite(t).all()):
         raise EnsemblerError(f"{key}: contains NaN/Inf")
+    big = t.abs().max().item() if t.numel() else 0.0
+    if big > MAX_WEIGHT:  # finite, but the blended image would overflow (and no fit ever gives such a weight)
+        raise EnsemblerError(f"{key}: a weight of {big:g} is outside [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]")
     return t
 
 
 def _describe(experts: Sequence[Mapping[str, Any]]) -> str:
-    return "[" + ", ".join(f"{fp.get('name')}@{str(fp.get('sha256'))[:12]}" for fp in experts) + "]"
+    return shorten(
+        "[" + ", ".join(f"{fp.get('name')}@{str(fp.get('sha256'))[:12]}" for fp in experts) + "]", quote=False
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -264,7 +272,7 @@ def fit(
     at a time: the statistics stream), ``border`` pixels cropped at each side. ``experts``: fingerprints of the E
     experts, in ``srs`` order. ``bin_width`` and ``min_pixels`` are EnsIR's. ``mean`` / ``zzpm`` read no samples."""
     if method not in METHODS:
-        raise EnsemblerError(f"method: unknown {method!r}, expected one of {list(METHODS)}")
+        raise EnsemblerError(f"method: unknown {shorten(method)}, expected one of {list(METHODS)}")
     if isinstance(border, bool) or not isinstance(border, int) or border < 0:
         raise EnsemblerError(f"border: expected an integer >= 0, got {border!r}")
     fps = _check_experts(experts)
@@ -507,11 +515,11 @@ def load(path: str | os.PathLike, *, experts: Sequence[Mapping[str, Any]] | None
         raise EnsemblerError(str(exc)) from None
     for key, kind in (("method", str), ("experts", list), ("params", dict)):
         if not isinstance(payload.get(key), kind):
-            raise EnsemblerError(f"{p}: {key}: expected a JSON {kind.__name__}, got {payload.get(key)!r:.80}")
+            raise EnsemblerError(f"{p}: {key}: expected a JSON {kind.__name__}, got {shorten(payload.get(key))}")
     params = payload["params"]
     unknown = sorted(set(params) - {"weights", "bin_width", "lut", "global_weights"})
     if unknown:
-        raise EnsemblerError(f"{p}: params: unknown keys {unknown}")
+        raise EnsemblerError(f"{p}: params: unknown keys {shorten(unknown)}")
     try:
         ens = Ensembler(
             method=payload["method"],

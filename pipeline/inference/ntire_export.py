@@ -13,7 +13,8 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from experts.spec import resolve_checkpoint as expert_checkpoint
 from experts.spec import resolve_code_file as expert_code_file
 from pipeline.core.config import save_config
 from pipeline.core.errors import ToolkitError
+from pipeline.core.locks import FileLock, LockedError
 from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import expert_spec
 from pipeline.inference.submission import ENSEMBLER_FILE, EXPERTS_YAML
@@ -356,6 +358,21 @@ def replace_dir(tmp: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def export_lock(out: Path) -> Iterator[None]:
+    """One export into ``out`` at a time: a lock file beside it (``.NAME.lock``; the export replaces the folder
+    itself, so the lock cannot live inside), deleted when the export is done."""
+    lock = FileLock(out.parent / f".{out.name}.lock")
+    try:
+        lock.acquire()
+    except LockedError as exc:
+        raise ExportError(f"--out {out} is being exported right now by {exc.holder} (lock {lock.path})") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_export_out(out: Path, *, overwrite: bool) -> None:

@@ -20,7 +20,7 @@ import torch
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
 from pipeline.core.augment import augment, deaugment
-from pipeline.core.errors import ToolkitError
+from pipeline.core.errors import ToolkitError, shorten
 from pipeline.inference.ensemblers import Ensembler, apply
 from pipeline.model.fusion_net import FusionNet
 from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
@@ -28,6 +28,7 @@ from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, v
 __all__ = [
     "REGIMES",
     "FusionPipeline",
+    "check_fingerprints",
     "PipelineError",
     "ensemble_super_resolve",
     "expert_spec",
@@ -120,6 +121,39 @@ def _spec_from_yaml(path: Path, fps: list[dict[str, Any]], *, device: str | None
     return EnsembleSpec(experts=tuple(experts), scale=spec.scale)
 
 
+_FINGERPRINT_TYPES = {
+    "name": str,
+    "checkpoint": str,
+    "architecture": str,
+    "sha256": str,
+    "input": str,
+    "precision": str,
+    "scale": int,
+    "feature_channels": int,
+    "hook_layers": list,
+}
+
+
+def check_fingerprints(ckpt: Path, fps: Any) -> list[dict[str, Any]]:
+    """The expert fingerprints a checkpoint's config.json records (``extra.experts``), checked for the keys and types
+    that loading reads (their numbers' ranges: :func:`pipeline.model.io.read_extra`) → the list. A hand-edited file
+    is one :class:`PipelineError` naming the key, never a KeyError."""
+    if not isinstance(fps, list) or not fps:
+        raise PipelineError(f"{ckpt}: config.json records no expert fingerprints; cannot know which experts to run")
+    for i, fp in enumerate(fps):
+        if not isinstance(fp, dict):
+            raise PipelineError(f"{ckpt}: config.json extra.experts[{i}]: expected an object, got {shorten(fp)}")
+        for key, kind in _FINGERPRINT_TYPES.items():
+            value = fp.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise PipelineError(
+                    f"{ckpt}: config.json extra.experts[{i}].{key}: expected a {kind.__name__}, got {shorten(value)}"
+                )
+        if not all(isinstance(h, str) for h in fp["hook_layers"]):
+            raise PipelineError(f"{ckpt}: config.json extra.experts[{i}].hook_layers: expected a list of names")
+    return fps
+
+
 def expert_spec(
     ckpt: Path,
     extra: dict[str, Any],
@@ -130,9 +164,7 @@ def expert_spec(
 ) -> EnsembleSpec:
     """The experts checkpoint ``ckpt`` (with config.json ``extra``) was trained with: from its recorded fingerprints,
     or from ``experts_yaml`` checked against them; every expert checkpoint is pinned to the recorded sha256."""
-    fps = extra.get("experts")
-    if not fps:
-        raise PipelineError(f"{ckpt}: config.json records no expert fingerprints; cannot know which experts to run")
+    fps = check_fingerprints(ckpt, extra.get("experts"))
     if experts_yaml is not None:
         return _spec_from_yaml(Path(experts_yaml), fps, device=device, tile=tile)
     return _spec_from_fingerprints(ckpt, fps, scale=int(extra.get("scale", 4)), device=device, tile=tile or 0)

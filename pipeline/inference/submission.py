@@ -1,9 +1,11 @@
 """Challenge outputs, shared by scripts/submit.py and the exported NTIRE code submission (scripts/export_ntire.py).
 
-* :func:`check_folders` finds every input problem (missing/empty input folder, non-image files, sub-folders,
-  unreadable or truncated images — every file is decoded —, an LR image too small for the experts) and every output
-  problem (an unwritable output folder, a folder or ``OUT.zip`` holding something this tool did not write) before
-  any work is done.
+* :func:`scan_folders` finds every output problem (an unwritable output folder, a folder or ``OUT.zip`` holding
+  something this tool did not write) and decodes every input before any work is done; its
+  :meth:`~pipeline.core.imageio.ImageScan.check` then reports every input problem in one go (missing/empty input
+  folder, non-image files, sub-folders, unreadable or truncated images, an LR image too small for the experts —
+  known once they are loaded). :func:`check_folders` does both at once.
+* :func:`claim_output` makes the output folder this process's alone (a lock; a second writer is refused).
 * :func:`super_resolve_files` runs the whole pipeline on each LR file and writes ``<stem>.png`` atomically into the
   output folder (``0901x4.png`` stays ``0901x4.png``); it yields the seconds each image took.
 * :func:`run_model_dir` is the NTIRE entry point ``main(model_dir, input_path, output_path, device)`` of an exported
@@ -25,9 +27,15 @@ import torch
 
 from experts.ensemble import ExpertEnsemble
 from pipeline.core.atomic import default_file_mode
-from pipeline.core.errors import ToolkitError
-from pipeline.core.imageio import read_image, scan_image_folder, write_image
-from pipeline.core.outputs import OutputPathError, check_output_dir, check_output_file, is_marked, mark_output_dir
+from pipeline.core.errors import ToolkitError, disk_full, is_disk_full
+from pipeline.core.imageio import ImageScan, read_image, scan_images, write_image
+from pipeline.core.outputs import (
+    OutputPathError,
+    check_output_dir,
+    check_output_file,
+    claim_output_dir,
+    is_marked,
+)
 from pipeline.inference.ensemblers import Ensembler
 from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import (
@@ -48,15 +56,17 @@ __all__ = [
     "check_folders",
     "check_inputs",
     "check_output",
+    "claim_output",
     "ensembler_method",
     "fusion_method",
     "is_submission_dir",
     "is_submission_zip",
     "make_zip",
     "output_name",
-    "prepare_output",
     "readme_text",
     "run_model_dir",
+    "scan_folders",
+    "scan_inputs",
     "super_resolve_files",
     "zip_path",
 ]
@@ -69,11 +79,20 @@ class SubmitError(ToolkitError, RuntimeError):
     """A problem found before any work was done."""
 
 
+MIN_LR_WHAT = "the experts' minimum LR side"
+
+
+def scan_inputs(input_dir: Path) -> ImageScan:
+    """Every LR file of ``input_dir`` decoded, every other entry noted (other files and sub-folders are problems:
+    the submission must match the inputs one to one); :meth:`ImageScan.check` raises them all."""
+    return scan_images(input_dir, other_files=False, subfolders=False)
+
+
 def check_inputs(input_dir: Path, min_lr: int) -> list[Path]:
     """The LR files of ``input_dir``, sorted — after decoding every one of them: unreadable, truncated or non-image
-    files, images smaller than ``min_lr``, other files and sub-folders (the submission must match the inputs one to
-    one) are all reported together, one line each (:class:`pipeline.core.errors.BadInputsError`)."""
-    return scan_image_folder(input_dir, min_side=max(1, min_lr), other_files=False, subfolders=False)
+    files, images smaller than ``min_lr``, other files and sub-folders are all reported together, one line each
+    (:class:`pipeline.core.errors.BadInputsError`)."""
+    return scan_inputs(input_dir).check(min_side=max(1, min_lr))
 
 
 README = "readme.txt"
@@ -82,7 +101,7 @@ ZIP_COMMENT = b"sr-fusion submission"  # written into every zip this tool makes:
 
 
 def is_submission_dir(folder: Path) -> bool:
-    """A folder this tool wrote: marked by :func:`prepare_output` (also when a killed run left it half-written), or —
+    """A folder this tool wrote: marked by :func:`claim_output` (also when a killed run left it half-written), or —
     made before the marker existed — its ``readme.txt`` is an NTIRE readme and it holds only PNGs besides."""
     if is_marked(folder):
         return True
@@ -122,19 +141,26 @@ def check_output(out_dir: Path, *, zip_too: bool = False) -> None:
         raise SubmitError(str(exc)) from None
 
 
-def check_folders(input_dir: Path, output_dir: Path, *, min_lr: int, zip_too: bool = False) -> list[Path]:
-    """The output paths (:func:`check_output`, first: cheap), then every input (:func:`check_inputs`); the output
-    folder must differ from the input folder, as the outputs keep the input file names. Returns the LR files."""
+def scan_folders(input_dir: Path, output_dir: Path, *, zip_too: bool = False) -> ImageScan:
+    """The output paths (:func:`check_output`, first: cheap), then every input decoded (:func:`scan_inputs`; its
+    ``check(min_side=...)`` raises the input problems once the experts' minimum is known); the output folder must
+    differ from the input folder, as the outputs keep the input file names."""
     if output_dir.resolve() == input_dir.resolve():
         raise SubmitError("the output folder must differ from the input folder (outputs keep the input file names)")
     check_output(output_dir, zip_too=zip_too)
-    return check_inputs(input_dir, min_lr)
+    return scan_inputs(input_dir)
 
 
-def prepare_output(output_dir: Path) -> None:
-    """Create the (checked) output folder, mark it as this tool's (a hidden ``.sr-fusion-output``; never in the zip)
-    and delete the temp files a killed earlier run left in it."""
-    mark_output_dir(output_dir, tool="submit.py")
+def check_folders(input_dir: Path, output_dir: Path, *, min_lr: int, zip_too: bool = False) -> list[Path]:
+    """:func:`scan_folders` and its check in one go → the LR files."""
+    return scan_folders(input_dir, output_dir, zip_too=zip_too).check(min_side=max(1, min_lr), what=MIN_LR_WHAT)
+
+
+def claim_output(output_dir: Path):
+    """Context manager: the (checked) output folder, created, locked for this process, marked as this tool's (a
+    hidden ``.sr-fusion-output``; never in the zip) and cleared of a killed run's temp files
+    (:func:`pipeline.core.outputs.claim_output_dir`)."""
+    return claim_output_dir(output_dir, tool="submit.py")
 
 
 def output_name(lr_path: Path) -> str:
@@ -241,7 +267,7 @@ def super_resolve_files(
         if method.device.type == "cuda":
             torch.cuda.synchronize(method.device)
         seconds = time.perf_counter() - t0
-        write_image(output_dir / output_name(f), sr.cpu())
+        write_image(output_dir / output_name(f), sr.cpu())  # a full disk: DiskFullError naming it, no temp left
         yield seconds
 
 
@@ -265,18 +291,25 @@ def make_zip(out_dir: Path, names: list[str]) -> Path:
     if target.exists() and not is_submission_zip(target):  # checked up front too; never replace a foreign zip
         raise SubmitError(f"{target} already exists and was not written by this tool: refusing to replace it")
     tmp = target.with_name(f".{target.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
-        for name in names:
-            zf.write(out_dir / name, arcname=name)
-        zf.write(out_dir / README, arcname=README)
-        zf.comment = ZIP_COMMENT
-    with zipfile.ZipFile(tmp) as zf:
-        pngs = [n for n in zf.namelist() if n.lower().endswith(".png")]
-        if len(pngs) != len(names) or any("/" in n for n in zf.namelist()):
-            tmp.unlink()
-            raise SubmitError(f"zip check failed: {len(pngs)} PNGs for {len(names)} inputs")
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, target)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:  # PNGs are compressed already
+            for name in names:
+                zf.write(out_dir / name, arcname=name)
+            zf.write(out_dir / README, arcname=README)
+            zf.comment = ZIP_COMMENT
+        with zipfile.ZipFile(tmp) as zf:
+            pngs = [n for n in zf.namelist() if n.lower().endswith(".png")]
+            if len(pngs) != len(names) or any("/" in n for n in zf.namelist()):
+                raise SubmitError(f"zip check failed: {len(pngs)} PNGs for {len(names)} inputs")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, target)
+    except BaseException as exc:  # a full disk above all: no half-written zip is left beside the folder
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(target, "the zip", exc) from None
+        raise
     return target
 
 
@@ -293,20 +326,21 @@ def run_model_dir(
         model_dir = model_dir.parent
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if (model_dir / ENSEMBLER_FILE).is_file():  # an exported training-free ensemble (export_ntire.py --method)
-        verify_checksums(model_dir)
-        spec = expert_spec_from_yaml(model_dir / EXPERTS_YAML, device=str(device))
-        ensemble = ExpertEnsemble.from_spec(spec, root=model_dir, gather_device=str(device))
-        ens = load_ensembler(model_dir / ENSEMBLER_FILE, experts=[fp.to_dict() for fp in ensemble.fingerprints])
-        method = ensembler_method(ensemble, ens, device=str(device))
-    else:
-        pipe = load_pipeline(
-            model_dir, experts_yaml=model_dir / EXPERTS_YAML, experts_root=model_dir, device=str(device)
-        )
-        method = fusion_method(pipe)
     output_dir = Path(output_path)
-    files = check_folders(Path(input_path), output_dir, min_lr=method.min_lr)
-    prepare_output(output_dir)
-    seconds = list(super_resolve_files(method, files, output_dir))
+    scan = scan_folders(Path(input_path), output_dir)  # every problem of the folders, before a model is loaded
+    with claim_output(output_dir):
+        if (model_dir / ENSEMBLER_FILE).is_file():  # an exported training-free ensemble (export_ntire.py --method)
+            verify_checksums(model_dir)
+            spec = expert_spec_from_yaml(model_dir / EXPERTS_YAML, device=str(device))
+            ensemble = ExpertEnsemble.from_spec(spec, root=model_dir, gather_device=str(device))
+            ens = load_ensembler(model_dir / ENSEMBLER_FILE, experts=[fp.to_dict() for fp in ensemble.fingerprints])
+            method = ensembler_method(ensemble, ens, device=str(device))
+        else:
+            pipe = load_pipeline(
+                model_dir, experts_yaml=model_dir / EXPERTS_YAML, experts_root=model_dir, device=str(device)
+            )
+            method = fusion_method(pipe)
+        files = scan.check(min_side=method.min_lr, what=MIN_LR_WHAT)
+        seconds = list(super_resolve_files(method, files, output_dir))
     print(f"{len(files)} images super-resolved into {output_dir} ({sum(seconds) / len(seconds):.2f} s/image)")
     return [output_dir / output_name(f) for f in files]

@@ -42,7 +42,6 @@ from pipeline.core.config import (
     NonNegFloat,
     NonNegInt,
     PosFloat,
-    PosInt,
     Range,
     apply_overrides,
     config_from_dict,
@@ -85,9 +84,17 @@ __all__ = [
     "FusionNet",
     "LiveFusion",
     "load_fusion_config",
+    "validate_config",
 ]
 
 SCALE = 4
+
+# Upper bounds of the size-like fields: generous for any real fusion (the committed ones use widths <= 96), and they
+# stop a checkpoint's config.json or a training config from asking for terabytes before anything is allocated.
+MAX_EXPERTS = 64
+Width = Annotated[int, Range(ge=1, le=1024)]  # a layer's channel count
+Count = Annotated[int, Range(ge=1, le=64)]  # depths, heads, blocks, kernels, dilations
+FeatWidth = Annotated[int, Range(ge=0, le=4096)]  # an expert's hooked feature channels (0: no hooks)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -98,7 +105,7 @@ class InputsConfig:
     # Channel count of each expert's hooked feature, in ensemble order. Defaults: the real experts CRAFT (embed
     # dim 48), DITN (dim 60), SPAN (28) — the input of each model's upsampler, at LR resolution.
     # An expert without hooked layers has 0 channels (a code expert without `hooks:`): allowed when features=false.
-    feat_channels: tuple[NonNegInt, ...] = (48, 60, 28)
+    feat_channels: tuple[FeatWidth, ...] = (48, 60, 28)
     feat_norm: bool = True  # LayerNorm each expert's feature (their scales differ wildly)
     # False (default): the fusion sees the experts' SR images only — the hooked features are never read (a cache
     # made with --features none holds none); feat_channels then only counts the experts. True: it also reads each
@@ -115,12 +122,12 @@ class InputsConfig:
 @dataclass(frozen=True)
 class FreqConfig:
     enabled: bool = True
-    channels: PosInt = 16  # width of the band components (the trunk is projected down before the transforms)
-    dct_block: PosInt = 8
+    channels: Width = 16  # width of the band components (the trunk is projected down before the transforms)
+    dct_block: Annotated[int, Range(ge=1, le=64)] = 8
     dct_split: tuple[NonNegFloat, NonNegFloat] = (2.5, 6.5)  # initial (or fixed) DCT radius (u+v, 0..14) thresholds
     dct_softness: PosFloat = 0.25
     adaptive_split: bool = True  # predict the DCT split per image
-    split_hidden: PosInt = 32
+    split_hidden: Width = 32
     fft_cutoff: Annotated[float, Range(gt=0, le=0.5)] = 0.15  # initial FFT low-pass cutoff, cycles/pixel (learnable)
     fft_softness: PosFloat = 0.02
 
@@ -128,37 +135,37 @@ class FreqConfig:
 @dataclass(frozen=True)
 class CrossBandConfig:
     enabled: bool = True
-    depth: PosInt = 1
-    heads: PosInt = 2
+    depth: Count = 1
+    heads: Count = 2
 
 
 @dataclass(frozen=True)
 class CrossExpertConfig:
     enabled: bool = True
-    depth: PosInt = 1
-    heads: PosInt = 2
+    depth: Count = 1
+    heads: Count = 2
 
 
 @dataclass(frozen=True)
 class FourierUnitConfig:
     enabled: bool = True
-    hidden: PosInt = 48
-    kernels: PosInt = 4  # frequency dynamic convolution: number of 1×1 kernels mixed per frequency
+    hidden: Width = 48
+    kernels: Count = 4  # frequency dynamic convolution: number of 1×1 kernels mixed per frequency
 
 
 @dataclass(frozen=True)
 class HierarchicalConfig:
     enabled: bool = True
-    inner_channels: PosInt = 96  # stage 1 (LR) U-Net body width (runs at half LR resolution)
-    blocks: PosInt = 3  # stage 1 dense residual blocks
-    mid_channels: PosInt = 24  # stage 2 (½ HR) width
-    hr_channels: PosInt = 8  # stage 3 (HR) width
+    inner_channels: Width = 96  # stage 1 (LR) U-Net body width (runs at half LR resolution)
+    blocks: Count = 3  # stage 1 dense residual blocks
+    mid_channels: Width = 24  # stage 2 (½ HR) width
+    hr_channels: Width = 8  # stage 3 (HR) width
 
 
 @dataclass(frozen=True)
 class GatingConfig:
     enabled: bool = True
-    hidden: PosInt = 64
+    hidden: Width = 64
     temperature: PosFloat = 1.0
     learnable_temperature: bool = False
     # Initial gate of each expert (positive, summing to 1): the untrained fusion is then this fixed blend instead of
@@ -176,7 +183,7 @@ class GatingConfig:
 @dataclass(frozen=True)
 class RefineConfig:
     enabled: bool = True
-    blocks: PosInt = 1
+    blocks: Count = 1
 
 
 @dataclass(frozen=True)
@@ -188,14 +195,14 @@ class LRResidualConfig:
 @dataclass(frozen=True)
 class EdgeConfig:
     enabled: bool = True
-    levels: PosInt = 3
+    levels: Annotated[int, Range(ge=1, le=8)] = 3
 
 
 @dataclass(frozen=True)
 class HessianConfig:
     enabled: bool = True  # needs edge or refine (it builds their detail feature)
-    channels: PosInt = 16
-    dilations: tuple[PosInt, ...] = (1, 2, 3)
+    channels: Width = 16
+    dilations: tuple[Count, ...] = (1, 2, 3)
 
 
 # The config sections that switch a phase on/off (ablations, benchmarks, tests).
@@ -215,10 +222,10 @@ PHASE_SWITCHES = (
 
 @dataclass(frozen=True)
 class FusionConfig:
-    width: PosInt = 64  # trunk width at LR resolution
+    width: Width = 64  # trunk width at LR resolution
     # Width of the per-pixel tokens that attention runs over (guidance bands, experts): narrower than the trunk,
     # because per-pixel attention over K tokens costs K× a 1×1 conv at this width.
-    token_channels: PosInt = 32
+    token_channels: Width = 32
     # None: start as the experts' mean. An index: start exactly as that expert (a learnable mix, initially 0,
     # moves towards the gated mixture; needs gating to learn to use the others).
     start_expert: NonNegInt | None = None
@@ -257,10 +264,11 @@ def load_fusion_config(path: str | Path, overrides: Sequence[str] = ()) -> Fusio
         raise ConfigError(f"{path}, section 'model': {exc}") from exc
 
 
-def _validate(cfg: FusionConfig) -> None:
+def validate_config(cfg: FusionConfig) -> None:
+    """The checks across fields (the ranges of each field are the schema's): raises :class:`ConfigError`."""
     e = cfg.num_experts
-    if e < 1:
-        raise ConfigError("inputs.feat_channels must list one width per expert (at least one expert)")
+    if not 1 <= e <= MAX_EXPERTS:
+        raise ConfigError(f"inputs.feat_channels must list one width per expert (1 to {MAX_EXPERTS} experts), got {e}")
     if cfg.inputs.features and any(c < 1 for c in cfg.inputs.feat_channels):
         raise ConfigError(
             f"inputs.features=true needs every expert's hooked feature, but inputs.feat_channels has a 0 "
@@ -310,7 +318,7 @@ class FusionNet(nn.Module):
 
     def __init__(self, *, config: FusionConfig) -> None:
         super().__init__()
-        _validate(config)
+        validate_config(config)
         self.config = config
         cfg, c, t, e = config, config.width, config.token_channels, config.num_experts
         self.num_experts = e

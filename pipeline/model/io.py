@@ -9,19 +9,22 @@ the model in one call and loads the weights strictly: a missing, unexpected or m
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from experts.loading import sha256_file
 from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.config import ConfigError, config_from_dict, config_to_dict, read_format_json
-from pipeline.core.errors import ToolkitError
-from pipeline.model.fusion_net import FusionConfig, FusionNet
+from pipeline.core.errors import ToolkitError, shorten
+from pipeline.model.fusion_net import FusionConfig, FusionNet, validate_config
 
 __all__ = [
     "CONFIG_NAME",
@@ -31,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "save_pretrained",
     "load_pretrained",
+    "read_config",
     "read_extra",
     "CHECKSUMS",
     "COMPLETE_MARKER",
@@ -79,29 +83,83 @@ def save_pretrained(model: FusionNet, directory: str | os.PathLike, *, extra: Ma
 LEGACY_INPUTS = {"features": True, "sr_dtype": "float16"}
 
 
+# the numbers of ``extra`` that code reads, with their ranges (``experts[].*``: each recorded expert fingerprint)
+_EXTRA_RANGES = {
+    "scale": (1, 16),
+    "step": (0, 10**12),
+    "experts[].scale": (1, 16),
+    "experts[].feature_channels": (0, 4096),
+    "experts[].self_ensemble": (1, 8),
+    "experts[].num_params": (0, 10**12),
+}
+_MAX_INT = 2**53  # a JSON number a float still holds exactly: anything larger in a checkpoint is a tampered file
+
+
+def _check_numbers(value: Any, key: str, where: Path) -> None:
+    """Every number in ``value`` (a JSON tree) is finite and not absurdly large; the ones code reads are in range
+    (:data:`_EXTRA_RANGES`). Raises :class:`CheckpointError` naming the file and the key."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_numbers(v, f"{key}.{k}" if key else str(k), where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{key}[{i}]", where)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > _MAX_INT:
+            raise CheckpointError(f"{where}: {shorten(key, quote=False)}: not a finite number of sane size")
+        bounds = _EXTRA_RANGES.get(re.sub(r"\[\d+\]", "[]", key))  # experts[2].scale → experts[].scale
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise CheckpointError(f"{where}: {key}: must be in [{bounds[0]}, {bounds[1]}], got {value!r}")
+
+
 def _read_payload(directory: Path) -> dict[str, Any]:
+    where = directory / CONFIG_NAME
     try:
-        payload = read_format_json(
-            directory / CONFIG_NAME, fmt=FORMAT, version=FORMAT_VERSION, what="checkpoint config"
-        )
+        payload = read_format_json(where, fmt=FORMAT, version=FORMAT_VERSION, what="checkpoint config")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
-    config = payload.get("config")
-    if isinstance(config, dict) and isinstance(config.get("inputs", {}), dict):
+    for key in ("config", "extra"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{where}: {key}: expected a JSON object, got {shorten(payload.get(key))}")
+    _check_numbers(payload["extra"], "", where)
+    config = payload["config"]
+    if isinstance(config.get("inputs", {}), dict):
         config["inputs"] = {**LEGACY_INPUTS, **config.get("inputs", {})}
     return payload
 
 
-def load_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> FusionNet:
-    """Rebuild the model from ``config.json`` and load ``model.safetensors`` strictly; returned in eval mode."""
+def read_config(directory: str | os.PathLike) -> FusionConfig:
+    """The checkpoint's :class:`FusionConfig`, through the same strict, ranged checks as a training config (and the
+    network's own consistency checks) — before anything is allocated. Raises :class:`CheckpointError` naming the
+    file."""
     src = Path(directory)
     payload = _read_payload(src)
-    config = config_from_dict(FusionConfig, payload["config"])
-    model = FusionNet(config=config)
+    try:
+        config = config_from_dict(FusionConfig, payload["config"], _prefix="config")
+        validate_config(config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{src / CONFIG_NAME}: {exc}") from None
+    return config
+
+
+def load_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> FusionNet:
+    """Rebuild the model from ``config.json`` (checked in full first: :func:`read_config`) and load
+    ``model.safetensors`` strictly (a file that is not safetensors, or holds NaN/Inf, is refused); returned in eval
+    mode."""
+    src = Path(directory)
+    config = read_config(src)
     weights = src / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights not found: {weights}")
-    state = load_file(str(weights), device="cpu")
+    try:  # safetensors parses a header and raw tensors only: nothing in the file is ever executed
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        why = shorten(str(exc), quote=False)
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({why})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{weights}: tensor(s) {shorten(bad[:5])} hold NaN or Inf")
+    model = FusionNet(config=config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -113,7 +171,7 @@ def load_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{weights} does not match the model described by {src / CONFIG_NAME}: "
-            f"missing {missing}, unexpected {unexpected}, shape mismatches {mismatched}"
+            f"missing {shorten(missing)}, unexpected {shorten(unexpected)}, shape mismatches {shorten(mismatched)}"
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

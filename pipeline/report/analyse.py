@@ -15,19 +15,22 @@ import torch
 from tqdm import tqdm
 
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.errors import ToolkitError
+from pipeline.core.errors import BadInputsError, ToolkitError
 from pipeline.core.imageio import (
+    ImageReadError,
     image_size,
     list_images,
     quantize_8bit,
     read_image,
+    read_image_array,
+    subfolder_problems,
     to_uint8,
     write_image,
 )
 from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
 from pipeline.core.outputs import check_output_dir
 from pipeline.core.resize import bicubic_upscale, make_lr
-from pipeline.evaluation.scoring import check_sizes, pair_images, strip_scale_suffix
+from pipeline.evaluation.scoring import pair_images, strip_scale_suffix
 from pipeline.inference.pipeline import FusionPipeline
 from pipeline.report.html import (
     GENERATOR,
@@ -97,42 +100,68 @@ def find_metrics_csv(run: Path, ckpt: Path) -> Path:
     )
 
 
-def build_jobs(sr_dir: Path, hr_dir: Path, lr_dir: Path | None, scale: int) -> list[Job]:
-    pairs = pair_images(sr_dir, hr_dir, scale=scale)
-    check_sizes(pairs, scale=scale)
-    if lr_dir is None:
-        return [Job(name=p.name, sr=p.sr, hr=p.hr, lr=None) for p in pairs]
+def build_jobs(sr_dir: Path, hr_dir: Path, lr_dir: Path | None, scale: int, *, min_lr: int = 1) -> list[Job]:
+    """The report's images: SR/HR pairs (and their LR images) — after every file is decoded and every problem is
+    found: unpaired SR, HR or LR files, sub-folders, unreadable files, SR/HR and LR/SR size mismatches and LR images
+    smaller than the experts' ``min_lr`` are reported together, one line each
+    (:class:`pipeline.core.errors.BadInputsError`)."""
+    problems: list[str] = []
+    pairs = pair_images(sr_dir, hr_dir, scale=scale, problems=problems)
     lr: dict[str, Path] = {}
-    for f in list_images(lr_dir):
-        key = strip_scale_suffix(f.stem, scale)
-        if key in lr:
-            raise ReportError(f"{lr_dir}: {lr[key].name} and {f.name} are both the LR image of {key!r}")
-        lr[key] = f
-    names = {p.name for p in pairs}
-    missing = sorted(names - set(lr))
-    extra = sorted(set(lr) - names)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} image(s) have no LR image in {lr_dir}: {', '.join(missing[:10])}")
-    if extra:
-        problems.append(f"{len(extra)} LR image(s) have no SR/HR pair: {', '.join(lr[k].name for k in extra[:10])}")
+    if lr_dir is not None:
+        problems += subfolder_problems(lr_dir, label="LR folder")
+        for f in list_images(lr_dir):
+            key = strip_scale_suffix(f.stem, scale)
+            if key in lr:
+                problems.append(f"{lr_dir}: {lr[key].name} and {f.name} are both the LR image of {key!r}")
+                continue
+            lr[key] = f
+        names = {p.name for p in pairs}
+        missing = sorted(names - set(lr))
+        extra = sorted(set(lr) - names)
+        if missing:
+            problems.append(f"{len(missing)} image(s) have no LR image in {lr_dir}: {', '.join(missing[:10])}")
+        if extra:
+            problems.append(f"{len(extra)} LR image(s) have no SR/HR pair: {', '.join(lr[k].name for k in extra[:10])}")
+    sizes: dict[Path, tuple[int, int]] = {}
+    files = {p for pair in pairs for p in (pair.sr, pair.hr)} | {lr[p.name] for p in pairs if p.name in lr}
+    for path in sorted(files):
+        try:
+            sizes[path] = read_image_array(path).shape[:2]
+        except ImageReadError as exc:
+            problems.append(str(exc))
     for p in pairs:
-        if p.name not in lr:
-            continue
-        lh, lw = image_size(lr[p.name])
-        sh, sw = image_size(p.sr)
-        if (lh * scale, lw * scale) != (sh, sw):
-            problems.append(
-                f"{lr[p.name].name} is {lw}x{lh} (WxH), x{scale} = {lw * scale}x{lh * scale}, but "
-                f"{p.sr.name} is {sw}x{sh}"
-            )
+        if p.sr in sizes and p.hr in sizes:
+            (sh, sw), (hh, hw) = sizes[p.sr], sizes[p.hr]
+            hc, wc = hh - hh % scale, hw - hw % scale
+            if (sh, sw) != (hc, wc):
+                problems.append(
+                    f"{p.sr}: size mismatch: {sw}x{sh} (WxH), but {p.hr.name} cropped to a multiple of {scale} "
+                    f"is {wc}x{hc}"
+                )
+        lr_file = lr.get(p.name)
+        if lr_file in sizes and p.sr in sizes:
+            (lh, lw), (sh, sw) = sizes[lr_file], sizes[p.sr]
+            if (lh * scale, lw * scale) != (sh, sw):
+                problems.append(
+                    f"{lr_file.name} is {lw}x{lh} (WxH), x{scale} = {lw * scale}x{lh * scale}, but "
+                    f"{p.sr.name} is {sw}x{sh}"
+                )
+        if lr_file is not None:
+            lr_size = sizes.get(lr_file)
+        else:  # the LR made from the HR: the SR's size over the scale
+            lr_size = (sizes[p.sr][0] // scale, sizes[p.sr][1] // scale) if p.sr in sizes else None
+        if lr_size is not None and min(lr_size) < min_lr:
+            h, w = lr_size
+            problems.append(f"{p.name}: LR {w}x{h} is smaller than the experts' minimum side {min_lr}")
     if problems:
-        raise ReportError("LR folder does not match: " + "; ".join(problems))
-    return [Job(name=p.name, sr=p.sr, hr=p.hr, lr=lr[p.name]) for p in pairs]
+        raise BadInputsError(f"{len(problems)} bad input(s); nothing was written", problems)
+    return [Job(name=p.name, sr=p.sr, hr=p.hr, lr=lr.get(p.name)) for p in pairs]
 
 
 def check_lr_sizes(jobs: list[Job], pipe: FusionPipeline) -> None:
-    """Every LR image (given, or the one made from HR) must be large enough for every expert."""
+    """Every LR image (given, or the one made from HR) must be large enough for every expert (:func:`build_jobs`
+    with ``min_lr`` checks this together with everything else)."""
 
     need = pipe.ensemble.min_lr_size
     small = []

@@ -18,6 +18,7 @@ checkpoints by validation PSNR are kept, plus ``last``; older ones are deleted.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -27,7 +28,8 @@ from typing import Any
 
 import torch
 
-from pipeline.core.errors import ToolkitError
+from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.core.errors import ToolkitError, disk_full, is_disk_full
 from pipeline.model.fusion_net import FusionNet
 from pipeline.model.io import (
     CHECKSUMS,
@@ -118,11 +120,19 @@ def save_model_checkpoint(
     tmp = root / f".tmp_step_{step:08d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    write_model(tmp)
-    write_checksums(tmp)  # submit.py refuses a checkpoint whose weights or config were modified afterwards
-    torch.save(dict(train_state), tmp / TRAIN_STATE)
-    (tmp / COMPLETE_MARKER).write_text(json.dumps({"step": step}))
-    _fsync_tree(tmp)
+    try:
+        write_model(tmp)
+        write_checksums(tmp)  # submit.py refuses a checkpoint whose weights or config were modified afterwards
+        buf = io.BytesIO()  # torch.save into a file reports a full disk without its errno: write the bytes ourselves
+        torch.save(dict(train_state), buf)
+        atomic_write_bytes(tmp / TRAIN_STATE, buf.getvalue(), what="the training state")
+        atomic_write_text(tmp / COMPLETE_MARKER, json.dumps({"step": step}), what="the completion marker")
+        _fsync_tree(tmp)
+    except BaseException as exc:  # a half-written checkpoint folder goes at once (a rerun would delete it anyway)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc) and not isinstance(exc, ToolkitError):
+            raise disk_full(final, f"the step {step} checkpoint", exc) from None
+        raise
     if final.exists():  # re-saving the same step (e.g. abort right after a periodic save)
         old = root / f".old_step_{step:08d}-{os.getpid()}"
         os.replace(final, old)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from cache.dataset import CachedFullImageDataset, CachedSRDataset
 from cache.schema import SCHEMA_VERSION, CacheLayout, describe_layout_shortfall
+from experts.spec import portable_path
 from pipeline.core.config import config_to_dict
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
@@ -287,7 +288,10 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     use_bf16 = t.bf16 and device.type == "cuda"
     extra_base = {
         "experts": experts_fp,
-        "cache": {"schema_version": SCHEMA_VERSION, "path": cfg.data.train_cache if meta is not None else None},
+        "cache": {  # informational; portable like the experts' paths (a checkpoint may be committed and cloned)
+            "schema_version": SCHEMA_VERSION,
+            "path": portable_path(cfg.data.train_cache) if meta is not None else None,
+        },
         "run": run_dir.name,
         "scale": meta.scale if meta is not None else ensemble.scale,
         "submission": config_to_dict(cfg.submission),

@@ -21,11 +21,9 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from tqdm import tqdm
 
 from pipeline.core.config import ConfigError, apply_overrides, config_to_dict, load_yaml, save_config
 from pipeline.core.errors import ToolkitError
+from pipeline.core.locks import FileLock, LockedError
 from pipeline.training.checkpoint import prune_checkpoints
 from pipeline.training.config import LoopConfig
 from pipeline.training.ema import ModelEma
@@ -308,44 +307,40 @@ def prepare_run(
     return cfg, run_dir
 
 
-_LOCKS: dict[Path, Any] = {}  # run directory → its open, flock-ed .lock file (released by release_run or at exit)
+_LOCKS: dict[Path, FileLock] = {}  # run directory → its held .lock (released, and deleted, by release_run)
 _CREATED: set[Path] = set()  # run directories that prepare_run created in this process
 
 
 def _lock_run(run_dir: Path, prog: str) -> None:
     """One training process per run directory: a second one (a new run of the same name, or ``--resume`` of a run
-    that is still training) would interleave checkpoints and logs. The OS drops the lock when the process dies."""
+    that is still training) would interleave checkpoints and logs. The OS drops the lock when the process dies;
+    :func:`release_run` deletes the lock file."""
     run_dir.mkdir(parents=True, exist_ok=True)
     key = run_dir.resolve()
     if key in _LOCKS:
         return
-    fh = open(run_dir / ".lock", "a+")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
+        _LOCKS[key] = FileLock(run_dir / ".lock").acquire()
+    except LockedError as exc:
         raise RunError(
-            f"{run_dir} is being trained right now by {holder}: wait for it to finish or stop it first"
+            f"{run_dir} is being trained right now by {exc.holder}: wait for it to finish or stop it first"
         ) from None
-    fh.truncate(0)
-    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    fh.flush()
-    _LOCKS[key] = fh
 
 
 def release_run(run_dir: Path, *, discard: bool = False) -> None:
-    """Release the lock that :func:`prepare_run` took on ``run_dir`` (no-op if this process holds none).
-    ``discard``: the run failed before it saved anything — if this process created the directory and it holds no
-    checkpoint, it is removed (a refused or crashed new run leaves no half-made run folder behind)."""
+    """Release the lock that :func:`prepare_run` took on ``run_dir`` and delete its ``.lock`` (no-op if this
+    process holds none). ``discard``: the run failed before it saved anything — if this process created the
+    directory and it holds no checkpoint, it is removed (a refused or crashed new run leaves no half-made run folder
+    behind)."""
     key = run_dir.resolve()
-    fh = _LOCKS.pop(key, None)
-    if fh is not None:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-    if discard and key in _CREATED and run_dir.is_dir() and not (run_dir / "ckpt").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
+    lock = _LOCKS.pop(key, None)
+    try:
+        saved = run_dir / "ckpt"
+        if discard and key in _CREATED and run_dir.is_dir() and not any(saved.glob("step_*")):  # nothing saved
+            shutil.rmtree(run_dir, ignore_errors=True)  # still locked while it goes
+    finally:
+        if lock is not None:
+            lock.release()
     _CREATED.discard(key)
 
 
