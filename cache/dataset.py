@@ -23,7 +23,20 @@ from cache.reader import CacheReader
 from cache.schema import CacheMeta
 from pipeline.core.augment import AUGMENTATIONS, augment
 
-__all__ = ["CachedSRDataset", "CachedFullImageDataset", "crops_per_second", "mix_seed"]
+__all__ = ["SUBSET_SEED", "CachedSRDataset", "CachedFullImageDataset", "crops_per_second", "image_subset", "mix_seed"]
+
+SUBSET_SEED = 20261204  # fixed: the subsets of every size are nested (the first N of one permutation)
+
+
+def image_subset(total: int, count: int | None) -> list[int]:
+    """The indices (sorted) of ``count`` of a cache's ``total`` images: the first ``count`` of one fixed permutation,
+    so smaller subsets are contained in larger ones (learning curves); ``None``: every image."""
+    if count is None:
+        return list(range(total))
+    if not 1 <= count <= total:
+        raise ValueError(f"cannot take {count} of {total} images")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(SUBSET_SEED))
+    return sorted(int(i) for i in order[:count])
 
 
 class CachedSRDataset(Dataset):
@@ -37,23 +50,26 @@ class CachedSRDataset(Dataset):
         expect: CacheMeta | None = None,
         seed: int = 0,
         skip_small: bool = False,
+        images: int | None = None,
     ) -> None:
         """Random aligned ``patch``×``patch`` LR crops (and the matching SR/HR/feature crops) of a cache.
 
         An LR image smaller than the patch is an error, or — with ``skip_small`` — left out of sampling (named in
-        :attr:`skipped`; T91 has LR images from 19 px)."""
+        :attr:`skipped`; T91 has LR images from 19 px). ``images``: sample only that many of the cache's images
+        (:func:`image_subset`, nested across sizes)."""
         self.path = Path(path)
         self.reader = CacheReader(self.path, expect=expect)
         if not self.reader.has_hr:
             raise ValueError(f"{self.path}: training needs HR images, but this cache was extracted with --lr only")
-        small = [n for i, n in enumerate(self.reader.names) if min(self.reader.lr_size(i)) < patch]
+        subset = image_subset(len(self.reader), images)
+        small = [self.reader.names[i] for i in subset if min(self.reader.lr_size(i)) < patch]
         if small and not skip_small:
             raise ValueError(
                 f"{self.path}: {len(small)} LR image(s) are smaller than patch={patch}: {small[:5]} "
                 "(use a smaller patch, or skip_small / data.skip_small=true to leave them out)"
             )
         self.skipped = tuple(small)
-        self.images = [i for i, n in enumerate(self.reader.names) if n not in set(small)]  # sampled image indices
+        self.images = [i for i in subset if self.reader.names[i] not in set(small)]  # sampled image indices
         if not self.images:
             raise ValueError(f"{self.path}: every LR image is smaller than patch={patch}")
         if repeat < 1:

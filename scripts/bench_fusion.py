@@ -23,61 +23,26 @@ import argparse
 import dataclasses
 import functools
 import os
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.bench import peak_extra_memory_mib, timed
 from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import PHASE_SWITCHES, SCALE, FusionConfig, FusionNet, load_fusion_config
 
 REPO = Path(__file__).resolve().parents[1]
-SWITCHES = PHASE_SWITCHES
+SWITCHES = tuple(s for s in PHASE_SWITCHES if s != "set_gate")  # the set gate is off by default: nothing to remove
 EXPERTS = ("craft_x4.pth", "ditn_x4.pth", "span_ch28_x4.pth")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # measurement helpers
 # --------------------------------------------------------------------------------------------------------------------
-def timed(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """(median wall-clock seconds, median process CPU seconds) over ``repeats`` runs after ``warmup`` runs.
-
-    CPU time is the less contention-sensitive of the two when other processes share the cores (with 1 thread it is
-    close to the work done; with more threads it includes OpenMP spin-waiting)."""
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus)
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_extra_memory_mib(fn: Callable[[], object]) -> float | None:
-    """Peak resident memory above the level before ``fn`` (MiB), via Linux's resettable VmHWM; None if unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
-        before = _status_kib("VmRSS")
-    except (OSError, RuntimeError):
-        return None
-    fn()
-    return (_status_kib("VmHWM") - before) / 1024.0
-
-
 def variant_configs(base: FusionConfig, names: list[str]) -> list[tuple[str, str, FusionConfig]]:
     """(key, label, config) for "all_on" and for each phase name switched off."""
     out = []

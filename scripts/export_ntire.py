@@ -71,7 +71,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     args = ap.parse_args(argv)
     if args.method == "fusion" and args.run is None:
-        ap.error("--run is required (or --method mean|zzpm|blend|ensir --weights FILE --experts YAML)")
+        ap.error("--run is required (or --method METHOD --weights FILE --experts YAML)")
     if args.method != "fusion" and (args.weights is None or args.experts is None or args.run is not None):
         ap.error(f"--method {args.method} needs --weights (scripts/fit_ensembler.py) and --experts, and no --run")
 

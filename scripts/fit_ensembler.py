@@ -1,7 +1,8 @@
 """Fit a training-free ensembler on a training cache that holds HR (pipeline/inference/ensemblers.py) → a small JSON
 file.
 
-    python scripts/fit_ensembler.py caches/train.h5 --method blend|ensir|zzpm|mean --out fits/blend.json
+    python scripts/fit_ensembler.py caches/train.h5 --method blend|blend_reg|topk|ensir|zzpm|mean --out fits/X.json \
+        [--bin-width 32]
 
 The file records the experts' fingerprints: ``submit.py --method`` and ``compare_ensembles.py`` refuse it for other
 experts. Fit on training images only (e.g. the T91 + BSD200 cache), never on the set that will be scored.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pipeline.core.cli import run_cli
 from pipeline.core.outputs import check_output_file
-from pipeline.inference.ensemblers import METHODS, fit_on_cache, load, save
+from pipeline.inference.ensemblers import ENSIR_BIN_WIDTH, METHODS, describe, fit_on_cache, load, save
 
 
 def _ours(path: Path) -> bool:
@@ -34,15 +35,23 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("cache", type=Path, help="training cache with HR (scripts/extract_features.py --hr ...)")
     ap.add_argument("--method", required=True, choices=METHODS)
     ap.add_argument("--out", required=True, type=Path, help="the ensembler file (JSON)")
+    ap.add_argument(
+        "--bin-width",
+        type=int,
+        default=ENSIR_BIN_WIDTH,
+        help="EnsIR: intensity bin width on 0-255 (the LUT has (256/width)^E rows: 128 for 9-15 experts)",
+    )
+    ap.add_argument(
+        "--images", type=int, default=None, help="fit on this many of the cache's images (the data.images subset)"
+    )
     args = ap.parse_args(argv)
     check_output_file(args.out, ours=_ours, create_parents=True, label="--out")
     t0 = time.time()
-    ens = fit_on_cache(args.method, args.cache)
+    ens = fit_on_cache(args.method, args.cache, bin_width=args.bin_width, images=args.images)
     save(ens, args.out)
-    extra = f", weights {[round(float(w), 4) for w in ens.weights]}" if ens.weights is not None else ""
     print(
         f"fit_ensembler: {args.method} for experts {list(ens.expert_names)} fitted on {args.cache} in "
-        f"{time.time() - t0:.1f} s{extra} → {args.out}"
+        f"{time.time() - t0:.1f} s: {describe(ens)} → {args.out}"
     )
     return 0
 

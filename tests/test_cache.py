@@ -606,3 +606,14 @@ def test_repack_equals_extracting_with_that_layout_and_never_invents_data(tiny_s
     with pytest.raises(RepackError, match="not over its source"):
         repack(tmp_path / "full.h5", tmp_path / "full.h5", layout=lean)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_image_subsets_are_nested_and_fixed():
+    from cache.dataset import image_subset
+
+    assert image_subset(10, None) == list(range(10))
+    small, big = image_subset(291, 50), image_subset(291, 100)
+    assert len(small) == 50 and len(big) == 100 and set(small) <= set(big) and small == sorted(small)
+    assert image_subset(291, 50) == small  # the same subset every time
+    with pytest.raises(ValueError, match="cannot take"):
+        image_subset(10, 11)

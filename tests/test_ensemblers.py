@@ -321,3 +321,68 @@ def test_fit_on_cache_without_hr(tmp_path):
     with pytest.raises(EnsemblerError, match="no HR"):
         fit_on_cache("ensir", tmp_path / "lr_only.h5")
     assert fit_on_cache("zzpm", tmp_path / "lr_only.h5").method == "zzpm"
+
+
+# -------------------------------------------------------------------------------------------- top-k / blend_reg
+def _noisy_pool(n_images: int, *, seed: int = 7, e: int = 5, h: int = 20, w: int = 20):
+    """``e`` experts = HR + noise of growing strength (expert 0 best); images as (srs (1,E,3,h,w), hr)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_images):
+        hr = torch.rand(1, 3, h, w, generator=gen) * 0.6 + 0.2
+        noise = torch.randn(1, e, 3, h, w, generator=gen) * torch.linspace(0.02, 0.2, e).view(1, e, 1, 1, 1)
+        out.append((hr[:, None] + noise, hr))
+    return out
+
+
+def test_topk_takes_the_best_experts_by_training_psnr():
+    ens = fit("topk", _noisy_pool(4), experts=_fps(5), border=0)
+    w = ens.weights.tolist()
+    k = sum(1 for x in w if x)
+    assert 1 <= k < 5 and w[:k] == [1.0 / k] * k and w[k:] == [0.0] * (5 - k)  # the best first, the worst left out
+    srs, hr = _noisy_pool(1, seed=99)[0]
+    assert torch.allclose(apply(ens, srs), srs[:, :k].mean(1).clamp(0, 1))
+
+
+def test_blend_reg_cross_validates_towards_the_mean_on_few_noisy_images():
+    """Twelve comparable experts (a shared error plus a small error of their own, the same size for all: the mean is
+    the ideal blend) and a few tiny training images: the free least-squares blend fits the training noise, the
+    cross-validated regularised blend stays near the mean and is clearly better on new images."""
+
+    def pool(n, seed, h):
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for _ in range(n):
+            hr = torch.rand(1, 3, h, h, generator=gen) * 0.6 + 0.2
+            shared = torch.randn(1, 1, 3, h, h, generator=gen) * 0.05
+            own = torch.randn(1, 12, 3, h, h, generator=gen) * 0.05
+            out.append((hr[:, None] + shared + own, hr))
+        return out
+
+    train, test = pool(5, 3, 4), pool(10, 4, 16)
+    reg = fit("blend_reg", train, experts=_fps(12), border=0)
+    free = fit("blend", train, experts=_fps(12), border=0)
+    mean = fit("mean", [], experts=_fps(12))
+
+    def mse(ens):
+        return sum(float((rgb_to_y(apply(ens, s)) - rgb_to_y(h)).square().mean()) for s, h in test)
+
+    assert mse(reg) < 0.97 * mse(free)
+    assert mse(reg) < 1.02 * mse(mean)
+
+
+def test_blend_reg_candidates_include_the_simplex_and_cv_scores_every_form():
+    from pipeline.inference.ensemblers import _per_image_stats, blend_reg_candidates, cross_validate_blends
+
+    stats = _per_image_stats((srs, hr) for srs, hr in _noisy_pool(6))
+    scores = cross_validate_blends(stats)
+    assert set(scores) == {label for label, _ in blend_reg_candidates()} and "simplex" in scores
+    w = dict(blend_reg_candidates())["simplex"](stats[0])
+    assert float(w.min()) >= 0 and abs(float(w.sum()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["topk", "blend_reg"])
+def test_fixed_weight_methods_round_trip(tmp_path, method):
+    ens = fit(method, _noisy_pool(3), experts=_fps(5), border=0)
+    back = load(save(ens, tmp_path / "w.json"), experts=_fps(5))
+    assert back.method == method and torch.equal(back.weights, ens.weights)

@@ -276,3 +276,82 @@ def test_a_training_free_ensemble_exports_and_runs_isolated(tiny_compact_experts
         == 2
     )
     assert "was fitted with" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+CODE_ARCH = """
+import torch.nn.functional as F
+from torch import nn
+
+
+class TeamSR(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.head = nn.Conv2d(3, width, 3, padding=1)
+        self.tail = nn.Conv2d(width, 48, 3, padding=1)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.tail(F.relu(self.head(x))), 4) + F.interpolate(x, scale_factor=4.0)
+"""
+
+
+def test_an_export_of_code_file_experts_runs_isolated(lr_dir, tmp_path):
+    """Experts defined by a team's Python file: the export carries the file (pinned in SHA256SUMS and experts.yaml) and
+    the organisers' call imports it from model_zoo/ in a fresh interpreter, writing what submit.py --method writes."""
+    from experts.ensemble import ExpertEnsemble
+    from experts.loading import sha256_file
+    from pipeline.inference.ensemblers import fit, save
+
+    src = tmp_path / "team"
+    src.mkdir()
+    (src / "team_arch.py").write_text(CODE_ARCH)
+    ns: dict = {}
+    exec(compile(CODE_ARCH, "team_arch.py", "exec"), ns)
+    experts = []
+    for i, (name, width, data_range) in enumerate((("alpha", 8, 1), ("beta", 6, 255))):
+        torch.manual_seed(i)
+        weights = src / f"{name}.pth"
+        model = ns["TeamSR"](width=width)
+        torch.save({"params": {k: 0.1 * v for k, v in model.state_dict().items()}}, weights)
+        experts.append(
+            {
+                "name": name,
+                "checkpoint": str(weights),
+                "sha256": sha256_file(weights),
+                "scale": 4,
+                "trust_code": True,
+                "checkpoint_key": "params",
+                "code": {
+                    "file": str(src / "team_arch.py"),
+                    "sha256": sha256_file(src / "team_arch.py"),
+                    "class_name": "TeamSR",
+                    "kwargs": {"width": width},
+                    "data_range": data_range,
+                },
+            }
+        )
+    yaml_path = src / "experts.yaml"
+    yaml_path.write_text(yaml.safe_dump({"scale": 4, "experts": experts}))
+    fps = [fp.to_dict() for fp in ExpertEnsemble.from_yaml(yaml_path).fingerprints]
+    weights = save(fit("mean", [], experts=fps), tmp_path / "mean.json")
+    out = tmp_path / "ntire"
+    args = ["--team-id", "17", "--team-name", "Name", "--out", str(out), "--experts", str(yaml_path)]
+    assert export_ntire.main(["--method", "mean", "--weights", str(weights), *args]) == 0
+    zoo = out / "model_zoo" / PKG
+    assert sorted(str(p.relative_to(zoo)) for p in (zoo / "experts").iterdir()) == [
+        "experts/alpha.pth",
+        "experts/alpha.py",
+        "experts/beta.pth",
+        "experts/beta.py",
+    ]
+    assert "experts/alpha.py" in (zoo / "SHA256SUMS").read_text()
+    spec = yaml.safe_load((zoo / "experts.yaml").read_text())
+    assert [(e["code"]["file"], e["trust_code"]) for e in spec["experts"]] == [
+        ("experts/alpha.py", True),
+        ("experts/beta.py", True),
+    ]
+    shutil.rmtree(src / "__pycache__", ignore_errors=True)
+    run_isolated(out, lr_dir, tmp_path)
+    argv = ["--method", "mean", "--weights", str(weights), "--experts", str(yaml_path), "--input", str(lr_dir)]
+    assert submit.main([*argv, "--output", str(tmp_path / "sub")]) == 0
+    for name in ("0901x4.png", "0902x4.png"):
+        assert torch.equal(read_image(tmp_path / "sr" / name), read_image(tmp_path / "sub" / name))

@@ -26,6 +26,18 @@ Methods
     weights sum to. The E×E normal equations are accumulated in float64 image by image (streaming); the same fit as
     ``scripts/expert_baselines.py`` ``blend_weights`` and ``scripts/fit_gate_prior.py``.
 
+``topk``
+    The plain mean of the best ``k`` experts: experts ranked by their pooled training PSNR-Y, ``k`` the count whose
+    mean scores best on the training images (weights ``1/k`` on those, 0 elsewhere). With many comparable experts a
+    strong peer: it drops the weakest without fitting a weight per expert.
+
+``blend_reg``
+    A regularised fixed blend, chosen on the training images by 5-fold cross-validation over whole images among
+    ridge blends pulled towards the plain mean (``λ·tr(XᵀX)/E · ‖w − 1/E‖²``, λ on a log grid 1e-6 … 1) and the
+    simplex blend (``w ≥ 0``, ``Σw = 1``, least squares on the simplex). The least-squares ``blend`` fits E free
+    weights, which with many correlated experts overfit a few hundred images (it can fall below the plain mean);
+    the cross-validation picks the form that generalises, then it is refitted on every training image.
+
 ``ensir``
     EnsIR (Sun et al., "EnsIR: An Ensemble Algorithm for Image Restoration via Gaussian Mixture Models", NeurIPS
     2024, arXiv 2410.22959). Learned from the paper's abstract and figures and, for the details, from the authors'
@@ -59,7 +71,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,19 +88,26 @@ __all__ = [
     "ENSIR_MIN_PIXELS",
     "FORMAT",
     "FORMAT_VERSION",
+    "FITTED_METHODS",
+    "FIXED_WEIGHT_METHODS",
     "METHODS",
     "Ensembler",
     "EnsemblerError",
     "BlendStats",
     "apply",
     "blend_stats",
+    "describe",
     "fit",
     "fit_on_cache",
     "load",
     "save",
 ]
 
-METHODS = ("mean", "zzpm", "blend", "ensir")
+METHODS = ("mean", "zzpm", "blend", "topk", "blend_reg", "ensir")
+FIXED_WEIGHT_METHODS = ("blend", "topk", "blend_reg")  # Σ_e w_e·sr_e with fitted weights (E,)
+FITTED_METHODS = (*FIXED_WEIGHT_METHODS, "ensir")  # need a fitted file (scripts/fit_ensembler.py)
+RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # blend_reg's λ, relative to tr(XᵀX)/E
+CV_FOLDS = 5
 FORMAT = "sr-ensembler"
 FORMAT_VERSION = 1
 
@@ -136,12 +155,13 @@ class Ensembler:
         object.__setattr__(self, "experts", experts)
         e = len(experts)
         given = {k for k in ("weights", "bin_width", "lut", "global_weights") if getattr(self, k) is not None}
-        needed = {"mean": set(), "zzpm": set(), "blend": {"weights"}, "ensir": {"bin_width", "lut", "global_weights"}}
+        needed = {m: {"weights"} for m in FIXED_WEIGHT_METHODS}
+        needed.update({"mean": set(), "zzpm": set(), "ensir": {"bin_width", "lut", "global_weights"}})
         if given != needed[self.method]:
             raise EnsemblerError(
                 f"params: method {self.method!r} takes {sorted(needed[self.method])}, got {sorted(given)}"
             )
-        if self.method == "blend":
+        if self.method in FIXED_WEIGHT_METHODS:
             object.__setattr__(self, "weights", _as_param("weights", self.weights, (e,)))
         elif self.method == "ensir":
             bw = self.bin_width
@@ -216,7 +236,7 @@ def apply(ens: Ensembler, srs: torch.Tensor) -> torch.Tensor:
         out = srs.mean(dim=1)
     elif ens.method == "zzpm":
         out = torch.einsum("be,bechw->bchw", _zzpm_weights(srs).to(srs.dtype), srs)
-    elif ens.method == "blend":
+    elif ens.method in FIXED_WEIGHT_METHODS:
         out = torch.einsum("e,bechw->bchw", ens.weights.to(srs), srs)
     elif ens.method == "ensir":
         out = _ensir_apply(ens, srs)
@@ -281,6 +301,10 @@ def fit(
     pairs = _checked(samples, len(fps), border)
     if method == "blend":
         return Ensembler(method="blend", experts=fps, weights=_fit_blend(pairs))
+    if method == "topk":
+        return Ensembler(method="topk", experts=fps, weights=_fit_topk(_per_image_stats(pairs)))
+    if method == "blend_reg":
+        return Ensembler(method="blend_reg", experts=fps, weights=_fit_blend_reg(_per_image_stats(pairs)))
     if isinstance(bin_width, bool) or not isinstance(bin_width, int) or not 1 <= bin_width <= 256:
         raise EnsemblerError(f"bin_width: expected an integer in [1, 256], got {bin_width!r}")
     if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 1:
@@ -296,11 +320,14 @@ def fit_on_cache(
     border: int | None = None,
     bin_width: int = ENSIR_BIN_WIDTH,
     min_pixels: int = ENSIR_MIN_PIXELS,
+    images: int | None = None,
 ) -> Ensembler:
     """:func:`fit` on every whole image of a training cache that holds HR (``scripts/extract_features.py --hr``),
     for the cache's experts; ``border`` defaults to the cache's scale. A cache without HR is refused, except for
-    ``mean`` / ``zzpm``, which only record the experts."""
-    from cache.reader import CacheReader  # the cache layer comes after this one: imported only to fit
+    ``mean`` / ``zzpm``, which only record the experts. ``images``: fit on that many of them only, the subset a
+    training run with ``data.images`` samples (``cache.dataset.image_subset``)."""
+    from cache.dataset import image_subset  # the cache layer comes after this one: imported only to fit
+    from cache.reader import CacheReader
 
     reader = CacheReader(cache_path)
     try:
@@ -309,7 +336,8 @@ def fit_on_cache(
             raise EnsemblerError(
                 f"{cache_path}: holds no HR images (extracted without --hr): nothing to fit {method} against"
             )
-        samples = ((s.srs[None], s.hr[None]) for s in (reader.read(i) for i in range(len(reader))))
+        subset = image_subset(len(reader), images)
+        samples = ((s.srs[None], s.hr[None]) for s in (reader.read(i) for i in subset))
         return fit(
             method, samples, experts=reader.meta.experts, border=border, bin_width=bin_width, min_pixels=min_pixels
         )
@@ -390,6 +418,110 @@ def _fit_blend(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tens
     return torch.linalg.lstsq(
         stats.xtx.cpu(), stats.xty.cpu().unsqueeze(1), rcond=1e-12, driver="gelsd"
     ).solution.squeeze(1)
+
+
+def _per_image_stats(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[BlendStats]:
+    """One :class:`BlendStats` per image (the border is already cropped)."""
+    stats = []
+    for srs, hr in pairs:
+        for b in range(srs.shape[0]):
+            st = blend_stats([(srs[b : b + 1], hr[b : b + 1])], border=0)
+            if st.n:
+                stats.append(st)
+    if not stats:
+        raise EnsemblerError("no pixels to fit on (no samples, or every image within the border)")
+    return stats
+
+
+def _total(stats: Sequence[BlendStats]) -> BlendStats:
+    return BlendStats(
+        xtx=sum(s.xtx for s in stats),
+        xty=sum(s.xty for s in stats),
+        yty=sum(s.yty for s in stats),
+        n=sum(s.n for s in stats),
+    )
+
+
+def _fit_topk(stats: Sequence[BlendStats]) -> torch.Tensor:
+    """``1/k`` on the ``k`` experts of best pooled training PSNR, ``k`` the best-scoring count (ties: the smaller)."""
+    total = _total(stats)
+    e = total.xtx.shape[0]
+    eye = torch.eye(e, dtype=torch.float64)
+    order = sorted(range(e), key=lambda i: -total.pooled_psnr(eye[i]))
+    best_w, best_p = None, -math.inf
+    for k in range(1, e + 1):
+        w = torch.zeros(e, dtype=torch.float64)
+        w[order[:k]] = 1.0 / k
+        p = total.pooled_psnr(w)
+        if p > best_p + 1e-12:
+            best_w, best_p = w, p
+    return best_w
+
+
+def _ridge(st: BlendStats, lam: float) -> torch.Tensor:
+    e = st.xtx.shape[0]
+    reg = lam * float(torch.trace(st.xtx)) / e
+    prior = torch.full((e,), 1.0 / e, dtype=torch.float64)
+    return torch.linalg.solve(st.xtx + reg * torch.eye(e, dtype=torch.float64), st.xty + reg * prior)
+
+
+def _simplex(st: BlendStats, *, iters: int = 5000) -> torch.Tensor:
+    """Least squares on the probability simplex (``w ≥ 0``, ``Σw = 1``) by projected gradient descent with the exact
+    Euclidean projection (E ≤ a few dozen: an E×E problem)."""
+    a = st.xtx / st.n
+    b = st.xty / st.n
+    step = 1.0 / float(torch.linalg.eigvalsh(a)[-1])
+    w = torch.full_like(b, 1.0 / b.numel())
+    for _ in range(iters):
+        w_new = _project_simplex(w - step * (a @ w - b))
+        if float((w_new - w).abs().max()) < 1e-12:
+            return w_new
+        w = w_new
+    return w
+
+
+def _project_simplex(v: torch.Tensor) -> torch.Tensor:
+    u, _ = torch.sort(v, descending=True)
+    css = torch.cumsum(u, 0) - 1.0
+    ks = torch.arange(1, v.numel() + 1, dtype=v.dtype)
+    rho = int(torch.nonzero(u - css / ks > 0)[-1])
+    return torch.clamp(v - css[rho] / (rho + 1), min=0.0)
+
+
+def _mse(st: BlendStats, w: torch.Tensor) -> float:
+    return (float(w @ st.xtx @ w) - 2.0 * float(w @ st.xty) + st.yty) / st.n
+
+
+def blend_reg_candidates() -> list[tuple[str, Callable[[BlendStats], torch.Tensor]]]:
+    """blend_reg's candidate forms: ``(label, fit(stats) → w)``."""
+    forms: list[tuple[str, Callable[[BlendStats], torch.Tensor]]] = [
+        (f"ridge {lam:g}", lambda st, lam=lam: _ridge(st, lam)) for lam in RIDGE_GRID
+    ]
+    forms.append(("simplex", _simplex))
+    return forms
+
+
+def cross_validate_blends(stats: Sequence[BlendStats], *, folds: int = CV_FOLDS) -> dict[str, float]:
+    """Pooled held-out MSE of each :func:`blend_reg_candidates` form, folds over whole images (image ``i`` is in fold
+    ``i mod folds``)."""
+    k = min(folds, len(stats))
+    parts = [_total(stats[f::k]) for f in range(k)]
+    out = {}
+    for label, fit_form in blend_reg_candidates():
+        err = 0.0
+        for f in range(k):
+            train = _total([p for g, p in enumerate(parts) if g != f]) if k > 1 else parts[f]
+            w = fit_form(train)
+            err += _mse(parts[f], w) * parts[f].n
+        out[label] = err / sum(p.n for p in parts)
+    return out
+
+
+def _fit_blend_reg(stats: Sequence[BlendStats]) -> torch.Tensor:
+    """The :func:`blend_reg_candidates` form of lowest cross-validated MSE, refitted on every image."""
+    scores = cross_validate_blends(stats)
+    best = min(scores, key=scores.get)
+    return dict(blend_reg_candidates())[best](_total(stats))
 
 
 def _fit_ensir(
@@ -485,10 +617,24 @@ def _em_block(
 # --------------------------------------------------------------------------------------------------------------------
 # save / load
 # --------------------------------------------------------------------------------------------------------------------
+def describe(ens: Ensembler) -> str:
+    """One sentence on what ``ens`` computes (submission readme, tables)."""
+    w = [round(float(x), 4) for x in ens.weights] if ens.weights is not None else None
+    k = sum(1 for x in (w or []) if x)
+    return {
+        "mean": "the per-pixel mean",
+        "zzpm": "ZZPM (per-image softmax weights, NTIRE 2023)",
+        "blend": f"a fixed blend with least-squares weights {w}",
+        "topk": f"the mean of the best {k} experts (ranked on training images), weights {w}",
+        "blend_reg": f"a regularised fixed blend (cross-validated on training images), weights {w}",
+        "ensir": "EnsIR (per-intensity-bin weights by EM on a Gaussian mixture, NeurIPS 2024)",
+    }[ens.method]
+
+
 def save(ens: Ensembler, path: str | os.PathLike) -> Path:
     """Write ``ens`` to a small JSON file (atomically): format tag, method, expert fingerprints, parameters."""
     params: dict[str, Any] = {}
-    if ens.method == "blend":
+    if ens.method in FIXED_WEIGHT_METHODS:
         params = {"weights": ens.weights.tolist()}
     elif ens.method == "ensir":
         params = {"bin_width": ens.bin_width, "global_weights": ens.global_weights.tolist(), "lut": ens.lut.tolist()}

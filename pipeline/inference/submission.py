@@ -37,6 +37,7 @@ from pipeline.core.outputs import (
     is_marked,
 )
 from pipeline.inference.ensemblers import Ensembler
+from pipeline.inference.ensemblers import describe as describe_ensembler
 from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import (
     FusionPipeline,
@@ -220,14 +221,7 @@ def ensembler_method(
     ensemble: ExpertEnsemble, ens: Ensembler, *, regime: str = "none", device: str = "cpu", extra_data: bool = False
 ) -> SRMethod:
     experts = ", ".join(f"{fp.name} ({fp.architecture})" for fp in ensemble.fingerprints)
-    how = {
-        "mean": "the per-pixel mean",
-        "zzpm": "ZZPM (per-image softmax weights, NTIRE 2023)",
-        "blend": f"a fixed blend with least-squares weights {[round(float(w), 4) for w in ens.weights]}"
-        if ens.weights is not None
-        else "a fixed blend",
-        "ensir": "EnsIR (per-intensity-bin weights by EM on a Gaussian mixture, NeurIPS 2024)",
-    }[ens.method]
+    how = describe_ensembler(ens)
     description = f"Training-free ensemble of frozen experts {experts}: {how}; self-ensemble: {_REGIME_TEXT[regime]}."
     dev = torch.device(device)
 

@@ -62,12 +62,14 @@ from pipeline.model.blocks import (
     LaplacianEdgeEnhance2d,
     LRResidual2d,
     RefineCNN2d,
+    SetGate2d,
     load_balance_loss,
 )
 from pipeline.model.signals import gate_signals, num_gate_signals
 
 __all__ = [
     "SCALE",
+    "SetGateConfig",
     "InputsConfig",
     "FreqConfig",
     "CrossBandConfig",
@@ -181,6 +183,21 @@ class GatingConfig:
 
 
 @dataclass(frozen=True)
+class SetGateConfig:
+    """The gate for many comparable experts (pipeline/model/blocks/set_gate.py): one small network shared by every
+    expert predicts a zero-sum, per-pixel deviation from the fixed blend ``base``, so the untrained fusion is exactly
+    that blend and the parameter count does not grow with E. Replaces ``gating`` (which must then be off)."""
+
+    enabled: bool = False
+    channels: Width = 32
+    depth: Annotated[int, Range(ge=0, le=64)] = 3
+    # Fixed blend weights (any sign) the gates start at and deviate from — the best training-free peer fitted on the
+    # training cache (scripts/fit_ensembler.py --method blend_reg). None: the plain mean.
+    base: tuple[Annotated[float, Range(ge=-2, le=2)], ...] | None = None
+    signals: bool = False  # also feed each expert's LR-consistency error (pipeline/model/signals.py)
+
+
+@dataclass(frozen=True)
 class RefineConfig:
     enabled: bool = True
     blocks: Count = 1
@@ -213,6 +230,7 @@ PHASE_SWITCHES = (
     "fourier_unit",
     "hierarchical",
     "gating",
+    "set_gate",
     "refine",
     "lr_residual",
     "edge",
@@ -236,6 +254,7 @@ class FusionConfig:
     fourier_unit: FourierUnitConfig = field(default_factory=FourierUnitConfig)
     hierarchical: HierarchicalConfig = field(default_factory=HierarchicalConfig)
     gating: GatingConfig = field(default_factory=GatingConfig)
+    set_gate: SetGateConfig = field(default_factory=SetGateConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     lr_residual: LRResidualConfig = field(default_factory=LRResidualConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)
@@ -290,6 +309,11 @@ def validate_config(cfg: FusionConfig) -> None:
             raise ConfigError(f"gating.base must be {e} weights (one per expert), got {base}")
     if cfg.gating.signals and not cfg.gating.enabled:
         raise ConfigError("gating.signals needs gating.enabled")
+    sg = cfg.set_gate
+    if sg.enabled and (cfg.gating.enabled or cfg.start_expert is not None):
+        raise ConfigError("set_gate.enabled replaces the trunk gate: set gating.enabled=false and no start_expert")
+    if sg.base is not None and len(sg.base) != e:
+        raise ConfigError(f"set_gate.base must be {e} weights (one per expert), got {len(sg.base)}")
     for name, sub in (("cross_band", cfg.cross_band), ("cross_expert", cfg.cross_expert)):
         if sub.enabled and (sub.heads < 1 or cfg.token_channels % sub.heads):
             raise ConfigError(f"{name}.heads={sub.heads} must divide token_channels={cfg.token_channels}")
@@ -323,12 +347,21 @@ class FusionNet(nn.Module):
         cfg, c, t, e = config, config.width, config.token_channels, config.num_experts
         self.num_experts = e
 
-        self.embed = ExpertEmbed2d(
-            feat_channels=cfg.inputs.feat_channels,
-            channels=c,
-            token_channels=t,
-            feat_norm=cfg.inputs.feat_norm,
-            features=cfg.inputs.features,
+        # the LR trunk (expert tokens + x) feeds every phase but the set gate and the LR back-projection
+        trunk_users = (
+            "freq", "cross_band", "cross_expert", "fourier_unit", "hierarchical", "gating", "refine", "edge", "hessian"
+        )  # fmt: skip
+        needs_trunk = any(getattr(cfg, name).enabled for name in trunk_users)
+        self.embed = (
+            ExpertEmbed2d(
+                feat_channels=cfg.inputs.feat_channels,
+                channels=c,
+                token_channels=t,
+                feat_norm=cfg.inputs.feat_norm,
+                features=cfg.inputs.features,
+            )
+            if needs_trunk
+            else None
         )
 
         needs_guidance = cfg.cross_band.enabled or cfg.hierarchical.enabled
@@ -398,6 +431,14 @@ class FusionNet(nn.Module):
             if g.enabled
             else None
         )
+        sg = cfg.set_gate
+        self.set_gate = (
+            SetGate2d(
+                num_experts=e, base=sg.base, channels=sg.channels, depth=sg.depth, scale=SCALE, signals=sg.signals
+            )
+            if sg.enabled
+            else None
+        )
         # start_expert with gating: gates = mix·learned + (1−mix)·one_hot(start), mix a learnable scalar from 0
         self.start_mix = nn.Parameter(torch.zeros(())) if (cfg.start_expert is not None and g.enabled) else None
         self.hessian = (
@@ -458,6 +499,8 @@ class FusionNet(nn.Module):
         self._check_inputs(lr, srs, feats)
         if self.config.inputs.sr_dtype == "uint8":
             srs = quantize_8bit(srs)  # identical in training (a uint8 cache holds these levels) and at inference
+        if self.embed is None:  # nothing reads the trunk: the set gate (or the mean) and the LR back-projection only
+            return self._forward_without_trunk(lr, srs)
         sr_mean = srs.mean(dim=1)
         tokens, x = self.embed(lr, srs, sr_mean, feats)  # (B,E,T,H,W), (B,C,H,W)
 
@@ -482,7 +525,11 @@ class FusionNet(nn.Module):
         s1 = self.hierarchical.encode(x) if self.hierarchical is not None else x
         signals = gate_signals(lr, srs, scale=SCALE) if self.config.gating.signals else None  # (B,E+2,H,W)
         learned, difficulty = self.gating(s1, signals) if self.gating is not None else (None, None)
-        base, gates = self._base(srs, learned)
+        if self.set_gate is not None:
+            gates = self.set_gate(lr, srs)  # (B,E,4H,4W)
+            base = torch.einsum("behw,bechw->bchw", gates, srs)
+        else:
+            base, gates = self._base(srs, learned)
         lb_loss = load_balance_loss(gates) if self.gating is not None else lr.new_zeros(())
         res_scale = 2.0 * difficulty if difficulty is not None else None  # 1 at init
 
@@ -509,6 +556,19 @@ class FusionNet(nn.Module):
             load_balance_loss=lb_loss,
             stage_weights=stage_weights,
             dct_split=dct_split,
+        )
+
+    def _forward_without_trunk(self, lr: Tensor, srs: Tensor) -> FusionOutput:
+        if self.set_gate is not None:
+            gates = self.set_gate(lr, srs)  # (B,E,4H,4W)
+            sr = torch.einsum("behw,bechw->bchw", gates, srs)
+        else:
+            b, e, _, hh, ww = srs.shape
+            sr, gates = srs.mean(dim=1), srs.new_full((1, 1, 1, 1), 1.0 / e).expand(b, e, hh, ww)
+        if self.lr_residual is not None:
+            sr = self.lr_residual(lr, sr)
+        return FusionOutput(
+            sr=sr, gates=gates, difficulty=None, load_balance_loss=lr.new_zeros(()), stage_weights=None, dct_split=None
         )
 
     def forward(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor]) -> FusionOutput:

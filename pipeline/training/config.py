@@ -48,6 +48,9 @@ class DataConfig:
     patch: Annotated[int, Range(ge=8)] = 48  # LR patch side (HR/SR patches are scale × patch)
     batch_size: PosInt = 16  # per process
     skip_small: bool = False  # leave out training images whose LR is smaller than the patch (else an error)
+    # train on only this many of the cache's images (a fixed, nested subset: cache.dataset.image_subset) — learning
+    # curves; fit the blend the fusion starts from on the same subset (fit_ensembler.py --images N)
+    images: PosInt | None = None
     repeat: PosInt = 1
     num_workers: NonNegInt = 2
     augment: bool = True

@@ -63,6 +63,7 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
             augment=d.augment,
             seed=cfg.train.seed,
             skip_small=d.skip_small,
+            images=d.images,
         )
         if train_ds.skipped and rank == 0:
             print(

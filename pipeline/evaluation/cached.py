@@ -1,0 +1,73 @@
+"""Score fusion checkpoints and training-free ensemblers on a cached test set (no TTA) — without running the experts.
+
+A cache of a test set (``scripts/extract_features.py --hr SET --lr SET_LR``) holds every expert's SR image: any
+number of fusions trained for those experts, and any fitted ensembler, are scored from it in seconds — ablations,
+learning curves, recipes. Scores are the NTIRE ones (PSNR-Y / SSIM-Y, border = scale) of the 8-bit output, as
+submitted. The experts' SR is read as the cache stores it (8-bit levels in the default layout): a fusion with
+``model.inputs.sr_dtype=uint8`` sees exactly what it sees live, an ensembler sees the experts' 8-bit outputs (the
+×8 and float rows of ``compare_ensembles.py`` run the experts live instead).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from cache.reader import CacheReader
+from pipeline.core.errors import ToolkitError
+from pipeline.core.imageio import quantize_8bit
+from pipeline.core.metrics import psnr_y, ssim_y
+from pipeline.evaluation.compare import Row
+from pipeline.inference.ensemblers import Ensembler, apply
+from pipeline.model.fusion_net import FusionNet
+
+__all__ = ["CachedScoreError", "score_cached"]
+
+
+class CachedScoreError(ToolkitError, ValueError):
+    """The cache cannot be scored against (no HR), or a fusion was trained for other experts."""
+
+
+@torch.inference_mode()
+def score_cached(
+    cache_path: str | os.PathLike,
+    *,
+    fusions: Sequence[tuple[str, FusionNet, Sequence[dict]]] = (),
+    ensemblers: Sequence[Ensembler] = (),
+) -> list[Row]:
+    """Rows (regime ``none``) of every expert, every ensembler and every ``(label, fusion, its experts'
+    fingerprints)`` on the cache's images; per-image scores kept (:class:`pipeline.evaluation.compare.Row`)."""
+    reader = CacheReader(cache_path)
+    try:
+        if not reader.has_hr:
+            raise CachedScoreError(f"{cache_path}: holds no HR images: nothing to score against")
+        have = [(str(fp["name"]), str(fp["sha256"])) for fp in reader.meta.experts]
+        for label, _, fps in fusions:
+            want = [(str(fp["name"]), str(fp["sha256"])) for fp in fps]
+            if want != have:
+                raise CachedScoreError(f"fusion {label} was trained with experts {want}, {cache_path} holds {have}")
+        names = reader.meta.expert_names
+        rows: dict[str, Row] = {}
+        scale = reader.scale
+
+        def add(method: str, kind: str, sr: torch.Tensor, hr: torch.Tensor) -> None:
+            row = rows.setdefault(method, Row(regime="none", method=method, kind=kind, psnr=[], ssim=[]))
+            q = quantize_8bit(sr.clamp(0, 1))
+            row.psnr.append(float(psnr_y(q, hr, crop_border=scale)[0]))
+            row.ssim.append(float(ssim_y(q, hr, crop_border=scale)[0]))
+
+        for i in range(len(reader)):
+            s = reader.read(i)
+            lr, srs, hr = s.lr[None], s.srs[None], s.hr[None]  # (1,3,h,w), (1,E,3,H,W), (1,3,H,W)
+            for j, n in enumerate(names):
+                add(n, "expert", srs[:, j], hr)
+            for ens in ensemblers:
+                add(ens.method, "ensembler", apply(ens, srs), hr)
+            for label, fusion, _ in fusions:
+                feats = [f[None] for f in s.feats]
+                add(label, "fusion", fusion.forward_with_precomputed(lr, srs, feats).sr, hr)
+        return list(rows.values())
+    finally:
+        reader.close()

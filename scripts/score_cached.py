@@ -1,0 +1,91 @@
+"""Score fusion checkpoints and fitted ensemblers on a cached test set, without running the experts (no TTA).
+
+    python scripts/score_cached.py --cache caches/pool_set14.h5 --fusion runs/A runs/B [--which last|best] \\
+        [--ensemblers fits/pool_blend_reg.json ...] [--out results/set14_table] [--threads 2]
+
+Rows (pipeline/evaluation/cached.py): every expert, the mean, ZZPM, every ensembler file given (fitted for the
+cache's experts), and every fusion (a checkpoint, or a run's ``last`` / ``best`` checkpoint; labelled by its path);
+mean PSNR-Y / SSIM-Y of the 8-bit output, Δ vs the best expert, images below it. ``--out`` writes OUT.json and OUT.md.
+The experts' full ×8 comparison is ``compare_ensembles.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from cache.reader import CacheReader
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.cli import run_cli
+from pipeline.core.outputs import check_output_file
+from pipeline.evaluation.cached import score_cached
+from pipeline.evaluation.compare import summarise, table_markdown
+from pipeline.inference.ensemblers import fit, load
+from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        return "rows" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="score_cached.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--cache", required=True, type=Path, help="cache of a test set with HR")
+    ap.add_argument("--fusion", type=Path, nargs="*", default=[], help="fusion checkpoints or run directories")
+    ap.add_argument("--which", choices=("last", "best"), default="last", help="a run's checkpoint to score")
+    ap.add_argument("--ensemblers", type=Path, nargs="*", default=[], help="fitted ensembler files (JSON)")
+    ap.add_argument("--out", type=Path, default=None, help="OUT.json and OUT.md are written")
+    ap.add_argument("--title", default=None)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.out is not None:
+        out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
+        check_output_file(out_json, ours=_is_ours, create_parents=True, label="--out")
+        check_output_file(out_md, ours=lambda p: _is_ours(out_json), create_parents=True, label="--out")
+    reader = CacheReader(args.cache)
+    fps = list(reader.meta.experts)
+    reader.close()
+    peers = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps)]
+    peers += [load(p, experts=fps) for p in args.ensemblers]
+    fusions = []
+    for path in args.fusion:
+        ckpt = resolve_checkpoint(path, which=args.which)
+        verify_checksums(ckpt)
+        fusions.append((str(path), load_pretrained(ckpt), read_extra(ckpt).get("experts", [])))
+    rows = score_cached(args.cache, fusions=fusions, ensemblers=peers)
+    summary = summarise(rows)
+    title = args.title or args.cache.name
+    md = table_markdown(summary, title=f"{title} (no TTA, experts' 8-bit SR from the cache)")
+    if args.out is not None:
+        payload = {
+            "title": title,
+            "cache": str(args.cache),
+            "rows": summary,
+            "per_image_psnr": {r.method: r.psnr for r in rows},
+            "fusions": [str(p) for p in args.fusion],
+            "which": args.which,
+            "ensemblers": [str(p) for p in args.ensemblers],
+        }
+        atomic_write_text(out_json, json.dumps(payload, indent=1))
+        atomic_write_text(out_md, md)
+    print(md)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("score_cached", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
