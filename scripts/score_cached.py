@@ -1,7 +1,7 @@
 """Score fusion checkpoints and fitted ensemblers on a cached test set, without running the experts (no TTA).
 
     python scripts/score_cached.py --cache caches/pool_set14.h5 --fusion runs/A runs/B [--which last|best] \\
-        [--ensemblers fits/pool_blend_reg.json ...] [--out results/set14_table] [--threads 2]
+        [--ensemblers fits/pool_blend_reg.json ...] [--held-out-of N] [--out results/set14_table] [--threads 2]
 
 Rows (pipeline/evaluation/cached.py): every expert, the mean, ZZPM, every ensembler file given (fitted for the
 cache's experts), and every fusion (a checkpoint, or a run's ``last`` / ``best`` checkpoint; labelled by its path);
@@ -43,6 +43,13 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fusion", type=Path, nargs="*", default=[], help="fusion checkpoints or run directories")
     ap.add_argument("--which", choices=("last", "best"), default="last", help="a run's checkpoint to score")
     ap.add_argument("--ensemblers", type=Path, nargs="*", default=[], help="fitted ensembler files (JSON)")
+    ap.add_argument(
+        "--held-out-of",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a training cache: score only the images a run with data.images=N never saw",
+    )
     ap.add_argument("--out", type=Path, default=None, help="OUT.json and OUT.md are written")
     ap.add_argument("--title", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -63,7 +70,7 @@ def _main(argv: list[str] | None = None) -> int:
         ckpt = resolve_checkpoint(path, which=args.which)
         verify_checksums(ckpt)
         fusions.append((str(path), load_pretrained(ckpt), read_extra(ckpt).get("experts", [])))
-    rows = score_cached(args.cache, fusions=fusions, ensemblers=peers)
+    rows = score_cached(args.cache, fusions=fusions, ensemblers=peers, held_out_of=args.held_out_of)
     summary = summarise(rows)
     title = args.title or args.cache.name
     md = table_markdown(summary, title=f"{title} (no TTA, experts' 8-bit SR from the cache)")

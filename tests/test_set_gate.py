@@ -114,3 +114,21 @@ def test_set_gate_with_other_phases_uses_the_set_gate():
     out = model(lr, srs, [])
     assert model.embed is not None
     assert torch.allclose(out.sr, torch.einsum("e,bechw->bchw", torch.tensor([0.2, 0.3, 0.5]), srs), atol=1e-6)
+
+
+def test_the_experts_features_enter_through_a_projection_of_their_own():
+    widths = (6, 3, 9)
+    cfg = pool_config(3, base=(0.5, 0.3, 0.2))
+    cfg = dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, feat_channels=widths, features=True))
+    model = FusionNet(config=cfg)
+    lr, srs = inputs(3)
+    feats = [torch.randn(2, c, 6, 5) for c in widths]
+    with torch.no_grad():
+        out = model(lr, srs, feats)
+        assert torch.allclose(out.sr, torch.einsum("e,bechw->bchw", torch.tensor([0.5, 0.3, 0.2]), srs), atol=1e-6)
+        perturb(model)
+        a = model(lr, srs, feats).sr
+        b = model(lr, srs, [f + torch.randn_like(f) for f in feats]).sr
+    assert float((a - b).abs().max()) > 1e-6  # the features are read
+    with pytest.raises(ValueError, match="expected 3"):
+        model(lr, srs, feats[:2])

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from cache.dataset import image_subset
 from cache.reader import CacheReader
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
@@ -36,9 +37,12 @@ def score_cached(
     *,
     fusions: Sequence[tuple[str, FusionNet, Sequence[dict]]] = (),
     ensemblers: Sequence[Ensembler] = (),
+    held_out_of: int | None = None,
 ) -> list[Row]:
     """Rows (regime ``none``) of every expert, every ensembler and every ``(label, fusion, its experts'
-    fingerprints)`` on the cache's images; per-image scores kept (:class:`pipeline.evaluation.compare.Row`)."""
+    fingerprints)`` on the cache's images; per-image scores kept (:class:`pipeline.evaluation.compare.Row`).
+    ``held_out_of``: only the images *outside* the nested subset of that size (``cache.dataset.image_subset``) — the
+    training images a run with ``data.images`` = that size never saw: a held-out split of the training cache."""
     reader = CacheReader(cache_path)
     try:
         if not reader.has_hr:
@@ -58,7 +62,13 @@ def score_cached(
             row.psnr.append(float(psnr_y(q, hr, crop_border=scale)[0]))
             row.ssim.append(float(ssim_y(q, hr, crop_border=scale)[0]))
 
-        for i in range(len(reader)):
+        indices = range(len(reader))
+        if held_out_of is not None:
+            seen = set(image_subset(len(reader), held_out_of))
+            indices = [i for i in indices if i not in seen]
+            if not indices:
+                raise CachedScoreError(f"{cache_path}: no image is held out of a subset of {held_out_of}")
+        for i in indices:
             s = reader.read(i)
             lr, srs, hr = s.lr[None], s.srs[None], s.hr[None]  # (1,3,h,w), (1,E,3,H,W), (1,3,H,W)
             for j, n in enumerate(names):

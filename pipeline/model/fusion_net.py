@@ -195,6 +195,8 @@ class SetGateConfig:
     # training cache (scripts/fit_ensembler.py --method blend_reg). None: the plain mean.
     base: tuple[Annotated[float, Range(ge=-2, le=2)], ...] | None = None
     signals: bool = False  # also feed each expert's LR-consistency error (pipeline/model/signals.py)
+    # with model.inputs.features=true, each expert's hooked feature enters the gate projected to this many channels
+    feat_dim: Width = 8
 
 
 @dataclass(frozen=True)
@@ -434,7 +436,14 @@ class FusionNet(nn.Module):
         sg = cfg.set_gate
         self.set_gate = (
             SetGate2d(
-                num_experts=e, base=sg.base, channels=sg.channels, depth=sg.depth, scale=SCALE, signals=sg.signals
+                num_experts=e,
+                base=sg.base,
+                channels=sg.channels,
+                depth=sg.depth,
+                scale=SCALE,
+                signals=sg.signals,
+                feat_channels=cfg.inputs.feat_channels if cfg.inputs.features else None,
+                feat_dim=sg.feat_dim,
             )
             if sg.enabled
             else None
@@ -500,7 +509,7 @@ class FusionNet(nn.Module):
         if self.config.inputs.sr_dtype == "uint8":
             srs = quantize_8bit(srs)  # identical in training (a uint8 cache holds these levels) and at inference
         if self.embed is None:  # nothing reads the trunk: the set gate (or the mean) and the LR back-projection only
-            return self._forward_without_trunk(lr, srs)
+            return self._forward_without_trunk(lr, srs, feats)
         sr_mean = srs.mean(dim=1)
         tokens, x = self.embed(lr, srs, sr_mean, feats)  # (B,E,T,H,W), (B,C,H,W)
 
@@ -526,7 +535,7 @@ class FusionNet(nn.Module):
         signals = gate_signals(lr, srs, scale=SCALE) if self.config.gating.signals else None  # (B,E+2,H,W)
         learned, difficulty = self.gating(s1, signals) if self.gating is not None else (None, None)
         if self.set_gate is not None:
-            gates = self.set_gate(lr, srs)  # (B,E,4H,4W)
+            gates = self.set_gate(lr, srs, feats)  # (B,E,4H,4W)
             base = torch.einsum("behw,bechw->bchw", gates, srs)
         else:
             base, gates = self._base(srs, learned)
@@ -558,9 +567,9 @@ class FusionNet(nn.Module):
             dct_split=dct_split,
         )
 
-    def _forward_without_trunk(self, lr: Tensor, srs: Tensor) -> FusionOutput:
+    def _forward_without_trunk(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor]) -> FusionOutput:
         if self.set_gate is not None:
-            gates = self.set_gate(lr, srs)  # (B,E,4H,4W)
+            gates = self.set_gate(lr, srs, feats)  # (B,E,4H,4W)
             sr = torch.einsum("behw,bechw->bchw", gates, srs)
         else:
             b, e, _, hh, ww = srs.shape

@@ -15,7 +15,9 @@ pixel-unshuffled HR detail (``s²`` sub-pixels per LR pixel), the logits are pix
 Inputs per LR pixel (``s = scale``): the expert's luma deviation from the blend (``s²`` channels, ×``gain``), and
 shared by all experts: the experts' spread (RMS deviation, ``s²``), the blend's detail (its ``s²`` sub-pixels less
 their mean) and the LR's luma; with ``signals``, each expert's LR-consistency error
-(:func:`pipeline.model.signals.lr_consistency`, log grey levels).
+(:func:`pipeline.model.signals.lr_consistency`, log grey levels); with ``feat_channels``, each expert's hooked
+feature, layer-normalised and projected to ``feat_dim`` channels by a 1×1 convolution of its own (the only
+per-expert weights: the widths differ between experts).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.model.blocks.layer_norm2d import LayerNorm2d
 from pipeline.model.signals import lr_consistency
 
 __all__ = ["SetGate2d", "luma"]
@@ -52,6 +55,8 @@ class SetGate2d(nn.Module):
         depth: int,
         scale: int = 4,
         signals: bool = False,
+        feat_channels: Sequence[int] | None = None,
+        feat_dim: int = 8,
         gain: float = 32.0,
     ) -> None:
         super().__init__()
@@ -64,7 +69,15 @@ class SetGate2d(nn.Module):
         self.signals = signals
         self.gain = gain
         sub = scale * scale
-        own = sub + (1 if signals else 0)
+        if feat_channels is not None:
+            if len(feat_channels) != num_experts or min(feat_channels, default=1) < 1:
+                raise ValueError(f"feat_channels must be {num_experts} positive widths, got {feat_channels}")
+            self.feat_proj = nn.ModuleList(
+                nn.Sequential(LayerNorm2d(channels=c), nn.Conv2d(c, feat_dim, 1)) for c in feat_channels
+            )
+        else:
+            self.feat_proj = None
+        own = sub + (1 if signals else 0) + (feat_dim if feat_channels is not None else 0)
         shared = 2 * sub + 1
         self.inp = nn.Conv2d(own + shared, channels, 3, padding=1)
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(depth))
@@ -73,7 +86,8 @@ class SetGate2d(nn.Module):
         nn.init.zeros_(self.head.weight)  # δ = 0: the untrained gate is the base blend, exactly
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, lr: Tensor, srs: Tensor) -> Tensor:
+    def forward(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor] | None = None) -> Tensor:
+        """``feats``: E tensors ``(B,C_e,H,W)``, read only when built with ``feat_channels``."""
         b, e, _, hh, ww = srs.shape
         if e != self.num_experts:
             raise ValueError(f"SetGate2d was built for {self.num_experts} experts, got srs with {e}")
@@ -87,6 +101,11 @@ class SetGate2d(nn.Module):
         if self.signals:
             cons = torch.log1p(255.0 * lr_consistency(srs.detach(), lr, scale=s)).reshape(b * e, 1, h, w)
             own = torch.cat([own, cons.to(own.dtype)], dim=1)
+        if self.feat_proj is not None:
+            if feats is None or len(feats) != e:
+                raise ValueError(f"SetGate2d reads the experts' features: expected {e} maps")
+            proj = torch.stack([p(f.to(own.dtype)) for p, f in zip(self.feat_proj, feats, strict=True)], dim=1)
+            own = torch.cat([own, proj.reshape(b * e, -1, h, w)], dim=1)
         spread = F.pixel_unshuffle(dev.square().mean(dim=1, keepdim=True).sqrt(), s) * self.gain  # (B,s²,H,W)
         detail = F.pixel_unshuffle(y_base, s)
         detail = (detail - detail.mean(dim=1, keepdim=True)) * (self.gain / 4)

@@ -1,0 +1,86 @@
+"""The comparable-experts fusion's tools on tiny experts: scoring fusions and ensemblers on a cached test set
+(score_cached.py, a held-out split of a training cache), and the learning curve (nested subsets: peers fitted and the
+set gate trained on each, scored against the peers of the same subset)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import program
+
+from cache.dataset import image_subset
+
+extract_features = program("extract_features")
+score_cached = program("score_cached")
+learning_curve = program("learning_curve")
+fit_ensembler = program("fit_ensembler")
+
+OFF = ("freq", "cross_band", "cross_expert", "fourier_unit", "hierarchical", "gating", "refine", "lr_residual", "edge")
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_compact_experts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(tiny_compact_experts["hr"])]
+    assert extract_features.main([*args, "--out", str(root / "c.h5")]) == 0
+    return root
+
+
+def set_gate_config(root, cache) -> str:
+    cfg = {
+        "model": {
+            **{k: {"enabled": False} for k in (*OFF, "hessian")},
+            "set_gate": {"enabled": True, "channels": 4, "depth": 1, "signals": True},
+        },
+        "data": {"train_cache": str(cache), "patch": 16, "batch_size": 2, "num_workers": 0},
+        "train": {"runs_dir": str(root / "runs"), "steps": 2, "warmup_steps": 1, "ckpt_every": 2, "threads": 1},
+    }
+    path = root / "pool.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_learning_curve_and_cached_scores(tiny_cache, tmp_path, capsys):
+    cache = tiny_cache / "c.h5"
+    config = set_gate_config(tmp_path, cache)
+    out = tmp_path / "lc"
+    argv = [config, "--sizes", "3", "6", "--score", str(cache), "--runs-prefix", "lc", "--fits-dir", str(tmp_path)]
+    assert learning_curve.main([*argv, "--out", str(out)]) == 0
+    points = json.loads(out.with_suffix(".json").read_text())["points"]
+    assert [p["images"] for p in points] == [3, 6]
+    for p in points:
+        assert p["best_peer"] in ("mean", "zzpm", "blend", "blend_reg", "topk")
+        assert abs(p["gain"] - (p["fusion"] - p["best_peer_psnr"])) < 1e-9
+    run3 = tmp_path / "runs" / "lc_3"
+    saved = yaml.safe_load((run3 / "config.yaml").read_text())
+    assert saved["data"]["images"] == 3 and len(saved["model"]["set_gate"]["base"]) == 2
+    capsys.readouterr()
+
+    # the run trained on 3 images, scored on the 3 it never saw, next to the ensemblers
+    weights = tmp_path / "blend.json"
+    assert fit_ensembler.main([str(cache), "--method", "blend_reg", "--images", "3", "--out", str(weights)]) == 0
+    table = tmp_path / "held"
+    args = ["--cache", str(cache), "--fusion", str(run3), "--ensemblers", str(weights), "--held-out-of", "3"]
+    assert score_cached.main([*args, "--out", str(table)]) == 0
+    payload = json.loads(table.with_suffix(".json").read_text())
+    methods = {r["method"]: r for r in payload["rows"]}
+    assert {"noisy", "calm", "mean", "zzpm", "blend_reg", str(run3)} <= set(methods)
+    assert all(r["images"] == 3 for r in methods.values())
+    assert sorted(set(range(6)) - set(image_subset(6, 3))) and "| none | blend_reg |" in capsys.readouterr().out
+
+
+def test_score_cached_refuses_a_fusion_of_other_experts(tiny_cache, trained_run, tmp_path, capsys):
+    from pipeline.evaluation.cached import CachedScoreError
+    from pipeline.evaluation.cached import score_cached as score
+    from pipeline.model.io import load_pretrained, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(trained_run, which="last")
+    fusion = load_pretrained(ckpt)
+    with pytest.raises(CachedScoreError, match="was trained with experts"):
+        score(tiny_cache / "c.h5", fusions=[("x", fusion, [{"name": "other", "sha256": "0" * 64}])])
+    with pytest.raises(CachedScoreError, match="no image is held out"):
+        score(tiny_cache / "c.h5", held_out_of=6)
+    assert torch.get_num_threads() >= 1
