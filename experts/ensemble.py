@@ -114,12 +114,11 @@ class ExpertEnsemble:
 
     @property
     def min_lr_size(self) -> int:
-        """Smallest LR side every expert accepts (spandrel's size requirements; HR-space experts scale it down)."""
-        need = 1
-        for e in self.experts:
-            req = getattr(e.size_requirements, "minimum", 0) or 0
-            need = max(need, -(-int(req) // e.in_factor))
-        return need
+        """Smallest LR side every expert runs on: 1. Each expert pads its input up to its size requirements (reflect,
+        then replicate beyond what reflection allows — spandrel's rule, ``experts/padding.py``) and crops the result
+        back, so a spandrel ``minimum`` or a code expert's ``min_size`` is never a limit on the input (a 1×1 LR runs;
+        tests/test_cli_errors.py)."""
+        return 1
 
     def __len__(self) -> int:
         return len(self.experts)

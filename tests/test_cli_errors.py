@@ -16,7 +16,7 @@ import yaml
 from conftest import program, run_main
 
 from experts import run as experts_run
-from pipeline.core.imageio import write_image
+from pipeline.core.imageio import read_image, write_image
 from pipeline.model.io import resolve_checkpoint
 
 train_mod = program("train")
@@ -123,16 +123,21 @@ def test_extract_features_lr_bad_folder_names_the_nested_folder(tiny_compact_exp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
 
 
-def test_submit_lists_the_too_small_image_with_the_others_in_one_pass(bad_folder, tmp_path, capsys):
-    """Issue 29 item 3: the bundled fusion's experts need LR sides >= 16 — known once they are loaded — and the 1×1
-    image is reported in the same run as the unreadable files and the nested folder, not in the next one."""
+def test_submit_lists_every_bad_input_in_one_pass_and_runs_a_1x1_image(bad_folder, tmp_path, capsys):
+    """Issue 29 item 3: every bad input is reported in one run. A 1×1 LR is not one of them: every expert pads its input
+    to its size requirements (reflect, then replicate) and crops back, so the bundled fusion super-resolves it."""
     out = tmp_path / "o" / "sub.v1"
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "fusion_zoo_small"
     code = submit.main(["--run", str(ckpt), "--input", str(bad_folder), "--output", str(out), "--zip"])
     err = capsys.readouterr().err
-    _assert_refused(code, err, (*UNREADABLE, "sub", "one.png"))
-    assert "smaller than the experts' minimum LR side 16" in err
+    _assert_refused(code, err, (*UNREADABLE, "sub"))
+    assert "one.png" not in err
     assert not (tmp_path / "o").exists()  # the folder the run claimed is gone again
+    one = tmp_path / "one"
+    one.mkdir()
+    write_image(one / "one.png", torch.rand(1, 3, 1, 1))
+    assert submit.main(["--run", str(ckpt), "--input", str(one), "--output", str(tmp_path / "sr")]) == 0
+    assert read_image(tmp_path / "sr" / "one.png").shape == (1, 3, 4, 4)
 
 
 def test_experts_run_bad_folder(tiny_compact_experts, bad_folder, tmp_path, capsys):
