@@ -1,8 +1,9 @@
 """Cost of one training step of the set-gate fusion (configs/train/fusion_esr_pool.yaml's model) against the number
-of experts: E = 3, 11, 20 by default.
+of experts: E = 3, 11, 20 by default, each expert with a hooked feature map of --feat-channels channels (the pool's
+widths are 20-48; 0 = SR outputs only).
 
     python scripts/bench_set_gate.py [--config configs/train/fusion_esr_pool.yaml] [--experts 3 11 20] \\
-        [--batch 12 --crop 24] [--repeats 5] [--threads 2]
+        [--batch 12 --crop 24] [--repeats 5] [--threads 2] [--feat-channels 32]
 
 For each E: parameters (the same for every E: one network is shared by all experts), FLOPs of one forward+backward
 (torch.utils.flop_counter), the median wall/CPU time of one training step (forward, Y-MSE, backward, AdamW) on random
@@ -28,10 +29,17 @@ from pipeline.training.losses import mse_y_loss
 REPO = Path(__file__).resolve().parents[1]
 
 
-def step_fn(model: FusionNet, opt: torch.optim.Optimizer, lr: torch.Tensor, srs: torch.Tensor, hr: torch.Tensor):
+def step_fn(
+    model: FusionNet,
+    opt: torch.optim.Optimizer,
+    lr: torch.Tensor,
+    srs: torch.Tensor,
+    feats: list[torch.Tensor],
+    hr: torch.Tensor,
+):
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = mse_y_loss(model(lr, srs, []).sr, hr)
+        loss = mse_y_loss(model(lr, srs, feats).sr, hr)
         loss.backward()
         opt.step()
 
@@ -48,6 +56,12 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=24, help="LR crop side")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--feat-channels",
+        type=int,
+        default=32,
+        help="width of each expert's hooked feature map (0: SR outputs only, model.inputs.features=false)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     base_cfg = load_fusion_config(args.config)
@@ -55,7 +69,9 @@ def _main(argv: list[str] | None = None) -> int:
     for e in args.experts:
         cfg = dataclasses.replace(
             base_cfg,
-            inputs=dataclasses.replace(base_cfg.inputs, feat_channels=(0,) * e),
+            inputs=dataclasses.replace(
+                base_cfg.inputs, features=args.feat_channels > 0, feat_channels=(args.feat_channels,) * e
+            ),
             set_gate=dataclasses.replace(base_cfg.set_gate, base=None),
         )
         torch.manual_seed(0)
@@ -65,16 +81,18 @@ def _main(argv: list[str] | None = None) -> int:
         lr = torch.rand(b, 3, p, p)
         srs = torch.rand(b, e, 3, SCALE * p, SCALE * p)
         hr = torch.rand(b, 3, SCALE * p, SCALE * p)
-        step = step_fn(model, opt, lr, srs, hr)
+        feats = [torch.rand(b, args.feat_channels, p, p) for _ in range(e)] if args.feat_channels else []
+        step = step_fn(model, opt, lr, srs, feats, hr)
         with FlopCounterMode(display=False) as counter:
-            mse_y_loss(model(lr, srs, []).sr, hr).backward()
+            mse_y_loss(model(lr, srs, feats).sr, hr).backward()
         wall, cpu = timed(step, repeats=args.repeats)
         mem = peak_extra_memory_mib(step)
         rows.append((e, sum(q.numel() for q in model.parameters()), counter.get_total_flops() / 1e9, wall, cpu, mem))
     first = rows[0]
     print(
         f"set-gate fusion ({args.config.name}), one training step at batch {args.batch} of {args.crop}² LR crops, "
-        f"{args.threads} threads"
+        f"{args.threads} threads, hooked features {args.feat_channels or 'off'}"
+        + (f" ({args.feat_channels} channels per expert)" if args.feat_channels else "")
     )
     head = f"| E | parameters | GFLOP / step | s / step (wall) | s / step (CPU) | peak extra MiB | × E={first[0]} "
     print(head + "(FLOP, wall, MiB) |")

@@ -1,8 +1,8 @@
 """The project's committed artefacts agree with each other and with the recipe that made them.
 
 experts/zoo/* (weights, sha256 pins, model cards, the training stages in config.json against
-configs/experts/zoo_recipe.yaml, which scripts/reproduce_zoo.sh runs), checkpoints/fusion_zoo_small and
-checkpoints/fusion_craft_ditn_span (the experts they were trained on = the pinned ones) — and, with ../shared, every
+configs/experts/zoo_recipe.yaml, which scripts/reproduce_zoo.sh runs), checkpoints/fusion_zoo_small,
+checkpoints/fusion_craft_ditn_span and checkpoints/fusion_esr_pool (the experts they were trained on = the pinned ones) — and, with ../shared, every
 model card's Set5 score measured again."""
 
 from __future__ import annotations
@@ -75,11 +75,12 @@ def test_a_recipe_stage_cannot_set_what_the_stage_sets_itself_or_break_the_shell
         load_zoo_recipe(path)
 
 
-def test_committed_real_fusion_is_its_recipes_model():
-    """checkpoints/fusion_craft_ditn_span holds the model configs/train/fusion_craft_ditn_span.yaml trains (the
-    recipe and the weights cannot drift apart unnoticed)."""
-    recipe = load_run_config(REPO / "configs" / "train" / "fusion_craft_ditn_span.yaml")
-    assert load_pretrained(REPO / "checkpoints" / "fusion_craft_ditn_span").config == recipe.model
+@pytest.mark.parametrize("name", ["fusion_craft_ditn_span", "fusion_esr_pool"])
+def test_committed_real_fusion_is_its_recipes_model(name):
+    """checkpoints/NAME holds the model configs/train/NAME.yaml trains (the recipe and the weights cannot drift
+    apart unnoticed)."""
+    recipe = load_run_config(REPO / "configs" / "train" / f"{name}.yaml")
+    assert load_pretrained(REPO / "checkpoints" / name).config == recipe.model
 
 
 @pytest.mark.parametrize("name", list(load_zoo_recipe(RECIPE).experts))
@@ -109,6 +110,7 @@ def test_zoo_expert_is_pinned_and_was_trained_by_the_shipped_recipe(name):
     [
         ("fusion_zoo_small", "zoo_small.yaml"),
         ("fusion_craft_ditn_span", "shared_real.yaml"),
+        ("fusion_esr_pool", "esr_pool.yaml"),
     ],
 )
 def test_committed_fusions_were_trained_on_the_pinned_experts(checkpoint, experts):
