@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pipeline.core.cli import run_cli
 from pipeline.core.outputs import check_output_file
-from pipeline.inference.ensemblers import ENSIR_BIN_WIDTH, METHODS, describe, fit_on_cache, load, save
+from pipeline.evaluation.cached import fit_on_cache
+from pipeline.inference.ensemblers import ENSIR_BIN_WIDTH, METHODS, describe, load, save
 
 
 def _ours(path: Path) -> bool:

@@ -25,8 +25,8 @@ from cache.reader import CacheReader
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli, run_program
 from pipeline.core.outputs import check_output_file
-from pipeline.evaluation.cached import score_cached
-from pipeline.inference.ensemblers import fit, fit_on_cache, load, save
+from pipeline.evaluation.cached import fit_on_cache, score_cached
+from pipeline.inference.ensemblers import fit, load, save
 from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
 from pipeline.training.config import load_run_config
 
