@@ -30,7 +30,7 @@ from spandrel import SizeRequirements
 from torch import nn
 
 from experts.loading import ExpertLoadError, LoadedModel, jsonable, read_state_dict, sha256_file
-from experts.spec import ExpertSpec, resolve_checkpoint, resolve_code_file
+from experts.spec import ExpertSpec, resolve_code_file, resolve_expert_checkpoint
 
 __all__ = ["CODE_TAG", "import_code_file", "load_code_model"]
 
@@ -127,7 +127,7 @@ def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tupl
     digest = sha256_file(file)
     if digest != code.sha256:
         raise ExpertLoadError(f"{file}: sha256 {digest} differs from the pinned code.sha256 {code.sha256}")
-    ckpt = resolve_checkpoint(spec, root)
+    ckpt = resolve_expert_checkpoint(spec, root)
     if not ckpt.is_file():
         raise ExpertLoadError(f"{ckpt}: checkpoint file not found (expert {spec.name!r})")
     weights_digest = sha256_file(ckpt)

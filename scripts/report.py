@@ -43,7 +43,7 @@ from pipeline.report.analyse import (
     find_metrics_csv,
     write_report,
 )
-from pipeline.report.html import MetricsError, read_metrics_csv
+from pipeline.report.page import MetricsError, read_metrics_csv
 from pipeline.report.visual import expert_colours
 
 

@@ -349,9 +349,9 @@ def test_lock_release_deletes_the_file_and_a_racing_holder_of_the_old_file_retri
 # ---------------------------------------------------------------------------------------------------------------------
 # item 8: locks removed on a clean exit; the cache lock taken before the experts load; the missing folder named
 # ---------------------------------------------------------------------------------------------------------------------
-def test_no_lock_file_is_left_after_a_finished_run_and_cache(trained_run):
+def test_no_lock_file_is_left_after_a_finished_run_and_cache(trained_run, tiny_cache):
     assert not (trained_run / ".lock").exists()
-    assert not list(trained_run.parents[1].glob("*.lock*"))  # c.h5.lock.rank0 beside the cache
+    assert not list(tiny_cache.parent.glob("*.lock*"))  # c.h5.lock.rank0 beside the cache
 
 
 def test_a_locked_cache_is_refused_before_the_experts_load(tiny_compact_experts, tmp_path, capsys, monkeypatch):

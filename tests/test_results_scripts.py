@@ -176,26 +176,10 @@ def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
     assert whole.n == 2 * 16 * 12 and stats.n == 2 * 12 * 8
 
 
-def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_compact_experts, tmp_path, capsys):
-    extract_features = program("extract_features")
+def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_cache, tmp_path, capsys):
     fit_gate_prior = program("fit_gate_prior")
 
-    cache = tmp_path / "c.h5"
-    assert (
-        extract_features.main(
-            [
-                "--threads",
-                "1",
-                "--experts",
-                str(tiny_compact_experts["yaml"]),
-                "--hr",
-                str(tiny_compact_experts["hr"]),
-                "--out",
-                str(cache),
-            ]
-        )
-        == 0
-    )
+    cache = tiny_cache
     capsys.readouterr()
     assert fit_gate_prior.main([str(cache)]) == 0
     out = capsys.readouterr().out

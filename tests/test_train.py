@@ -33,33 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(tiny_compact_experts, tmp_path_factory) -> Path:
-    extract_features = program("extract_features")
-
-    out = tmp_path_factory.mktemp("train_cache") / "train.h5"
-    threads = torch.get_num_threads()
-    try:
-        assert (
-            extract_features.main(
-                [
-                    "--threads",
-                    "1",
-                    "--experts",
-                    str(tiny_compact_experts["yaml"]),
-                    "--hr",
-                    str(tiny_compact_experts["hr"]),
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
-@pytest.fixture(scope="module")
 def lean_cache(tiny_compact_experts, tmp_path_factory) -> Path:
     """The tiny experts' cache without features and with 8-bit SR images (the leanest layout)."""
     out = tmp_path_factory.mktemp("lean_cache") / "lean.h5"

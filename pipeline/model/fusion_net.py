@@ -29,7 +29,7 @@ nearly all the work runs at LR resolution (the HR stages are 8-channel and the g
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -84,7 +84,6 @@ __all__ = [
     "FusionConfig",
     "FusionOutput",
     "FusionNet",
-    "LiveFusion",
     "load_fusion_config",
     "validate_config",
 ]
@@ -582,25 +581,3 @@ class FusionNet(nn.Module):
 
     def forward(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor]) -> FusionOutput:
         return self.forward_with_precomputed(lr, srs, feats)
-
-
-EnsembleFn = Callable[[Tensor], tuple[Tensor, Sequence[Tensor]]]
-
-
-class LiveFusion(nn.Module):
-    """Inference wrapper: run an expert ensemble live, then fuse. ``forward(lr) -> FusionOutput``.
-
-    ``ensemble`` is any callable ``lr (B,3,H,W) -> (srs (B,E,3,4H,4W), feats [E×(B,C_e,H,W)])`` (duck-typed, e.g.
-    the experts package's ExpertEnsemble); it runs under ``torch.no_grad`` (the experts are frozen). If it is an
-    ``nn.Module`` it is registered as a submodule (``.to()`` / ``.eval()`` reach it) — save only ``.fusion``.
-    """
-
-    def __init__(self, *, fusion: FusionNet, ensemble: EnsembleFn) -> None:
-        super().__init__()
-        self.fusion = fusion
-        self.ensemble = ensemble
-
-    def forward(self, lr: Tensor) -> FusionOutput:
-        with torch.no_grad():
-            srs, feats = self.ensemble(lr)
-        return self.fusion.forward_with_precomputed(lr, srs, list(feats))
