@@ -38,7 +38,8 @@ class Program:
 
 
 def program(name: str) -> Program:
-    """``program("submit")`` → scripts/submit.py; ``program("train")`` → train.py."""
+    """``program("submit")`` → scripts/submit.py; ``program("research/ablation")`` → scripts/research/ablation.py;
+    ``program("train")`` → train.py."""
     return Program("train.py" if name == "train" else f"scripts/{name}.py")
 
 

@@ -1,5 +1,6 @@
-"""scripts/ablation.py: every variant trains with its switches on the same data and budget, is scored once with its
-final weights, a finished variant is not retrained, and the table compares against the default and the best expert."""
+"""scripts/research/ablation.py: every variant trains with its switches on the same data and budget, is scored once
+with its final weights, a finished variant is not retrained, and the table compares against the default and the best
+expert."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from conftest import REPO_ROOT, program, run_main
 
 from pipeline.training.ablation import VARIANTS
 
-ablation = program("ablation")
+ablation = program("research/ablation")
 
 
 def test_ablation_trains_each_variant_once_and_tabulates(tiny_cache, tmp_path, capsys):

@@ -13,8 +13,8 @@ from conftest import program
 
 from cache.dataset import image_subset
 
-score_cached = program("score_cached")
-learning_curve = program("learning_curve")
+score_cached = program("research/score_cached")
+learning_curve = program("research/learning_curve")
 fit_ensembler = program("fit_ensembler")
 
 OFF = ("freq", "cross_band", "cross_expert", "fourier_unit", "hierarchical", "gating", "refine", "lr_residual", "edge")

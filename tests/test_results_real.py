@@ -1,7 +1,7 @@
 """The committed fusion of the real experts (checkpoints/fusion_craft_ditn_span) beats CRAFT, its best expert, on
 Set5 — measured through the user-facing path: scripts/submit.py writes the PNGs, scripts/evaluate.py scores them.
 
-docs/RESULTS.md has the full table (Set5, Set14, BSD100; scripts/reproduce_results.sh). The CRAFT reference is
+docs/RESULTS.md has the full table (Set5, Set14, BSD100; scripts/research/reproduce_results.sh). The CRAFT reference is
 BasicSR's own number from ../shared/golden (the experts' per-image scores are checked against it in
 tests/test_experts_real.py).
 """

@@ -1,5 +1,5 @@
-"""scripts/expert_baselines.py (plain mean, per-pixel and block oracles, least-squares blend) and
-scripts/results_table.py."""
+"""scripts/research/expert_baselines.py (plain mean, per-pixel and block oracles, least-squares blend) and
+scripts/research/results_table.py."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pipeline.evaluation import baselines
 from pipeline.evaluation.scoring import pair_images, score_fidelity
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 
-expert_baselines = program("expert_baselines")
-results_table = program("results_table")
+expert_baselines = program("research/expert_baselines")
+results_table = program("research/results_table")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,7 @@ def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
 
 
 def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_cache, tmp_path, capsys):
-    fit_gate_prior = program("fit_gate_prior")
+    fit_gate_prior = program("research/fit_gate_prior")
 
     cache = tiny_cache
     capsys.readouterr()

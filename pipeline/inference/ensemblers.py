@@ -25,7 +25,7 @@ Methods
     (BT.601, :func:`pipeline.core.metrics.rgb_to_y`) on the experts' Y over every training pixel (border cropped),
     fitted on ``Y − 16``: that is linear in RGB, so the Y of the RGB blend is exactly the fitted one whatever the
     weights sum to. The E×E normal equations are accumulated in float64 image by image (streaming); the same fit as
-    ``scripts/expert_baselines.py`` ``blend_weights`` and ``scripts/fit_gate_prior.py``.
+    ``scripts/research/expert_baselines.py`` ``blend_weights`` and ``scripts/research/fit_gate_prior.py``.
 
 ``topk``
     The plain mean of the best ``k`` experts: experts ranked by their pooled training PSNR-Y, ``k`` the count whose

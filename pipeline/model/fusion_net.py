@@ -170,7 +170,8 @@ class GatingConfig:
     temperature: PosFloat = 1.0
     learnable_temperature: bool = False
     # Initial gate of each expert (positive, summing to 1): the untrained fusion is then this fixed blend instead of
-    # the plain mean — e.g. the least-squares blend of the training cache (scripts/fit_gate_prior.py). None: uniform.
+    # the plain mean — e.g. the least-squares blend of the training cache (scripts/research/fit_gate_prior.py).
+    # None: uniform.
     prior: tuple[PosFloat, ...] | None = None
     # Fixed blend weights (any sign) the gates deviate from additively instead of a softmax: gates = base + a learned
     # deviation that starts at 0 and sums to 0 over the experts, so the untrained fusion is exactly this blend — e.g.

@@ -1,7 +1,7 @@
 """Cost of one training step of the set-gate fusion (configs/train/fusion_esr_pool.yaml's model) against the number
 of experts: E = 3, 11, 20 by default.
 
-    python scripts/bench_set_gate.py [--config configs/train/fusion_esr_pool.yaml] [--experts 3 11 20] \\
+    python scripts/bench/bench_set_gate.py [--config configs/train/fusion_esr_pool.yaml] [--experts 3 11 20] \\
         [--batch 12 --crop 24] [--repeats 5] [--threads 2]
 
 For each E: parameters (the same for every E: one network is shared by all experts), FLOPs of one forward+backward
@@ -25,7 +25,7 @@ from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import SCALE, FusionNet, load_fusion_config
 from pipeline.training.losses import mse_y_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def step_fn(model: FusionNet, opt: torch.optim.Optimizer, lr: torch.Tensor, srs: torch.Tensor, hr: torch.Tensor):
