@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from experts.ensemble import ExpertEnsemble
 from experts.loading import sha256_file
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 from pipeline.core.imageio import read_image, scan_image_folder
 from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_file
@@ -59,7 +58,9 @@ def _is_ours(path: Path) -> bool:
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="compare_ensembles.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("compare_ensembles.py"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--experts", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
     ap.add_argument("--hr", required=True, type=Path, help="HR folder of the test set")
@@ -138,7 +139,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("compare_ensembles", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

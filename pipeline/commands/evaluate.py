@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 from pipeline.core.outputs import check_output_file
 from pipeline.evaluation.perceptual import (
     FETCH_HINT,
@@ -61,7 +60,10 @@ def _epilog() -> str:
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="evaluate.py", description=__doc__, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("evaluate.py"),
+        description=__doc__,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--sr", required=True, type=Path, help="folder of super-resolved images")
     ap.add_argument("--hr", required=True, type=Path, help="folder of ground-truth HR images")
@@ -135,7 +137,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("evaluate", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -112,7 +112,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("export_ntire", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from cache.extract import extract, verify
 from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 
 
 def verify_cache(path: Path) -> int:
@@ -57,7 +56,9 @@ def verify_cache(path: Path) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="extract_features.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("extract_features.py"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--experts", type=Path, help="expert ensemble YAML (configs/experts/*.yaml)")
     ap.add_argument("--hr", type=Path, nargs="+", default=[], help="HR image folder(s), e.g. T91 BSD200")
@@ -124,7 +125,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("extract_features", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,11 +11,10 @@ experts. Fit on training images only (e.g. the T91 + BSD200 cache), never on the
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 from pipeline.core.outputs import check_output_file
 from pipeline.evaluation.cached import fit_on_cache
 from pipeline.inference.ensemblers import ENSIR_BIN_WIDTH, METHODS, describe, load, save
@@ -31,7 +30,7 @@ def _ours(path: Path) -> bool:
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="fit_ensembler.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("fit_ensembler.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("cache", type=Path, help="training cache with HR (scripts/extract_features.py --hr ...)")
     ap.add_argument("--method", required=True, choices=METHODS)
@@ -59,7 +58,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("fit_ensembler", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,13 +11,12 @@ folder must be new, empty or one this script made (it leaves a hidden ``.sr-fusi
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 from pipeline.core.imageio import read_image, scan_image_folder, write_image
 from pipeline.core.outputs import OutputPathError, check_output_dir, claim_output_dir, is_marked
 from pipeline.core.resize import make_lr
@@ -25,7 +24,7 @@ from pipeline.core.resize import make_lr
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="make_lr.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("make_lr.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--hr", required=True, type=Path, help="folder of HR images (png/jpg/bmp/tif)")
     ap.add_argument("--out", required=True, type=Path, help="output folder for {stem}x{scale}.png")
@@ -55,7 +54,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("make_lr", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

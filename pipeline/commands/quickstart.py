@@ -25,6 +25,7 @@ script made, or an empty one, is ever deleted).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import sys
@@ -33,11 +34,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.cli import run_cli, run_program
+from experts.spec import REPO_ROOT
+from pipeline.core.cli import call_main, run_cli
 from pipeline.core.errors import ToolkitError
 from pipeline.core.sample_photos import write_samples
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT  # the repository, or the installed package's site-packages (configs/, checkpoints/ ride along)
 BUNDLED_EXPERTS = REPO / "configs" / "experts" / "zoo_small.yaml"
 BUNDLED_FUSION = REPO / "checkpoints" / "fusion_zoo_small"
 FINETUNE_CONFIG = REPO / "configs" / "train" / "quickstart.yaml"
@@ -74,9 +76,10 @@ def write_photos(out: Path, names: tuple[str, ...], max_side: int) -> Path:
 
 
 def call(stage: str, program: str, argv: list[str]) -> None:
-    """Run one of the toolkit's commands (``program``: its file, relative to the repository) in this process, as
-    ``python program argv`` would; a non-zero exit stops the quickstart naming the stage."""
-    code = run_program(REPO / program, argv)
+    """Run one of the toolkit's commands (``program``: its module in pipeline/commands/) in this process, as
+    ``sr-fusion`` / ``python scripts/PROGRAM.py argv`` would; a non-zero exit stops the quickstart naming the stage."""
+    main = importlib.import_module(f"pipeline.commands.{program}").main
+    code = call_main(main, argv)
     if code != 0:
         raise QuickstartError(f"stage '{stage}' failed ({code}); its command: {' '.join(argv)}")
 
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
         lr_dir = out / "data" / "test_lr"
         call(
             "lr",
-            "scripts/make_lr.py",
+            "make_lr",
             ["--hr", str(hr_src), "--out", str(lr_dir), "--hr-out", str(hr_dir), "--scale", "4"],
         )
     else:
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     cache = out / "cache" / "train.h5"
     call(
         "cache",
-        "scripts/extract_features.py",
+        "extract_features",
         [
             "--experts",
             str(experts),
@@ -197,14 +200,14 @@ def run(args: argparse.Namespace) -> dict:
         f"train.device={device}",
     ]
     overrides.append(f"train.init_from={init}" if init is not None else "train.lr=5e-4")
-    call("finetune", "train.py", [str(FINETUNE_CONFIG), *overrides])
+    call("finetune", "train", [str(FINETUNE_CONFIG), *overrides])
     run_dir = out / "runs" / "finetune"
 
     stage(5, "submit", "challenge submission (PNG per LR input + readme.txt + zip)")
     sub = out / "submission"
     call(
         "submit",
-        "scripts/submit.py",
+        "submit",
         [
             "--run",
             str(run_dir),
@@ -224,14 +227,14 @@ def run(args: argparse.Namespace) -> dict:
     scores_json = out / "scores.json"
     call(
         "evaluate",
-        "scripts/evaluate.py",
+        "evaluate",
         ["--sr", str(sub), "--hr", str(hr_dir), "--scale", "4", "--json", str(scores_json)],
     )
 
     stage(7, "report", "HTML report")
     call(
         "report",
-        "scripts/report.py",
+        "report",
         [
             "--run",
             str(run_dir),
@@ -320,7 +323,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("quickstart", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 from pipeline.inference.ensemblers import FITTED_METHODS, METHODS, fit
 from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import expert_spec_from_yaml, load_pipeline
@@ -73,7 +72,7 @@ def load_refiner(path: Path, overrides: list[str]):
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("submit.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
         "--method",
@@ -167,7 +166,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("submit", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 from pipeline.training.config import check_run_inputs, legacy_run_overrides, load_run_config
 from pipeline.training.fusion import train
 from pipeline.training.loop import add_run_arguments, execute_run, run_arguments
@@ -33,7 +32,7 @@ from pipeline.training.loop import add_run_arguments, execute_run, run_arguments
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("train.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_run_arguments(ap, example="configs/fusion.yaml")
     args = run_arguments(ap, argv)
@@ -55,7 +54,3 @@ def _main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``train.py`` with the toolkit's error handling: input and config errors are one line and exit status 2."""
     return run_cli("train", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
