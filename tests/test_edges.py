@@ -256,6 +256,7 @@ def _dump_cache(path: Path) -> dict[str, list[torch.Tensor]]:
     return {name: [s.lr, s.hr, s.srs] for name, s in ((n, r.read(i)) for i, n in enumerate(r.names))}
 
 
+@pytest.mark.slow  # ~10 s: extracts twice
 def test_extract_onto_a_full_file_system_is_one_line_then_resumes_identically(
     tiny_compact_experts, tiny_tmpfs, tmp_path
 ):
@@ -406,6 +407,7 @@ def test_no_committed_checkpoint_or_config_names_a_machine_path():
     assert found == []
 
 
+@pytest.mark.slow  # ~11 s: a fresh interpreter in a copy
 def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_path):
     """The code, the bundled fusion and its experts copied to a new folder (a clone elsewhere: its own REPO_ROOT);
     submit.py --run checkpoints/fusion_zoo_small finds its experts in the clone by their recorded relative paths —
