@@ -86,7 +86,9 @@ def _build(path: Path, module: types.ModuleType, class_name: str, kwargs: dict) 
         with contextlib.redirect_stdout(sys.stderr):
             return cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 — the user's constructor
-        raise ExpertLoadError(f"{path}: {class_name}(**{_short(kwargs)}) failed: {type(exc).__name__}: {_short(exc)}")
+        raise ExpertLoadError(
+            f"{path}: {class_name}(**{_short(kwargs)}) failed: {type(exc).__name__}: {_short(exc)}"
+        ) from exc
 
 
 def _load_strict(model: nn.Module, path: Path, *, key: str | None) -> None:
@@ -178,7 +180,9 @@ def _check_scale(model: nn.Module, ckpt: Path, *, scale: int, data_range: float,
         with torch.inference_mode():
             out = model(x)
     except Exception as exc:  # noqa: BLE001 — the user's forward
-        raise ExpertLoadError(f"{ckpt}: a dry run on a {a}x{a} input failed: {type(exc).__name__}: {_short(exc)}")
+        raise ExpertLoadError(
+            f"{ckpt}: a dry run on a {a}x{a} input failed: {type(exc).__name__}: {_short(exc)}"
+        ) from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != 3:
         shape = tuple(getattr(out, "shape", ()))
         raise ExpertLoadError(f"{ckpt}: the model returned {type(out).__name__} {shape}, expected (B,3,H,W) RGB")
