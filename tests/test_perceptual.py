@@ -481,6 +481,7 @@ def test_pyiqa_reads_the_standins(standin_run):
     assert "missing" in no_ref and "refs/main holding <commit>" in no_ref
 
 
+@pytest.mark.slow  # shares the ~27 s standin_run fixture
 def test_weight_table_matches_installed_pyiqa(standin_run):
     """The files pipeline.evaluation.perceptual checks are the ones pyiqa 0.1.16 / torchvision / timm load by
     default."""
