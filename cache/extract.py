@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from cache.schema import EXTRACT_LAYOUT, SELF_ENSEMBLE_KEY, CacheLayout, CacheMe
 from cache.writer import CacheWriter, check_cache_out, data_dir_of, encode_srs, lock_cache, part_path, wipe_cache
 from experts.ensemble import ExpertEnsemble
 from experts.spec import EnsembleSpec, load_ensemble_spec
+from pipeline.core.distributed import setup_distributed
 from pipeline.core.errors import BadInputsError, ToolkitError
 from pipeline.core.imageio import (
     ImageReadError,
@@ -153,15 +153,6 @@ def load_pair(job: Job, scale: int, min_lr: int) -> tuple[torch.Tensor, torch.Te
     return lr, hr
 
 
-def dist_setup() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def extract(
     *,
     experts: Path,
@@ -180,7 +171,7 @@ def extract(
     skipped inputs with their reasons); the names are rank 0's (other ranks get an empty list). ``layout`` says
     whether the hooked features are stored and at what precision the SR images are (:class:`CacheLayout`)."""
     check_cache_out(out)  # before anything is read or written: never replace a file that is not a cache
-    rank, world, local_rank = dist_setup()
+    rank, world, local_rank = setup_distributed()
     lock = None
     writer = None
     try:

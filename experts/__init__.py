@@ -14,7 +14,14 @@ from experts.ensemble import EnsembleOutput, ExpertEnsemble
 from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
 from experts.hooks import FeatureHooks, HookError, default_hook_layers
 from experts.loading import ExpertLoadError, read_state_dict
-from experts.spec import REPO_ROOT, EnsembleSpec, ExpertSpec, load_ensemble_spec, resolve_checkpoint, with_devices
+from experts.spec import (
+    REPO_ROOT,
+    EnsembleSpec,
+    ExpertSpec,
+    load_ensemble_spec,
+    resolve_expert_checkpoint,
+    with_devices,
+)
 from experts.tiling import tile_spans, tiled_forward
 
 __all__ = [
@@ -34,7 +41,7 @@ __all__ = [
     "load_ensemble_spec",
     "load_expert",
     "read_state_dict",
-    "resolve_checkpoint",
+    "resolve_expert_checkpoint",
     "tile_spans",
     "tiled_forward",
     "with_devices",

@@ -30,7 +30,7 @@ from spandrel import SizeRequirements
 from torch import nn
 
 from experts.loading import ExpertLoadError, LoadedModel, jsonable, read_state_dict, sha256_file
-from experts.spec import ExpertSpec, resolve_checkpoint, resolve_code_file
+from experts.spec import ExpertSpec, resolve_code_file, resolve_expert_checkpoint
 
 __all__ = ["CODE_TAG", "import_code_file", "load_code_model"]
 
@@ -86,7 +86,9 @@ def _build(path: Path, module: types.ModuleType, class_name: str, kwargs: dict) 
         with contextlib.redirect_stdout(sys.stderr):
             return cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 — the user's constructor
-        raise ExpertLoadError(f"{path}: {class_name}(**{_short(kwargs)}) failed: {type(exc).__name__}: {_short(exc)}")
+        raise ExpertLoadError(
+            f"{path}: {class_name}(**{_short(kwargs)}) failed: {type(exc).__name__}: {_short(exc)}"
+        ) from exc
 
 
 def _load_strict(model: nn.Module, path: Path, *, key: str | None) -> None:
@@ -127,7 +129,7 @@ def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tupl
     digest = sha256_file(file)
     if digest != code.sha256:
         raise ExpertLoadError(f"{file}: sha256 {digest} differs from the pinned code.sha256 {code.sha256}")
-    ckpt = resolve_checkpoint(spec, root)
+    ckpt = resolve_expert_checkpoint(spec, root)
     if not ckpt.is_file():
         raise ExpertLoadError(f"{ckpt}: checkpoint file not found (expert {spec.name!r})")
     weights_digest = sha256_file(ckpt)
@@ -178,7 +180,9 @@ def _check_scale(model: nn.Module, ckpt: Path, *, scale: int, data_range: float,
         with torch.inference_mode():
             out = model(x)
     except Exception as exc:  # noqa: BLE001 — the user's forward
-        raise ExpertLoadError(f"{ckpt}: a dry run on a {a}x{a} input failed: {type(exc).__name__}: {_short(exc)}")
+        raise ExpertLoadError(
+            f"{ckpt}: a dry run on a {a}x{a} input failed: {type(exc).__name__}: {_short(exc)}"
+        ) from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != 3:
         shape = tuple(getattr(out, "shape", ()))
         raise ExpertLoadError(f"{ckpt}: the model returned {type(out).__name__} {shape}, expected (B,3,H,W) RGB")

@@ -39,7 +39,7 @@ from experts.loading import (
     sha256_file,
 )
 from experts.padding import pad_to_requirements
-from experts.spec import ExpertSpec, portable_path, resolve_checkpoint
+from experts.spec import ExpertSpec, portable_path, resolve_expert_checkpoint
 from experts.tiling import tiled_forward
 
 __all__ = ["Expert", "ExpertFingerprint", "GradMode", "grad_context", "load_expert"]
@@ -279,7 +279,7 @@ def load_expert(
     if spec.code is not None:
         loaded, path, digest = load_code_model(spec, root=root)
     else:
-        path = resolve_checkpoint(spec, root)
+        path = resolve_expert_checkpoint(spec, root)
         state = read_state_dict(path, key=spec.checkpoint_key)
         digest = sha256_file(path)
         if spec.sha256 is not None and digest != spec.sha256:

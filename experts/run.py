@@ -23,7 +23,7 @@ from tqdm import tqdm
 from experts.ensemble import ExpertEnsemble
 from experts.spec import load_ensemble_spec, with_devices
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import program_name, run_cli
 from pipeline.core.config import ConfigError
 from pipeline.core.imageio import read_image, scan_images, write_image
 from pipeline.core.outputs import OutputPathError, check_output_dir, claim_output_dir, is_marked, mark_output_dir
@@ -44,7 +44,9 @@ def parse_device_map(items: list[str]) -> dict[str, str]:
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m experts.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("python -m experts.run"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--config", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
     ap.add_argument("--input", required=True, type=Path, help="folder of LR images")

@@ -38,7 +38,7 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
 
 Relative checkpoint paths are resolved against the repository root (the folder holding ``experts/``), never
 against the current directory, so a config means the same thing wherever a command is started; pass an explicit
-``root`` to :func:`resolve_checkpoint` (CLI: ``--root``) to resolve them elsewhere. Absolute paths are kept.
+``root`` to :func:`resolve_expert_checkpoint` (CLI: ``--root``) to resolve them elsewhere. Absolute paths are kept.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ __all__ = [
     "input_source",
     "load_ensemble_spec",
     "portable_path",
-    "resolve_checkpoint",
+    "resolve_expert_checkpoint",
     "resolve_code_file",
     "resolve_path",
     "with_devices",
@@ -261,14 +261,14 @@ def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None
     return Path(os.path.relpath(p, base)).as_posix()
 
 
-def resolve_checkpoint(spec: ExpertSpec, root: str | os.PathLike | None = None) -> Path:
+def resolve_expert_checkpoint(spec: ExpertSpec, root: str | os.PathLike | None = None) -> Path:
     """The checkpoint path of ``spec``: absolute paths as they are, relative ones against ``root`` (default: the
     repository root, :data:`REPO_ROOT`)."""
     return resolve_path(spec.checkpoint, root)
 
 
 def resolve_code_file(spec: ExpertSpec, root: str | os.PathLike | None = None) -> Path:
-    """The model file of a code expert (resolved like :func:`resolve_checkpoint`)."""
+    """The model file of a code expert (resolved like :func:`resolve_expert_checkpoint`)."""
     if spec.code is None:
         raise ValueError(f"expert {spec.name!r} is not defined by a code file")
     return resolve_path(spec.code.file, root)

@@ -30,6 +30,7 @@ from experts.architectures import build_architecture, count_parameters
 from experts.loading import ExpertLoadError, jsonable, read_state_dict
 from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.config import ConfigError, read_format_json
+from pipeline.core.state_dict import StateDictMismatch, load_state_dict_strict
 
 __all__ = [
     "CONFIG_NAME",
@@ -94,20 +95,14 @@ def load_weights_strict(model: nn.Module, path: str | os.PathLike, *, key: str |
     ``model`` strictly; a missing file or a missing / extra / mis-shaped tensor is an ExpertLoadError naming it."""
     p = Path(path)
     state = read_state_dict(p, key=key)  # ExpertLoadError "<path>: checkpoint file not found" when absent
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ExpertLoadError(
-            f"{p}: the weights do not fit {type(model).__name__} built from the config: missing {missing[:6]}, "
-            f"unexpected {unexpected[:6]}, shape mismatches {mismatched[:6]}"
+
+    def error(m: StateDictMismatch) -> ExpertLoadError:
+        return ExpertLoadError(
+            f"{p}: the weights do not fit {type(model).__name__} built from the config: missing {m.missing[:6]}, "
+            f"unexpected {m.unexpected[:6]}, shape mismatches {m.mismatched[:6]}"
         )
-    model.load_state_dict(state, strict=True)
+
+    load_state_dict_strict(model, state, error)
     return model
 
 

@@ -27,7 +27,8 @@ fusion network; validation.py; export.py: the zoo entry and its model card).
   ``DIR/model.safetensors`` + ``config.json`` + ``expert.yaml`` (a one-expert YAML pinning sha256 and
   hyper-parameters) + ``MODEL_CARD.md`` (data, steps, validation PSNR measured through the expert loader).
   Resuming is bit-identical on the CPU (on GPUs, kernels and the CUDA RNG are not made deterministic).
-* One process (CPU threads: ``train.threads``, or one GPU); seconds per step of configs: scripts/bench_train_expert.py.
+* One process (CPU threads: ``train.threads``, or one GPU); seconds per step of configs:
+  scripts/bench/bench_train_expert.py.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ class Program:
 
 
 def program(name: str) -> Program:
-    """``program("submit")`` → scripts/submit.py; ``program("train")`` → train.py."""
+    """``program("submit")`` → scripts/submit.py; ``program("research/ablation")`` → scripts/research/ablation.py;
+    ``program("train")`` → train.py."""
     return Program("train.py" if name == "train" else f"scripts/{name}.py")
 
 
@@ -120,58 +121,47 @@ def tiny_compact_experts(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_compact_experts, tmp_path_factory) -> Path:
-    """A tiny trained fusion run on the two Compact experts: extract_features → train.py 3 steps with validation
-    after every step (so metrics.csv holds train/* and val/* rows). Returns ``runs/r`` (ckpt/best, metrics.csv)."""
+def tiny_cache(tiny_compact_experts, tmp_path_factory) -> Path:
+    """The feature cache of the two tiny Compact experts on their 6 HR images (``extract_features``, default layout),
+    built once per session. Tests only read it: one that changes a cache makes its own."""
+    out = tmp_path_factory.mktemp("tiny_cache") / "c.h5"
+    argv = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(tiny_compact_experts["hr"])]
+    assert run_main(program("extract_features").main, [*argv, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_cache, tmp_path_factory) -> Path:
+    """A tiny trained fusion run on the two Compact experts' cache (:func:`tiny_cache`): train.py 3 steps with
+    validation after every step (so metrics.csv holds train/* and val/* rows). Returns ``runs/r`` (ckpt/best,
+    metrics.csv)."""
     import yaml
 
-    train_mod = program("train")
-    extract_features = program("extract_features")
-
     root = tmp_path_factory.mktemp("trained_run")
-    threads = torch.get_num_threads()
-    try:
-        assert (
-            extract_features.main(
-                [
-                    "--threads",
-                    "1",
-                    "--experts",
-                    str(tiny_compact_experts["yaml"]),
-                    "--hr",
-                    str(tiny_compact_experts["hr"]),
-                    "--out",
-                    str(root / "c.h5"),
-                ]
-            )
-            == 0
-        )
-        model = yaml.safe_load((REPO_ROOT / "configs" / "fusion_tiny.yaml").read_text())["model"]
-        cfg = {
-            "model": model,
-            "data": {
-                "train_cache": str(root / "c.h5"),
-                "val_cache": str(root / "c.h5"),
-                "patch": 16,
-                "batch_size": 2,
-                "num_workers": 0,
-            },
-            "train": {
-                "runs_dir": str(root / "runs"),
-                "name": "r",
-                "steps": 3,
-                "warmup_steps": 1,
-                "ckpt_every": 3,
-                "val_every": 1,
-                "log_every": 1,
-                "threads": 1,
-            },
-            "submission": {"extra_data": True, "description": "test run"},
-        }
-        (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-        assert train_mod.main([str(root / "cfg.yaml")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    model = yaml.safe_load((REPO_ROOT / "configs" / "fusion_tiny.yaml").read_text())["model"]
+    cfg = {
+        "model": model,
+        "data": {
+            "train_cache": str(tiny_cache),
+            "val_cache": str(tiny_cache),
+            "patch": 16,
+            "batch_size": 2,
+            "num_workers": 0,
+        },
+        "train": {
+            "runs_dir": str(root / "runs"),
+            "name": "r",
+            "steps": 3,
+            "warmup_steps": 1,
+            "ckpt_every": 3,
+            "val_every": 1,
+            "log_every": 1,
+            "threads": 1,
+        },
+        "submission": {"extra_data": True, "description": "test run"},
+    }
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert run_main(program("train").main, [str(root / "cfg.yaml")]) == 0
     return root / "runs" / "r"
 
 

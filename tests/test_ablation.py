@@ -1,5 +1,6 @@
-"""scripts/ablation.py: every variant trains with its switches on the same data and budget, is scored once with its
-final weights, a finished variant is not retrained, and the table compares against the default and the best expert."""
+"""scripts/research/ablation.py: every variant trains with its switches on the same data and budget, is scored once
+with its final weights, a finished variant is not retrained, and the table compares against the default and the best
+expert."""
 
 from __future__ import annotations
 
@@ -10,28 +11,11 @@ from conftest import REPO_ROOT, program, run_main
 
 from pipeline.training.ablation import VARIANTS
 
-ablation = program("ablation")
-extract_features = program("extract_features")
+ablation = program("research/ablation")
 
 
-def test_ablation_trains_each_variant_once_and_tabulates(tiny_compact_experts, tmp_path, capsys):
-    cache = tmp_path / "c.h5"
-    assert (
-        run_main(
-            extract_features.main,
-            [
-                "--threads",
-                "1",
-                "--experts",
-                str(tiny_compact_experts["yaml"]),
-                "--hr",
-                str(tiny_compact_experts["hr"]),
-                "--out",
-                str(cache),
-            ],
-        )
-        == 0
-    )
+def test_ablation_trains_each_variant_once_and_tabulates(tiny_cache, tmp_path, capsys):
+    cache = tiny_cache
     model = yaml.safe_load((REPO_ROOT / "configs" / "fusion_tiny.yaml").read_text())["model"]
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(

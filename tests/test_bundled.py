@@ -2,8 +2,8 @@
 
 experts/zoo/* (weights, sha256 pins, model cards, the training stages in config.json against
 configs/experts/zoo_recipe.yaml, which scripts/reproduce_zoo.sh runs), checkpoints/fusion_zoo_small,
-checkpoints/fusion_craft_ditn_span and checkpoints/fusion_esr_pool (the experts they were trained on = the pinned ones) — and, with ../shared, every
-model card's Set5 score measured again."""
+checkpoints/fusion_craft_ditn_span and checkpoints/fusion_esr_pool (the experts they were trained on = the pinned
+ones) — and, with ../shared, every model card's Set5 score measured again."""
 
 from __future__ import annotations
 

@@ -377,6 +377,7 @@ def _assert_same(a: dict, b: dict) -> None:
             assert torch.equal(x, y), name
 
 
+@pytest.mark.slow  # ~28 s a layout on 2 cores
 @pytest.mark.parametrize(
     "layout",
     [["--features", "full", "--sr-dtype", "float16"], [], ["--compression", "bitshuffle-zstd"]],
@@ -503,6 +504,7 @@ def test_extract_lr_only_and_lr_hr_pairs(tiny_setup, tmp_path):
     _assert_same(_dump(tmp_path / "pairs.h5"), _dump(tmp_path / "made.h5"))
 
 
+@pytest.mark.slow  # ~20 s: two gloo processes
 def test_extract_distributed_two_gloo_ranks(tiny_setup, tmp_path):
     """torchrun --nproc_per_node 2 on CPU (gloo): each rank writes its share, rank 0 indexes all of them."""
     root = tiny_setup

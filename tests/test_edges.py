@@ -256,6 +256,7 @@ def _dump_cache(path: Path) -> dict[str, list[torch.Tensor]]:
     return {name: [s.lr, s.hr, s.srs] for name, s in ((n, r.read(i)) for i, n in enumerate(r.names))}
 
 
+@pytest.mark.slow  # ~10 s: extracts twice
 def test_extract_onto_a_full_file_system_is_one_line_then_resumes_identically(
     tiny_compact_experts, tiny_tmpfs, tmp_path
 ):
@@ -349,9 +350,9 @@ def test_lock_release_deletes_the_file_and_a_racing_holder_of_the_old_file_retri
 # ---------------------------------------------------------------------------------------------------------------------
 # item 8: locks removed on a clean exit; the cache lock taken before the experts load; the missing folder named
 # ---------------------------------------------------------------------------------------------------------------------
-def test_no_lock_file_is_left_after_a_finished_run_and_cache(trained_run):
+def test_no_lock_file_is_left_after_a_finished_run_and_cache(trained_run, tiny_cache):
     assert not (trained_run / ".lock").exists()
-    assert not list(trained_run.parents[1].glob("*.lock*"))  # c.h5.lock.rank0 beside the cache
+    assert not list(tiny_cache.parent.glob("*.lock*"))  # c.h5.lock.rank0 beside the cache
 
 
 def test_a_locked_cache_is_refused_before_the_experts_load(tiny_compact_experts, tmp_path, capsys, monkeypatch):
@@ -406,6 +407,7 @@ def test_no_committed_checkpoint_or_config_names_a_machine_path():
     assert found == []
 
 
+@pytest.mark.slow  # ~11 s: a fresh interpreter in a copy
 def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_path):
     """The code, the bundled fusion and its experts copied to a new folder (a clone elsewhere: its own REPO_ROOT);
     submit.py --run checkpoints/fusion_zoo_small finds its experts in the clone by their recorded relative paths —

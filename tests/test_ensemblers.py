@@ -15,7 +15,8 @@ import torch
 from cache.schema import CacheMeta
 from cache.writer import CacheWriter
 from pipeline.core.metrics import rgb_to_y
-from pipeline.inference.ensemblers import METHODS, Ensembler, EnsemblerError, apply, fit, fit_on_cache, load, save
+from pipeline.evaluation.cached import fit_on_cache
+from pipeline.inference.ensemblers import METHODS, Ensembler, EnsemblerError, apply, fit, load, save
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -68,7 +68,7 @@ def test_tiny_checkpoint_with_a_missing_misshaped_or_extra_tensor_is_rejected(tm
 def test_real_checkpoints_with_a_missing_misshaped_or_extra_tensor_are_rejected(shared_dir, tmp_path):
     for name, arch in REAL.items():
         state = read_state_dict(shared_dir / "weights" / name)
-        for label, bad in _damaged_variants(state):
+        for _label, bad in _damaged_variants(state):
             path = tmp_path / f"bad_{name}"
             torch.save(bad, path)
             with pytest.raises(ExpertLoadError, match=f"bad_{name}"):

@@ -55,6 +55,7 @@ def _check(ours: dict, theirs: dict, *, per_image: float, mean: float) -> None:
         assert abs(m_ours - m_ref) <= mean, f"{name}: mean PSNR {m_ours:.4f} vs reference {m_ref:.4f}"
 
 
+@pytest.mark.slow  # ~8 s: the real experts on Set5
 def test_real_experts_reproduce_golden_psnr_on_set5(shared_dir, real_ensemble):
     ours, theirs = _golden_psnrs(shared_dir, real_ensemble, "Set5")
     assert all(len(v) == 5 for v in ours.values())

@@ -13,7 +13,7 @@ from experts.spec import (
     ExpertSpec,
     input_source,
     load_ensemble_spec,
-    resolve_checkpoint,
+    resolve_expert_checkpoint,
     with_devices,
 )
 from pipeline.core.config import ConfigError, config_from_dict
@@ -37,7 +37,7 @@ def test_shared_real_preset_describes_the_three_shared_experts():
     ]
     for e in spec.experts:
         assert e.checkpoint.startswith("../shared/weights/")
-        assert resolve_checkpoint(e) == (REPO_ROOT.parent / "shared" / "weights" / Path(e.checkpoint).name)
+        assert resolve_expert_checkpoint(e) == (REPO_ROOT.parent / "shared" / "weights" / Path(e.checkpoint).name)
 
 
 def test_hat_dat_nafnet_preset():
@@ -53,9 +53,9 @@ def test_hat_dat_nafnet_preset():
 def test_relative_paths_resolve_against_root_not_cwd(tmp_path, monkeypatch):
     e = _spec(checkpoint="../shared/weights/x.pth")
     monkeypatch.chdir(tmp_path)
-    assert resolve_checkpoint(e) == REPO_ROOT.parent / "shared" / "weights" / "x.pth"
-    assert resolve_checkpoint(e, tmp_path / "repo") == tmp_path / "shared" / "weights" / "x.pth"
-    assert resolve_checkpoint(_spec(checkpoint=str(tmp_path / "abs.pth")), "/elsewhere") == tmp_path / "abs.pth"
+    assert resolve_expert_checkpoint(e) == REPO_ROOT.parent / "shared" / "weights" / "x.pth"
+    assert resolve_expert_checkpoint(e, tmp_path / "repo") == tmp_path / "shared" / "weights" / "x.pth"
+    assert resolve_expert_checkpoint(_spec(checkpoint=str(tmp_path / "abs.pth")), "/elsewhere") == tmp_path / "abs.pth"
 
 
 def test_unknown_key_and_wrong_type_are_errors(tmp_path):

@@ -135,6 +135,7 @@ def run_isolated(export_dir: Path, lr_dir: Path, tmp_path: Path) -> subprocess.C
     return res
 
 
+@pytest.mark.slow  # ~12 s: the export runs in a fresh interpreter
 def test_isolated_main_matches_submit(exported, trained_run, lr_dir, tmp_path):
     res = run_isolated(exported, lr_dir, tmp_path)
     assert "written: 0901x4.png 0902x4.png" in res.stdout

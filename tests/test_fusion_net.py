@@ -16,7 +16,6 @@ from pipeline.model.fusion_net import (
     FusionConfig,
     FusionNet,
     FusionOutput,
-    LiveFusion,
     load_fusion_config,
 )
 
@@ -210,22 +209,15 @@ def test_input_validation() -> None:
         model(lr, srs, [feats[0], torch.randn(2, 10, 16, 16), feats[2]])
 
 
-def test_live_fusion_runs_any_ensemble_callable() -> None:
+def test_forward_is_forward_with_precomputed() -> None:
+    """``model(lr, srs, feats)`` (what inference calls after running the experts) is the cached-feature path."""
     cfg = tiny_config()
     model = FusionNet(config=cfg).eval()
     perturb_zero_layers(model)
     lr, srs, feats = make_inputs(cfg)
-    calls = []
-
-    def ensemble(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        calls.append(x.shape)
-        return srs, feats
-
-    live = LiveFusion(fusion=model, ensemble=ensemble)
     with torch.no_grad():
-        got = live(lr)
+        got = model(lr, srs, feats)
         ref = model.forward_with_precomputed(lr, srs, feats)
-    assert calls == [lr.shape]
     assert torch.equal(got.sr, ref.sr) and torch.equal(got.gates, ref.gates)
 
 

@@ -24,7 +24,12 @@ GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
     "refiner": (4, ("pipeline.refiner",)),
     "evaluation": (5, ("pipeline.evaluation",)),
     "report": (6, ("pipeline.report",)),  # the report pairs and scores images as evaluation does
-    "cli": (7, ("train", "scripts")),
+    "cli": (7, ("train", "scripts", "pipeline.app", "pipeline.commands")),  # the programs and the sr-fusion command
+}
+
+# (importer group, imported group) pairs forbidden although the layers would allow them, with the reason.
+FORBIDDEN: dict[tuple[str, str], str] = {
+    ("inference", "cache"): "inference runs the experts live and never reads a feature cache",
 }
 
 
@@ -103,13 +108,31 @@ def violations(mods: dict[str, Path] | None = None) -> list[str]:
             h = group_of(name)
             if h is None or h == g:
                 continue
-            if GROUPS[h][0] >= layer:
+            if (g, h) in FORBIDDEN:
+                found.append(
+                    f"{_rel(path)}:{line}: {g} imports {name}: the pair ({g}, {h}) is forbidden ({FORBIDDEN[g, h]})"
+                )
+            elif GROUPS[h][0] >= layer:
                 found.append(f"{_rel(path)}:{line}: {g} (layer {layer}) imports {name} ({h}, layer {GROUPS[h][0]})")
     return found
 
 
+def forbidden_pairs(found: list[str]) -> str:
+    """The failure message: the (importer, imported) pairs that break the rule, one a line, then the details."""
+    pairs = sorted(
+        {(v.split(":")[0], v.split(" imports ")[1].split()[0].rstrip(":")) for v in found if " imports " in v}
+    )
+    return (
+        "forbidden (importer, imported) pairs:\n"
+        + "\n".join(f"  ({a}, {b})" for a, b in pairs)
+        + "\n"
+        + "\n".join(found)
+    )
+
+
 def test_imports_run_one_way():
-    assert violations() == []
+    found = violations()
+    assert found == [], forbidden_pairs(found)
 
 
 def test_programs_are_not_imported_by_tests_and_scripts_is_no_package():
@@ -136,3 +159,14 @@ def test_the_rule_catches_what_it_forbids(tmp_path):
     assert any("core (layer 0) imports pipeline.inference.pipeline" in v for v in found), found
     assert any("imports the program train" in v for v in found), found
     assert any("imports the program scripts.submit" in v for v in found), found
+
+
+def test_inference_may_not_read_the_cache(tmp_path):
+    """An inference module importing the cache layer fails the rule (the layers allow it; FORBIDDEN does not), and the
+    failure message names the (importer, imported) pair."""
+    bad = tmp_path / "pipeline" / "inference" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("from cache.reader import CacheReader\n")
+    found = [v for v in violations({**product_modules(), "pipeline.inference.bad": bad}) if "bad" in v]
+    assert any("the pair (inference, cache) is forbidden" in v for v in found), found
+    assert f"({bad}, cache.reader)" in forbidden_pairs(found)

@@ -444,6 +444,7 @@ def _printed(stdout: str) -> dict[str, list[float]]:
     return rows
 
 
+@pytest.mark.slow  # its standin_run fixture takes ~27 s
 def test_evaluate_perceptual_end_to_end_on_standins(standin_run):
     assert standin_run["rc"] == 0, standin_run["stderr"][-3000:]
     stdout = standin_run["stdout"]
@@ -470,6 +471,7 @@ def test_evaluate_perceptual_end_to_end_on_standins(standin_run):
     assert "Loading pretrained model" not in stdout  # pyiqa's loader messages go to stderr
 
 
+@pytest.mark.slow  # shares the ~27 s standin_run fixture
 def test_pyiqa_reads_the_standins(standin_run):
     lpips = [r["lpips"] for r in standin_run["json"]["images"]]
     assert standin_run["lpips_doubled"] == pytest.approx([2 * v for v in lpips], rel=1e-5)
@@ -479,6 +481,7 @@ def test_pyiqa_reads_the_standins(standin_run):
     assert "missing" in no_ref and "refs/main holding <commit>" in no_ref
 
 
+@pytest.mark.slow  # shares the ~27 s standin_run fixture
 def test_weight_table_matches_installed_pyiqa(standin_run):
     """The files pipeline.evaluation.perceptual checks are the ones pyiqa 0.1.16 / torchvision / timm load by
     default."""

@@ -13,20 +13,11 @@ from conftest import program
 
 from cache.dataset import image_subset
 
-extract_features = program("extract_features")
-score_cached = program("score_cached")
-learning_curve = program("learning_curve")
+score_cached = program("research/score_cached")
+learning_curve = program("research/learning_curve")
 fit_ensembler = program("fit_ensembler")
 
 OFF = ("freq", "cross_band", "cross_expert", "fourier_unit", "hierarchical", "gating", "refine", "lr_residual", "edge")
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tiny_compact_experts, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pool")
-    args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(tiny_compact_experts["hr"])]
-    assert extract_features.main([*args, "--out", str(root / "c.h5")]) == 0
-    return root
 
 
 def set_gate_config(root, cache) -> str:
@@ -44,7 +35,7 @@ def set_gate_config(root, cache) -> str:
 
 
 def test_learning_curve_and_cached_scores(tiny_cache, tmp_path, capsys):
-    cache = tiny_cache / "c.h5"
+    cache = tiny_cache
     config = set_gate_config(tmp_path, cache)
     out = tmp_path / "lc"
     argv = [config, "--sizes", "3", "6", "--score", str(cache), "--runs-prefix", "lc", "--fits-dir", str(tmp_path)]
@@ -80,7 +71,7 @@ def test_score_cached_refuses_a_fusion_of_other_experts(tiny_cache, trained_run,
     ckpt = resolve_checkpoint(trained_run, which="last")
     fusion = load_pretrained(ckpt)
     with pytest.raises(CachedScoreError, match="was trained with experts"):
-        score(tiny_cache / "c.h5", fusions=[("x", fusion, [{"name": "other", "sha256": "0" * 64}])])
+        score(tiny_cache, fusions=[("x", fusion, [{"name": "other", "sha256": "0" * 64}])])
     with pytest.raises(CachedScoreError, match="no image is held out"):
-        score(tiny_cache / "c.h5", held_out_of=6)
+        score(tiny_cache, held_out_of=6)
     assert torch.get_num_threads() >= 1

@@ -23,7 +23,7 @@ from conftest import program
 from pipeline.core.imageio import image_size, quantize_8bit, read_image, write_image
 from pipeline.evaluation.scoring import pair_images, score_fidelity
 from pipeline.inference.pipeline import load_pipeline
-from pipeline.report.html import MetricsError, read_metrics_csv, thin
+from pipeline.report.page import MetricsError, read_metrics_csv, thin
 from pipeline.report.svg_plot import Series, line_plot_svg, log_ticks, nice_ticks
 from pipeline.report.visual import VIRIDIS, box_mean, choose_crop, colormap, gate_composite
 

@@ -2,7 +2,7 @@
 and checkpoints/fusion_esr_pool (RLFN, the best of the eleven ESR models) — measured through the user-facing path:
 scripts/submit.py writes the PNGs, scripts/evaluate.py scores them.
 
-docs/RESULTS.md has the full table (Set5, Set14, BSD100; scripts/reproduce_results.sh). The CRAFT reference is
+docs/RESULTS.md has the full table (Set5, Set14, BSD100; scripts/research/reproduce_results.sh). The CRAFT reference is
 BasicSR's own number from ../shared/golden (the experts' per-image scores are checked against it in
 tests/test_experts_real.py).
 """

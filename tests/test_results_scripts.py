@@ -1,5 +1,5 @@
-"""scripts/expert_baselines.py (plain mean, per-pixel and block oracles, least-squares blend) and
-scripts/results_table.py."""
+"""scripts/research/expert_baselines.py (plain mean, per-pixel and block oracles, least-squares blend) and
+scripts/research/results_table.py."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pipeline.evaluation import baselines
 from pipeline.evaluation.scoring import pair_images, score_fidelity
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 
-expert_baselines = program("expert_baselines")
-results_table = program("results_table")
+expert_baselines = program("research/expert_baselines")
+results_table = program("research/results_table")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,26 +176,10 @@ def test_blend_stats_pooled_psnr_is_the_psnr_over_all_pixels_at_once():
     assert whole.n == 2 * 16 * 12 and stats.n == 2 * 12 * 8
 
 
-def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_compact_experts, tmp_path, capsys):
-    extract_features = program("extract_features")
-    fit_gate_prior = program("fit_gate_prior")
+def test_fit_gate_prior_prints_the_override_that_starts_a_fusion_there(tiny_cache, tmp_path, capsys):
+    fit_gate_prior = program("research/fit_gate_prior")
 
-    cache = tmp_path / "c.h5"
-    assert (
-        extract_features.main(
-            [
-                "--threads",
-                "1",
-                "--experts",
-                str(tiny_compact_experts["yaml"]),
-                "--hr",
-                str(tiny_compact_experts["hr"]),
-                "--out",
-                str(cache),
-            ]
-        )
-        == 0
-    )
+    cache = tiny_cache
     capsys.readouterr()
     assert fit_gate_prior.main([str(cache)]) == 0
     out = capsys.readouterr().out

@@ -33,33 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(tiny_compact_experts, tmp_path_factory) -> Path:
-    extract_features = program("extract_features")
-
-    out = tmp_path_factory.mktemp("train_cache") / "train.h5"
-    threads = torch.get_num_threads()
-    try:
-        assert (
-            extract_features.main(
-                [
-                    "--threads",
-                    "1",
-                    "--experts",
-                    str(tiny_compact_experts["yaml"]),
-                    "--hr",
-                    str(tiny_compact_experts["hr"]),
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
-@pytest.fixture(scope="module")
 def lean_cache(tiny_compact_experts, tmp_path_factory) -> Path:
     """The tiny experts' cache without features and with 8-bit SR images (the leanest layout)."""
     out = tmp_path_factory.mktemp("lean_cache") / "lean.h5"
@@ -188,6 +161,7 @@ def test_a_lean_cache_trains_only_the_fusion_it_can_feed(lean_cache, tmp_path):
     assert model.config.inputs.features is False and model.config.inputs.sr_dtype == "uint8"
 
 
+@pytest.mark.slow  # ~9 s: a killed subprocess, then a resume
 def test_resume_after_sigkill_is_bit_identical(tiny_cache, tmp_path):
     common = {"steps": 24, "ckpt_every": 8, "val_every": 1000, "log_every": 4}
     ref_cfg = _write_config(tmp_path / "ref.yaml", tiny_cache, tmp_path / "runs", name="ref", **common)
@@ -411,6 +385,7 @@ def test_live_mode_runs_the_experts(tiny_compact_experts, tmp_path):
     assert [e["name"] for e in read_extra(resolve_checkpoint(run))["experts"]] == ["noisy", "calm"]
 
 
+@pytest.mark.slow  # ~8 s: two gloo processes
 def test_ddp_two_gloo_processes(tiny_cache, tmp_path):
     cfg = _write_config(
         tmp_path / "c.yaml", tiny_cache, tmp_path / "runs", steps=4, ckpt_every=2, val_every=4, log_every=2

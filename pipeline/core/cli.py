@@ -20,15 +20,38 @@ from __future__ import annotations
 import os
 import runpy
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.core.errors import BadInputsError, ToolkitError, is_disk_full, shorten
 
-__all__ = ["DEBUG_FLAG", "LINE_LIMIT", "one_line", "run_cli", "run_program"]
+__all__ = ["DEBUG_FLAG", "LINE_LIMIT", "call_main", "invoked_as", "one_line", "program_name", "run_cli", "run_program"]
 
 DEBUG_FLAG = "--debug"
 LINE_LIMIT = 4000  # the most characters of one error line: the library caps what it echoes, this is the backstop
+
+
+_invoked_as: str | None = None  # the command's name while `sr-fusion NAME` runs it (pipeline/app.py)
+
+
+def program_name(script: str) -> str:
+    """The program name a command's ``--help`` and usage errors show: ``script`` (``submit.py``) when run as a file,
+    ``sr-fusion submit`` when run by the console command (:func:`invoked_as`)."""
+    return _invoked_as or script
+
+
+@contextmanager
+def invoked_as(name: str) -> Iterator[None]:
+    """While the block runs, commands call themselves ``name`` (:func:`program_name`; ``sys.argv[0]`` too, for the
+    parsers that take argparse's default ``prog``)."""
+    global _invoked_as
+    saved, saved_argv = _invoked_as, sys.argv
+    _invoked_as, sys.argv = name, [name, *sys.argv[1:]]
+    try:
+        yield
+    finally:
+        _invoked_as, sys.argv = saved, saved_argv
 
 
 def one_line(exc: BaseException | str, limit: int = LINE_LIMIT) -> str:
@@ -75,17 +98,29 @@ def run_program(path: str | os.PathLike, argv: Sequence[str]) -> int:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"program not found: {path}")
+
+    def run(_: list[str]) -> int:
+        runpy.run_path(str(path), run_name="__main__")
+        return 0  # a program that ends without sys.exit
+
     saved = sys.argv
     sys.argv = [str(path), *argv]
     try:
-        runpy.run_path(str(path), run_name="__main__")
-    except SystemExit as exc:
-        if exc.code is None:
-            return 0
-        if isinstance(exc.code, int):
-            return exc.code
-        print(exc.code, file=sys.stderr)  # sys.exit("message"): the interpreter prints it and exits with 1
-        return 1
+        return call_main(run, argv)
     finally:
         sys.argv = saved
-    return 0
+
+
+def call_main(main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
+    """``main(argv)`` → its exit status, as the interpreter would report it: a ``SystemExit`` (argparse's ``--help`` and
+    usage errors, ``sys.exit(...)``) becomes its code; an exception it does not handle propagates."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message"): the interpreter prints it and exits with 1
+    return 1

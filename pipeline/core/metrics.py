@@ -15,8 +15,6 @@ weights).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy import ndimage
@@ -100,8 +98,3 @@ def crop_to_match(hr: torch.Tensor, sr: torch.Tensor, *, scale: int) -> torch.Te
             f"{wc}x{hc} (from {w}x{h})"
         )
     return hr
-
-
-def mean_finite(values: list[float]) -> float:
-    """Mean of per-image values (an ``inf`` PSNR from an identical image is kept: the mean is then inf)."""
-    return float(sum(values) / len(values)) if values else math.nan

@@ -21,10 +21,18 @@ from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
 from pipeline.evaluation.compare import Row
-from pipeline.inference.ensemblers import Ensembler, apply
+from pipeline.inference.ensemblers import (
+    ENSIR_BIN_WIDTH,
+    ENSIR_MIN_PIXELS,
+    METHODS,
+    Ensembler,
+    EnsemblerError,
+    apply,
+    fit,
+)
 from pipeline.model.fusion_net import FusionNet
 
-__all__ = ["CachedScoreError", "score_cached"]
+__all__ = ["CachedScoreError", "fit_on_cache", "score_cached"]
 
 
 class CachedScoreError(ToolkitError, ValueError):
@@ -79,5 +87,35 @@ def score_cached(
                 feats = [f[None] for f in s.feats]
                 add(label, "fusion", fusion.forward_with_precomputed(lr, srs, feats).sr, hr)
         return list(rows.values())
+    finally:
+        reader.close()
+
+
+def fit_on_cache(
+    method: str,
+    cache_path: str | os.PathLike,
+    *,
+    border: int | None = None,
+    bin_width: int = ENSIR_BIN_WIDTH,
+    min_pixels: int = ENSIR_MIN_PIXELS,
+    images: int | None = None,
+) -> Ensembler:
+    """:func:`pipeline.inference.ensemblers.fit` on every whole image of a training cache that holds HR
+    (``scripts/extract_features.py --hr``), for the cache's experts; ``border`` defaults to the cache's scale. A cache
+    without HR is refused, except for ``mean`` / ``zzpm``, which only record the experts. ``images``: fit on that many
+    of them only, the subset a training run with ``data.images`` samples (``cache.dataset.image_subset``). Here, not
+    in the inference layer: the ensemblers run without a cache, only fitting reads one."""
+    reader = CacheReader(cache_path)
+    try:
+        border = reader.scale if border is None else border
+        if method in METHODS and method not in ("mean", "zzpm") and not reader.has_hr:
+            raise EnsemblerError(
+                f"{cache_path}: holds no HR images (extracted without --hr): nothing to fit {method} against"
+            )
+        subset = image_subset(len(reader), images)
+        samples = ((s.srs[None], s.hr[None]) for s in (reader.read(i) for i in subset))
+        return fit(
+            method, samples, experts=reader.meta.experts, border=border, bin_width=bin_width, min_pixels=min_pixels
+        )
     finally:
         reader.close()

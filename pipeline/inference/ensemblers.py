@@ -1,9 +1,10 @@
 """Training-free ensembles of the experts' SR images: what a challenge team runs instead of a learned fusion.
 
 One frozen :class:`Ensembler` (``method`` + its few parameters + the fingerprints of the experts it was fitted for),
-one :func:`fit` / :func:`fit_on_cache`, one :func:`apply`, and a small JSON file (:func:`save` / :func:`load`) that
-refuses to be used with other experts. Images are float RGB in [0,1], NCHW: ``srs (B,E,3,H,W)`` (E experts, in the
-fingerprints' order), ``hr (B,3,H,W)``; :func:`apply` returns ``(B,3,H,W)`` clamped to [0,1].
+one :func:`fit` (on a training cache: :func:`pipeline.evaluation.cached.fit_on_cache`), one :func:`apply`, and a
+small JSON file (:func:`save` / :func:`load`) that refuses to be used with other experts. Images are float RGB in
+[0,1], NCHW: ``srs (B,E,3,H,W)`` (E experts, in the fingerprints' order), ``hr (B,3,H,W)``; :func:`apply` returns
+``(B,3,H,W)`` clamped to [0,1].
 
 Methods
 -------
@@ -24,7 +25,7 @@ Methods
     (BT.601, :func:`pipeline.core.metrics.rgb_to_y`) on the experts' Y over every training pixel (border cropped),
     fitted on ``Y − 16``: that is linear in RGB, so the Y of the RGB blend is exactly the fitted one whatever the
     weights sum to. The E×E normal equations are accumulated in float64 image by image (streaming); the same fit as
-    ``scripts/expert_baselines.py`` ``blend_weights`` and ``scripts/fit_gate_prior.py``.
+    ``scripts/research/expert_baselines.py`` ``blend_weights`` and ``scripts/research/fit_gate_prior.py``.
 
 ``topk``
     The plain mean of the best ``k`` experts: experts ranked by their pooled training PSNR-Y, ``k`` the count whose
@@ -98,7 +99,6 @@ __all__ = [
     "blend_stats",
     "describe",
     "fit",
-    "fit_on_cache",
     "load",
     "save",
 ]
@@ -311,38 +311,6 @@ def fit(
         raise EnsemblerError(f"min_pixels: expected an integer >= 1, got {min_pixels!r}")
     lut, global_weights = _fit_ensir(pairs, len(fps), bin_width=bin_width, min_pixels=min_pixels)
     return Ensembler(method="ensir", experts=fps, bin_width=bin_width, lut=lut, global_weights=global_weights)
-
-
-def fit_on_cache(
-    method: str,
-    cache_path: str | os.PathLike,
-    *,
-    border: int | None = None,
-    bin_width: int = ENSIR_BIN_WIDTH,
-    min_pixels: int = ENSIR_MIN_PIXELS,
-    images: int | None = None,
-) -> Ensembler:
-    """:func:`fit` on every whole image of a training cache that holds HR (``scripts/extract_features.py --hr``),
-    for the cache's experts; ``border`` defaults to the cache's scale. A cache without HR is refused, except for
-    ``mean`` / ``zzpm``, which only record the experts. ``images``: fit on that many of them only, the subset a
-    training run with ``data.images`` samples (``cache.dataset.image_subset``)."""
-    from cache.dataset import image_subset  # the cache layer comes after this one: imported only to fit
-    from cache.reader import CacheReader
-
-    reader = CacheReader(cache_path)
-    try:
-        border = reader.scale if border is None else border
-        if method in METHODS and method not in ("mean", "zzpm") and not reader.has_hr:
-            raise EnsemblerError(
-                f"{cache_path}: holds no HR images (extracted without --hr): nothing to fit {method} against"
-            )
-        subset = image_subset(len(reader), images)
-        samples = ((s.srs[None], s.hr[None]) for s in (reader.read(i) for i in subset))
-        return fit(
-            method, samples, experts=reader.meta.experts, border=border, bin_width=bin_width, min_pixels=min_pixels
-        )
-    finally:
-        reader.close()
 
 
 def _checked(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from experts.loading import sha256_file
 from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
-from experts.spec import resolve_checkpoint as expert_checkpoint
 from experts.spec import resolve_code_file as expert_code_file
+from experts.spec import resolve_expert_checkpoint as expert_checkpoint
 from pipeline.core.config import save_config
 from pipeline.core.errors import ToolkitError
 from pipeline.core.locks import FileLock, LockedError

@@ -29,7 +29,7 @@ nearly all the work runs at LR resolution (the HR stages are 8-channel and the g
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -84,7 +84,6 @@ __all__ = [
     "FusionConfig",
     "FusionOutput",
     "FusionNet",
-    "LiveFusion",
     "load_fusion_config",
     "validate_config",
 ]
@@ -171,7 +170,8 @@ class GatingConfig:
     temperature: PosFloat = 1.0
     learnable_temperature: bool = False
     # Initial gate of each expert (positive, summing to 1): the untrained fusion is then this fixed blend instead of
-    # the plain mean — e.g. the least-squares blend of the training cache (scripts/fit_gate_prior.py). None: uniform.
+    # the plain mean — e.g. the least-squares blend of the training cache (scripts/research/fit_gate_prior.py).
+    # None: uniform.
     prior: tuple[PosFloat, ...] | None = None
     # Fixed blend weights (any sign) the gates deviate from additively instead of a softmax: gates = base + a learned
     # deviation that starts at 0 and sums to 0 over the experts, so the untrained fusion is exactly this blend — e.g.
@@ -582,25 +582,3 @@ class FusionNet(nn.Module):
 
     def forward(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor]) -> FusionOutput:
         return self.forward_with_precomputed(lr, srs, feats)
-
-
-EnsembleFn = Callable[[Tensor], tuple[Tensor, Sequence[Tensor]]]
-
-
-class LiveFusion(nn.Module):
-    """Inference wrapper: run an expert ensemble live, then fuse. ``forward(lr) -> FusionOutput``.
-
-    ``ensemble`` is any callable ``lr (B,3,H,W) -> (srs (B,E,3,4H,4W), feats [E×(B,C_e,H,W)])`` (duck-typed, e.g.
-    the experts package's ExpertEnsemble); it runs under ``torch.no_grad`` (the experts are frozen). If it is an
-    ``nn.Module`` it is registered as a submodule (``.to()`` / ``.eval()`` reach it) — save only ``.fusion``.
-    """
-
-    def __init__(self, *, fusion: FusionNet, ensemble: EnsembleFn) -> None:
-        super().__init__()
-        self.fusion = fusion
-        self.ensemble = ensemble
-
-    def forward(self, lr: Tensor) -> FusionOutput:
-        with torch.no_grad():
-            srs, feats = self.ensemble(lr)
-        return self.fusion.forward_with_precomputed(lr, srs, list(feats))

@@ -24,6 +24,7 @@ from experts.loading import sha256_file
 from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.config import ConfigError, config_from_dict, config_to_dict, read_format_json
 from pipeline.core.errors import ToolkitError, shorten
+from pipeline.core.state_dict import StateDictMismatch, load_state_dict_strict
 from pipeline.model.fusion_net import FusionConfig, FusionNet, validate_config
 
 __all__ = [
@@ -160,20 +161,14 @@ def load_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
     if bad:
         raise CheckpointError(f"{weights}: tensor(s) {shorten(bad[:5])} hold NaN or Inf")
     model = FusionNet(config=config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{weights} does not match the model described by {src / CONFIG_NAME}: "
-            f"missing {shorten(missing)}, unexpected {shorten(unexpected)}, shape mismatches {shorten(mismatched)}"
+
+    def error(m: StateDictMismatch) -> CheckpointError:
+        return CheckpointError(
+            f"{weights} does not match the model described by {src / CONFIG_NAME}: missing {shorten(m.missing)}, "
+            f"unexpected {shorten(m.unexpected)}, shape mismatches {shorten(m.mismatched)}"
         )
-    model.load_state_dict(state, strict=True)
+
+    load_state_dict_strict(model, state, error, source="checkpoint")
     return model.to(device).eval()
 
 

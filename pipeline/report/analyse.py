@@ -1,6 +1,6 @@
 """The fusion report's analysis: per image, the experts and the fusion re-run on the LR (expert outputs, gate and
 difficulty maps), scores of bicubic / each expert / the experts' mean / the submitted fusion, the crop where the
-fusion differs most from the best expert; then the page (pipeline/report/html.py). The command line:
+fusion differs most from the best expert; then the page (pipeline/report/page.py). The command line:
 scripts/report.py.
 """
 
@@ -32,7 +32,7 @@ from pipeline.core.outputs import check_output_dir
 from pipeline.core.resize import bicubic_upscale, make_lr
 from pipeline.evaluation.scoring import pair_images, strip_scale_suffix
 from pipeline.inference.pipeline import FusionPipeline
-from pipeline.report.html import (
+from pipeline.report.page import (
     GENERATOR,
     ImageSection,
     Method,

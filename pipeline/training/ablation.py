@@ -1,5 +1,5 @@
 """The fusion ablation's variants (the default and each phase switched off) and its table, read back from the runs'
-``metrics.csv``. The command line that trains them: scripts/ablation.py."""
+``metrics.csv``. The command line that trains them: scripts/research/ablation.py."""
 
 from __future__ import annotations
 

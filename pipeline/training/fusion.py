@@ -113,7 +113,7 @@ def check_expert_files(experts_yaml: str, meta) -> None:
     """Cached mode with ``data.experts`` set: the YAML's checkpoints must be the files the cache was made with."""
     from experts.loading import sha256_file
     from experts.spec import load_ensemble_spec
-    from experts.spec import resolve_checkpoint as resolve_ckpt
+    from experts.spec import resolve_expert_checkpoint as resolve_ckpt
 
     spec = load_ensemble_spec(experts_yaml)
     names = [e.name for e in spec.experts]

@@ -36,6 +36,7 @@ from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from pipeline.core.config import ConfigError, apply_overrides, config_to_dict, load_yaml, save_config
+from pipeline.core.distributed import setup_distributed
 from pipeline.core.errors import ToolkitError
 from pipeline.core.locks import FileLock, LockedError
 from pipeline.training.checkpoint import prune_checkpoints
@@ -70,15 +71,6 @@ C = TypeVar("C")
 # ---------------------------------------------------------------------------------------------------------------------
 # processes and devices
 # ---------------------------------------------------------------------------------------------------------------------
-def setup_distributed() -> tuple[int, int, int]:
-    """→ (rank, world size, local rank); initialises the process group under torchrun (NCCL on GPUs, else gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def pick_device(want: str, local_rank: int = 0) -> torch.device:
     """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else the CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as given
     (CUDA on a machine without it is an error)."""

@@ -1,7 +1,7 @@
 """The two reference points every fusion is measured against, made from the experts' own SR images.
 
     python -m experts.run --config configs/experts/shared_real.yaml --input LR_DIR --output EXP_DIR
-    python scripts/expert_baselines.py --experts-dir EXP_DIR --hr HR_DIR [--scale 4] [--blocks 8 16] [--blend]
+    python scripts/research/expert_baselines.py --experts-dir EXP_DIR --hr HR_DIR [--scale 4] [--blocks 8 16] [--blend]
                                        [--image-blend] [--heldout-blocks 16]
 
 ``EXP_DIR`` holds one sub-folder of SR PNGs per expert (``experts.run``'s layout, ``fingerprints.json`` gives the

@@ -1,7 +1,7 @@
 """Benchmark the fusion network on CPU: training-shaped batches, a full DIV2K-size image, and the real experts.
 
-    python scripts/bench_fusion.py                                   # everything (several minutes on 2 cores)
-    python scripts/bench_fusion.py --batch 4 --crop 32 --variants all --no-experts --no-full   # quick
+    python scripts/bench/bench_fusion.py                                   # everything (several minutes on 2 cores)
+    python scripts/bench/bench_fusion.py --batch 4 --crop 32 --variants all --no-experts --no-full   # quick
 
 Reports, for the full model and with each phase switched off (``--variants``):
 * train: forward and forward+backward time on ``--batch`` random LR crops of ``--crop``² (default 16 × 64²);
@@ -35,7 +35,7 @@ from pipeline.core.bench import peak_extra_memory_mib, timed
 from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import PHASE_SWITCHES, SCALE, FusionConfig, FusionNet, load_fusion_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SWITCHES = tuple(s for s in PHASE_SWITCHES if s != "set_gate")  # the set gate is off by default: nothing to remove
 EXPERTS = ("craft_x4.pth", "ditn_x4.pth", "span_ch28_x4.pth")
 

@@ -1,6 +1,6 @@
 """Seconds per training step of single-expert configs (scripts/train_expert.py), measured side by side.
 
-    python scripts/bench_train_expert.py configs/experts/train/hat_s.yaml configs/experts/train/dat_s.yaml \\
+    python scripts/bench/bench_train_expert.py configs/experts/train/hat_s.yaml configs/experts/train/dat_s.yaml \\
         configs/experts/train/nafnet_sr.yaml [--steps 5] [--warmup 2] [--threads 1] [--set data.batch_size=8 ...]
 
 For each config: the parameter count, then ``--warmup`` untimed and ``--steps`` timed training steps, run exactly as

@@ -1,6 +1,6 @@
 """Cached vs live fusion training speed, measured side by side in one run, plus a HAT-L estimate.
 
-    python scripts/bench_training.py [--experts configs/experts/shared_real.yaml] [--cache CACHE.h5]
+    python scripts/bench/bench_training.py [--experts configs/experts/shared_real.yaml] [--cache CACHE.h5]
                                      [--hr ../shared/data/val/Set14/HR] [--batch 16] [--patch 48] [--steps 3]
 
 * cached: a training step on crops read from the HDF5 cache (reading included);
@@ -14,7 +14,6 @@ Without --cache a small cache is extracted from --hr first (not timed).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -22,19 +21,12 @@ from torch.utils.data import DataLoader
 
 from cache.dataset import CachedSRDataset
 from experts.ensemble import ExpertEnsemble
+from pipeline.core.bench import timed
 from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from pipeline.training.losses import charbonnier_loss
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def timed(fn, n: int) -> float:
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -91,9 +83,9 @@ def _main(argv: list[str] | None = None) -> int:
     def experts_only() -> None:
         ens(next(loader)["lr"])
 
-    t_cached = timed(cached_step, args.steps)
-    t_live = timed(live_step, args.steps)
-    t_exp = timed(experts_only, args.steps)
+    t_cached = timed(cached_step, repeats=args.steps)[0]
+    t_live = timed(live_step, repeats=args.steps)[0]
+    t_exp = timed(experts_only, repeats=args.steps)[0]
     print(f"[cached] {1 / t_cached:.3f} steps/s ({t_cached:.2f} s/step)")
     print(f"[live]   {1 / t_live:.3f} steps/s ({t_live:.2f} s/step; the experts alone take {t_exp:.2f} s/batch)")
     print(f"[ratio]  cached training is {t_live / t_cached:.1f}x faster than live training with these experts")
@@ -119,7 +111,7 @@ def _main(argv: list[str] | None = None) -> int:
         n_params = sum(p.numel() for p in hat.parameters())
         x = torch.rand(1, 3, args.patch, args.patch)
         with torch.inference_mode():
-            t_hat1 = timed(lambda: hat(x), 1)
+            t_hat1 = timed(lambda: hat(x), repeats=1)[0]
         t_hat = t_hat1 * args.batch
         print(
             f"[HAT-L]  {n_params / 1e6:.1f}M params (random weights, timing only): {t_hat1:.2f} s per "

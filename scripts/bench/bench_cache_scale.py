@@ -1,6 +1,6 @@
 """What the cache costs at challenge scale, measured on synthetic data with the real shapes, side by side in one run.
 
-    python scripts/bench_cache_scale.py [--images 2] [--hr-size 1356x2040] [--widths 180,180,64 48,60,28]
+    python scripts/bench/bench_cache_scale.py [--images 2] [--hr-size 1356x2040] [--widths 180,180,64 48,60,28]
                                         [--layouts full:float16 none:float16 none:uint8] [--patch 64] [--batch 16]
                                         [--workers 0,2] [--gpu-tflops 100] [--out /tmp/bench_cache_scale]
 
@@ -19,7 +19,7 @@ CRAFT/DITN/SPAN 48/60/28) and each cache layout (``features:sr_dtype``, :class:`
   multiple of that GPU rate (the loader must keep ≥ 3× it, or the GPU waits on the cache).
 
 The SR outputs and features are smooth random fields (stored like real ones), so the uncompressed sizes are exact
-for the layout; compression ratios depend on real content and are measured by scripts/bench_cache.py.
+for the layout; compression ratios depend on real content and are measured by scripts/bench/bench_cache.py.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from pipeline.training.losses import charbonnier_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCALE = 4
 # HR gigapixels of the training sets (DIV2K/Flickr2K/LSDIR train splits at their mean image size)
 DATASETS = (("DIV2K", 800, 2.26e9), ("DF2K", 3450, 9.7e9), ("LSDIR", 84991, 1.08e11))

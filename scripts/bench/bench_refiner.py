@@ -1,8 +1,8 @@
 """Benchmark the TSD-SR refiner.
 
-    python scripts/bench_refiner.py                          # tiny random model on the CPU (seconds)
-    python scripts/bench_refiner.py --threads 1 2            # compare thread counts side by side
-    python scripts/bench_refiner.py --config configs/refiner/tsdsr.yaml --sizes 512 1024   # real weights (GPU)
+    python scripts/bench/bench_refiner.py                          # tiny random model on the CPU (seconds)
+    python scripts/bench/bench_refiner.py --threads 1 2            # compare thread counts side by side
+    python scripts/bench/bench_refiner.py --config configs/refiner/tsdsr.yaml --sizes 512 1024   # real weights (GPU)
 
 Tiny mode (default) builds the test setup of pipeline/refiner/testing.py in a temporary folder (a 4-layer SD3 MMDiT
 and an SD3-structured toy VAE, TSD-SR-format LoRA files written by peft) and reports, per image size:
@@ -22,30 +22,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from pipeline.core.bench import timed
 from pipeline.core.cli import run_cli
 from pipeline.core.config import load_config
 from pipeline.refiner.config import RefinerConfig
-
-
-def timed(fn: Callable[[], object], *, repeats: int, sync: Callable[[], None] = lambda: None) -> float:
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_tiny(sizes: list[int], threads: list[int], repeats: int) -> None:
@@ -89,14 +76,14 @@ def bench_tiny(sizes: list[int], threads: list[int], repeats: int) -> None:
                 z = untiled.encode(x)
                 z0 = untiled.refine_latent(z)
                 y = (untiled.decode(z0).clamp(-1, 1) + 1) / 2
-                t_refine = timed(functools.partial(untiled, sr), repeats=repeats)
-                t_enc = timed(functools.partial(untiled.encode, x), repeats=repeats)
-                t_step = timed(functools.partial(untiled.refine_latent, z), repeats=repeats)
-                t_dec = timed(functools.partial(untiled.decode, z0), repeats=repeats)
-                t_wav = timed(functools.partial(colour_fix, y, sr, method="wavelet"), repeats=repeats)
-                t_ada = timed(functools.partial(colour_fix, y, sr, method="adain"), repeats=repeats)
-                t_lat = timed(functools.partial(latent_tiled, sr), repeats=repeats)
-                t_all = timed(functools.partial(all_tiled, sr), repeats=repeats)
+                t_refine = timed(functools.partial(untiled, sr), repeats=repeats)[0]
+                t_enc = timed(functools.partial(untiled.encode, x), repeats=repeats)[0]
+                t_step = timed(functools.partial(untiled.refine_latent, z), repeats=repeats)[0]
+                t_dec = timed(functools.partial(untiled.decode, z0), repeats=repeats)[0]
+                t_wav = timed(functools.partial(colour_fix, y, sr, method="wavelet"), repeats=repeats)[0]
+                t_ada = timed(functools.partial(colour_fix, y, sr, method="adain"), repeats=repeats)[0]
+                t_lat = timed(functools.partial(latent_tiled, sr), repeats=repeats)[0]
+                t_all = timed(functools.partial(all_tiled, sr), repeats=repeats)[0]
             ms = 1000.0
             print(
                 f"{size:>4d}x{size:<4d} {t_refine * ms:8.1f} {t_enc * ms:8.1f} {t_step * ms:8.1f} {t_dec * ms:8.1f} "
@@ -120,7 +107,7 @@ def bench_real(config: Path, overrides: list[str], sizes: list[int], repeats: in
         sr = torch.rand(1, 3, size, size, device=refiner.device)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        t = timed(functools.partial(refiner, sr), repeats=repeats, sync=sync)
+        t = timed(functools.partial(refiner, sr), repeats=repeats, sync=sync)[0]
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         print(f"{size:>5d}x{size:<5d} {t:9.2f} {peak:9.2f}", flush=True)
 

@@ -2,8 +2,8 @@
 # Re-evaluate the committed fusion of the three real experts (checkpoints/fusion_craft_ditn_span/) on Set5, Set14
 # and BSD100 through the user-facing path — experts.run / submit.py / evaluate.py — and print docs/RESULTS.md's table.
 #
-#   bash scripts/reproduce_results.sh                      # everything (needs ../shared)
-#   SETS="Set5" TTA=0 bash scripts/reproduce_results.sh    # quicker subset
+#   bash scripts/research/reproduce_results.sh                      # everything (needs ../shared)
+#   SETS="Set5" TTA=0 bash scripts/research/reproduce_results.sh    # quicker subset
 #
 # Environment: SHARED (default ../shared), CKPT (default checkpoints/fusion_craft_ditn_span; a run folder → its best
 # checkpoint), OUT (default
@@ -14,7 +14,7 @@
 # <folder>.checkpoint.sha256 stamp (the sha256 of the model.safetensors that made it), and a folder without a stamp
 # or with another one is deleted and made again — scores of a stale checkpoint must never reach the table.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 SHARED=${SHARED:-../shared}
 CKPT=${CKPT:-checkpoints/fusion_craft_ditn_span}
@@ -66,7 +66,7 @@ for set in $SETS; do
   [ -f "$work/experts/fingerprints.json" ] || \
     "$PY" -m experts.run --config "$EXPERTS" --input "$lr" --output "$work/experts"
   [ -d "$work/experts/_oracle_b8" ] || \
-    "$PY" scripts/expert_baselines.py --experts-dir "$work/experts" --hr "$hr" --blocks 8 16 --blend
+    "$PY" scripts/research/expert_baselines.py --experts-dir "$work/experts" --hr "$hr" --blocks 8 16 --blend
   fusion_images "$work/fusion"
   if [ "$TTA" = 1 ]; then fusion_images "$work/fusion_tta" --tta; fi
   for m in craft ditn span _mean _blend _oracle_b16 _oracle_b8 _oracle; do
@@ -80,5 +80,5 @@ for set in $SETS; do
     fi
   done
 done
-"$PY" scripts/results_table.py "$OUT" --sets $SETS
+"$PY" scripts/research/results_table.py "$OUT" --sets $SETS
 echo "reproduce_results: $(( $(date +%s) - start )) s; per-image scores in $OUT/<set>/scores/*.json"

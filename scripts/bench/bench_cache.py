@@ -1,6 +1,6 @@
 """Benchmark the HDF5 feature cache, every number measured side by side in one run.
 
-    python scripts/bench_cache.py [--experts configs/experts/shared_real.yaml] [--hr ../shared/data/val/Set14/HR]
+    python scripts/bench/bench_cache.py [--experts configs/experts/shared_real.yaml] [--hr ../shared/data/val/Set14/HR]
                                   [--limit 4] [--patch 48] [--batch 16] [--workers 2] [--out /tmp/bench_cache]
 
 1. extraction: experts alone vs the whole extract path (read, make LR, experts, fp16 conversion, checksums, HDF5
@@ -32,7 +32,7 @@ from pipeline.core.resize import make_lr
 from pipeline.model.fusion_net import FusionNet, load_fusion_config
 from pipeline.training.losses import charbonnier_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _u8(t: torch.Tensor) -> np.ndarray:

@@ -1,10 +1,10 @@
 """Print the results table (Markdown) from ``scripts/evaluate.py --json`` files.
 
-    python scripts/results_table.py RESULTS_DIR [--sets Set5 Set14 BSD100] [--best-of craft ditn span]
+    python scripts/research/results_table.py RESULTS_DIR [--sets Set5 Set14 BSD100] [--best-of craft ditn span]
 
-Reads ``RESULTS_DIR/<set>/scores/<method>.json`` (written by scripts/reproduce_results.sh) and prints one row per
-method with mean PSNR/SSIM per set, then the fusion's margin over the best single expert of each set. Methods are
-listed in a fixed order when present (experts first, then ``mean``, ``blend``, ``fusion``, ``fusion_tta``, the block
+Reads ``RESULTS_DIR/<set>/scores/<method>.json`` (written by scripts/research/reproduce_results.sh) and prints one
+row per method with mean PSNR/SSIM per set, then the fusion's margin over the best single expert of each set. Methods
+are listed in a fixed order when present (experts first, then ``mean``, ``blend``, ``fusion``, ``fusion_tta``, the block
 oracles ``oracle_b16``/``oracle_b8`` and ``oracle``); others follow alphabetically.
 """
 
@@ -39,7 +39,7 @@ def load_scores(results: Path, sets: list[str]) -> dict[str, dict[str, dict[str,
         folder = results / s / "scores"
         files = sorted(folder.glob("*.json"))
         if not files:
-            raise FileNotFoundError(f"no scores in {folder} (run scripts/reproduce_results.sh first)")
+            raise FileNotFoundError(f"no scores in {folder} (run scripts/research/reproduce_results.sh first)")
         table[s] = {}
         for f in files:
             d = json.loads(f.read_text())
@@ -80,7 +80,7 @@ def format_table(table: dict[str, dict[str, dict[str, float]]], experts: list[st
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", type=Path, help="results folder of scripts/reproduce_results.sh")
+    ap.add_argument("results", type=Path, help="results folder of scripts/research/reproduce_results.sh")
     ap.add_argument("--sets", nargs="+", default=["Set5", "Set14", "BSD100"])
     ap.add_argument("--best-of", nargs="+", default=["craft", "ditn", "span"], help="the single experts")
     args = ap.parse_args(argv)

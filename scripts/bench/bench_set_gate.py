@@ -2,13 +2,13 @@
 of experts: E = 3, 11, 20 by default, each expert with a hooked feature map of --feat-channels channels (the pool's
 widths are 20-48; 0 = SR outputs only).
 
-    python scripts/bench_set_gate.py [--config configs/train/fusion_esr_pool.yaml] [--experts 3 11 20] \\
+    python scripts/bench/bench_set_gate.py [--config configs/train/fusion_esr_pool.yaml] [--experts 3 11 20] \\
         [--batch 12 --crop 24] [--repeats 5] [--threads 2] [--feat-channels 32]
 
-For each E: parameters (the same for every E: one network is shared by all experts), FLOPs of one forward+backward
-(torch.utils.flop_counter), the median wall/CPU time of one training step (forward, Y-MSE, backward, AdamW) on random
-inputs of the training shape, and its peak extra resident memory — with each figure's ratio to the first E. Numbers
-from one run are comparable side by side; other processes on the CPU inflate them all.
+For each E: parameters (one network is shared by all experts; only each expert's feature projection adds any), FLOPs of
+one forward+backward (torch.utils.flop_counter), the median wall/CPU time of one training step (forward, Y-MSE,
+backward, AdamW) on random inputs of the training shape, and its peak extra resident memory — with each figure's ratio
+to the first E. Numbers from one run are comparable side by side; other processes on the CPU inflate them all.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipeline.core.cli import run_cli
 from pipeline.model.fusion_net import SCALE, FusionNet, load_fusion_config
 from pipeline.training.losses import mse_y_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def step_fn(

@@ -1,6 +1,6 @@
 """Cost of each training-free ensembler next to the experts it combines, measured side by side in one run.
 
-    python scripts/bench_ensembles.py [--config configs/experts/shared_real.yaml] [--ensemblers fits/*.json]
+    python scripts/bench/bench_ensembles.py [--config configs/experts/shared_real.yaml] [--ensemblers fits/*.json]
                                       [--lr-size 96] [--repeats 3] [--threads 2]
 
 One LR image of ``--lr-size``² pixels (the middle of Set5's baby when ../shared is there, else a smooth random

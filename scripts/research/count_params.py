@@ -1,6 +1,6 @@
 """Print the fusion network's trainable parameters per module (grouped by phase) and the total.
 
-python scripts/count_params.py configs/fusion.yaml [model.freq.enabled=false ...] [--depth 2]
+python scripts/research/count_params.py configs/fusion.yaml [model.freq.enabled=false ...] [--depth 2]
 """
 
 from __future__ import annotations

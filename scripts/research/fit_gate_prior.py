@@ -1,6 +1,6 @@
 """Fit the fixed blend of the experts on a training cache: where the fusion's gates can start (``gating.prior``).
 
-    python scripts/fit_gate_prior.py caches/train.h5 [--floor 0.01]
+    python scripts/research/fit_gate_prior.py caches/train.h5 [--floor 0.01]
 
 Least squares on the NTIRE Y channel (border 4 cropped, every pixel of every cached image): the weights ``w`` that
 minimise Σ (Σ_e w_e·Y_e − Y_hr)². Softmax gates are positive, so the prior is ``w`` clipped below at ``--floor`` and

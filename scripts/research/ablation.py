@@ -1,6 +1,6 @@
 """Ablation of the fusion network: the default and each phase switched off, same data and budget, one table.
 
-    python scripts/ablation.py CONFIG --val-cache caches/bsd100.h5 [--steps 750] [--runs-dir runs/ablation] \\
+    python scripts/research/ablation.py CONFIG --val-cache caches/bsd100.h5 [--steps 750] [--runs-dir runs/ablation] \\
         [--only default,no_gating] [dotted.overrides ...]
 
 Every variant is ``train.py CONFIG`` with the same overrides plus its own ``model.*.enabled=false`` switches, the
@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.core.cli import run_cli, run_program
 from pipeline.training.ablation import VARIANTS, Variant, final_scores, format_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_variant(v: Variant, *, config: str, runs_dir: Path, steps: int, val_cache: str, overrides: list[str]) -> dict:

@@ -1,6 +1,6 @@
 """Overhead of the expert path (padding + hooks + crops + clamp [+ tiling]) over a plain ``model(x)``, side by side.
 
-    python scripts/bench_experts.py [--config configs/experts/shared_real.yaml] [--images DIR] [--align 16]
+    python scripts/bench/bench_experts.py [--config configs/experts/shared_real.yaml] [--images DIR] [--align 16]
                                     [--repeats 3] [--tile 0] [--only NAME,...] [--threads 2]
 
 For every expert of the config, the same LR images (default: Set5 LR of ../shared, each cropped to the largest

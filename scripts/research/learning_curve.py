@@ -1,6 +1,6 @@
 """The fusion's gain over the best training-free peer against the number of training images (nested subsets).
 
-    python scripts/learning_curve.py configs/train/fusion_esr_pool.yaml --sizes 50 100 200 291 \\
+    python scripts/research/learning_curve.py configs/train/fusion_esr_pool.yaml --sizes 50 100 200 291 \\
         --score caches/pool_set14.h5 caches/pool_bsd100.h5 [--runs-prefix lc] [--out results/learning_curve]
         [train overrides ...]
 
@@ -25,12 +25,12 @@ from cache.reader import CacheReader
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli, run_program
 from pipeline.core.outputs import check_output_file
-from pipeline.evaluation.cached import score_cached
-from pipeline.inference.ensemblers import fit, fit_on_cache, load, save
+from pipeline.evaluation.cached import fit_on_cache, score_cached
+from pipeline.inference.ensemblers import fit, load, save
 from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
 from pipeline.training.config import load_run_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEERS = ("blend", "blend_reg", "topk")
 
 

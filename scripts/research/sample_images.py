@@ -1,6 +1,6 @@
 """Write the natural photos that scikit-image ships inside its wheel as HR PNGs (the quickstart's embedded data).
 
-    python scripts/sample_images.py --out DIR [--names astronaut,chelsea,coffee,rocket]
+    python scripts/research/sample_images.py --out DIR [--names astronaut,chelsea,coffee,rocket]
 
 Names: any ``skimage.data`` image function (``astronaut``, ``chelsea``, ``coffee``, ``rocket``, ...) plus
 ``motorcycle_left`` / ``motorcycle_right`` (the two views of ``skimage.data.stereo_motorcycle``); the photos are

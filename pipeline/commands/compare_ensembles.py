@@ -1,0 +1,141 @@
+"""The fusion against every ensemble a team could submit instead: one table, two regimes (no TTA / ×8 per expert).
+
+    python scripts/compare_ensembles.py --experts configs/experts/shared_real.yaml --hr HR_DIR [--lr LR_DIR] \\
+        [--ensemblers fits/blend.json fits/ensir.json] [--fusion checkpoints/fusion_craft_ditn_span] \\
+        --cache-dir results/compare/Set5/outputs --out results/compare/Set5/table [--threads 2]
+
+Rows (pipeline/evaluation/compare.py): each expert, the experts' mean, ZZPM, every fitted ensembler file given (made on
+a
+*training* cache by ``scripts/fit_ensembler.py``, never on the scored set), the fusion checkpoint (in the ×8 regime:
+on the ×8 experts, and the ×8 of the whole pipeline) and the 16×16-block oracle; PSNR-Y / SSIM-Y (NTIRE), Δ vs the
+best expert of the same regime and the number of images below it. Without ``--lr`` the LR is made from the HR with
+the MATLAB-compatible bicubic. The experts' outputs are stored in ``--cache-dir`` (resumable: kill it, rerun it);
+writes ``OUT.json`` and ``OUT.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from experts.ensemble import ExpertEnsemble
+from experts.loading import sha256_file
+from pipeline.core.atomic import atomic_write_text
+from pipeline.core.cli import program_name, run_cli
+from pipeline.core.imageio import read_image, scan_image_folder
+from pipeline.core.metrics import crop_to_match
+from pipeline.core.outputs import check_output_file
+from pipeline.core.resize import make_lr
+from pipeline.evaluation.compare import OutputStore, expert_outputs, score_rows, summarise, table_markdown
+from pipeline.evaluation.scoring import strip_scale_suffix
+from pipeline.inference.ensemblers import fit, load
+from pipeline.inference.pipeline import load_pipeline
+from pipeline.model.io import resolve_checkpoint
+
+
+def _pairs(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[tuple[str, Path, Path | None]]:
+    hrs = {p.stem: p for p in scan_image_folder(hr_dir, label="HR folder")}
+    if lr_dir is None:
+        return [(n, hrs[n], None) for n in sorted(hrs)]
+    lrs = {strip_scale_suffix(p.stem, scale): p for p in scan_image_folder(lr_dir, label="LR folder")}
+    if set(lrs) != set(hrs):
+        from pipeline.evaluation.scoring import PairingError
+
+        raise PairingError(f"HR and LR folders do not pair up; unmatched: {sorted(set(lrs) ^ set(hrs))[:10]}")
+    return [(n, hrs[n], lrs[n]) for n in sorted(hrs)]
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        return "rows" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog=program_name("compare_ensembles.py"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--experts", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
+    ap.add_argument("--hr", required=True, type=Path, help="HR folder of the test set")
+    ap.add_argument("--lr", type=Path, default=None, help="LR folder (NAMEx4.png); default: MATLAB bicubic of --hr")
+    ap.add_argument("--ensemblers", type=Path, nargs="*", default=[], help="fitted ensembler files (JSON)")
+    ap.add_argument("--fusion", type=Path, default=None, help="fusion checkpoint or run directory (its best)")
+    ap.add_argument("--cache-dir", required=True, type=Path, help="where each image's expert outputs are stored")
+    ap.add_argument("--out", required=True, type=Path, help="OUT.json and OUT.md are written")
+    ap.add_argument("--title", default=None, help="table title (default: the HR folder's name)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
+    check_output_file(out_json, ours=_is_ours, create_parents=True, label="--out")
+    check_output_file(out_md, ours=lambda p: _is_ours(out_json), create_parents=True, label="--out")
+    if args.fusion is not None:
+        pipe = load_pipeline(args.fusion, experts_yaml=args.experts, device=args.device)
+        ensemble, fusion = pipe.ensemble, pipe.fusion.eval()
+        fusion_sha = sha256_file(resolve_checkpoint(args.fusion, which="best") / "model.safetensors")
+
+        def fuse(lr, srs, feats):
+            return fusion.forward_with_precomputed(lr, srs, feats).sr
+    else:
+        ensemble, fuse, fusion_sha = ExpertEnsemble.from_yaml(args.experts, gather_device=args.device), None, None
+    fps = [fp.to_dict() for fp in ensemble.fingerprints]
+    scale = ensemble.scale
+    peers = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps)]
+    peers += [load(p, experts=fps) for p in args.ensemblers]
+    pairs = _pairs(args.hr, args.lr, scale)
+    store = OutputStore(
+        args.cache_dir,
+        meta={
+            "experts": [[fp["name"], fp["sha256"]] for fp in fps],
+            "fusion_sha256": fusion_sha,
+            "lr": str(args.lr or "matlab_bicubic"),
+        },
+    )
+
+    def lr_of(hr_path: Path, lr_path: Path | None) -> torch.Tensor:
+        return read_image(lr_path) if lr_path is not None else make_lr(read_image(hr_path), scale)[1]
+
+    todo = [(n, h, lp) for n, h, lp in pairs if not store.has(n)]
+    print(
+        f"compare_ensembles: {len(pairs)} images ({len(pairs) - len(todo)} stored), experts {list(ensemble.names)}"
+        f", fusion {args.fusion or '-'}, peers {[p.method for p in peers]}"
+    )
+    for name, hr_path, lr_path in tqdm(todo, desc="experts x8", unit="img"):
+        store.put(name, expert_outputs(ensemble, lr_of(hr_path, lr_path).to(args.device), fuse=fuse))
+
+    def items():
+        for name, hr_path, _ in tqdm(pairs, desc="score", unit="img"):
+            out = store.get(name)
+            yield out, crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
+
+    rows = score_rows(items(), expert_names=ensemble.names, ensemblers=peers, with_fusion=fuse is not None, scale=scale)
+    summary = summarise(rows)
+    title = args.title or args.hr.name
+    payload = {
+        "title": title,
+        "images": [n for n, _, _ in pairs],
+        "rows": summary,
+        "per_image_psnr": {f"{r.regime}/{r.method}": r.psnr for r in rows},
+        "experts": fps,
+        "fusion": str(args.fusion) if args.fusion else None,
+        "ensemblers": [str(p) for p in args.ensemblers],
+    }
+    atomic_write_text(out_json, json.dumps(payload, indent=1))
+    md = table_markdown(summary, title=title)
+    atomic_write_text(out_md, md)
+    print(md)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("compare_ensembles", _main, argv)
