@@ -289,11 +289,10 @@ class CropBatches(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, indices: list[int]) -> dict:
-        ds, store = self.dataset, self.store
-        plans = [ds.plan(int(k)) for k in indices]
-        n, p, s = len(plans), ds.patch, ds.reader.scale
-        meta, layout = ds.meta, ds.reader.layout
+    def shapes(self, n: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of each stored-crop tensor of an ``n``-item batch."""
+        ds = self.dataset
+        p, s, meta, layout = ds.patch, ds.reader.scale, ds.meta, ds.reader.layout
         shapes = {
             "lr": ((n, p, p, 3), torch.uint8),
             "hr": ((n, s * p, s * p, 3), torch.uint8),
@@ -301,14 +300,26 @@ class CropBatches(Dataset):
         }
         if layout.has_features:
             shapes["feats"] = ((n, p, p, sum(meta.feature_channels)), torch.float16)
-        batch = {k: _batch_tensor(shape, dtype) for k, (shape, dtype) in shapes.items()}
-        out = {k: v.numpy() for k, v in batch.items()}
+        return shapes
+
+    def fill(self, out: dict[str, torch.Tensor], indices: list[int]) -> dict[str, torch.Tensor]:
+        """Crop items ``indices`` into the first ``len(indices)`` rows of ``out`` (tensors shaped by :meth:`shapes`)
+        → their ``index``, ``box`` and ``aug``."""
+        ds, store = self.dataset, self.store
+        plans = [ds.plan(int(k)) for k in indices]
+        arrays = {k: v.numpy() for k, v in out.items()}
+        p = ds.patch
         for b, c in enumerate(plans):
-            store.crop_into(out, b, image=c.image, top=c.top, left=c.left, patch=p)
-        batch["index"] = torch.tensor([c.image for c in plans])
-        batch["box"] = torch.tensor([[c.top, c.left, p, p] for c in plans])
-        batch["aug"] = torch.tensor([c.aug for c in plans])
-        return batch
+            store.crop_into(arrays, b, image=c.image, top=c.top, left=c.left, patch=p)
+        return {
+            "index": torch.tensor([c.image for c in plans]),
+            "box": torch.tensor([[c.top, c.left, p, p] for c in plans]),
+            "aug": torch.tensor([c.aug for c in plans]),
+        }
+
+    def __getitem__(self, indices: list[int]) -> dict:
+        batch = {k: _batch_tensor(shape, dtype) for k, (shape, dtype) in self.shapes(len(indices)).items()}
+        return {**batch, **self.fill(batch, indices)}
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -417,16 +428,12 @@ def batch_crops_per_second(
     """Like :func:`crops_per_second` for the batch loader (:class:`CropBatches`, un-augmented stored crops; the
     consumer's :func:`finish_batch` is not timed — it runs on the GPU in training). ``warm``: batches read before the
     clock starts (each worker decoding the images it keeps), on top of the first one."""
+    from cache.batch_loader import SlotLoader
+
     ds = CropBatches(CachedSRDataset(path, patch=patch, seed=0), ram_budget_bytes=ram_budget_bytes, workers=workers)
-    total = batches + warm + 2 * max(1, workers)
-    loader = DataLoader(
-        ds,
-        batch_size=None,
-        sampler=[list(range(b * batch, (b + 1) * batch)) for b in range(total)],
-        num_workers=workers,
-        worker_init_fn=_one_thread,
-        prefetch_factor=4 if workers else None,
-    )
+    total = batches + warm + max(1, workers)
+    sampler = [list(range(b * batch, (b + 1) * batch)) for b in range(total)]
+    loader = SlotLoader(ds, sampler=sampler, batch_size=batch, workers=workers, prefetch=4)
     it = iter(loader)
     for _ in range(1 + warm + max(1, workers) - 1):  # start-up, file opening and decoding are not the steady state
         next(it)
@@ -435,7 +442,3 @@ def batch_crops_per_second(
     for b in it:
         n += b["lr"].shape[0]
     return n / (time.perf_counter() - t0)
-
-
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)
