@@ -17,8 +17,10 @@ A yielded batch is a view of its slot: it is valid until the next batch is asked
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import queue
+import signal
 import traceback
 from collections.abc import Iterable, Iterator
 
@@ -30,15 +32,26 @@ from pipeline.core.errors import ToolkitError
 __all__ = ["LoaderError", "SlotLoader"]
 
 
+_PARENT_CHECK_S = 1.0  # how often an idle worker checks that the training process is still alive
+
+
 class LoaderError(ToolkitError, RuntimeError):
     """A loader worker failed (its traceback is in the message) or died."""
 
 
-def _worker(payload: bytes, slots: list[dict[str, torch.Tensor]], tasks, results) -> None:
+def _worker(payload: bytes, slots: list[dict[str, torch.Tensor]], tasks, results, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the training process stops its workers itself
     torch.set_num_threads(1)  # 2-core machines: workers must not oversubscribe the cores the model uses
     batches: CropBatches = pickle.loads(payload)  # own file handles and image store, nothing inherited
     while True:
-        task = tasks.get()
+        # a training process killed outright (SIGKILL, the OOM killer) never sends the stop: its workers, which
+        # hold its images in RAM, must not outlive it — a forked worker holds the task pipe's write end too, so it
+        # would wait forever
+        if not tasks.poll(_PARENT_CHECK_S):
+            if os.getppid() != parent:
+                return
+            continue
+        task = tasks.recv()
         if task is None:
             return
         seq, slot, indices = task
@@ -114,10 +127,11 @@ class SlotLoader:
         ctx = mp.get_context("fork")
         slots = self._slots(self.workers * self.prefetch)
         payload = pickle.dumps(self.dataset)
-        tasks = [ctx.SimpleQueue() for _ in range(self.workers)]
+        pipes = [ctx.Pipe(duplex=False) for _ in range(self.workers)]  # (worker's end, ours) per worker
+        tasks = [send for _, send in pipes]
         results = ctx.Queue()
         procs = [
-            ctx.Process(target=_worker, args=(payload, slots, tasks[w], results), daemon=True)
+            ctx.Process(target=_worker, args=(payload, slots, pipes[w][0], results, os.getpid()), daemon=True)
             for w in range(self.workers)
         ]
         for p in procs:
@@ -134,7 +148,7 @@ class SlotLoader:
                     if indices is None:
                         exhausted = True
                         break
-                    tasks[sent % self.workers].put((sent, free.pop(), [int(k) for k in indices]))
+                    tasks[sent % self.workers].send((sent, free.pop(), [int(k) for k in indices]))
                     sent += 1
                 if got == sent:
                     return
@@ -155,14 +169,21 @@ class SlotLoader:
                 free.append(slot)  # the consumer asked for the next batch: this one is no longer read
                 got += 1
         finally:
-            for q in tasks:
-                q.put(None)
+            for send in tasks:
+                try:
+                    send.send(None)
+                except OSError:  # a worker that died: killed below if need be
+                    pass
             for p in procs:
                 p.join(timeout=5)
                 if p.is_alive():
                     p.kill()
                     p.join()
+            for recv, send in pipes:
+                recv.close()
+                send.close()
             results.close()
+            results.join_thread()
             if self.pinned:
                 cudart = torch.cuda.cudart()
                 for slot in slots:
