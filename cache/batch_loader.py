@@ -89,7 +89,8 @@ class SlotLoader:
         self.workers = workers
         self.prefetch = prefetch
         self.pin = pin
-        self.pinned = False
+        self.pinned = False  # the slots of the running iteration are page-locked (asynchronous copies are safe)
+        self._registered: list[int] = []  # their addresses, as cudaHostRegister-ed
 
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]
@@ -102,41 +103,62 @@ class SlotLoader:
                 t = torch.empty(shape, dtype=dtype)
                 slot[k] = t.share_memory_() if self.workers else t
             slots.append(slot)
-        if self.pin and torch.cuda.is_available():
-            try:
-                cudart = torch.cuda.cudart()
-                for slot in slots:
-                    for t in slot.values():
-                        if int(cudart.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)) != 0:
-                            raise RuntimeError("cudaHostRegister failed")
-                self.pinned = True
-            except (RuntimeError, AttributeError):
-                self.pinned = False
         return slots
+
+    def _pin(self, slots: list[dict[str, torch.Tensor]]) -> None:
+        """Page-lock ``slots`` for asynchronous copies when ``pin`` and CUDA allow (else they stay pageable) — after
+        the workers are forked: a driver may keep registered pages out of child processes (MADV_DONTFORK)."""
+        self._registered = []
+        if not (self.pin and torch.cuda.is_available()):
+            return
+        try:
+            cudart = torch.cuda.cudart()
+            for slot in slots:
+                for t in slot.values():
+                    if int(cudart.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)) != 0:
+                        raise RuntimeError("cudaHostRegister failed")
+                    self._registered.append(t.data_ptr())
+            self.pinned = True
+        except (RuntimeError, AttributeError):
+            self._unpin()
+
+    def _unpin(self) -> None:
+        """Unregister the page-locked slots before their memory is freed (a later registration of memory at the same
+        address would otherwise fail)."""
+        if self._registered:
+            cudart = torch.cuda.cudart()
+            for ptr in self._registered:
+                cudart.cudaHostUnregister(ptr)
+        self._registered = []
+        self.pinned = False
 
     def __iter__(self) -> Iterator[dict]:
         if self.workers == 0:
             slot = self._slots(1)[0]
-            for indices in self.sampler:
-                out = {k: v[: len(indices)] for k, v in slot.items()}
-                yield {**out, **self.dataset.fill(out, list(indices))}
+            self._pin([slot])
+            try:
+                for indices in self.sampler:
+                    out = {k: v[: len(indices)] for k, v in slot.items()}
+                    yield {**out, **self.dataset.fill(out, list(indices))}
+            finally:
+                self._unpin()
             return
         yield from self._iter_workers()
 
     def _iter_workers(self) -> Iterator[dict]:
         ctx = mp.get_context("fork")
-        slots = self._slots(self.workers * self.prefetch)
         payload = pickle.dumps(self.dataset)
+        slots = self._slots(self.workers * self.prefetch)
         pipes = [ctx.Pipe(duplex=False) for _ in range(self.workers)]  # (worker's end, ours) per worker
         tasks = [send for _, send in pipes]
         results = ctx.Queue()
-        procs = [
-            ctx.Process(target=_worker, args=(payload, slots, pipes[w][0], results, os.getpid()), daemon=True)
-            for w in range(self.workers)
-        ]
-        for p in procs:
-            p.start()
+        procs: list = []
         try:
+            for w in range(self.workers):
+                p = ctx.Process(target=_worker, args=(payload, slots, pipes[w][0], results, os.getpid()), daemon=True)
+                p.start()
+                procs.append(p)
+            self._pin(slots)  # after the forks
             it = iter(self.sampler)
             free = list(range(len(slots)))
             sent = got = 0
@@ -184,9 +206,4 @@ class SlotLoader:
                 send.close()
             results.close()
             results.join_thread()
-            if self.pinned:
-                cudart = torch.cuda.cudart()
-                for slot in slots:
-                    for t in slot.values():
-                        cudart.cudaHostUnregister(t.data_ptr())
-                self.pinned = False
+            self._unpin()

@@ -308,3 +308,46 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+class _FakeCudart:
+    """torch.cuda.cudart() stand-in: records page-locking, fails the ``fail_at``-th registration (1-based)."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        self.fail_at, self.registered, self.calls, self.children_at_register = fail_at, set(), 0, []
+
+    def cudaHostRegister(self, ptr, size, flags):  # noqa: N802 - the CUDA runtime's name
+        self.calls += 1
+        self.children_at_register.append(len(mp.active_children()))
+        if self.calls == self.fail_at:
+            return 1
+        assert ptr not in self.registered
+        self.registered.add(ptr)
+        return 0
+
+    def cudaHostUnregister(self, ptr):  # noqa: N802
+        self.registered.remove(ptr)
+        return 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_slot_loader_page_locks_after_forking_and_unlocks_at_the_end(cache, workers, monkeypatch):
+    """``pin``: the slots are registered once the workers run (a driver may keep registered pages out of forked
+    children), asynchronous copies are announced while they are, and every registration is undone at the end — also
+    after a failed registration, which leaves the slots pageable."""
+    sampler = StepBatchSampler(start_step=0, steps=4, batch_size=SLOT_BATCH)
+    fake = _FakeCudart()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    loader = _slot_loader(cache, workers=workers, budget=10**9, sampler=sampler)
+    loader.pin = True
+    for _ in loader:
+        assert loader.pinned and fake.registered
+    assert not loader.pinned and not fake.registered
+    assert fake.calls == max(1, 2 * workers) * len(loader.dataset.shapes(1))
+    assert set(fake.children_at_register) == {workers}
+
+    fake = _FakeCudart(fail_at=3)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    assert len(list(loader)) == 4
+    assert not loader.pinned and not fake.registered and fake.calls == 3
