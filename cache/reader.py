@@ -137,15 +137,23 @@ class CacheReader:
             feats = tuple(torch.from_numpy(f["feat"][n][lr_sl].astype(np.float32)) for n in self.meta.expert_names)
         return CacheSample(name=self._manifest[i]["name"], lr=lr, hr=hr, srs=srs, feats=feats)
 
-    def read_stored(self, i: int) -> dict:
+    def read_stored(self, i: int, *, box: tuple[int, int, int, int] | None = None) -> dict:
         """Sample ``i`` exactly as stored (numpy arrays, no conversion): ``lr``, ``hr`` (or None), ``srs``, ``feats``
-        (a list, empty without features) and the ``source_hr`` / ``source_lr`` attributes — for re-packing."""
+        (a list, empty without features) and the ``source_hr`` / ``source_lr`` attributes — for re-packing, and
+        (with ``box`` = (top, left, height, width) in LR pixels: that crop of every member) for the batch loader."""
         f = self._file(i)
-        feats = [f["feat"][n][()] for n in self.meta.expert_names] if self.layout.has_features else []
+        s = self.meta.scale
+        h, w = self.lr_size(i)
+        t, l, bh, bw = box if box is not None else (0, 0, h, w)
+        if t < 0 or l < 0 or bh <= 0 or bw <= 0 or t + bh > h or l + bw > w:
+            raise ValueError(f"box {box} outside the {h}x{w} LR image of {self._manifest[i]['name']}")
+        lr_sl = (slice(None), slice(t, t + bh), slice(l, l + bw))
+        hr_sl = (slice(None), slice(s * t, s * (t + bh)), slice(s * l, s * (l + bw)))
+        feats = [f["feat"][n][lr_sl] for n in self.meta.expert_names] if self.layout.has_features else []
         return {
-            "lr": f["lr"][()],
-            "hr": f["hr"][()] if "hr" in f else None,
-            "srs": f["sr"][()],
+            "lr": f["lr"][lr_sl],
+            "hr": f["hr"][hr_sl] if "hr" in f else None,
+            "srs": f["sr"][(slice(None), *hr_sl)],
             "feats": feats,
             "source_hr": str(f.attrs.get("source_hr", "")),
             "source_lr": str(f.attrs.get("source_lr", "")),

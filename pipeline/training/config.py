@@ -52,8 +52,12 @@ class DataConfig:
     # curves; fit the blend the fusion starts from on the same subset (fit_ensembler.py --images N)
     images: PosInt | None = None
     repeat: PosInt = 1
-    num_workers: NonNegInt = 2
+    num_workers: NonNegInt = 2  # loader processes (cache/batch_loader.py; 0 = read in the training process)
     augment: bool = True
+    # RAM the loader's processes may hold decoded training images in, all together (GiB; each of num_workers gets an
+    # equal part): an image is read whole once and kept while it fits, the rest are cropped from their files. Crops
+    # are the same whatever the budget.
+    ram_budget_gb: Annotated[float, Range(ge=0, le=4096)] = 4.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class TrainConfig(LoopConfig):
     # fine-tune: start from these weights (a checkpoint dir or a run dir → its best checkpoint); the model config and
     # the experts (names + sha256) must be the checkpoint's. Ignored by --resume (the run's own state wins).
     init_from: str | None = None
+    # torch.compile the fusion network for training (falls back to eager, saying so in one line, if compiling fails)
+    compile: bool = False
+    channels_last: bool = False  # the network's weights and 4-D inputs in channels-last memory format (GPU speed)
 
 
 @dataclass(frozen=True)

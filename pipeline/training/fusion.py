@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cache.dataset import CachedFullImageDataset, CachedSRDataset
+from cache.batch_loader import SlotLoader
+from cache.dataset import CachedFullImageDataset, CachedSRDataset, CropBatches, finish_batch
 from cache.schema import SCHEMA_VERSION, CacheLayout, describe_layout_shortfall
 from experts.spec import portable_path
 from pipeline.core.config import config_to_dict
@@ -90,14 +91,23 @@ def build_data(cfg: RunConfig, *, start_step: int, rank: int, world: int, device
     sampler = StepBatchSampler(
         start_step=start_step, steps=cfg.train.steps, batch_size=d.batch_size, rank=rank, world=world
     )
-    loader = DataLoader(
-        train_ds,
-        batch_sampler=sampler,
-        num_workers=d.num_workers,
-        worker_init_fn=worker_init,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    if d.mode == "cached":  # whole batches cut from RAM into reused shared slots (page-locked on CUDA)
+        loader = SlotLoader(
+            CropBatches(train_ds, ram_budget_bytes=int(d.ram_budget_gb * 2**30), workers=d.num_workers),
+            sampler=sampler,
+            batch_size=d.batch_size,
+            workers=d.num_workers,
+            pin=device.type == "cuda",
+        )
+    else:
+        loader = DataLoader(
+            train_ds,
+            batch_sampler=sampler,
+            num_workers=d.num_workers,
+            worker_init_fn=worker_init,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
     return loader, val_ds, meta, ensemble
 
 
@@ -128,8 +138,16 @@ def check_expert_files(experts_yaml: str, meta) -> None:
             )
 
 
-def batch_inputs(batch: dict, ensemble, device: torch.device):
-    """→ lr (B,3,h,w), hr (B,3,sh,sw), srs (B,E,3,sh,sw), feats [E × (B,C_e,h,w)] on ``device``."""
+def batch_inputs(batch: dict, ensemble, device: torch.device, *, loader=None):
+    """→ lr (B,3,h,w), hr (B,3,sh,sw), srs (B,E,3,sh,sw), feats [E × (B,C_e,h,w)] on ``device``; a batch of the
+    cached loader (a :class:`SlotLoader`) is finished on the device (float, augmented: :func:`finish_batch`)."""
+    if isinstance(loader, SlotLoader):
+        out = finish_batch(
+            batch, device=device, feat_channels=loader.dataset.meta.feature_channels, non_blocking=loader.pinned
+        )
+        if loader.pinned:  # the slot is refilled once the next batch is asked for: its copies must be done
+            torch.cuda.current_stream(device).synchronize()
+        return out["lr"], out["hr"], out["srs"], out["feats"]
     lr = batch["lr"].to(device, non_blocking=True)
     hr = batch["hr"].to(device, non_blocking=True)
     if ensemble is None:
@@ -177,6 +195,34 @@ def load_init_weights(model: FusionNet, init_from: str, experts: list[dict]) -> 
         )
     model.load_state_dict(init.state_dict(), strict=True)
     return ckpt
+
+
+def compiled_forward(module: torch.nn.Module, *, enabled: bool, prog: str):
+    """``module``'s forward, ``torch.compile``-d when ``enabled``. Compiling happens on the first call; if it fails
+    (no compiler, an unsupported op) that call and every later one run eagerly, after one printed line — only the
+    first call falls back, so a genuine error of a later step is raised as usual."""
+    if not enabled:
+        return module
+    try:
+        compiled = torch.compile(module)
+    except Exception as exc:  # noqa: BLE001 - e.g. a torch build without dynamo support
+        print(f"{prog}: train.compile: torch.compile unavailable ({type(exc).__name__}: {exc}); training eagerly")
+        return module
+    state = {"first": True, "fn": compiled}
+
+    def forward(*args):
+        if not state["first"]:
+            return state["fn"](*args)
+        state["first"] = False
+        try:
+            return compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: eager is always correct
+            msg = " ".join(str(exc).split())[:200]
+            print(f"{prog}: train.compile: compiling failed ({type(exc).__name__}: {msg}); training eagerly")
+            state["fn"] = module
+            return module(*args)
+
+    return forward
 
 
 def stage_at(step: int, stages: tuple[StageConfig, ...]) -> StageConfig:
@@ -268,6 +314,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
         if rank == 0:
             print(f"train: weights initialised from {src}")
     model = model.to(device)
+    if cfg.train.channels_last:  # before the EMA copies it and a resume loads into it
+        model = model.to(memory_format=torch.channels_last)
     expert_names = meta.expert_names if meta is not None else ensemble.names
     t = cfg.train
     loop = TrainLoop(
@@ -284,6 +332,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
     if state is not None:
         loop.restore(state)
     train_model = DistributedDataParallel(model) if world > 1 else model
+    forward = compiled_forward(train_model, enabled=t.compile, prog="train")
     vgg = VGGPerceptualLoss(weights_path=cfg.loss.vgg_weights).to(device) if cfg.loss.vgg_weights else None
     criterion = CombinedLoss(perceptual=vgg)
     use_bf16 = t.bf16 and device.type == "cuda"
@@ -311,9 +360,12 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> dict:
                     f"{config_to_dict(stage.weights)}"
                 )
         train_model.train()
-        lr, hr, srs, feats = batch_inputs(batch, ensemble, device)
+        lr, hr, srs, feats = batch_inputs(batch, ensemble, device, loader=loader)
+        if t.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = train_model(lr, srs, feats)
+            out = forward(lr, srs, feats)
         total, terms = criterion(
             out.sr.float(),
             hr,

@@ -211,6 +211,9 @@ RESUME_MAY_CHANGE = (
     "train.val_every",
     "train.ckpt_every",
     "data.num_workers",
+    "data.ram_budget_gb",
+    "train.compile",
+    "train.channels_last",
 )
 
 

@@ -12,7 +12,10 @@ CRAFT/DITN/SPAN 48/60/28) and each cache layout (``features:sr_dtype``, :class:`
 * bytes per HR pixel (the files on disk ÷ HR pixels) and the projected cache size for DIV2K (800 training images,
   ~2.26 gigapixels of HR), DF2K (3,450 images, ~9.7 Gpx) and LSDIR (84,991 images, ~108 Gpx at its mean size);
 * write throughput (MB/s of cache written, fsync and rename included);
-* random-crop read rate (crops/s at ``--batch`` LR crops of ``--patch`` px, for each worker count);
+* random-crop read rate (crops/s at ``--batch`` LR crops of ``--patch`` px, for each worker count) of the old
+  per-crop reader (``CachedSRDataset`` through a DataLoader) and of the batch loader (``SlotLoader``: crops cut from
+  images held in RAM), next to a memory-bandwidth cap measured in the same run: the same number of processes copying
+  the same bytes per crop from random places of a 256 MiB buffer into a batch, as plain contiguous copies;
 * the fusion's training step on this CPU at the same batch (the fusion that layout can feed: SR only without
   features, 8-bit input with uint8 SR), its FLOPs per step (``torch.utils.flop_counter``, forward
   + backward) and the GPU step rate those FLOPs allow at ``--gpu-tflops`` effective TFLOP/s — and the read rate as a
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing as mp
 import shutil
 import sys
 import time
@@ -36,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from cache.dataset import CachedSRDataset, crops_per_second
+from cache.dataset import CachedSRDataset, CropBatches, batch_crops_per_second, crops_per_second
 from cache.schema import CacheLayout, CacheMeta
 from cache.writer import CacheWriter, cache_bytes, encode_srs
 from pipeline.core.cli import run_cli
@@ -119,6 +123,33 @@ def fusion_step(path: Path, *, patch: int, batch: int, steps: int) -> tuple[floa
     return (time.perf_counter() - t0) / steps, float(counter.get_total_flops())
 
 
+def _copy_worker(nbytes: int, batch: int, seconds: float, counts, w: int) -> None:
+    src = np.ones(256 << 20, np.uint8)
+    dst = np.empty((batch, nbytes), np.uint8)
+    rng = np.random.default_rng(w)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for b in range(batch):
+            o = int(rng.integers(0, src.size - nbytes))
+            dst[b] = src[o : o + nbytes]
+        n += batch
+    counts[w] = n / (time.perf_counter() - t0)
+
+
+def copy_cap(nbytes: int, *, batch: int, workers: int, seconds: float = 2.0) -> float:
+    """Crops/s of ``max(1, workers)`` processes doing nothing but plain copies of ``nbytes`` per crop (the same bytes
+    a loader crop moves) from random places of a 256 MiB buffer into a batch buffer: the memory-bandwidth cap."""
+    ctx = mp.get_context("fork")
+    n = max(1, workers)
+    counts = ctx.Array("d", n)
+    procs = [ctx.Process(target=_copy_worker, args=(nbytes, batch, seconds, counts, w)) for w in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return float(sum(counts))
+
+
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2, help="synthetic images per cache")
@@ -137,7 +168,9 @@ def _main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--patch", type=int, default=64, help="LR crop side")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--workers", default="0,2", help="loader worker counts to time")
+    ap.add_argument("--workers", default="0,2,4", help="loader worker counts to time (new loader and copy cap)")
+    ap.add_argument("--old-workers", default="0", help="worker counts to time the old per-crop reader with")
+    ap.add_argument("--ram-budget-gb", type=float, default=8.0, help="the new loader's RAM budget (all workers)")
     ap.add_argument("--batches", type=int, default=20, help="batches timed per worker count")
     ap.add_argument("--steps", type=int, default=2, help="fusion training steps timed on the CPU")
     ap.add_argument("--gpu-tflops", type=float, default=100.0, help="effective GPU TFLOP/s for the step estimate")
@@ -182,11 +215,31 @@ def _main(argv: list[str] | None = None) -> int:
             f"({args.batch / step_s:.1f} crops/s); {flops / 1e9:.1f} GFLOP/step → GPU ~{gpu_steps:.1f} steps/s = "
             f"{gpu_steps * args.batch:.0f} crops/s needed"
         )
-        for n in workers:
+        need = gpu_steps * args.batch
+        for n in [int(v) for v in args.old_workers.split(",")]:
             rate = crops_per_second(path, patch=args.patch, batch=args.batch, workers=n, batches=args.batches)
+            print(f"  old per-crop reader, {n} workers: {rate:.0f} crops/s = {rate / need:.2f}x the estimated GPU step")
+        nbytes = sum(
+            int(np.prod(shape[1:])) * dtype.itemsize
+            for shape, dtype in CropBatches(CachedSRDataset(path, patch=args.patch), ram_budget_bytes=0, workers=0)
+            .shapes(1)
+            .values()
+        )
+        for n in workers:
+            rate = batch_crops_per_second(
+                path,
+                patch=args.patch,
+                batch=args.batch,
+                workers=n,
+                batches=args.batches * 10,
+                ram_budget_bytes=int(args.ram_budget_gb * 2**30),
+                warm=2 + 4 * n,  # every worker decodes the images it keeps before the clock starts
+            )
+            cap = copy_cap(nbytes, batch=args.batch, workers=n)
             print(
-                f"  read with {n} workers: {rate:.0f} crops/s = {rate / (args.batch / step_s):.1f}x the CPU step, "
-                f"{rate / (gpu_steps * args.batch):.2f}x the estimated GPU step (target >= 3x)"
+                f"  new loader, {n} workers: {rate:.0f} crops/s = {rate / need:.2f}x the estimated GPU step; "
+                f"plain copy of its {nbytes / 1e3:.0f} kB a crop with {max(1, n)} processes: {cap:.0f} crops/s "
+                f"(loader = {rate / cap:.0%} of that cap)"
             )
     return 0
 
