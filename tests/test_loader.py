@@ -231,7 +231,7 @@ def test_slot_loader_cleans_up_when_closed_abandoned_or_failing(cache):
     gc.collect()
     fds = _open_fds()
 
-    for b in _slot_loader(cache, workers=2, budget=10**9, sampler=sampler):  # run to the end
+    for b in _slot_loader(cache, workers=2, budget=10**9, sampler=sampler):  # noqa: B007 (b: deleted below)
         pass
     del b  # the last batch: a view of its slot
     _no_leftovers(fds)
