@@ -215,6 +215,7 @@ def test_existing_out_needs_overwrite(trained_run, tmp_path, capsys):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # a fresh interpreter (5 s): not in the --fast path
 def test_a_training_free_ensemble_exports_and_runs_isolated(tiny_compact_experts, lr_dir, tmp_path, capsys):
     """export_ntire --method zzpm|blend: ensembler.json + the pinned experts; the organisers' call writes exactly what
     submit.py --method writes; a weights file fitted for other experts is refused before anything is written."""
@@ -295,6 +296,7 @@ class TeamSR(nn.Module):
 """
 
 
+@pytest.mark.slow  # a fresh interpreter (5 s): not in the --fast path
 def test_an_export_of_code_file_experts_runs_isolated(lr_dir, tmp_path):
     """Experts defined by a team's Python file: the export carries the file (pinned in SHA256SUMS and experts.yaml) and
     the organisers' call imports it from model_zoo/ in a fresh interpreter, writing what submit.py --method writes."""

@@ -282,6 +282,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter (5 s): not in the --fast path
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
 def test_slot_loader_workers_exit_when_the_training_process_is_killed(cache, tmp_path):
     """SIGKILL (the OOM killer) runs no clean-up: the workers notice that their parent is gone and exit."""

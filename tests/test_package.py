@@ -73,6 +73,7 @@ def test_each_subcommand_help_names_the_console_command(name, capsys):
     assert f"usage: sr-fusion {name}" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a fresh interpreter (5 s): not in the --fast path
 def test_sr_fusion_submit_help_works_from_another_folder(tmp_path):
     """As the installed console command runs it: a fresh interpreter, another working directory."""
     code = "import sys; from pipeline.app import main; sys.exit(main())"
