@@ -119,22 +119,13 @@ class CacheReader:
 
     def read(self, i: int, *, box: tuple[int, int, int, int] | None = None) -> CacheSample:
         """Sample ``i``; ``box = (top, left, height, width)`` in LR pixels crops every member consistently."""
-        f = self._file(i)
-        s = self.meta.scale
-        h, w = self.lr_size(i)
-        t, l, bh, bw = box if box is not None else (0, 0, h, w)
-        if t < 0 or l < 0 or bh <= 0 or bw <= 0 or t + bh > h or l + bw > w:
-            raise ValueError(f"box {box} outside the {h}x{w} LR image of {self._manifest[i]['name']}")
-        lr_sl = (slice(None), slice(t, t + bh), slice(l, l + bw))
-        hr_sl = (slice(None), slice(s * t, s * (t + bh)), slice(s * l, s * (l + bw)))
-        lr = torch.from_numpy(f["lr"][lr_sl].astype(np.float32) / 255.0)
-        hr = torch.from_numpy(f["hr"][hr_sl].astype(np.float32) / 255.0) if "hr" in f else None
-        srs = torch.from_numpy(f["sr"][(slice(None), *hr_sl)].astype(np.float32))
+        stored = self.read_stored(i, box=box)
+        lr = torch.from_numpy(stored["lr"].astype(np.float32) / 255.0)
+        hr = torch.from_numpy(stored["hr"].astype(np.float32) / 255.0) if stored["hr"] is not None else None
+        srs = torch.from_numpy(stored["srs"].astype(np.float32))
         if self.layout.sr_dtype == "uint8":
             srs = srs / 255.0
-        feats = ()
-        if self.layout.has_features:
-            feats = tuple(torch.from_numpy(f["feat"][n][lr_sl].astype(np.float32)) for n in self.meta.expert_names)
+        feats = tuple(torch.from_numpy(feat.astype(np.float32)) for feat in stored["feats"])
         return CacheSample(name=self._manifest[i]["name"], lr=lr, hr=hr, srs=srs, feats=feats)
 
     def read_stored(self, i: int, *, box: tuple[int, int, int, int] | None = None) -> dict:
