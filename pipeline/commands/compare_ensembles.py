@@ -30,7 +30,14 @@ from pipeline.core.imageio import read_image, scan_image_folder
 from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_file
 from pipeline.core.resize import make_lr
-from pipeline.evaluation.compare import OutputStore, expert_outputs, score_rows, summarise, table_markdown
+from pipeline.evaluation.compare import (
+    OutputStore,
+    expert_outputs,
+    is_table_json,
+    score_rows,
+    summarise,
+    table_markdown,
+)
 from pipeline.evaluation.scoring import strip_scale_suffix
 from pipeline.inference.ensemblers import fit, load
 from pipeline.inference.pipeline import load_pipeline
@@ -47,13 +54,6 @@ def _pairs(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[tuple[str, Pat
 
         raise PairingError(f"HR and LR folders do not pair up; unmatched: {sorted(set(lrs) ^ set(hrs))[:10]}")
     return [(n, hrs[n], lrs[n]) for n in sorted(hrs)]
-
-
-def _is_ours(path: Path) -> bool:
-    try:
-        return "rows" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -77,8 +77,8 @@ def _main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    check_output_file(out_json, ours=_is_ours, create_parents=True, label="--out")
-    check_output_file(out_md, ours=lambda p: _is_ours(out_json), create_parents=True, label="--out")
+    check_output_file(out_json, ours=is_table_json, create_parents=True, label="--out")
+    check_output_file(out_md, ours=lambda p: is_table_json(out_json), create_parents=True, label="--out")
     if args.fusion is not None:
         pipe = load_pipeline(args.fusion, experts_yaml=args.experts, device=args.device)
         ensemble, fusion = pipe.ensemble, pipe.fusion.eval()

@@ -34,6 +34,7 @@ from pipeline.inference.ensemblers import Ensembler, apply
 
 __all__ = [
     "REGIMES",
+    "is_table_json",
     "CompareError",
     "OutputStore",
     "Row",
@@ -224,6 +225,14 @@ def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def is_table_json(path: Path) -> bool:
+    """Whether ``path`` is a table JSON these tools wrote (it has ``rows``) — what their output guard may replace."""
+    try:
+        return "rows" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def table_markdown(summary: Sequence[dict[str, Any]], *, title: str) -> str:

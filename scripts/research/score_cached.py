@@ -23,16 +23,9 @@ from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
 from pipeline.core.outputs import check_output_file
 from pipeline.evaluation.cached import score_cached
-from pipeline.evaluation.compare import summarise, table_markdown
+from pipeline.evaluation.compare import is_table_json, summarise, table_markdown
 from pipeline.inference.ensemblers import fit, load
 from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
-
-
-def _is_ours(path: Path) -> bool:
-    try:
-        return "rows" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -58,8 +51,8 @@ def _main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.out is not None:
         out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-        check_output_file(out_json, ours=_is_ours, create_parents=True, label="--out")
-        check_output_file(out_md, ours=lambda p: _is_ours(out_json), create_parents=True, label="--out")
+        check_output_file(out_json, ours=is_table_json, create_parents=True, label="--out")
+        check_output_file(out_md, ours=lambda p: is_table_json(out_json), create_parents=True, label="--out")
     reader = CacheReader(args.cache)
     fps = list(reader.meta.experts)
     reader.close()
