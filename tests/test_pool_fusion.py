@@ -75,3 +75,43 @@ def test_score_cached_refuses_a_fusion_of_other_experts(tiny_cache, trained_run,
     with pytest.raises(CachedScoreError, match="no image is held out"):
         score(tiny_cache, held_out_of=6)
     assert torch.get_num_threads() >= 1
+
+
+def test_two_peers_of_one_method_get_their_own_rows(tiny_cache, tmp_path, capsys):
+    """A blend fitted on two training sets: two rows labelled by file, each scored on every image once — never one
+    row pooling both (the mean of their scores)."""
+    paths = []
+    for n in (3, 6):
+        paths.append(tmp_path / f"{n}_blend_reg.json")
+        assert (
+            fit_ensembler.main([str(tiny_cache), "--method", "blend_reg", "--images", str(n), "--out", str(paths[-1])])
+            == 0
+        )
+    alone = []
+    for p in paths:
+        assert (
+            score_cached.main(
+                ["--cache", str(tiny_cache), "--ensemblers", str(p), "--out", str(tmp_path / f"t{p.stem}")]
+            )
+            == 0
+        )
+        rows = json.loads((tmp_path / f"t{p.stem}.json").read_text())["rows"]
+        alone.append(next(r for r in rows if r["method"] == "blend_reg"))
+    assert (
+        score_cached.main(
+            ["--cache", str(tiny_cache), "--ensemblers", *map(str, paths), "--out", str(tmp_path / "both")]
+        )
+        == 0
+    )
+    rows = {r["method"]: r for r in json.loads((tmp_path / "both.json").read_text())["rows"]}
+    for p, one in zip(paths, alone, strict=True):
+        row = rows[f"blend_reg [{p.stem}]"]
+        assert row["images"] == one["images"] == 6 and row["psnr"] == one["psnr"]
+    assert "blend_reg" not in rows and alone[0]["psnr"] != alone[1]["psnr"]
+
+    from pipeline.evaluation.compare import CompareError, peer_labels
+    from pipeline.inference.ensemblers import load
+
+    same = load(paths[0])
+    with pytest.raises(CompareError, match="share the table row"):
+        peer_labels([same, same], [paths[0], paths[0]])

@@ -34,6 +34,7 @@ from pipeline.evaluation.compare import (
     OutputStore,
     expert_outputs,
     is_table_json,
+    peer_labels,
     score_rows,
     summarise,
     table_markdown,
@@ -92,6 +93,7 @@ def _main(argv: list[str] | None = None) -> int:
     scale = ensemble.scale
     peers = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps)]
     peers += [load(p, experts=fps) for p in args.ensemblers]
+    labels = peer_labels(peers, [None, None, *args.ensemblers])  # before any expert runs
     pairs = _pairs(args.hr, args.lr, scale)
     store = OutputStore(
         args.cache_dir,
@@ -118,7 +120,14 @@ def _main(argv: list[str] | None = None) -> int:
             out = store.get(name)
             yield out, crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
 
-    rows = score_rows(items(), expert_names=ensemble.names, ensemblers=peers, with_fusion=fuse is not None, scale=scale)
+    rows = score_rows(
+        items(),
+        expert_names=ensemble.names,
+        ensemblers=peers,
+        labels=labels,
+        with_fusion=fuse is not None,
+        scale=scale,
+    )
     summary = summarise(rows)
     title = args.title or args.hr.name
     payload = {

@@ -20,7 +20,7 @@ from cache.reader import CacheReader
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
-from pipeline.evaluation.compare import Row
+from pipeline.evaluation.compare import Row, check_labels
 from pipeline.inference.ensemblers import (
     ENSIR_BIN_WIDTH,
     ENSIR_MIN_PIXELS,
@@ -46,11 +46,14 @@ def score_cached(
     fusions: Sequence[tuple[str, FusionNet, Sequence[dict]]] = (),
     ensemblers: Sequence[Ensembler] = (),
     held_out_of: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[Row]:
     """Rows (regime ``none``) of every expert, every ensembler and every ``(label, fusion, its experts'
     fingerprints)`` on the cache's images; per-image scores kept (:class:`pipeline.evaluation.compare.Row`).
     ``held_out_of``: only the images *outside* the nested subset of that size (``cache.dataset.image_subset``) — the
-    training images a run with ``data.images`` = that size never saw: a held-out split of the training cache."""
+    training images a run with ``data.images`` = that size never saw: a held-out split of the training cache.
+    ``labels``: the ensemblers' row labels (default their methods; :func:`pipeline.evaluation.compare.peer_labels`)."""
+    labels = [e.method for e in ensemblers] if labels is None else list(labels)
     reader = CacheReader(cache_path)
     try:
         if not reader.has_hr:
@@ -61,6 +64,7 @@ def score_cached(
             if want != have:
                 raise CachedScoreError(f"fusion {label} was trained with experts {want}, {cache_path} holds {have}")
         names = reader.meta.expert_names
+        check_labels([*names, *labels, *(label for label, _, _ in fusions)])
         rows: dict[str, Row] = {}
         scale = reader.scale
 
@@ -81,8 +85,8 @@ def score_cached(
             lr, srs, hr = s.lr[None], s.srs[None], s.hr[None]  # (1,3,h,w), (1,E,3,H,W), (1,3,H,W)
             for j, n in enumerate(names):
                 add(n, "expert", srs[:, j], hr)
-            for ens in ensemblers:
-                add(ens.method, "ensembler", apply(ens, srs), hr)
+            for ens, label in zip(ensemblers, labels, strict=True):
+                add(label, "ensembler", apply(ens, srs), hr)
             for label, fusion, _ in fusions:
                 feats = [f[None] for f in s.feats]
                 add(label, "fusion", fusion.forward_with_precomputed(lr, srs, feats).sr, hr)

@@ -36,6 +36,7 @@ __all__ = [
     "REGIMES",
     "is_table_json",
     "CompareError",
+    "peer_labels",
     "OutputStore",
     "Row",
     "block_oracle",
@@ -49,6 +50,27 @@ REGIMES = ("none", "x8")
 
 class CompareError(ToolkitError, RuntimeError):
     """The stored outputs belong to other experts or another fusion, or the inputs do not pair."""
+
+
+def peer_labels(ensemblers: Sequence[Ensembler], files: Sequence[str | os.PathLike | None]) -> list[str]:
+    """The row label of each ensembler: its method, or — where two share a method (a blend fitted on two training
+    sets) — the method and its file's stem, ``blend_reg [873_blend_reg]`` (``files[i]`` None: a built-in peer)."""
+    if len(files) != len(ensemblers):
+        raise ValueError(f"{len(ensemblers)} ensemblers, {len(files)} files")
+    methods = [e.method for e in ensemblers]
+    labels = [
+        m if methods.count(m) == 1 or f is None else f"{m} [{Path(f).stem}]"
+        for m, f in zip(methods, files, strict=True)
+    ]
+    check_labels(labels)
+    return labels
+
+
+def check_labels(labels: Sequence[str]) -> None:
+    """Two rows never share a label: their per-image scores would be pooled into one mean."""
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise CompareError(f"two peers would share the table row {dup[0]!r}: give them files with different names")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -160,8 +182,12 @@ def score_rows(
     with_fusion: bool,
     scale: int,
     oracle_block: int = 16,
+    labels: Sequence[str] | None = None,
 ) -> list[Row]:
-    """``items``: ``(stored outputs, hr (3,sH,sW))`` per image → every row of both regimes, per-image scores kept."""
+    """``items``: ``(stored outputs, hr (3,sH,sW))`` per image → every row of both regimes, per-image scores kept.
+    ``labels``: the ensemblers' row labels (default their methods; :func:`peer_labels`), all distinct."""
+    labels = [e.method for e in ensemblers] if labels is None else list(labels)
+    check_labels([*expert_names, *labels])
     rows: dict[tuple[str, str], Row] = {}
 
     def add(regime: str, method: str, kind: str, sr: torch.Tensor, hr: torch.Tensor) -> None:
@@ -175,8 +201,8 @@ def score_rows(
             srs = out[key]  # (E,3,sH,sW)
             for j, n in enumerate(expert_names):
                 add(regime, n, "expert", srs[j], hr)
-            for ens in ensemblers:
-                add(regime, ens.method, "ensembler", apply(ens, srs[None])[0], hr)
+            for ens, label in zip(ensemblers, labels, strict=True):
+                add(regime, label, "ensembler", apply(ens, srs[None])[0], hr)
             if with_fusion:
                 if regime == "none":
                     add(regime, "fusion", "fusion", out["fusion"], hr)
