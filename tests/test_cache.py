@@ -619,3 +619,29 @@ def test_image_subsets_are_nested_and_fixed():
     assert image_subset(291, 50) == small  # the same subset every time
     with pytest.raises(ValueError, match="cannot take"):
         image_subset(10, 11)
+
+
+def test_make_lr_hr_scale_makes_multiscale_pairs(tmp_path, capsys):
+    """--hr-scale S: the HR downscaled by S with the MATLAB bicubic (8-bit) first, named _s{100S:03d}, then the
+    usual crop + ×4 LR — the pairs a training cache takes next to the originals."""
+    from pipeline.core.imageio import read_image
+    from pipeline.core.resize import imresize, make_lr
+
+    make_lr_cli = program("make_lr")
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    write_image(hr / "a.png", torch.rand(1, 3, 70, 90, generator=gen))
+    write_image(hr / "b.png", torch.rand(1, 3, 64, 48, generator=gen))
+    args = ["--hr", str(hr), "--out", str(tmp_path / "lr"), "--hr-out", str(tmp_path / "hrc"), "--hr-scale", "0.75"]
+    assert make_lr_cli.main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "hrc").glob("*.png")) == ["a_s075.png", "b_s075.png"]
+    for stem in ("a", "b"):
+        small = imresize(read_image(hr / f"{stem}.png"), 0.75, uint8=True)
+        want_hr, want_lr = make_lr(small, 4)
+        assert torch.equal(read_image(tmp_path / "hrc" / f"{stem}_s075.png"), want_hr)
+        assert torch.equal(read_image(tmp_path / "lr" / f"{stem}_s075x4.png"), want_lr)
+    assert read_image(tmp_path / "hrc" / "a_s075.png").shape[-2:] == (52, 68)  # ceil(70·0.75)=53 → 52, 68
+    capsys.readouterr()
+    assert make_lr_cli.main([*args[:4], "--hr-scale", "1.5"]) == 2
+    assert "--hr-scale must be in (0, 1]" in capsys.readouterr().err
