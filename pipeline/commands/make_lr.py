@@ -5,11 +5,10 @@
 Each HR image is first cropped to a multiple of the scale; the LR is written as ``{stem}x{scale}.png`` (the NTIRE /
 DIV2K naming). ``--hr-out`` also writes the cropped HR as ``{stem}.png`` (what the LR corresponds to exactly).
 
-``--hr-scale S`` (0 < S < 1) makes *multi-scale training data*: each HR image is first downscaled by S with the same
+``--hr-scale S`` (0 < S ≤ 1) makes *multi-scale training data*: each HR image is first downscaled by S with the same
 MATLAB bicubic (8-bit, like ``imresize(hr, S)`` on a uint8 image) and named ``{stem}_s{100·S:03d}`` (0.75 →
-``_s075``), so the pairs of several scales can share one training cache with the originals. Downscaled HR holds more
-detail per pixel than the original; a fusion trained on a few hundred images gains from the extra pairs
-(docs/RESULTS.md, the pool fusion's learning curve).
+``_s075``), so the pairs of several scales can share one training cache with the originals.
+
 Every HR image is decoded before anything is written (all bad files listed, one line each, exit status 2); an output
 folder must be new, empty or one this script made (it leaves a hidden ``.sr-fusion-output`` marker).
 """
