@@ -18,6 +18,7 @@ from pipeline.training.losses import (
     gate_oracle_loss,
     l1_loss,
     mse_y_loss,
+    psnr_y_loss,
     sobel_loss,
     ssim_loss,
     swt_haar,
@@ -47,6 +48,26 @@ def test_mse_y_is_the_scored_psnr(img):
         got = -10.0 * torch.log10(mse_y_loss(sr[i : i + 1].double(), img[i : i + 1].double()))
         assert got.item() == pytest.approx(expected[i].item(), abs=1e-9)
     assert mse_y_loss(img + 0.1, img).item() == pytest.approx((0.1 * 219.0 / 255.0) ** 2, rel=1e-4)
+
+
+def test_psnr_y_is_minus_the_mean_per_sample_psnr(img):
+    """psnr_y_loss = −mean_b PSNR_Y(b) (the challenge's average over images, no crop), not −PSNR of the pooled MSE;
+    a perfect sample stays finite (60 dB floor) and its gradient is zero."""
+    from pipeline.core.metrics import psnr_y
+
+    sr = img.clone()
+    sr[0] = (img[0] + 0.02 * torch.randn_like(img[0])).clamp(0, 1)
+    sr[1] = (img[1] + 0.2 * torch.randn_like(img[1])).clamp(0, 1)
+    per = psnr_y(sr.double(), img.double(), crop_border=0)
+    got = psnr_y_loss(sr.double(), img.double(), floor_db=200.0)
+    assert got.item() == pytest.approx(-per.mean().item(), abs=1e-6)
+    pooled = -10.0 * torch.log10(mse_y_loss(sr.double(), img.double()))
+    assert abs(got.item() + pooled.item()) > 1.0  # the two samples' PSNRs differ a lot: averaging dB ≠ pooling MSE
+    x = img.clone().requires_grad_(True)
+    loss = psnr_y_loss(x, img)
+    assert loss.item() == pytest.approx(-60.0, abs=1e-6)
+    loss.backward()
+    assert torch.count_nonzero(x.grad) == 0
 
 
 def test_fft_loss_of_a_constant_offset_is_all_dc(img):

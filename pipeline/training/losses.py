@@ -6,6 +6,9 @@ All image losses take ``sr``/``hr`` (B,3,H,W) float in [0,1] and return a scalar
 * :func:`mse_y_loss` — mean squared error on the scored channel (BT.601 Y with the 16–235 offsets, on [0,1]): the
   loss whose optimum is the PSNR the challenge measures (L1/Charbonnier pull towards the median instead; a
   least-squares blend start is stationary for this one)
+* :func:`psnr_y_loss` — minus the mean over the batch of each sample's PSNR on that channel (dB): the challenge
+  *averages PSNR over images*, so a sample's squared error counts in proportion to 1/its MSE (a gain of x dB on a
+  smooth crop counts as much as on a textured one); Y-MSE instead lets the crops with the largest errors dominate
 * :func:`fft_loss` — L1 between the stacked real/imaginary parts of the 2-D FFTs (SFHformer uses weight 0.1),
   with optional high-frequency emphasis ``1 + hf_weight · radius``
 * :func:`swt_loss` — L1 between the sub-bands of a 2-level stationary (undecimated) Haar wavelet transform
@@ -35,6 +38,7 @@ __all__ = [
     "gate_oracle_loss",
     "charbonnier_loss",
     "mse_y_loss",
+    "psnr_y_loss",
     "fft_loss",
     "swt_loss",
     "swt_haar",
@@ -52,6 +56,7 @@ class LossWeights:
     l1: NonNegFloat = 0.0
     charbonnier: NonNegFloat = 1.0
     mse_y: NonNegFloat = 0.0  # MSE on BT.601 Y (the scored channel); ~1e-3 in size: weight it when mixing
+    psnr_y: NonNegFloat = 0.0  # −(mean per-sample PSNR on BT.601 Y) in dB; ~−30 in size
     fft: NonNegFloat = 0.0
     fft_hf_weight: NonNegFloat = 0.0  # high-frequency emphasis inside the FFT loss
     swt: NonNegFloat = 0.0
@@ -87,6 +92,14 @@ def gate_oracle_loss(gates: torch.Tensor, srs: torch.Tensor, hr: torch.Tensor, e
 def mse_y_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     w = sr.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1) / 255.0  # Y on [0,1]; the 16/255 offset cancels in the difference
     return ((sr - hr) * w).sum(dim=1).square().mean()
+
+
+def psnr_y_loss(sr: torch.Tensor, hr: torch.Tensor, *, floor_db: float = 60.0) -> torch.Tensor:
+    """−(mean over the batch of each sample's PSNR on BT.601 Y, in dB, no border crop): the quantity the challenge
+    averages over images. Each sample's MSE is floored at the ``floor_db`` PSNR so a perfect crop stays finite."""
+    w = sr.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1) / 255.0
+    mse = ((sr - hr) * w).sum(dim=1).square().flatten(1).mean(dim=1)  # (B,)
+    return (10.0 * torch.log10(mse + 10.0 ** (-floor_db / 10.0))).mean()
 
 
 def charbonnier_loss(sr: torch.Tensor, hr: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -254,6 +267,8 @@ class CombinedLoss(nn.Module):
             terms["charbonnier"] = charbonnier_loss(sr, hr)
         if weights.mse_y:
             terms["mse_y"] = mse_y_loss(sr, hr)
+        if weights.psnr_y:
+            terms["psnr_y"] = psnr_y_loss(sr, hr)
         if weights.fft:
             terms["fft"] = fft_loss(sr, hr, hf_weight=weights.fft_hf_weight)
         if weights.swt:
