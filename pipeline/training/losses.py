@@ -89,16 +89,20 @@ def gate_oracle_loss(gates: torch.Tensor, srs: torch.Tensor, hr: torch.Tensor, e
     return (weight * nll).sum() / weight.sum().clamp_min(eps)
 
 
+def _y_diff(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """``(B,H,W)``: the difference of the BT.601 Y channels on [0,1] (the 16/255 offset cancels in it)."""
+    w = sr.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1) / 255.0
+    return ((sr - hr) * w).sum(dim=1)
+
+
 def mse_y_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    w = sr.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1) / 255.0  # Y on [0,1]; the 16/255 offset cancels in the difference
-    return ((sr - hr) * w).sum(dim=1).square().mean()
+    return _y_diff(sr, hr).square().mean()
 
 
 def psnr_y_loss(sr: torch.Tensor, hr: torch.Tensor, *, floor_db: float = 60.0) -> torch.Tensor:
     """−(mean over the batch of each sample's PSNR on BT.601 Y, in dB, no border crop): the quantity the challenge
     averages over images. Each sample's MSE is floored at the ``floor_db`` PSNR so a perfect crop stays finite."""
-    w = sr.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1) / 255.0
-    mse = ((sr - hr) * w).sum(dim=1).square().flatten(1).mean(dim=1)  # (B,)
+    mse = _y_diff(sr, hr).square().flatten(1).mean(dim=1)  # (B,)
     return (10.0 * torch.log10(mse + 10.0 ** (-floor_db / 10.0))).mean()
 
 
