@@ -159,7 +159,6 @@ def extract(
     out: Path,
     hr_dirs: Sequence[Path] = (),
     lr_dir: Path | None = None,
-    root: Path | None = None,
     device: str | None = None,
     compression: str = "none",
     layout: CacheLayout = EXTRACT_LAYOUT,
@@ -184,7 +183,7 @@ def extract(
             )
         scale = spec.scale
         jobs, listing = build_jobs_checked(hr_dirs, lr_dir, scale)
-        ensemble = ExpertEnsemble.from_spec(spec, root=root, gather_device="cpu")
+        ensemble = ExpertEnsemble.from_spec(spec, gather_device="cpu")
         min_lr = ensemble.min_lr_size
         already = data_dir_of(out)
         pending = [j for j in jobs if overwrite or not part_path(already, j.name).is_file()]

@@ -69,13 +69,12 @@ class ExpertEnsemble:
         cls,
         spec: EnsembleSpec,
         *,
-        root: str | os.PathLike | None = None,
         gather_device: str = "cpu",
         grad_mode: GradMode = "inference",
         concurrent: bool | None = None,
     ) -> ExpertEnsemble:
-        """Load every expert of ``spec`` (checkpoints relative to ``root``, default the repository root)."""
-        experts = [load_expert(e, root=root, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts]
+        """Load every expert of ``spec``."""
+        experts = [load_expert(e, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts]
         return cls(experts=experts, scale=spec.scale, gather_device=gather_device, concurrent=concurrent)
 
     @classmethod
@@ -83,7 +82,6 @@ class ExpertEnsemble:
         cls,
         path: str | os.PathLike,
         *,
-        root: str | os.PathLike | None = None,
         gather_device: str = "cpu",
         grad_mode: GradMode = "inference",
         concurrent: bool | None = None,
@@ -92,7 +90,6 @@ class ExpertEnsemble:
         ``ExpertEnsemble.from_yaml("configs/experts/shared_real.yaml")``."""
         return cls.from_spec(
             load_ensemble_spec(Path(path)),
-            root=root,
             gather_device=gather_device,
             grad_mode=grad_mode,
             concurrent=concurrent,

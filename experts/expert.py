@@ -263,23 +263,18 @@ class Expert:
         return sum(int(f.shape[1]) for f in feats)
 
 
-def load_expert(
-    spec: ExpertSpec,
-    *,
-    root: str | Path | None = None,
-    ensemble_scale: int = 4,
-    grad_mode: GradMode = "inference",
-) -> Expert:
-    """Load, verify, freeze and place the expert ``spec`` (checkpoint relative to ``root``, default the repo root).
+def load_expert(spec: ExpertSpec, *, ensemble_scale: int = 4, grad_mode: GradMode = "inference") -> Expert:
+    """Load, verify, freeze and place the expert ``spec`` (its paths are absolute after
+    :func:`experts.spec.load_ensemble_spec`; a relative one in a spec built in code is relative to the current folder).
 
     Raises :class:`experts.loading.ExpertLoadError` (naming the file) for a missing/unsafe/unknown/mismatching
     checkpoint, :class:`experts.devices.DeviceError` for a device this machine lacks, ``ValueError`` for an
     unsupported precision, :class:`experts.hooks.HookError` for a bad hook layer.
     """
     if spec.code is not None:
-        loaded, path, digest = load_code_model(spec, root=root)
+        loaded, path, digest = load_code_model(spec)
     else:
-        path = resolve_expert_checkpoint(spec, root)
+        path = resolve_expert_checkpoint(spec)
         state = read_state_dict(path, key=spec.checkpoint_key)
         digest = sha256_file(path)
         if spec.sha256 is not None and digest != spec.sha256:

@@ -1,11 +1,11 @@
 """Run every expert of a config on a folder of LR images.
 
     python -m experts.run --config configs/experts/shared_real.yaml --input LR_DIR --output OUT_DIR \
-        [--root REPO_ROOT] [--device NAME=DEVICE ...] [--gather-device cpu]
+        [--device NAME=DEVICE ...] [--gather-device cpu]
 
 Writes ``OUT_DIR/<expert>/<image stem>.png`` (8-bit, rounded) for every expert and every image of ``LR_DIR``, and
 ``OUT_DIR/fingerprints.json`` (name, architecture, sha256, hooks, feature channels, detected hyper-parameters of each
-expert). Checkpoint paths in the config are relative to the repository root unless ``--root`` says otherwise.
+expert). Paths in the config are relative to the config's own folder.
 ``--device craft=cuda:1`` moves one expert without editing the YAML. ``--tta``: ×8 self-ensemble of each expert
 (:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`; ``fingerprints.json`` records ``self_ensemble: 8``).
 Every input is decoded and the output folder checked (new, empty, or made by this command) before any work.
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
 from experts.spec import load_ensemble_spec, with_devices
+from pipeline.core import bundled
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import program_name, run_cli
 from pipeline.core.config import ConfigError
@@ -51,13 +52,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
     ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
     ap.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per expert)")
-    ap.add_argument(
-        "--root", type=Path, default=None, help="resolve relative checkpoint paths here (default: repo root)"
-    )
     ap.add_argument("--device", action="append", default=[], metavar="NAME=DEVICE", help="per-expert device override")
     ap.add_argument("--gather-device", default="cpu", help="device the outputs are gathered on (default cpu)")
     ap.add_argument("--tta", action="store_true", help="x8 self-ensemble of each expert (flips x rot90, averaged)")
     args = ap.parse_args(argv)
+    bundled.resolve_arguments(args, {"config": "experts"})
 
     # the output folder and every input (decoded) are checked before an expert is loaded or anything written
     if args.output.resolve() == args.input.resolve():
@@ -66,7 +65,7 @@ def _main(argv: list[str] | None = None) -> int:
     scan = scan_images(args.input, subfolders=False)  # every input decoded; its problems raised with the small ones
     spec = with_devices(load_ensemble_spec(args.config), parse_device_map(args.device))
     with claim_output_dir(args.output, tool="experts.run"):  # this process's alone from before the experts load
-        ensemble = ExpertEnsemble.from_spec(spec, root=args.root, gather_device=args.gather_device)
+        ensemble = ExpertEnsemble.from_spec(spec, gather_device=args.gather_device)
         files = scan.check(min_side=ensemble.min_lr_size, what="the experts' minimum LR side")
         for name in ensemble.names:
             mark_output_dir(args.output / name, tool="experts.run")

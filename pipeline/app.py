@@ -32,6 +32,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "list": Command("pipeline.commands.list_bundled", "", "every bundled file (experts, fusions, configs) by name"),
     "quickstart": Command(
         "pipeline.commands.quickstart", "scripts/quickstart.py", "the whole pipeline end to end on bundled photos"
     ),
@@ -67,7 +68,7 @@ def usage() -> str:
         "",
         "NTIRE x4 super-resolution by multi-expert fusion. Subcommands:",
         "",
-        *(f"  {name:<{width}}  {c.summary} ({c.script})" for name, c in COMMANDS.items()),
+        *(f"  {name:<{width}}  {c.summary}" + (f" ({c.script})" if c.script else "") for name, c in COMMANDS.items()),
         "",
         "--debug (any subcommand): show the traceback of an input or config error instead of one line.",
     ]

@@ -409,7 +409,7 @@ def test_no_committed_checkpoint_or_config_names_a_machine_path():
 
 @pytest.mark.slow  # ~11 s: a fresh interpreter in a copy
 def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_path):
-    """The code, the bundled fusion and its experts copied to a new folder (a clone elsewhere: its own REPO_ROOT);
+    """The code, the bundled fusion and its experts copied to a new folder (a clone elsewhere: its own bundled root);
     submit.py --run checkpoints/fusion_zoo_small finds its experts in the clone by their recorded relative paths —
     every expert file it reads lies inside the clone."""
     clone = tmp_path / "elsewhere" / "sr-fusion"
@@ -426,11 +426,11 @@ def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_p
         "read = []\n"
         "sys.addaudithook(lambda e, a: read.append(str(a[0])) if e == 'open' and str(a[0]).endswith("
         "('.safetensors', '.pth')) else None)\n"
-        "import experts.spec\n"
+        "from pipeline.core import bundled\n"
         "from pipeline.core.cli import run_program\n"
         "code = run_program('scripts/submit.py', ['--run', 'checkpoints/fusion_zoo_small', '--input', 'LR', "
         "'--output', 'OUT', '--device', 'cpu'])\n"
-        "print('PROBE', json.dumps({'root': str(experts.spec.REPO_ROOT), 'read': read, 'code': code}))\n"
+        "print('PROBE', json.dumps({'root': str(bundled.root()), 'read': read, 'code': code}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}  # the clone's code, not this tree's
     res = subprocess.run([sys.executable, "-c", probe], cwd=clone, env=env, capture_output=True, text=True, timeout=600)

@@ -90,9 +90,10 @@ def test_missing_file_names_the_file(tmp_path):
         load_expert(_spec(tmp_path / "nowhere.pth", "SPAN"))
 
 
-def test_relative_missing_file_names_the_resolved_path(tmp_path):
+def test_relative_missing_file_names_the_resolved_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ExpertLoadError, match=str(tmp_path / "w" / "x.pth")):
-        load_expert(_spec("w/x.pth", "SPAN"), root=tmp_path)
+        load_expert(_spec("w/x.pth", "SPAN"))
 
 
 def test_wrong_architecture_scale_or_hyperparameter_is_an_error(tmp_path):

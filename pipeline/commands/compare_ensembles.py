@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
 from experts.loading import sha256_file
+from pipeline.core import bundled
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import program_name, run_cli
 from pipeline.core.imageio import read_image, scan_image_folder
@@ -74,6 +75,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    bundled.resolve_arguments(args, {"fusion": "run", "experts": "experts"})
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -39,6 +39,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.core import bundled
 from pipeline.core.cli import run_cli
 from pipeline.inference.ensemblers import METHODS
 from pipeline.inference.ensemblers import load as load_ensembler
@@ -76,6 +77,7 @@ def _main(argv: list[str] | None = None) -> int:
         ap.error(f"--method {args.method} needs --weights (scripts/fit_ensembler.py) and --experts, and no --run")
 
     try:
+        bundled.resolve_arguments(args, {"run": "run", "experts": "experts"})
         pkg = package_name(args.team_id, args.team_name)
         out = args.out.resolve()
         check_export_out(out, overwrite=args.overwrite)

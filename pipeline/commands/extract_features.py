@@ -38,6 +38,7 @@ import torch
 
 from cache.extract import extract, verify
 from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
+from pipeline.core import bundled
 from pipeline.core.cli import program_name, run_cli
 
 
@@ -64,7 +65,6 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hr", type=Path, nargs="+", default=[], help="HR image folder(s), e.g. T91 BSD200")
     ap.add_argument("--lr", type=Path, default=None, help="LR image folder (NAMEx4.png); default: made from --hr")
     ap.add_argument("--out", type=Path, required=True, help="cache index file, e.g. caches/train.h5")
-    ap.add_argument("--root", type=Path, default=None, help="resolve relative checkpoint paths here (default: repo)")
     ap.add_argument(
         "--device",
         default=None,
@@ -98,6 +98,7 @@ def _main(argv: list[str] | None = None) -> int:
         "pass); recorded in the fingerprints, so a fusion trained on it runs with submit.py --expert-tta",
     )
     args = ap.parse_args(argv)
+    bundled.resolve_arguments(args, {"experts": "experts"})
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,7 +111,6 @@ def _main(argv: list[str] | None = None) -> int:
         out=args.out,
         hr_dirs=args.hr,
         lr_dir=args.lr,
-        root=args.root,
         device=args.device,
         compression=args.compression,
         layout=CacheLayout(features=args.features, sr_dtype=args.sr_dtype),

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch
 
-from experts.spec import REPO_ROOT
+from pipeline.core import bundled
 from pipeline.core.cli import call_main, run_cli
 from pipeline.core.errors import ToolkitError
 from pipeline.core.sample_photos import write_samples
 
-REPO = REPO_ROOT  # the repository, or the installed package's site-packages (configs/, checkpoints/ ride along)
+REPO = bundled.root()  # the checkout, or the installed package data (pipeline/core/bundled.py)
 BUNDLED_EXPERTS = REPO / "configs" / "experts" / "zoo_small.yaml"
 BUNDLED_FUSION = REPO / "checkpoints" / "fusion_zoo_small"
 FINETUNE_CONFIG = REPO / "configs" / "train" / "quickstart.yaml"
@@ -174,8 +174,6 @@ def run(args: argparse.Namespace) -> dict:
             str(cache),
             "--device",
             device,
-            "--root",
-            str(REPO),
             "--features",  # the bundled fusion reads the hooked features and float SR (configs/train/quickstart.yaml)
             "full",
             "--sr-dtype",

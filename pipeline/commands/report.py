@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core import bundled
 from pipeline.core.cli import run_cli
 from pipeline.core.errors import BadInputsError
 from pipeline.core.imageio import ImageReadError
@@ -59,6 +60,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
     ap.add_argument("--crop", type=int, default=64, help="crop side in SR pixels (default 64)")
     args = ap.parse_args(argv)
+    bundled.resolve_arguments(args, {"run": "run", "experts": "experts"})
 
     try:
         if args.crop < 8:

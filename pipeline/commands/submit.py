@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
+from pipeline.core import bundled
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import program_name, run_cli
 from pipeline.inference.ensemblers import FITTED_METHODS, METHODS, fit
@@ -105,6 +106,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refiner-override", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = ap.parse_args(argv)
+    bundled.resolve_arguments(args, {"run": "run", "experts": "experts", "refiner": "refiner"})
     if args.tta and args.expert_tta:
         ap.error("--tta (x8 of the whole pipeline) and --expert-tta (x8 of each expert) exclude each other")
     regime = "pipeline-x8" if args.tta else "experts-x8" if args.expert_tta else "none"

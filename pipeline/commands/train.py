@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from pipeline.core import bundled
 from pipeline.core.cli import program_name, run_cli
 from pipeline.training.config import check_run_inputs, legacy_run_overrides, load_run_config
 from pipeline.training.fusion import train
@@ -36,6 +37,8 @@ def _main(argv: list[str] | None = None) -> int:
     )
     add_run_arguments(ap, example="configs/fusion.yaml")
     args = run_arguments(ap, argv)
+    if args.config is not None:
+        args.config = str(bundled.resolve(args.config, "train", flag="CONFIG"))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     summary, run_dir = execute_run(
         prog="train",

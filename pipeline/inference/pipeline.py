@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from experts.ensemble import ExpertEnsemble
-from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
+from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec, recorded_path
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.errors import ToolkitError, shorten
 from pipeline.inference.ensemblers import Ensembler, apply
@@ -69,7 +69,7 @@ def _spec_from_fingerprints(
     experts = tuple(
         ExpertSpec(
             name=fp["name"],
-            checkpoint=fp["checkpoint"],
+            checkpoint=str(recorded_path(fp["checkpoint"])),
             architecture=fp["architecture"],
             scale=fp["scale"],
             hooks=tuple(fp["hook_layers"]),
@@ -184,14 +184,11 @@ def load_pipeline(
     run_or_ckpt: str | os.PathLike,
     *,
     experts_yaml: str | os.PathLike | None = None,
-    experts_root: str | os.PathLike | None = None,
     device: str = "cpu",
     tile: int | None = None,
 ) -> FusionPipeline:
-    """Run dir (its ``best`` checkpoint) or checkpoint dir → verified fusion + the experts it was trained with.
-
-    Relative expert checkpoint paths of ``experts_yaml`` are resolved against ``experts_root`` (default: the
-    repository root, as everywhere else)."""
+    """Run dir (its ``best`` checkpoint) or checkpoint dir → verified fusion + the experts it was trained with (the
+    recorded ones, or those of ``experts_yaml`` checked against them)."""
     ckpt = resolve_checkpoint(run_or_ckpt, which="best")
     verify_checksums(ckpt)
     extra = read_extra(ckpt)
@@ -203,7 +200,7 @@ def load_pipeline(
             f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
             f"recorded experts' {[fp['feature_channels'] for fp in fps]}"
         )
-    ensemble = ExpertEnsemble.from_spec(spec, root=experts_root, gather_device=device)
+    ensemble = ExpertEnsemble.from_spec(spec, gather_device=device)
     got = [fp.feature_channels for fp in ensemble.fingerprints]
     if got != [int(fp["feature_channels"]) for fp in fps]:
         raise PipelineError(

@@ -72,7 +72,7 @@ __all__ = [
     "zip_path",
 ]
 
-EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir, checkpoints relative to model_dir
+EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir (its paths relative to model_dir, its folder)
 ENSEMBLER_FILE = "ensembler.json"  # in an exported model_dir of a training-free ensemble, instead of the fusion
 
 
@@ -326,13 +326,11 @@ def run_model_dir(
         if (model_dir / ENSEMBLER_FILE).is_file():  # an exported training-free ensemble (export_ntire.py --method)
             verify_checksums(model_dir)
             spec = expert_spec_from_yaml(model_dir / EXPERTS_YAML, device=str(device))
-            ensemble = ExpertEnsemble.from_spec(spec, root=model_dir, gather_device=str(device))
+            ensemble = ExpertEnsemble.from_spec(spec, gather_device=str(device))
             ens = load_ensembler(model_dir / ENSEMBLER_FILE, experts=[fp.to_dict() for fp in ensemble.fingerprints])
             method = ensembler_method(ensemble, ens, device=str(device))
         else:
-            pipe = load_pipeline(
-                model_dir, experts_yaml=model_dir / EXPERTS_YAML, experts_root=model_dir, device=str(device)
-            )
+            pipe = load_pipeline(model_dir, experts_yaml=model_dir / EXPERTS_YAML, device=str(device))
             method = fusion_method(pipe)
         files = scan.check(min_side=method.min_lr, what=MIN_LR_WHAT)
         seconds = list(super_resolve_files(method, files, output_dir))
