@@ -51,12 +51,12 @@ def lr_dir(tmp_path) -> Path:
 @pytest.fixture
 def blend_file(tiny_compact_experts, tmp_path) -> Path:
     from experts.ensemble import ExpertEnsemble
-    from pipeline.inference.ensemblers import Ensembler, save
+    from pipeline.inference.ensemblers import Blend, save
     from pipeline.inference.pipeline import expert_spec_from_yaml
 
     ensemble = ExpertEnsemble.from_spec(expert_spec_from_yaml(tiny_compact_experts["yaml"]))
     fps = [fp.to_dict() for fp in ensemble.fingerprints]
-    return save(Ensembler(method="blend", experts=fps, weights=[0.5, 0.5]), tmp_path / "blend.json")
+    return save(Blend(experts=fps, weights=[0.5, 0.5]), tmp_path / "blend.json")
 
 
 def _submit_blend(yaml_path: Path, weights: Path, lr: Path, out: Path) -> int:

@@ -42,7 +42,7 @@ from experts.ensemble import ExpertEnsemble
 from pipeline.core import bundled
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import program_name, run_cli
-from pipeline.inference.ensemblers import FITTED_METHODS, METHODS, fit
+from pipeline.inference.ensemblers import METHODS, fit, method_class
 from pipeline.inference.ensemblers import load as load_ensembler
 from pipeline.inference.pipeline import expert_spec_from_yaml, load_pipeline
 from pipeline.inference.submission import (
@@ -115,7 +115,7 @@ def _main(argv: list[str] | None = None) -> int:
             ap.error("--method fusion needs --run (and no --weights)")
     elif args.experts is None or args.run is not None:
         ap.error(f"--method {args.method} needs --experts (and no --run)")
-    elif args.method in FITTED_METHODS and args.weights is None:
+    elif method_class(args.method).fitted and args.weights is None:
         ap.error(f"--method {args.method} needs --weights (fit it with scripts/fit_ensembler.py)")
 
     # every output is checked and every input decoded before a model is loaded or anything is written; the output
