@@ -8,12 +8,12 @@ from collections import OrderedDict
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_experts import save_tiny_checkpoint, tiny_model
 
 from experts.expert import load_expert
 from experts.hooks import HookError
 from experts.loading import ExpertLoadError, read_state_dict, sha256_file
 from experts.spec import ExpertSpec
-from experts.testing import save_tiny_checkpoint, tiny_model
 
 REAL = {"craft_x4.pth": "CRAFT", "ditn_x4.pth": "DITN", "span_ch28_x4.pth": "SPAN"}
 
