@@ -30,6 +30,7 @@ from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
 from experts.spec import EnsembleSpec, input_source, load_ensemble_spec
 from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.resize import bicubic_upscale
+from pipeline.core.self_ensemble import SelfEnsemble
 
 __all__ = ["EnsembleOutput", "ExpertEnsemble"]
 
@@ -157,6 +158,16 @@ class ExpertEnsemble:
             out = self(augment(lr, k))
             total += deaugment(out.srs, k).double()  # (B,E,3,sH,sW)
         return EnsembleOutput(srs=(total / AUGMENTATIONS).float(), feats=first.feats)
+
+    def outputs(self, lr: torch.Tensor, mode: SelfEnsemble = SelfEnsemble.NONE) -> EnsembleOutput:
+        """The experts' outputs for ``lr`` as ``mode`` says: ``NONE`` one pass (``self(lr)``), ``EXPERTS`` each expert's
+        ×8 (:meth:`self_ensemble`). ``PIPELINE`` is an error: the ×8 of a whole pipeline is its caller's
+        (:func:`pipeline.inference.pipeline.super_resolve`)."""
+        if mode is SelfEnsemble.NONE:
+            return self(lr)
+        if mode is SelfEnsemble.EXPERTS:
+            return self.self_ensemble(lr)
+        raise ValueError(f"self-ensemble {mode}: the experts alone run none or experts-x8")
 
     def _run_one(self, expert: Expert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sr, feat = expert.run(x)

@@ -139,7 +139,7 @@ def test_checkpoint_config_is_range_checked_before_any_allocation(
 
 def test_training_config_rejects_absurd_sizes(tmp_path):
     from pipeline.core.config import ConfigError
-    from pipeline.model.fusion_net import load_fusion_config
+    from pipeline.model.fusion_config import load_fusion_config
 
     cfg = tmp_path / "m.yaml"
     cfg.write_text("model:\n  token_channels: 1000000000000\n")

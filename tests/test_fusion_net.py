@@ -11,13 +11,8 @@ from conftest import assert_close
 
 from pipeline.core.config import ConfigError
 from pipeline.core.imageio import quantize_8bit
-from pipeline.model.fusion_net import (
-    PHASE_SWITCHES,
-    FusionConfig,
-    FusionNet,
-    FusionOutput,
-    load_fusion_config,
-)
+from pipeline.model.fusion_config import PHASE_SWITCHES, FusionConfig, load_fusion_config
+from pipeline.model.fusion_net import FusionNet, FusionOutput
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "fusion_tiny.yaml"

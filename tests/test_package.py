@@ -181,3 +181,22 @@ def test_sr_fusion_submit_help_works_from_another_folder(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: sr-fusion submit" in done.stdout and "--input" in done.stdout
+
+
+def test_every_usage_line_says_sr_fusion_and_holds_no_run_of_spaces():
+    """Each subcommand's parser: ``usage: sr-fusion NAME`` however it is started, argparse's own wrapping only (no
+    stray run of spaces inside a usage line, as a long program name or a hand-indented docstring left)."""
+    from pipeline.app import module
+
+    for name in COMMANDS:
+        usage = module(name).parser().format_usage()
+        assert usage.startswith(f"usage: sr-fusion {name}"), usage
+        assert all("  " not in line.strip() for line in usage.splitlines()), usage
+
+
+def test_docs_cli_md_is_generated_from_the_parsers():
+    """docs/CLI.md is exactly what pipeline/commands/cli_docs.py renders from the parsers (so it cannot drift)."""
+    from pipeline.commands.cli_docs import render
+
+    current = (REPO_ROOT / "docs" / "CLI.md").read_text(encoding="utf-8")
+    assert current == render(), "docs/CLI.md is stale: run python scripts/write_cli_docs.py"

@@ -14,6 +14,7 @@ from conftest import program
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.errors import BadInputsError
 from pipeline.core.imageio import read_image, write_image
+from pipeline.core.self_ensemble import SelfEnsemble
 from pipeline.inference.pipeline import load_pipeline, super_resolve
 from pipeline.inference.submission import check_inputs
 
@@ -65,7 +66,7 @@ def test_tta_is_the_mean_of_eight_transformed_runs(trained_run):
     pipe = load_pipeline(trained_run)
     g = torch.Generator().manual_seed(1)
     lr = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 6, generator=g), size=(20, 24), mode="bilinear")
-    tta = super_resolve(pipe, lr, tta=True)
+    tta = super_resolve(pipe, lr, self_ensemble=SelfEnsemble.PIPELINE)
     plain = super_resolve(pipe, lr)
     runs = []
     with torch.no_grad():
@@ -134,8 +135,9 @@ def test_expert_checkpoint_swapped_is_an_error(trained_run, tiny_compact_experts
 def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsys):
     """--refiner runs the TSD-SR stage (tiny random SD3 here) on the fused images; a missing refiner file is an
     error before any work."""
+    from tiny_refiner import write_tiny_setup
+
     from pipeline.core.config import config_to_dict
-    from pipeline.refiner.testing import write_tiny_setup
 
     setup = write_tiny_setup(tmp_path / "tsdsr")
     cfg_path = tmp_path / "refiner.yaml"

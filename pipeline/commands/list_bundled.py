@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 
 from pipeline.core import bundled
-from pipeline.core.cli import program_name, run_cli
+from pipeline.core.cli import command_parser, run_cli
 
-__all__ = ["main"]
+__all__ = ["listing", "main", "parser"]
 
 
 def listing() -> str:
@@ -32,11 +32,12 @@ def listing() -> str:
     return "\n".join(lines)
 
 
+def parser() -> argparse.ArgumentParser:
+    return command_parser("list", __doc__)
+
+
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog=program_name("sr-fusion list"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.parse_args(argv)
+    parser().parse_args(argv)
     print(listing())
     return 0
 

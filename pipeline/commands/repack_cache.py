@@ -1,28 +1,25 @@
 """Re-pack a cache into a leaner layout — no experts run (library: cache/repack.py).
 
-    python scripts/repack_cache.py caches/train.h5 caches/train_lean.h5 --features none --sr-dtype uint8 [--verify]
+    sr-fusion repack caches/train.h5 caches/train_lean.h5 --features none --sr-dtype uint8 [--verify]
 
-Features ``full`` → ``none`` and SR ``float16`` → ``uint8`` (the same rounding as ``extract_features.py
+Features ``full`` → ``none`` and SR ``float16`` → ``uint8`` (the same rounding as ``sr-fusion extract
 --sr-dtype uint8``), with any ``--compression``. Crash-safe and resumable like extraction: rerun after a kill.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from cache.extract import verify
 from cache.repack import repack
 from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
 from cache.writer import cache_bytes
-from pipeline.core.cli import run_cli
+from pipeline.core.cli import command_parser, run_cli
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="repack_cache.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("repack", __doc__)
     ap.add_argument("src", type=Path, help="the cache index to read")
     ap.add_argument("out", type=Path, help="the new cache index")
     ap.add_argument("--features", choices=FEATURE_MODES, default=EXTRACT_LAYOUT.features)
@@ -30,7 +27,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) output cache first")
     ap.add_argument("--verify", action="store_true", help="re-read and check every sample of the new cache")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     layout = CacheLayout(features=args.features, sr_dtype=args.sr_dtype)
     new = repack(args.src, args.out, layout=layout, compression=args.compression, overwrite=args.overwrite)
     before, after = cache_bytes(args.src), cache_bytes(args.out)
@@ -49,7 +50,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("repack_cache", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

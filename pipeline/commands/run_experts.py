@@ -1,13 +1,19 @@
-"""Run every expert of a config on a folder of LR images.
+"""Run every expert of an expert YAML on a folder of LR images.
 
-    python -m experts.run --config configs/experts/shared_real.yaml --input LR_DIR --output OUT_DIR \
-        [--device NAME=DEVICE ...] [--gather-device cpu]
+    sr-fusion run-experts --config EXPERTS --input LR_DIR --output OUT_DIR [--device NAME=DEVICE ...]
+        [--gather-device cpu] [--self-ensemble none|experts-x8]
 
 Writes ``OUT_DIR/<expert>/<image stem>.png`` (8-bit, rounded) for every expert and every image of ``LR_DIR``, and
 ``OUT_DIR/fingerprints.json`` (name, architecture, sha256, hooks, feature channels, detected hyper-parameters of each
-expert). Paths in the config are relative to the config's own folder.
-``--device craft=cuda:1`` moves one expert without editing the YAML. ``--tta``: ×8 self-ensemble of each expert
-(:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`; ``fingerprints.json`` records ``self_ensemble: 8``).
+expert). ``--config`` is an expert YAML (its paths relative to its own folder) or a bundled name (``zoo_small``;
+``sr-fusion list``). ``--device craft=cuda:1`` moves one expert without editing the YAML. ``--self-ensemble
+experts-x8``: ×8 self-ensemble of each expert (:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`;
+``fingerprints.json`` records ``self_ensemble: 8``).
+Any architecture spandrel detects (HAT, DAT, SwinIR, DRCT, ATD, CRAFT, DITN, SPAN, Compact, NAFNet, …) or a team's
+own model file (``code:``, with ``trust_code: true``) is an expert described by a few lines of YAML; loading is
+strict: a missing file, a wrong architecture or scale, a missing or mis-shaped tensor, or a sha256 other than the
+pinned one is an error naming the file — never random weights (experts/README.md). The three real experts of
+../shared/weights reproduce BasicSR's golden per-image PSNR on Set5 and Set14 within 2e-7 dB through this path.
 Every input is decoded and the output folder checked (new, empty, or made by this command) before any work.
 """
 
@@ -15,21 +21,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
 from experts.spec import load_ensemble_spec, with_devices
-from pipeline.core import bundled
+from pipeline.core import bundled, self_ensemble
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.cli import program_name, run_cli
+from pipeline.core.cli import command_parser, run_cli
 from pipeline.core.config import ConfigError
-from pipeline.core.imageio import read_image, scan_images, write_image
-from pipeline.core.outputs import OutputPathError, check_output_dir, claim_output_dir, is_marked, mark_output_dir
+from pipeline.core.imageio import read_image, write_image
+from pipeline.core.outputs import claim_output_dir, mark_output_dir, scan_for_outputs
+from pipeline.core.self_ensemble import SelfEnsemble
 
-__all__ = ["main", "parse_device_map"]
+__all__ = ["main", "parse_device_map", "parser"]
 
 
 def parse_device_map(items: list[str]) -> dict[str, str]:
@@ -43,45 +49,39 @@ def parse_device_map(items: list[str]) -> dict[str, str]:
     return devices
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog=program_name("python -m experts.run"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--config", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("run-experts", __doc__)
+    ap.add_argument("--config", required=True, type=Path, help="expert YAML (configs/experts/*.yaml) or bundled name")
     ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
     ap.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per expert)")
     ap.add_argument("--device", action="append", default=[], metavar="NAME=DEVICE", help="per-expert device override")
     ap.add_argument("--gather-device", default="cpu", help="device the outputs are gathered on (default cpu)")
-    ap.add_argument("--tta", action="store_true", help="x8 self-ensemble of each expert (flips x rot90, averaged)")
-    args = ap.parse_args(argv)
+    self_ensemble.add_argument(ap, modes=(SelfEnsemble.NONE, SelfEnsemble.EXPERTS))
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     bundled.resolve_arguments(args, {"config": "experts"})
 
     # the output folder and every input (decoded) are checked before an expert is loaded or anything written
-    if args.output.resolve() == args.input.resolve():
-        raise OutputPathError(f"output folder {args.output} is the input folder: choose another one")
-    check_output_dir(args.output, ours=is_marked)
-    scan = scan_images(args.input, subfolders=False)  # every input decoded; its problems raised with the small ones
+    scan = scan_for_outputs(args.input, args.output)  # every input decoded; its problems raised with the small ones
     spec = with_devices(load_ensemble_spec(args.config), parse_device_map(args.device))
-    with claim_output_dir(args.output, tool="experts.run"):  # this process's alone from before the experts load
+    with claim_output_dir(args.output, tool="run-experts"):  # this process's alone from before the experts load
         ensemble = ExpertEnsemble.from_spec(spec, gather_device=args.gather_device)
         files = scan.check(min_side=ensemble.min_lr_size, what="the experts' minimum LR side")
         for name in ensemble.names:
-            mark_output_dir(args.output / name, tool="experts.run")
-        fingerprints = [{**fp.to_dict(), "self_ensemble": 8 if args.tta else 1} for fp in ensemble.fingerprints]
+            mark_output_dir(args.output / name, tool="run-experts")
+        mode = args.self_ensemble
+        fingerprints = [{**fp.to_dict(), "self_ensemble": mode.expert_passes} for fp in ensemble.fingerprints]
         atomic_write_text(args.output / "fingerprints.json", json.dumps(fingerprints, indent=2))
-        for path in tqdm(files, desc="experts x8" if args.tta else "experts", unit="img"):
+        for path in tqdm(files, desc=f"experts ({mode})", unit="img"):
             lr = read_image(path)  # (1,3,H,W)
-            out = ensemble.self_ensemble(lr) if args.tta else ensemble(lr)
+            out = ensemble.outputs(lr, mode)
             for i, name in enumerate(ensemble.names):
                 write_image(args.output / name / f"{path.stem}.png", out.srs[0, i])  # (3,4H,4W)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("experts.run", _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_cli("run-experts", _main, argv)

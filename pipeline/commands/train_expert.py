@@ -1,7 +1,7 @@
 """Train — or fine-tune — one ×4 SR expert of any architecture the expert loader can detect.
 
-    python scripts/train_expert.py CONFIG [dotted.overrides ...] [--resume runs/NAME] [--export DIR]
-    python scripts/train_expert.py --resume runs/NAME --export experts/zoo/NAME     # export a finished run
+    sr-fusion train-expert CONFIG [dotted.overrides ...] [--resume runs/NAME] [--export DIR]
+    sr-fusion train-expert --resume runs/NAME --export experts/zoo/NAME     # export a finished run
 
 The command line over pipeline/training/expert/ (trainer.py: model, data and the training loop shared with the
 fusion network; validation.py; export.py: the zoo entry and its model card).
@@ -17,7 +17,7 @@ fusion network; validation.py; export.py: the zoo entry and its model card).
   stream is
   a pure function of ``(seed, k)``.
 * L1 or Charbonnier loss, AdamW, linear warm-up + cosine decay, optional gradient clipping, EMA of the weights
-  (validation, checkpoints and exports use the EMA), the NaN guard of ``train.py`` (pipeline/training/loop.py).
+  (validation, checkpoints and exports use the EMA), the NaN guard of ``sr-fusion train`` (pipeline/training/loop.py).
 * Validation: full images of each ``data.val_hr`` set (LR = MATLAB bicubic ×1/4), 8-bit output, PSNR/SSIM on the Y
   channel with a 4-pixel border (NTIRE's formula, pipeline/core/metrics.py), next to bicubic on the same images.
 * ``runs/<name>/``: ``config.yaml``, ``metrics.csv`` + ``tb/``, ``ckpt/step_*/`` (``model.safetensors`` — the EMA
@@ -27,6 +27,9 @@ fusion network; validation.py; export.py: the zoo entry and its model card).
   ``DIR/model.safetensors`` + ``config.json`` + ``expert.yaml`` (a one-expert YAML pinning sha256 and
   hyper-parameters) + ``MODEL_CARD.md`` (data, steps, validation PSNR measured through the expert loader).
   Resuming is bit-identical on the CPU (on GPUs, kernels and the CUDA RNG are not made deterministic).
+* ``model.init_from`` fine-tunes from an export, a run or a weights file; exporting a fine-tuned run writes its whole
+  history (the model card lists every stage, ``config.json`` keeps them under ``extra.history``). The bundled
+  experts were trained in such stages (configs/experts/zoo_recipe.yaml, run by scripts/reproduce_zoo.sh).
 * One process (CPU threads: ``train.threads``, or one GPU); seconds per step of configs:
   scripts/bench/bench_train_expert.py.
 """
@@ -35,21 +38,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from pipeline.core.cli import run_cli
+from pipeline.commands.run_args import add_run_arguments, run_arguments
+from pipeline.core import bundled
+from pipeline.core.cli import command_parser, run_cli
 from pipeline.training.expert.config import check_expert_run_inputs, load_expert_run_config
 from pipeline.training.expert.export import export_expert
 from pipeline.training.expert.trainer import PROG, train
-from pipeline.training.loop import RunError, add_run_arguments, execute_run, run_arguments
+from pipeline.training.runs import RunError, execute_run
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="train_expert.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_run_arguments(ap, example="configs/experts/train/nafnet_sr.yaml")
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("train-expert", __doc__)
+    add_run_arguments(ap, example="configs/experts/train/nafnet_sr.yaml, or a bundled name: nafnet_sr")
     ap.add_argument(
         "--export",
         type=Path,
@@ -70,12 +72,20 @@ def _main(argv: list[str] | None = None) -> int:
         metavar="HR_DIR",
         help="validation HR folders for the model card (default: the run's data.val_hr)",
     )
-    args = run_arguments(ap, argv)
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = run_arguments(parser(), argv)
+    if args.config is not None:
+        args.config = str(bundled.resolve(args.config, "expert-train", flag="CONFIG"))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError("runs in one process (no torchrun / DDP): the small experts it trains do not need it")
     summary, run_dir = execute_run(
         prog=PROG,
-        args=args,
+        config=args.config,
+        overrides=args.overrides,
+        resume=args.resume,
         load=load_expert_run_config,
         check=check_expert_run_inputs,
         train=lambda cfg, run_dir: train(cfg, run_dir, resume=args.resume is not None),
@@ -89,7 +99,3 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(PROG, _main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

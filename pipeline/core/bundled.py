@@ -34,6 +34,7 @@ __all__ = [
     "Kind",
     "find",
     "installed",
+    "named",
     "names",
     "resolve",
     "resolve_arguments",
@@ -137,6 +138,15 @@ def resolve(value: str | os.PathLike, kind: str, *, flag: str | None = None) -> 
         f"{where}{shorten(text)}: no such file or folder ({path.absolute()}), and no bundled {k.what} of that name "
         f"(bundled: {bundled}; `sr-fusion list` shows where they are)"
     )
+
+
+def named(value: str | os.PathLike, kind: str) -> Path:
+    """Like :func:`resolve`, but what is neither a path nor a bundled name is returned as it is (for callers whose own
+    checks name what is missing)."""
+    path = Path(value).expanduser()
+    if path.exists() or not _is_name(os.fspath(value)):
+        return path
+    return find(kind, os.fspath(value)) or path
 
 
 def resolve_arguments(args: object, kinds: dict[str, str]) -> None:

@@ -1,6 +1,6 @@
 """The schema of a training run (``python train.py CONFIG [dotted.overrides ...]``).
 
-A run config has four sections — ``model`` (:class:`pipeline.model.fusion_net.FusionConfig`), ``data``, ``train`` and
+A run config has four sections — ``model`` (:class:`pipeline.model.fusion_config.FusionConfig`), ``data``, ``train`` and
 ``loss`` — validated strictly like every config (unknown keys and wrong types are errors). The resolved config is
 saved as ``runs/<name>/config.yaml``.
 
@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pipeline.core import bundled
 from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
-from pipeline.model.fusion_net import FusionConfig
+from pipeline.model.fusion_config import FusionConfig
 from pipeline.model.io import LEGACY_INPUTS
 from pipeline.training.losses import LossWeights
 
