@@ -256,13 +256,15 @@ def method_name_comparisons(mods: dict[str, Path] | None = None) -> list[str]:
             if not isinstance(node, ast.Compare):
                 continue
             operands = [node.left, *node.comparators]
-            consts = [
-                c.value
-                for o in operands
-                for c in ([o] if isinstance(o, ast.Constant) else getattr(o, "elts", []))
-                if isinstance(c, ast.Constant)
-            ]
-            hits = sorted({c for c in consts if isinstance(c, str) and c in names})
+            consts = []
+            for op, left, right in zip(node.ops, operands[:-1], operands[1:], strict=True):
+                if isinstance(op, (ast.Eq, ast.NotEq, ast.Is, ast.IsNot)):  # m == "mean", "mean" != m
+                    consts += [o for o in (left, right) if isinstance(o, ast.Constant)]
+                elif isinstance(op, (ast.In, ast.NotIn)):  # m in ("mean", "zzpm"), "mean" in methods
+                    consts += [left] if isinstance(left, ast.Constant) else []
+                    consts += [e for e in getattr(right, "elts", []) if isinstance(e, ast.Constant)]
+                # (an ordering or subset test, e.g. {"images", "mean"} <= payload.keys(), compares no name)
+            hits = sorted({c.value for c in consts if isinstance(c.value, str) and c.value in names})
             if hits:
                 found.append(f"{_rel(path)}:{node.lineno}: compares with the method name(s) {hits}")
     return found
@@ -272,8 +274,8 @@ def test_no_method_name_is_compared_outside_the_registry(tmp_path):
     found = method_name_comparisons()
     assert found == [], "\n".join(found)
     bad = tmp_path / "bad.py"
-    bad.write_text("def f(m):\n    return m in ('mean', 'zzpm') or m == 'ensir'\n")
-    assert len(method_name_comparisons({"pipeline.evaluation.bad": bad})) == 2
+    bad.write_text("def f(m, d):\n    return m in ('mean', 'zzpm') or m == 'ensir' or 'blend' != m or {'mean'} <= d\n")
+    assert len(method_name_comparisons({"pipeline.evaluation.bad": bad})) == 3
 
 
 # a library file above MAX_LINES needs its reason here (none does)
