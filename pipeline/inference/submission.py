@@ -1,4 +1,5 @@
-"""Challenge outputs, shared by scripts/submit.py and the exported NTIRE code submission (scripts/export_ntire.py).
+"""Challenge outputs, shared by ``sr-fusion submit`` and the exported NTIRE code submission (``sr-fusion export``);
+what runs on each image — the fusion or an ensemble — is chosen and built by :mod:`pipeline.inference.methods`.
 
 * :func:`scan_folders` finds every output problem (an unwritable output folder, a folder or ``OUT.zip`` holding
   something this tool did not write) and decodes every input before any work is done; its
@@ -9,9 +10,9 @@
 * :func:`super_resolve_files` runs the whole pipeline on each LR file and writes ``<stem>.png`` atomically into the
   output folder (``0901x4.png`` stays ``0901x4.png``); it yields the seconds each image took.
 * :func:`run_model_dir` is the NTIRE entry point ``main(model_dir, input_path, output_path, device)`` of an exported
-  package: ``model_dir`` holds the fusion checkpoint (``SHA256SUMS`` verified, covering every file of the folder),
-  :data:`EXPERTS_YAML` and the expert checkpoints it names, relative to ``model_dir`` and pinned to the sha256
-  recorded when the fusion was trained.
+  package: ``model_dir`` holds the fusion checkpoint (or an ensemble's :data:`ENSEMBLER_FILE`; ``SHA256SUMS`` verified,
+  covering every file of the folder), :data:`EXPERTS_YAML` and the expert checkpoints it names, relative to
+  ``model_dir`` and pinned to the sha256 recorded when the fusion was trained (:func:`model_dir_choice`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pipeline.core.outputs import (
     scan_for_outputs,
 )
 from pipeline.inference.ensemblers import load as load_ensembler
-from pipeline.inference.methods import FUSION, SRMethod, build, choose
+from pipeline.inference.methods import FUSION, MethodChoice, SRMethod, build, choose
 from pipeline.model.io import verify_checksums
 
 __all__ = [
@@ -225,7 +226,7 @@ def make_zip(out_dir: Path, names: list[str]) -> Path:
     return target
 
 
-def model_dir_choice(model_dir: Path):
+def model_dir_choice(model_dir: Path) -> MethodChoice:
     """What an exported ``model_dir`` holds, as :func:`pipeline.inference.methods.choose` sees it: a training-free
     ensemble (its :data:`ENSEMBLER_FILE`, checksums verified here) or the fusion checkpoint, with the experts of
     :data:`EXPERTS_YAML`."""
