@@ -42,6 +42,11 @@ COMMANDS: dict[str, Command] = {
         "scripts/extract_features.py",
         "run the experts once and cache their SR outputs and features (HDF5)",
     ),
+    "merge-caches": Command(
+        "pipeline.commands.merge_caches",
+        "scripts/merge_caches.py",
+        "one training cache from several of the same experts (hard links, no expert runs)",
+    ),
     "train": Command("pipeline.commands.train", "train.py", "train the fusion network on a cache"),
     "fit": Command(
         "pipeline.commands.fit_ensembler", "scripts/fit_ensembler.py", "fit a training-free ensembler on a cache"

@@ -30,6 +30,7 @@ from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
 from pipeline.evaluation.baselines import block_oracle, heldout_block_oracle
+from pipeline.evaluation.bootstrap import paired_interval
 from pipeline.inference.ensemblers import Ensembler, apply
 
 __all__ = [
@@ -226,8 +227,11 @@ def score_rows(
     return list(rows.values())
 
 
-def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Per row: mean PSNR/SSIM, Δ PSNR vs the best expert of the same regime, images below that expert."""
+def summarise(rows: Sequence[Row], *, mean_label: str | None = "mean") -> list[dict[str, Any]]:
+    """Per row: mean PSNR/SSIM, Δ PSNR vs the best expert of the same regime and vs the experts' plain mean (the row
+    labelled ``mean_label``, when present), each with its paired bootstrap 95 % interval over images and verdict
+    (:mod:`pipeline.evaluation.bootstrap`), the images below that expert; for every fusion row also Δ vs each
+    training-free peer of its regime (``vs_peers``, strongest peer first)."""
     out = []
     for regime in REGIMES:
         mine = [r for r in rows if r.regime == regime]
@@ -235,21 +239,29 @@ def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
         if not experts:
             continue
         best = max(experts, key=lambda r: r.mean_psnr)
+        mean_row = next((r for r in mine if r.kind == "ensembler" and r.method == mean_label), None)
+        peers = sorted((r for r in mine if r.kind == "ensembler"), key=lambda r: -r.mean_psnr)
         for r in mine:
             below = sum(p < b - 1e-9 for p, b in zip(r.psnr, best.psnr))
-            out.append(
-                {
-                    "regime": regime,
-                    "method": r.method,
-                    "kind": r.kind,
-                    "psnr": r.mean_psnr,
-                    "ssim": r.mean_ssim,
-                    "delta_vs_best_expert": r.mean_psnr - best.mean_psnr,
-                    "best_expert": best.method,
-                    "images_below_best_expert": int(below),
-                    "images": len(r.psnr),
-                }
-            )
+            entry = {
+                "regime": regime,
+                "method": r.method,
+                "kind": r.kind,
+                "psnr": r.mean_psnr,
+                "ssim": r.mean_ssim,
+                "delta_vs_best_expert": r.mean_psnr - best.mean_psnr,
+                "best_expert": best.method,
+                "vs_best_expert": paired_interval(r.psnr, best.psnr).to_dict(),
+                "vs_mean": paired_interval(r.psnr, mean_row.psnr).to_dict() if mean_row is not None else None,
+                "images_below_best_expert": int(below),
+                "images": len(r.psnr),
+            }
+            if r.kind == "fusion":
+                entry["vs_peers"] = [
+                    {"peer": p.method, "peer_psnr": p.mean_psnr, **paired_interval(r.psnr, p.psnr).to_dict()}
+                    for p in peers
+                ]
+            out.append(entry)
     return out
 
 
@@ -261,17 +273,41 @@ def is_table_json(path: Path) -> bool:
         return False
 
 
+def _interval(d: dict[str, Any] | None) -> str:
+    return "" if d is None else f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
 def table_markdown(summary: Sequence[dict[str, Any]], *, title: str) -> str:
+    """The summary as Markdown: one row per method (Δ vs the best expert and vs the plain mean, each with its 95 %
+    paired bootstrap interval over images), then every fusion against every peer of its regime with a verdict."""
     lines = [
         f"### {title}",
         "",
-        "| regime | method | PSNR-Y | SSIM-Y | Δ vs best expert | images below it |",
-        "|---|---|---:|---:|---:|---:|",
+        "| regime | method | PSNR-Y | SSIM-Y | Δ vs best expert [95 % interval] | Δ vs mean [95 % interval] | "
+        "images below best expert |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         lines.append(
             f"| {s['regime']} | {s['method']} | {s['psnr']:.4f} | {s['ssim']:.4f} | "
-            f"{s['delta_vs_best_expert']:+.4f} ({s['best_expert']}) | "
+            f"{_interval(s.get('vs_best_expert'))} ({s['best_expert']}) | {_interval(s.get('vs_mean'))} | "
             f"{s['images_below_best_expert']}/{s['images']} |"
         )
+    duels = [(s, v) for s in summary for v in s.get("vs_peers", [])]
+    if duels:
+        first = duels[0][1]
+        lines += [
+            "",
+            f"Fusion − each training-free peer of the same regime: mean over images and its "
+            f"{100 * first['confidence']:g} % paired bootstrap interval ({first['resamples']:,} resamples of the "
+            f"{first['images']} images, seeded); verdict at that confidence.",
+            "",
+            "| regime | fusion | peer | peer PSNR-Y | fusion − peer [95 % interval] | verdict |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        for s, v in duels:
+            lines.append(
+                f"| {s['regime']} | {s['method']} | {v['peer']} | {v['peer_psnr']:.4f} | {_interval(v)} | "
+                f"{v['verdict']} |"
+            )
     return "\n".join(lines) + "\n"
