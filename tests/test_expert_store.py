@@ -138,3 +138,26 @@ def test_a_foreign_folder_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(StoreError, match="not a folder"):
         ExpertStore(tmp_path / "f")
+
+
+def test_the_store_command(ensemble, tmp_path, capsys):
+    from pipeline.app import main
+
+    root = tmp_path / "s"
+    ensemble.store = ExpertStore(root)
+    ensemble(_lr(0))
+    ensemble(_lr(1))
+    assert main(["store", "--store", str(root)]) == 0
+    assert "4 entries" in capsys.readouterr().out
+    assert main(["store", "--store", str(root), "--verify"]) == 0
+    assert "0 bad entries" in capsys.readouterr().out
+    victim = sorted(root.glob("??/*.safetensors"))[0]
+    victim.write_bytes(victim.read_bytes()[:50])
+    assert main(["store", "--store", str(root), "--verify"]) == 1
+    assert "unreadable" in capsys.readouterr().out
+    assert main(["store", "--store", str(root), "--prune", "0"]) == 0
+    assert "removed 3 entries" in capsys.readouterr().out
+    ensemble(_lr(0))
+    assert main(["store", "--store", str(root), "--clear"]) == 0
+    assert "0 entries" in capsys.readouterr().out
+    assert main(["store", "--store", str(root), "--prune", "-1"]) == 2
