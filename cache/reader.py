@@ -100,13 +100,17 @@ class CacheReader:
         m = self._manifest[i]
         return int(m["lr_h"]), int(m["lr_w"])
 
+    def sample_file(self, i: int) -> Path:
+        """The HDF5 file that holds sample ``i`` (in the cache's data folder)."""
+        return self.data_dir / self._manifest[i]["file"]
+
     # ---------------------------------------------------------------------------------------------------- access
     def _file(self, i: int) -> h5py.File:
         f = self._handles.get(i)
         if f is not None:
             self._handles.move_to_end(i)
             return f
-        p = self.data_dir / self._manifest[i]["file"]
+        p = self.sample_file(i)
         try:
             f = h5py.File(p, "r")
         except (OSError, FileNotFoundError) as exc:

@@ -41,11 +41,17 @@ COMMANDS: dict[str, Command] = {
         "run the experts once and cache their SR outputs and features (HDF5)",
     ),
     "repack": Command("repack_cache", "scripts/repack_cache.py", "re-pack a cache into a leaner layout"),
+    "merge-caches": Command(
+        "merge_caches",
+        "scripts/merge_caches.py",
+        "one training cache from several of the same experts (hard links, no expert runs)",
+    ),
     "train": Command("train", "train.py", "train the fusion network on a cache"),
     "train-expert": Command("train_expert", "scripts/train_expert.py", "train or fine-tune one expert"),
     "fit": Command("fit_ensembler", "scripts/fit_ensembler.py", "fit a training-free ensembler on a cache"),
     "submit": Command("submit", "scripts/submit.py", "a run or an ensemble → an NTIRE x4 submission folder / zip"),
     "evaluate": Command("evaluate", "scripts/evaluate.py", "score SR images as the NTIRE organisers"),
+    "store": Command("store", "", "the expert-output store: where, how big, verify, prune, clear"),
     "compare": Command(
         "compare_ensembles", "scripts/compare_ensembles.py", "the fusion against every ensemble of the experts"
     ),

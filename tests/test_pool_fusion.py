@@ -39,16 +39,37 @@ def test_learning_curve_and_cached_scores(tiny_cache, tmp_path, capsys):
     config = set_gate_config(tmp_path, cache)
     out = tmp_path / "lc"
     argv = [config, "--sizes", "3", "6", "--score", str(cache), "--runs-prefix", "lc", "--fits-dir", str(tmp_path)]
+    argv += ["--caches", str(cache)]  # a whole training cache as a point (e.g. caches merged as data is added)
     assert learning_curve.main([*argv, "--out", str(out)]) == 0
     points = json.loads(out.with_suffix(".json").read_text())["points"]
-    assert [p["images"] for p in points] == [3, 6]
+    assert [(p["point"], p["images"]) for p in points] == [("3", 3), ("6", 6), (cache.stem, 6)]
+    assert points[1]["hr_mpx"] == points[2]["hr_mpx"] == 6 * 96 * 96 / 1e6
     for p in points:
         assert p["best_peer"] in ("mean", "zzpm", "blend", "blend_reg", "topk")
         assert abs(p["gain"] - (p["fusion"] - p["best_peer_psnr"])) < 1e-9
+        for key in ("gain", "gain_over_mean", "gain_over_blend_reg"):
+            iv = p[f"{key}_interval"]
+            assert iv["low"] <= iv["mean"] <= iv["high"] and abs(iv["mean"] - p[key]) < 1e-9
+            assert iv["resamples"] == 10_000 and iv["verdict"] in ("better", "worse", "not separable")
+    assert (tmp_path / "runs" / f"lc_{cache.stem}" / "config.yaml").is_file()
+    assert (tmp_path / f"{cache.stem}_blend_reg.json").is_file()
     run3 = tmp_path / "runs" / "lc_3"
     saved = yaml.safe_load((run3 / "config.yaml").read_text())
     assert saved["data"]["images"] == 3 and len(saved["model"]["set_gate"]["base"]) == 2
     capsys.readouterr()
+
+    # a rerun reuses the scores of unchanged weights (nothing rescored), and rescores weights that changed
+    (tmp_path / "runs" / "lc_6" / "ckpt" / "last" / "model.safetensors").resolve().touch()  # same bytes: reused
+    again = tmp_path / "lc2"
+    assert learning_curve.main([*argv, "--reuse", str(out.with_suffix(".json")), "--out", str(again)]) == 0
+    assert capsys.readouterr().out.count("earlier score of these weights reused") == 3
+    assert json.loads(again.with_suffix(".json").read_text())["points"] == points
+    stale = json.loads(out.with_suffix(".json").read_text())
+    stale["points"][0]["checkpoint_sha256"] = "0" * 64  # other weights under the same label: scored again
+    out.with_suffix(".json").write_text(json.dumps(stale))
+    assert learning_curve.main([*argv, "--reuse", str(out.with_suffix(".json")), "--out", str(again)]) == 0
+    assert capsys.readouterr().out.count("earlier score of these weights reused") == 2
+    assert json.loads(again.with_suffix(".json").read_text())["points"] == points
 
     # the run trained on 3 images, scored on the 3 it never saw, next to the ensemblers
     weights = tmp_path / "blend.json"

@@ -8,10 +8,11 @@ blend), the fusion checkpoint (in ``x8``: on the ×8 experts, and the ×8 of the
 oracle (the best expert per block, chosen with the HR in hand: a ceiling, not a method) and its held-out form (each
 half block takes the other half's best expert: the part of that ceiling a block-scale gate could learn).
 
-Every image's expert outputs (both regimes, the identity pass's features, the fusion's two ×8 variants) are computed
-once and stored in ``cache_dir/<name>.pt`` (float16, atomic writes, ``meta.json`` pins the experts' and the
-fusion's sha256): a rerun, or a run killed half-way, recomputes nothing that is stored. Scores are the NTIRE ones
-(PSNR-Y / SSIM-Y, BT.601 with offsets, border = scale) of the 8-bit-rounded output, as submitted.
+Every expert output (the identity pass and each of the eight transforms) comes from the ensemble's expert-output store
+when it has one (experts/store.py: computed once, exact, shared with every other command); the fusion runs on them
+each time. Scores are the NTIRE ones (PSNR-Y / SSIM-Y, BT.601 with offsets, border = scale) of the 8-bit-rounded
+output, as submitted; every gain carries its paired bootstrap interval over images
+(:mod:`pipeline.evaluation.bootstrap`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
 from pipeline.evaluation.baselines import block_oracle, heldout_block_oracle
+from pipeline.evaluation.bootstrap import paired_interval
 from pipeline.inference.ensemblers import Ensembler, apply
 
 __all__ = [
@@ -37,7 +39,6 @@ __all__ = [
     "is_table_json",
     "CompareError",
     "peer_labels",
-    "OutputStore",
     "Row",
     "block_oracle",
     "expert_outputs",
@@ -49,7 +50,7 @@ REGIMES = ("none", "x8")
 
 
 class CompareError(ToolkitError, RuntimeError):
-    """The stored outputs belong to other experts or another fusion, or the inputs do not pair."""
+    """Two rows would share a label, or the inputs do not pair."""
 
 
 def peer_labels(ensemblers: Sequence[Ensembler], files: Sequence[str | os.PathLike | None]) -> list[str]:
@@ -103,50 +104,6 @@ def expert_outputs(ensemble, lr: torch.Tensor, *, fuse: Fuse | None = None) -> d
         out["fusion_x8_pipeline"] = (total_fused / AUGMENTATIONS)[0].float()
         out["fusion_x8_experts"] = fuse(lr, out["srs_x8"][None], [f[None] for f in out["feats"]]).clamp(0, 1)[0].float()
     return out
-
-
-class OutputStore:
-    """``folder/<name>.pt`` per image (float16 tensors, written atomically) + ``folder/meta.json`` (what made them).
-    A folder made for other experts or another fusion is refused, naming both."""
-
-    def __init__(self, folder: str | os.PathLike, *, meta: dict[str, Any]) -> None:
-        self.folder = Path(folder)
-        self.meta = meta
-        meta_path = self.folder / "meta.json"
-        if meta_path.is_file():
-            have = json.loads(meta_path.read_text(encoding="utf-8"))
-            if have != meta:
-                raise CompareError(
-                    f"{self.folder} holds outputs of {have}, this run is {meta}: use another --cache-dir or delete it"
-                )
-        elif self.folder.exists() and any(p for p in self.folder.iterdir() if not p.name.startswith(".")):
-            raise CompareError(f"{self.folder} exists and is not an output store (no meta.json): refusing to use it")
-        else:
-            from pipeline.core.atomic import atomic_write_text
-
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
-
-    def path(self, name: str) -> Path:
-        return self.folder / f"{name}.pt"
-
-    def has(self, name: str) -> bool:
-        return self.path(name).is_file()
-
-    def put(self, name: str, outputs: dict[str, Any]) -> None:
-        half = {k: [t.half().cpu() for t in v] if isinstance(v, list) else v.half().cpu() for k, v in outputs.items()}
-        tmp = self.path(name).with_name(f".{name}.pt.tmp-{os.getpid()}")
-        torch.save(half, tmp)
-        os.replace(tmp, self.path(name))
-
-    def get(self, name: str) -> dict[str, Any]:
-        try:
-            data = torch.load(self.path(name), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and how to redo it
-            raise CompareError(
-                f"{self.path(name)}: unreadable ({type(exc).__name__}); delete it to recompute"
-            ) from None
-        return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in data.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,8 +183,11 @@ def score_rows(
     return list(rows.values())
 
 
-def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Per row: mean PSNR/SSIM, Δ PSNR vs the best expert of the same regime, images below that expert."""
+def summarise(rows: Sequence[Row], *, mean_label: str | None = "mean") -> list[dict[str, Any]]:
+    """Per row: mean PSNR/SSIM, Δ PSNR vs the best expert of the same regime and vs the experts' plain mean (the row
+    labelled ``mean_label``, when present), each with its paired bootstrap 95 % interval over images and verdict
+    (:mod:`pipeline.evaluation.bootstrap`), the images below that expert; for every fusion row also Δ vs each
+    training-free peer of its regime (``vs_peers``, strongest peer first)."""
     out = []
     for regime in REGIMES:
         mine = [r for r in rows if r.regime == regime]
@@ -235,21 +195,29 @@ def summarise(rows: Sequence[Row]) -> list[dict[str, Any]]:
         if not experts:
             continue
         best = max(experts, key=lambda r: r.mean_psnr)
+        mean_row = next((r for r in mine if r.kind == "ensembler" and r.method == mean_label), None)
+        peers = sorted((r for r in mine if r.kind == "ensembler"), key=lambda r: -r.mean_psnr)
         for r in mine:
             below = sum(p < b - 1e-9 for p, b in zip(r.psnr, best.psnr))
-            out.append(
-                {
-                    "regime": regime,
-                    "method": r.method,
-                    "kind": r.kind,
-                    "psnr": r.mean_psnr,
-                    "ssim": r.mean_ssim,
-                    "delta_vs_best_expert": r.mean_psnr - best.mean_psnr,
-                    "best_expert": best.method,
-                    "images_below_best_expert": int(below),
-                    "images": len(r.psnr),
-                }
-            )
+            entry = {
+                "regime": regime,
+                "method": r.method,
+                "kind": r.kind,
+                "psnr": r.mean_psnr,
+                "ssim": r.mean_ssim,
+                "delta_vs_best_expert": r.mean_psnr - best.mean_psnr,
+                "best_expert": best.method,
+                "vs_best_expert": paired_interval(r.psnr, best.psnr).to_dict(),
+                "vs_mean": paired_interval(r.psnr, mean_row.psnr).to_dict() if mean_row is not None else None,
+                "images_below_best_expert": int(below),
+                "images": len(r.psnr),
+            }
+            if r.kind == "fusion":
+                entry["vs_peers"] = [
+                    {"peer": p.method, "peer_psnr": p.mean_psnr, **paired_interval(r.psnr, p.psnr).to_dict()}
+                    for p in peers
+                ]
+            out.append(entry)
     return out
 
 
@@ -261,17 +229,41 @@ def is_table_json(path: Path) -> bool:
         return False
 
 
+def _interval(d: dict[str, Any] | None) -> str:
+    return "" if d is None else f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
 def table_markdown(summary: Sequence[dict[str, Any]], *, title: str) -> str:
+    """The summary as Markdown: one row per method (Δ vs the best expert and vs the plain mean, each with its 95 %
+    paired bootstrap interval over images), then every fusion against every peer of its regime with a verdict."""
     lines = [
         f"### {title}",
         "",
-        "| regime | method | PSNR-Y | SSIM-Y | Δ vs best expert | images below it |",
-        "|---|---|---:|---:|---:|---:|",
+        "| regime | method | PSNR-Y | SSIM-Y | Δ vs best expert [95 % interval] | Δ vs mean [95 % interval] | "
+        "images below best expert |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         lines.append(
             f"| {s['regime']} | {s['method']} | {s['psnr']:.4f} | {s['ssim']:.4f} | "
-            f"{s['delta_vs_best_expert']:+.4f} ({s['best_expert']}) | "
+            f"{_interval(s.get('vs_best_expert'))} ({s['best_expert']}) | {_interval(s.get('vs_mean'))} | "
             f"{s['images_below_best_expert']}/{s['images']} |"
         )
+    duels = [(s, v) for s in summary for v in s.get("vs_peers", [])]
+    if duels:
+        first = duels[0][1]
+        lines += [
+            "",
+            f"Fusion − each training-free peer of the same regime: mean over images and its "
+            f"{100 * first['confidence']:g} % paired bootstrap interval ({first['resamples']:,} resamples of the "
+            f"{first['images']} images, seeded); verdict at that confidence.",
+            "",
+            "| regime | fusion | peer | peer PSNR-Y | fusion − peer [95 % interval] | verdict |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        for s, v in duels:
+            lines.append(
+                f"| {s['regime']} | {s['method']} | {v['peer']} | {v['peer_psnr']:.4f} | {_interval(v)} | "
+                f"{v['verdict']} |"
+            )
     return "\n".join(lines) + "\n"
