@@ -185,3 +185,24 @@ def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsy
         assert not (tmp_path / "x").exists() or not any((tmp_path / "x").glob("*.png"))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_second_submission_reuses_the_stored_expert_outputs(
+    trained_run, tiny_compact_experts, lr_dir, tmp_path, capsys
+):
+    """Issue 40: a submission with another method (or the fusion, or another self-ensemble mode) on the same LR
+    folder runs no expert again, and its PNGs are those of a run without the store."""
+    store = tmp_path / "store"
+    experts = str(tiny_compact_experts["yaml"])
+    common = ["--input", str(lr_dir), "--device", "cpu", "--store", str(store)]
+    assert submit.main(["--method", "mean", "--experts", experts, *common, "--output", str(tmp_path / "a")]) == 0
+    assert "expert outputs: 0 from the store, 4 computed" in capsys.readouterr().out.replace(f" {store},", ",")
+    for i, extra in enumerate((["--method", "zzpm", "--experts", experts], ["--run", str(trained_run)]), start=1):
+        out, bare = tmp_path / f"b{i}", tmp_path / f"bare{i}"
+        assert submit.main([*extra, *common, "--output", str(out)]) == 0
+        assert "expert outputs: 4 from the store, 0 computed" in capsys.readouterr().out.replace(f" {store},", ",")
+        assert (
+            submit.main([*extra, "--input", str(lr_dir), "--device", "cpu", "--no-store", "--output", str(bare)]) == 0
+        )
+        for name in ("0901x4.png", "0902x4.png"):
+            assert (out / name).read_bytes() == (bare / name).read_bytes()

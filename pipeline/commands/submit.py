@@ -32,6 +32,9 @@ readme.txt, optional zip.
   which is never replaced) is reported before any work is done: one line per bad file, exit status 2.
 * ``--refiner``: pipeline/refiner/README.md says what to download and where to put it (tested on tiny random SD3
   models only: no real weights or GPU were available).
+* Every expert output comes from the expert-output store (experts/store.py, ``sr-fusion store``; ``--store DIR``,
+  ``--no-store``) when it is there and is stored when not: a second submission with another method, fusion or
+  self-ensemble mode on the same LR folder runs no expert again (exact outputs: the PNGs are the same without it).
 * Outputs are written atomically with the usual file permissions (0644 under the common umask); a killed run's
   temp files are deleted by the next run into the same folder.
 """
@@ -45,6 +48,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from experts.store import ExpertStore
+from pipeline.commands.common import add_store_arguments, store_from_args
 from pipeline.core import bundled, self_ensemble
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import command_parser, run_cli
@@ -103,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--extra-data", action="store_true", help="ensembles: declare extra training data in readme.txt")
     ap.add_argument("--refiner", type=Path, default=None, help="TSD-SR refiner config or bundled name (perceptual)")
     ap.add_argument("--refiner-override", action="append", default=[], metavar="KEY=VALUE")
+    add_store_arguments(ap)
     return ap
 
 
@@ -118,6 +124,7 @@ def submit(
     extra_data: bool = False,
     refiner: Path | None = None,
     refiner_overrides: Sequence[str] = (),
+    store: ExpertStore | None = None,
 ) -> Path:
     """The submission of ``choice`` (:func:`pipeline.inference.methods.choose`) for every LR image of ``input_dir``
     into ``output_dir`` (+ ``OUTPUT.zip`` with ``zip_too``) → the output folder."""
@@ -125,7 +132,9 @@ def submit(
     # folder is this process's alone from here on (a second submit into it is refused)
     scan = scan_folders(input_dir, output_dir, zip_too=zip_too)
     with claim_output(output_dir):
-        method = build(choice, device=device, tile=tile, self_ensemble=self_ensemble, extra_data=extra_data)
+        method = build(
+            choice, device=device, tile=tile, self_ensemble=self_ensemble, extra_data=extra_data, store=store
+        )
         files = scan.check(min_side=method.min_lr, what=MIN_LR_WHAT)  # every bad input in one go, the small ones too
         refine = load_refiner(refiner, list(refiner_overrides)) if refiner is not None else None
 
@@ -145,6 +154,8 @@ def submit(
         readme = readme_text(method, runtime=runtime, refined=refine is not None)
         atomic_write_text(output_dir / README, readme, what="the readme")
         print(f"submit: wrote {len(files)} images + readme.txt to {output_dir} ({runtime:.2f} s/image)")
+        if store is not None:
+            print(f"submit: expert outputs: {store.hits} from the store {store.root}, {store.misses} computed")
         if zip_too:
             z = make_zip(output_dir, [output_name(f) for f in files])
             print(f"submit: {z} ({z.stat().st_size / 2**20:.1f} MiB)")
@@ -152,7 +163,9 @@ def submit(
 
 
 def _main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    store = store_from_args(ap, args)
     bundled.resolve_arguments(args, {"run": "run", "experts": "experts", "refiner": "refiner"})
     submit(
         choose(args.method, run=args.run, experts=args.experts, weights=args.weights),
@@ -165,6 +178,7 @@ def _main(argv: list[str] | None = None) -> int:
         extra_data=args.extra_data,
         refiner=args.refiner,
         refiner_overrides=args.refiner_override,
+        store=store,
     )
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from experts.ensemble import ExpertEnsemble
+from experts.store import ExpertStore
 from pipeline.core.errors import ToolkitError
 from pipeline.core.self_ensemble import SelfEnsemble
 from pipeline.inference.ensemblers import METHODS, Ensembler, fit
@@ -193,13 +194,18 @@ def build(
     tile: int | None = None,
     self_ensemble: SelfEnsemble = SelfEnsemble.NONE,
     extra_data: bool = False,
+    store: ExpertStore | None = None,
 ) -> SRMethod:
     """Load what ``choice`` names (checksums, pins and fingerprints verified) → the :class:`SRMethod` to run.
-    ``extra_data``: an ensemble's readme declares extra training data (a fusion's checkpoint says it itself)."""
+    ``extra_data``: an ensemble's readme declares extra training data (a fusion's checkpoint says it itself).
+    ``store``: every expert output is read from it when there and stored when not (:mod:`experts.store`: exact, so
+    the outputs are the same with or without it)."""
     if choice.ensembler_class is None:
         pipe = load_pipeline(choice.run, experts_yaml=choice.experts, device=device, tile=tile)
+        pipe.ensemble.store = store
         return fusion_method(pipe, self_ensemble=self_ensemble)
     spec = expert_spec_from_yaml(choice.experts, device=device, tile=tile)
     ensemble = ExpertEnsemble.from_spec(spec, gather_device=device)
+    ensemble.store = store
     ens = chosen_ensembler(choice, [fp.to_dict() for fp in ensemble.fingerprints])
     return ensembler_method(ensemble, ens, self_ensemble=self_ensemble, device=device, extra_data=extra_data)
