@@ -35,6 +35,7 @@ import torch
 
 from cache.extract import extract
 from cache.schema import CacheLayout
+from experts.store import ExpertStore
 from pipeline.commands.evaluate import evaluate
 from pipeline.commands.extract_features import verify_cache
 from pipeline.commands.make_lr import make_lr_images
@@ -203,7 +204,9 @@ def run(args: argparse.Namespace) -> dict:
     stage(5, "submit", "challenge submission (PNG per LR input + readme.txt + zip)")
     sub = out / "submission"
     choice = choose(FUSION, run=run_dir, experts=experts)
-    call("submit", lambda: submit(choice, lr_dir, sub, device=device, zip_too=True))
+    # the experts' outputs on the test LR, computed once: the report reads the submission's (exact: same bytes)
+    store = ExpertStore(out / "expert-outputs", max_bytes=None)
+    call("submit", lambda: submit(choice, lr_dir, sub, device=device, zip_too=True, store=store))
 
     stage(6, "evaluate", "NTIRE scoring (PSNR/SSIM, BT.601 Y channel, border 4)")
     scores_json = out / "scores.json"
@@ -212,7 +215,9 @@ def run(args: argparse.Namespace) -> dict:
     stage(7, "report", "HTML report")
     call(
         "report",
-        lambda: make_report(run_dir, sub, hr_dir, out / "report", lr=lr_dir, experts=experts, device=device),
+        lambda: make_report(
+            run_dir, sub, hr_dir, out / "report", lr=lr_dir, experts=experts, device=device, store=store
+        ),
     )
     end = time.time()
     names = list(times)

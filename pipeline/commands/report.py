@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from experts.store import ExpertStore
+from pipeline.commands.common import add_store_arguments, store_from_args
 from pipeline.core import bundled
 from pipeline.core.cli import command_parser, run_cli
 from pipeline.core.errors import BadInputsError
@@ -60,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
     ap.add_argument("--crop", type=int, default=64, help="crop side in SR pixels (default 64)")
+    add_store_arguments(ap)
     return ap
 
 
@@ -74,6 +77,7 @@ def make_report(
     device: str = "cpu",
     tile: int | None = None,
     crop: int = 64,
+    store: ExpertStore | None = None,
 ) -> Path:
     """The HTML report of ``run`` (a run folder) on the submitted images ``sr`` against ``hr`` into ``out`` → its
     index.html. Every input problem is found before any work (:class:`pipeline.report.analyse.ReportError`)."""
@@ -94,6 +98,7 @@ def make_report(
     with claim_output_dir(out, tool="report.py"):  # this process's alone, from before the models load
         try:
             pipe = load_pipeline(run, experts_yaml=experts, device=device, tile=tile)
+            pipe.ensemble.store = store  # the experts' outputs of the submission, when it stored them
             expert_colours(len(pipe.ensemble.names))  # the gate legend has colours for up to 8 experts
             # every unpaired, unreadable, mismatched or too small input, one line each, in one go
             jobs = build_jobs(sr, hr, lr, pipe.scale, min_lr=pipe.ensemble.min_lr_size)
@@ -117,7 +122,9 @@ def make_report(
 
 
 def _main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    store = store_from_args(ap, args)
     bundled.resolve_arguments(args, {"run": "run", "experts": "experts"})
     make_report(
         args.run,
@@ -129,6 +136,7 @@ def _main(argv: list[str] | None = None) -> int:
         device=args.device,
         tile=args.tile,
         crop=args.crop,
+        store=store,
     )
     return 0
 
