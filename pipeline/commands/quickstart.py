@@ -2,7 +2,7 @@
 challenge submission → official scoring → HTML report.
 
     bash scripts/quickstart.sh                     # creates .venv, then runs this with the bundled data and experts
-    sr-fusion quickstart [--out quickstart_out] [--steps 120] [--device cpu|cuda]
+    sr-fusion quickstart [--out quickstart_out] [--steps 40] [--device cpu|cuda]
     sr-fusion quickstart --hr MY_HR [--lr MY_LR] [--train-hr MY_TRAIN_HR] [--experts my.yaml [--init runs/my_fusion]]
 
 Stages (each one the function of a user-facing command, called in-process):
@@ -266,7 +266,7 @@ def parser() -> argparse.ArgumentParser:
         help="fusion checkpoint/run to fine-tune, trained on the same experts (default: the bundled "
         "fusion for the bundled experts; none, i.e. from scratch, for --experts)",
     )
-    ap.add_argument("--steps", type=int, default=120, help="fine-tuning steps (default 120)")
+    ap.add_argument("--steps", type=int, default=40, help="fine-tuning steps (default 40)")
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     ap.add_argument("--max-side", type=int, default=0, help="centre-crop the bundled photos to this many px (0: whole)")
     ap.add_argument("--train-images", type=int, default=len(TRAIN_PHOTOS), help="how many bundled training photos")
