@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.core.config import ConfigError, NonNegInt, PosInt, load_config
+from pipeline.core.names import NAME_RE
 
 __all__ = [
     "REPO_ROOT",
@@ -73,7 +74,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = NAME_RE  # the one rule for names that become folder names (run names follow it too)
 _EXPERT_INPUT_PREFIX = "expert:"
 
 
