@@ -280,10 +280,12 @@ def load_expert(
         loaded, path, digest = load_code_model(spec, root=root)
     else:
         path = resolve_expert_checkpoint(spec, root)
-        state = read_state_dict(path, key=spec.checkpoint_key)
-        digest = sha256_file(path)
+        if not path.is_file():
+            raise ExpertLoadError(f"{path}: checkpoint file not found (expert {spec.name!r})")
+        digest = sha256_file(path)  # the pin first: a file that is not the pinned one is never parsed
         if spec.sha256 is not None and digest != spec.sha256:
             raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
+        state = read_state_dict(path, key=spec.checkpoint_key)
         desc = load_descriptor(path, state, architecture=spec.architecture, scale=spec.scale, expect=spec.expect)
         loaded = loaded_from_descriptor(desc)
     return Expert(

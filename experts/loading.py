@@ -43,6 +43,7 @@ from torch import nn
 
 from experts.archs import ARCHITECTURES
 from pipeline.core.errors import ToolkitError
+from pipeline.core.safe_load import load_failure
 
 __all__ = [
     "EXPERT_REGISTRY",
@@ -124,13 +125,12 @@ def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, to
     elif ext == ".pth":
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
+        except pickle.UnpicklingError as exc:  # torch's message advises weights_only=False: never passed on
             raise ExpertLoadError(
-                f"{p}: refused by the restricted unpickler (weights_only=True): the file holds "
-                f"more than tensors and plain containers ({exc})"
-            ) from exc
+                f"{p}: refused by the restricted unpickler (weights_only=True): {load_failure(exc)}"
+            ) from None
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise ExpertLoadError(f"{p}: not a readable PyTorch checkpoint ({exc})") from exc
+            raise ExpertLoadError(f"{p}: not a readable PyTorch checkpoint ({load_failure(exc)})") from None
     else:
         raise ExpertLoadError(f"{p}: unsupported checkpoint type {ext!r}; use .safetensors or .pth")
 
