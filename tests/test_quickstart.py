@@ -85,25 +85,27 @@ def test_quickstart_reduced_end_to_end(tmp_path, capsys):
 
 
 def test_quickstart_refuses_a_foreign_out_folder_and_bad_flags(tmp_path, capsys):
+    """Every refusal is one line and exit status 2, as for every other tool (it was 1)."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    assert run_main(quickstart.main, ["--out", str(mine)]) == 1
-    assert "was not made by the quickstart" in capsys.readouterr().err
+    assert run_main(quickstart.main, ["--out", str(mine)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("quickstart: --out ") and "was not made by the quickstart" in err[0]
     assert (mine / "thesis.tex").read_text() == "precious"
 
-    assert run_main(quickstart.main, ["--out", str(tmp_path / "a"), "--lr", str(tmp_path)]) == 1
+    assert run_main(quickstart.main, ["--out", str(tmp_path / "a"), "--lr", str(tmp_path)]) == 2
     assert "--lr needs --hr" in capsys.readouterr().err
-    assert run_main(quickstart.main, ["--out", str(tmp_path / "b"), "--hr", str(tmp_path / "nope")]) == 1
+    assert run_main(quickstart.main, ["--out", str(tmp_path / "b"), "--hr", str(tmp_path / "nope")]) == 2
     assert f"--hr {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
-    assert run_main(quickstart.main, ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "no_run")]) == 1
+    assert run_main(quickstart.main, ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "no_run")]) == 2
     assert "--init" in capsys.readouterr().err
 
 
 def test_quickstart_names_a_missing_fusion_checkpoint(tmp_path, capsys):
     (tmp_path / "fusion_zoo_small").mkdir()  # a fusion folder without its weights (as a checkout without them)
     argv = ["--out", str(tmp_path / "qs"), "--init", str(tmp_path / "fusion_zoo_small")]
-    assert run_main(quickstart.main, argv) == 1
+    assert run_main(quickstart.main, argv) == 2
     assert f"--init holds no fusion checkpoint: {tmp_path / 'fusion_zoo_small' / 'model.safetensors'}" in (
         capsys.readouterr().err
     )
