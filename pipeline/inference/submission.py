@@ -46,6 +46,7 @@ from pipeline.inference.pipeline import (
     load_pipeline,
     super_resolve,
 )
+from pipeline.model.describe import describe_network
 from pipeline.model.io import verify_checksums
 
 __all__ = [
@@ -199,10 +200,10 @@ def fusion_method(pipe: FusionPipeline, *, regime: str = "none") -> SRMethod:
     experts = ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in pipe.extra["experts"])
     params = sum(p.numel() for p in pipe.fusion.parameters())
     sub = pipe.extra.get("submission", {})
+    network = describe_network(pipe.fusion.config, params=params)  # the parts that ran, none that were off
     description = (
-        f"Multi-expert fusion: frozen experts {experts}; a {params / 1e3:.0f}K-parameter fusion network "
-        f"(frequency decomposition, cross-expert attention, per-pixel gating) trained on the experts' "
-        f"outputs; self-ensemble: {_REGIME_TEXT[regime]}."
+        f"Multi-expert fusion: frozen experts {experts}; {network}; trained on the experts' outputs; "
+        f"self-ensemble: {_REGIME_TEXT[regime]}."
     )
     if sub.get("description"):
         description += " " + sub["description"]
