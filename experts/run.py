@@ -9,6 +9,12 @@ expert). Checkpoint paths in the config are relative to the repository root unle
 ``--device craft=cuda:1`` moves one expert without editing the YAML. ``--tta``: ×8 self-ensemble of each expert
 (:meth:`experts.ensemble.ExpertEnsemble.self_ensemble`; ``fingerprints.json`` records ``self_ensemble: 8``).
 Every input is decoded and the output folder checked (new, empty, or made by this command) before any work.
+
+    python -m experts.run --config MY_EXPERTS.yaml --check
+
+onboards a new YAML: every expert parsed and loaded on its own, every problem of each listed in one pass (keys,
+opt-in, files, pins, the weights against the class, the smallest input side, the probe of experts/probe.py), and
+each working expert's probe PSNR; exit status 2 when any expert fails.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from experts.check import check_experts, format_checks
 from experts.ensemble import ExpertEnsemble
 from experts.spec import load_ensemble_spec, with_devices
 from pipeline.core.atomic import atomic_write_text
@@ -49,8 +56,14 @@ def _main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--config", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
-    ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
-    ap.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per expert)")
+    ap.add_argument("--input", type=Path, help="folder of LR images")
+    ap.add_argument("--output", type=Path, help="output folder (one sub-folder per expert)")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="onboarding: parse and load every expert of --config on its own and print each one's problems or "
+        "probe PSNR (experts/check.py); no --input/--output; exit 2 if any expert fails",
+    )
     ap.add_argument(
         "--root", type=Path, default=None, help="resolve relative checkpoint paths here (default: repo root)"
     )
@@ -58,6 +71,12 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gather-device", default="cpu", help="device the outputs are gathered on (default cpu)")
     ap.add_argument("--tta", action="store_true", help="x8 self-ensemble of each expert (flips x rot90, averaged)")
     args = ap.parse_args(argv)
+    if args.check:
+        checks, problems = check_experts(args.config, root=args.root)
+        print("\n".join(format_checks(checks, problems)))
+        return 0 if checks and all(c.ok for c in checks) and not problems else 2
+    if args.input is None or args.output is None:
+        ap.error("--input and --output are required (or --check)")
 
     # the output folder and every input (decoded) are checked before an expert is loaded or anything written
     if args.output.resolve() == args.input.resolve():
