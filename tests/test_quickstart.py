@@ -6,6 +6,7 @@ photos. Plus the quickstart's refusals (a foreign --out folder, --lr without --h
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import pytest
@@ -58,7 +59,8 @@ def test_quickstart_reduced_end_to_end(tmp_path, capsys):
     # scores: evaluate.py on the submitted files, the report's table (bicubic, experts, mean, fusion) agrees
     scores = json.loads((out / "scores.json").read_text())
     report = json.loads((out / "report" / "scores.json").read_text())
-    assert (out / "report" / "index.html").is_file()
+    heading = re.search(r"<h1>(.*?)</h1>", (out / "report" / "index.html").read_text()).group(1)
+    assert heading == "Quickstart: the bundled fusion, fine-tuned for 6 steps, scored on 2 held-out photos"
     mean = report["mean"]
     assert report["methods"] == ["bicubic", "expert:hat_s", "expert:dat_s", "expert:nafnet_sr_s", "mean", "fusion"]
     assert mean["fusion"]["psnr"] == pytest.approx(scores["mean"]["psnr"], abs=1e-6)
@@ -111,3 +113,19 @@ def test_quickstart_names_a_missing_fusion_checkpoint(tmp_path, capsys):
     )
     assert (REPO_ROOT / "checkpoints" / "fusion_zoo_small" / "model.safetensors").is_file()  # the bundled one
     assert REPO_ROOT.joinpath("configs", "train", "quickstart.yaml").is_file()
+
+
+def test_the_report_heading_is_in_the_users_words():
+    from argparse import Namespace
+
+    from pipeline.commands.quickstart import BUNDLED_FUSION, report_title
+
+    args = Namespace(steps=120, init=None, test_images=3, hr=None)
+    assert report_title(args, init=BUNDLED_FUSION) == (
+        "Quickstart: the bundled fusion, fine-tuned for 120 steps, scored on 3 held-out photos"
+    )
+    assert report_title(Namespace(steps=50, init=None, test_images=3, hr="my_hr"), init=None) == (
+        "Quickstart: a fusion of your experts, trained from scratch for 50 steps, scored on your images"
+    )
+    mine = Namespace(steps=9, init="runs/mine", test_images=3, hr=None)
+    assert report_title(mine, init=mine.init).startswith("Quickstart: the fusion of --init, fine-tuned for 9 steps")

@@ -100,6 +100,18 @@ def table(scores: dict, submitted: dict) -> str:
     return "\n".join(lines)
 
 
+def report_title(args: argparse.Namespace, *, init: Path | None) -> str:
+    """The report's heading in the user's words (not the run folder's name, "finetune")."""
+    if init is None:
+        trained = f"a fusion of your experts, trained from scratch for {args.steps} steps"
+    elif args.init is None:
+        trained = f"the bundled fusion, fine-tuned for {args.steps} steps"
+    else:
+        trained = f"the fusion of --init, fine-tuned for {args.steps} steps"
+    images = f"{args.test_images} held-out photos" if args.hr is None else "your images"
+    return f"Quickstart: {trained}, scored on {images}"
+
+
 def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     out: Path = args.out.resolve()
@@ -249,6 +261,8 @@ def run(args: argparse.Namespace) -> dict:
             device,
             "--experts",
             str(experts),
+            "--title",
+            report_title(args, init=init),
         ],
     )
     end = time.time()

@@ -58,6 +58,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
     ap.add_argument("--crop", type=int, default=64, help="crop side in SR pixels (default 64)")
+    ap.add_argument("--title", default=None, help="the page's heading (default: 'Fusion of EXPERTS on N images')")
     args = ap.parse_args(argv)
 
     try:
@@ -101,6 +102,7 @@ def _main(argv: list[str] | None = None) -> int:
             out=args.out,
             crop_size=args.crop,
             metrics=metrics,
+            title=args.title,
         )
     print(
         f"report: mean PSNR-Y fusion {mean['fusion'].psnr:.3f} dB, best expert {best} "

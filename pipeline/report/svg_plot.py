@@ -27,6 +27,7 @@ class Series:
     colour: str = "#000000"  # any CSS colour
     dashed: bool = False
     stroke_width: float = 1.6
+    opacity: float = 1.0  # e.g. a raw curve drawn faint behind its smoothed version
 
 
 def nice_ticks(lo: float, hi: float, *, count: int = 5, integer: bool = False) -> list[float]:
@@ -163,6 +164,7 @@ def line_plot_svg(
     for k, (s, pts) in enumerate(clean):
         colour = escape(s.colour)
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+        dash += f' stroke-opacity="{s.opacity:g}"' if s.opacity < 1 else ""
         last = f": {pts[-1][1]:.6g} at step {pts[-1][0]:g}" if pts else ": no data"
         out.append(f"<g><title>{escape(s.label + last)}</title>")
         if len(pts) > 1:
