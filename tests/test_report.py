@@ -550,21 +550,26 @@ def test_training_plots_smooth_the_loss_and_replace_empty_charts_by_one_line():
     metrics = {"train/loss": (tuple(range(1, 121)), noisy)}  # a run without validation and without a gate
     plots = training_plots(metrics, experts=["a", "b"], colours=[(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)])
     assert plots[0].startswith("<svg") and plots[0].count("<polyline") == 2  # the raw curve faint, the trend on top
-    assert 'stroke-opacity="0.25"' in plots[0] and "smoothed" in plots[0]
+    assert '<g opacity="0.25">' in plots[0] and 'stroke-opacity="0.25"' in plots[0] and "smoothed" in plots[0]
     assert plots[1:] == [
         '<p class="nochart"><b>Validation PSNR-Y</b>: none logged — the run had no validation set (data.val_cache)</p>',
         '<p class="nochart"><b>Mean gate per expert</b>: none logged (this fusion has no per-expert gate)</p>',
     ]
 
 
-def test_report_title_is_in_the_users_words(report_case):
-    from pipeline.report.analyse import default_title
+def test_report_title_is_in_the_users_words(report_case, monkeypatch):
+    from pipeline.report.analyse import _under, default_title
 
     html = (report_case["out"] / "index.html").read_text()
     assert "<h1>Fusion of noisy and calm on 3 images</h1>" in html
     assert report_case["run"].name not in re.search(r"<h1>(.*?)</h1>", html).group(1)
     assert default_title([f"e{i}" for i in range(11)], 1) == "Fusion of 11 experts (e0, e1, e2, …) on 1 image"
     assert "per-pixel gating of the 2 experts" in html  # the network, as the submission's readme describes it
+    ckpt = re.search(r"<tr><td>checkpoint</td><td>(.*?) \(step", html).group(1)
+    assert ckpt.startswith(f"{report_case['run']}/ckpt/")  # under the run folder as it was given
+    monkeypatch.chdir(report_case["run"].parent)  # ... also when it was given relative to the working folder
+    relative = Path(report_case["run"].name)
+    assert _under(Path(ckpt), relative) == relative / Path(ckpt).relative_to(report_case["run"])
 
 
 def _wide_page(folder: Path) -> Path:

@@ -313,6 +313,14 @@ def prune_images(out: Path, keep: set[str]) -> None:
             p.unlink()
 
 
+def _under(path: Path, folder: Path) -> Path:
+    """``path`` written under ``folder`` as the user gave it (``runs/x/ckpt/last``), when it lies there."""
+    try:
+        return folder / path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return path
+
+
 def default_title(experts: list[str], images: int) -> str:
     """``"Fusion of hat_s, dat_s and nafnet_sr_s on 3 images"`` — no internal folder names."""
     names = experts[0] if len(experts) == 1 else ", ".join(experts[:-1]) + " and " + experts[-1]
@@ -360,7 +368,7 @@ def write_report(
     params = sum(p.numel() for p in pipe.fusion.parameters())
     facts = (
         ("run", str(run)),
-        ("checkpoint", f"{pipe.checkpoint} (step {extra.get('step', '?')})"),
+        ("checkpoint", f"{_under(Path(pipe.checkpoint), run)} (step {extra.get('step', '?')})"),
         ("experts", ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in extra["experts"])),
         ("fusion network", describe_network(pipe.fusion.config, params=params)),
         ("SR images (fusion column)", str(sr)),

@@ -180,12 +180,13 @@ def training_plots(
     """SVG charts of a run's metrics (tags as train.py writes them: ``train/loss``, ``train/gate_<e>``, ``val/psnr``,
     ``val/expert_<e>``, ``val/expert_mean``, ``val/gain_over_best_expert``)."""
     hexes = [css_colour(c) for c in colours]
-    raw = _series(metrics, "train/loss", "loss per step", "#222222", width=1.0)
+    raw = _series(metrics, "train/loss", "loss (one step each)", "#222222", width=1.0)
     raw = dataclasses.replace(raw, opacity=0.25)  # faint, behind its trend
     trend = Series(
         label="smoothed",
         steps=raw.steps,
-        values=smooth(raw.values, span=max(1.0, len(raw.values) / 25)),  # ~25 time constants over the run
+        # ~25 time constants over a long run; at least 3 points (a quickstart logs 12: one step's loss every 10)
+        values=smooth(raw.values, span=max(3.0, len(raw.values) / 25)),
         colour="#222222",
         stroke_width=2.2,
     )
