@@ -28,6 +28,7 @@ import torch
 from experts.devices import resolve_device
 from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
 from experts.spec import EnsembleSpec, input_source, load_ensemble_spec
+from experts.store import ExpertStore
 from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.resize import bicubic_upscale
 
@@ -63,6 +64,7 @@ class ExpertEnsemble:
         self.gather_device = resolve_device(gather_device)
         self.concurrent = concurrent  # None: concurrent iff a stage spans several devices
         self._stages = _stages(self.experts)
+        self.store: ExpertStore | None = None  # experts/store.py: outputs computed once, reused by every command
 
     @classmethod
     def from_spec(
@@ -162,7 +164,24 @@ class ExpertEnsemble:
         return EnsembleOutput(srs=(total / AUGMENTATIONS).float(), feats=first.feats)
 
     def _run_one(self, expert: Expert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sr, feat = expert.run(x)
+        """One expert on its input ``x``; with a :attr:`store`, its stored output for exactly this input when there
+        is one (else it runs and the result is stored)."""
+        if self.store is None:
+            sr, feat = expert.run(x)
+        else:
+            key = ExpertStore.key(
+                fingerprint=expert.fingerprint.to_dict(),
+                tile=expert.spec.tile,
+                tile_overlap=expert.spec.tile_overlap,
+                device=str(expert.device),
+                x=x,
+            )
+            hit = self.store.get(key)
+            if hit is not None:
+                sr, feat = hit["sr"], hit["feat"]
+            else:
+                sr, feat = expert.run(x)
+                self.store.put(key, {"sr": sr, "feat": feat})
         return sr.to(self.gather_device), feat.to(self.gather_device)
 
     def _run_group(self, jobs: list[tuple[Expert, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

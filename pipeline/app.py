@@ -47,6 +47,9 @@ COMMANDS: dict[str, Command] = {
         "scripts/merge_caches.py",
         "one training cache from several of the same experts (hard links, no expert runs)",
     ),
+    "store": Command(
+        "pipeline.commands.store", "python -m pipeline.app store", "the expert-output store: size, verify, prune, clear"
+    ),
     "train": Command("pipeline.commands.train", "train.py", "train the fusion network on a cache"),
     "fit": Command(
         "pipeline.commands.fit_ensembler", "scripts/fit_ensembler.py", "fit a training-free ensembler on a cache"

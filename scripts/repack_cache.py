@@ -12,10 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from cache.extract import verify
 from cache.repack import repack
 from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
 from cache.writer import cache_bytes
+from pipeline.commands.common import verify_cache
 from pipeline.core.cli import run_cli
 
 
@@ -38,13 +38,7 @@ def _main(argv: list[str] | None = None) -> int:
         f"repack_cache: {len(new)} images, {layout.describe()} → {args.out}: {after / 1e6:.1f} MB "
         f"({after / before:.1%} of {args.src}, {before / 1e6:.1f} MB)"
     )
-    if args.verify:
-        _, problems, seconds = verify(args.out)
-        print(f"verify: {len(new)} images in {args.out}, {len(problems)} problem(s), {seconds:.1f} s")
-        for p in problems:
-            print(f"verify: {p}")
-        return 1 if problems else 0
-    return 0
+    return verify_cache(args.out) if args.verify else 0
 
 
 def main(argv: list[str] | None = None) -> int:

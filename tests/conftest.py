@@ -79,6 +79,13 @@ def assert_close(
     assert ok, f"max abs diff {diff.max().item():.3g} (atol={atol}, rtol={rtol})"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _expert_store_in_a_temp_folder(tmp_path_factory) -> None:
+    """Commands that default to the user's expert-output store (~/.cache/sr-fusion/expert-outputs) use a session
+    folder instead: tests never write into the home folder, and start from an empty store."""
+    os.environ["SR_FUSION_STORE"] = str(tmp_path_factory.mktemp("expert_store"))
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     random.seed(0)

@@ -143,7 +143,7 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
         str(hr_dir),
         "--fusion",
         str(trained_run),
-        "--cache-dir",
+        "--store",
         str(tmp_path / "store"),
         "--out",
         str(tmp_path / "t" / "table"),
@@ -158,22 +158,27 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
     assert "| none | mean |" in (tmp_path / "t" / "table.md").read_text()
     # the mean row equals an independent computation on the stored outputs
     from pipeline.core.resize import make_lr
-    from pipeline.evaluation.compare import OutputStore  # noqa: F401 - the store's files are plain torch files
 
     ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
     scores = []
     for p in sorted(hr_dir.glob("*.png")):
         hr, lr = make_lr(read_image(p), 4)
         scores.append(float(psnr_y(quantize_8bit(ensemble(lr).srs.mean(1)), hr, crop_border=4)[0]))
-    assert abs(rows[("none", "mean")]["psnr"] - sum(scores) / len(scores)) < 2e-3  # fp16 storage
+    assert abs(rows[("none", "mean")]["psnr"] - sum(scores) / len(scores)) < 1e-9  # the store is exact
     best = max(rows[("none", n)]["psnr"] for n in ("noisy", "calm"))
     assert rows[("none", "oracle 16x16 blocks")]["psnr"] >= best
     assert rows[("none", "oracle 16x16 blocks")]["psnr"] >= rows[("none", "held-out oracle 16x16")]["psnr"]
-    # a rerun computes nothing again (every image is stored) and gives the same table
+    # a rerun runs no expert again (every output is stored) and gives the same table; so does a run without the store
     capsys.readouterr()
     assert run_main(compare_ensembles.main, args) == 0
-    assert f"{len(table['images'])} stored" in capsys.readouterr().out
+    n = len(table["images"]) * 8 * 2  # images × transforms × experts
+    assert f"expert outputs: {n} from the store, 0 computed" in capsys.readouterr().out
     assert json.loads((tmp_path / "t" / "table.json").read_text())["rows"] == table["rows"]
+    live = [a if a != str(tmp_path / "store") else "x" for a in args]
+    live[live.index("--store") : live.index("--store") + 2] = ["--no-store"]
+    live[live.index(str(tmp_path / "t" / "table"))] = str(tmp_path / "t" / "live")
+    assert run_main(compare_ensembles.main, live) == 0
+    assert json.loads((tmp_path / "t" / "live.json").read_text())["rows"] == table["rows"]
 
 
 def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp_path, capsys):

@@ -58,6 +58,19 @@ def test_learning_curve_and_cached_scores(tiny_cache, tmp_path, capsys):
     assert saved["data"]["images"] == 3 and len(saved["model"]["set_gate"]["base"]) == 2
     capsys.readouterr()
 
+    # a rerun reuses the scores of unchanged weights (nothing rescored), and rescores weights that changed
+    (tmp_path / "runs" / "lc_6" / "ckpt" / "last" / "model.safetensors").resolve().touch()  # same bytes: reused
+    again = tmp_path / "lc2"
+    assert learning_curve.main([*argv, "--reuse", str(out.with_suffix(".json")), "--out", str(again)]) == 0
+    assert capsys.readouterr().out.count("earlier score of these weights reused") == 3
+    assert json.loads(again.with_suffix(".json").read_text())["points"] == points
+    stale = json.loads(out.with_suffix(".json").read_text())
+    stale["points"][0]["checkpoint_sha256"] = "0" * 64  # other weights under the same label: scored again
+    out.with_suffix(".json").write_text(json.dumps(stale))
+    assert learning_curve.main([*argv, "--reuse", str(out.with_suffix(".json")), "--out", str(again)]) == 0
+    assert capsys.readouterr().out.count("earlier score of these weights reused") == 2
+    assert json.loads(again.with_suffix(".json").read_text())["points"] == points
+
     # the run trained on 3 images, scored on the 3 it never saw, next to the ensemblers
     weights = tmp_path / "blend.json"
     assert fit_ensembler.main([str(cache), "--method", "blend_reg", "--images", "3", "--out", str(weights)]) == 0

@@ -2,15 +2,18 @@
 
     python scripts/compare_ensembles.py --experts configs/experts/shared_real.yaml --hr HR_DIR [--lr LR_DIR] \\
         [--ensemblers fits/blend.json fits/ensir.json] [--fusion checkpoints/fusion_craft_ditn_span] \\
-        --cache-dir results/compare/Set5/outputs --out results/compare/Set5/table [--threads 2]
+        --out results/compare/Set5/table [--threads 2] [--store DIR | --no-store]
 
 Rows (pipeline/evaluation/compare.py): each expert, the experts' mean, ZZPM, every fitted ensembler file given (made on
 a
 *training* cache by ``scripts/fit_ensembler.py``, never on the scored set), the fusion checkpoint (in the ×8 regime:
 on the ×8 experts, and the ×8 of the whole pipeline) and the 16×16-block oracle; PSNR-Y / SSIM-Y (NTIRE), Δ vs the
 best expert of the same regime and the number of images below it. Without ``--lr`` the LR is made from the HR with
-the MATLAB-compatible bicubic. The experts' outputs are stored in ``--cache-dir`` (resumable: kill it, rerun it);
-writes ``OUT.json`` and ``OUT.md``.
+the MATLAB-compatible bicubic. Every expert's output (each of the eight transforms) comes from the expert-output store
+(experts/store.py, ``sr-fusion store``) when it is there and is stored when it is not: a second table for another
+fusion, other peers or a rerun after a kill runs no expert again. Each image is scored as soon as its outputs are
+in hand (memory stays one image's). Writes ``OUT.json`` and ``OUT.md``; every gain carries its paired bootstrap 95 %
+interval over the images and a verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tqdm import tqdm
 
 from experts.ensemble import ExpertEnsemble
 from experts.loading import sha256_file
+from pipeline.commands.common import add_store_arguments, store_from_args
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import program_name, run_cli
 from pipeline.core.imageio import read_image, scan_image_folder
@@ -31,7 +35,6 @@ from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_file
 from pipeline.core.resize import make_lr
 from pipeline.evaluation.compare import (
-    OutputStore,
     expert_outputs,
     is_table_json,
     peer_labels,
@@ -68,11 +71,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=Path, default=None, help="LR folder (NAMEx4.png); default: MATLAB bicubic of --hr")
     ap.add_argument("--ensemblers", type=Path, nargs="*", default=[], help="fitted ensembler files (JSON)")
     ap.add_argument("--fusion", type=Path, default=None, help="fusion checkpoint or run directory (its best)")
-    ap.add_argument("--cache-dir", required=True, type=Path, help="where each image's expert outputs are stored")
     ap.add_argument("--out", required=True, type=Path, help="OUT.json and OUT.md are written")
     ap.add_argument("--title", default=None, help="table title (default: the HR folder's name)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    add_store_arguments(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,29 +98,20 @@ def _main(argv: list[str] | None = None) -> int:
     peers += [load(p, experts=fps) for p in args.ensemblers]
     labels = peer_labels(peers, [None, None, *args.ensemblers])  # before any expert runs
     pairs = _pairs(args.hr, args.lr, scale)
-    store = OutputStore(
-        args.cache_dir,
-        meta={
-            "experts": [[fp["name"], fp["sha256"]] for fp in fps],
-            "fusion_sha256": fusion_sha,
-            "lr": str(args.lr or "matlab_bicubic"),
-        },
-    )
+    ensemble.store = store_from_args(ap, args)
 
     def lr_of(hr_path: Path, lr_path: Path | None) -> torch.Tensor:
         return read_image(lr_path) if lr_path is not None else make_lr(read_image(hr_path), scale)[1]
 
-    todo = [(n, h, lp) for n, h, lp in pairs if not store.has(n)]
     print(
-        f"compare_ensembles: {len(pairs)} images ({len(pairs) - len(todo)} stored), experts {list(ensemble.names)}"
-        f", fusion {args.fusion or '-'}, peers {[p.method for p in peers]}"
+        f"compare_ensembles: {len(pairs)} images, experts {list(ensemble.names)}, fusion {args.fusion or '-'}, "
+        f"peers {labels}, store {ensemble.store.root if ensemble.store else 'off'}"
     )
-    for name, hr_path, lr_path in tqdm(todo, desc="experts x8", unit="img"):
-        store.put(name, expert_outputs(ensemble, lr_of(hr_path, lr_path).to(args.device), fuse=fuse))
 
     def items():
-        for name, hr_path, _ in tqdm(pairs, desc="score", unit="img"):
-            out = store.get(name)
+        for _, hr_path, lr_path in tqdm(pairs, desc="experts x8 + score", unit="img"):
+            out = expert_outputs(ensemble, lr_of(hr_path, lr_path).to(args.device), fuse=fuse)
+            out = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in out.items()}
             yield out, crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
 
     rows = score_rows(
@@ -129,6 +123,9 @@ def _main(argv: list[str] | None = None) -> int:
         scale=scale,
     )
     summary = summarise(rows)
+    if ensemble.store is not None:
+        hits, misses = ensemble.store.hits, ensemble.store.misses
+        print(f"compare_ensembles: expert outputs: {hits} from the store, {misses} computed")
     title = args.title or args.hr.name
     payload = {
         "title": title,
@@ -137,6 +134,7 @@ def _main(argv: list[str] | None = None) -> int:
         "per_image_psnr": {f"{r.regime}/{r.method}": r.psnr for r in rows},
         "experts": fps,
         "fusion": str(args.fusion) if args.fusion else None,
+        "fusion_sha256": fusion_sha,
         "ensemblers": [str(p) for p in args.ensemblers],
     }
     atomic_write_text(out_json, json.dumps(payload, indent=1))

@@ -36,22 +36,10 @@ from pathlib import Path
 
 import torch
 
-from cache.extract import extract, verify
+from cache.extract import extract
 from cache.schema import COMPRESSIONS, EXTRACT_LAYOUT, FEATURE_MODES, SR_DTYPES, CacheLayout
+from pipeline.commands.common import verify_cache
 from pipeline.core.cli import program_name, run_cli
-
-
-def verify_cache(path: Path) -> int:
-    reader, problems, seconds = verify(path)
-    print(f"verify: {len(reader)} images in {path}, {len(problems)} problem(s), {seconds:.1f} s")
-    for p in problems:
-        print(f"verify: {p}")
-    if reader.skipped:
-        print(
-            f"verify: {len(reader.skipped)} input(s) were skipped at extraction: "
-            + "; ".join(f"{s['name']}: {s['reason']}" for s in reader.skipped)
-        )
-    return 1 if problems else 0
 
 
 def _main(argv: list[str] | None = None) -> int:

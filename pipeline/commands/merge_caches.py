@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cache.extract import verify
 from cache.merge import merge_caches
 from cache.reader import CacheReader
+from pipeline.commands.common import verify_cache
 from pipeline.core.cli import program_name, run_cli
 
 
@@ -36,13 +36,7 @@ def _main(argv: list[str] | None = None) -> int:
         r.close()
     print(f"merge_caches: {len(merged)} images ({', '.join(sizes)}) → {args.out}")
     merged.close()
-    if args.verify:
-        _, problems, seconds = verify(args.out)
-        print(f"verify: {len(problems)} problem(s) in {seconds:.1f} s")
-        for p in problems:
-            print(f"verify: {p}")
-        return 1 if problems else 0
-    return 0
+    return verify_cache(args.out) if args.verify else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,11 @@ blend), the fusion checkpoint (in ``x8``: on the ×8 experts, and the ×8 of the
 oracle (the best expert per block, chosen with the HR in hand: a ceiling, not a method) and its held-out form (each
 half block takes the other half's best expert: the part of that ceiling a block-scale gate could learn).
 
-Every image's expert outputs (both regimes, the identity pass's features, the fusion's two ×8 variants) are computed
-once and stored in ``cache_dir/<name>.pt`` (float16, atomic writes, ``meta.json`` pins the experts' and the
-fusion's sha256): a rerun, or a run killed half-way, recomputes nothing that is stored. Scores are the NTIRE ones
-(PSNR-Y / SSIM-Y, BT.601 with offsets, border = scale) of the 8-bit-rounded output, as submitted.
+Every expert output (the identity pass and each of the eight transforms) comes from the ensemble's expert-output store
+when it has one (experts/store.py: computed once, exact, shared with every other command); the fusion runs on them
+each time. Scores are the NTIRE ones (PSNR-Y / SSIM-Y, BT.601 with offsets, border = scale) of the 8-bit-rounded
+output, as submitted; every gain carries its paired bootstrap interval over images
+(:mod:`pipeline.evaluation.bootstrap`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ __all__ = [
     "is_table_json",
     "CompareError",
     "peer_labels",
-    "OutputStore",
     "Row",
     "block_oracle",
     "expert_outputs",
@@ -50,7 +50,7 @@ REGIMES = ("none", "x8")
 
 
 class CompareError(ToolkitError, RuntimeError):
-    """The stored outputs belong to other experts or another fusion, or the inputs do not pair."""
+    """Two rows would share a label, or the inputs do not pair."""
 
 
 def peer_labels(ensemblers: Sequence[Ensembler], files: Sequence[str | os.PathLike | None]) -> list[str]:
@@ -104,50 +104,6 @@ def expert_outputs(ensemble, lr: torch.Tensor, *, fuse: Fuse | None = None) -> d
         out["fusion_x8_pipeline"] = (total_fused / AUGMENTATIONS)[0].float()
         out["fusion_x8_experts"] = fuse(lr, out["srs_x8"][None], [f[None] for f in out["feats"]]).clamp(0, 1)[0].float()
     return out
-
-
-class OutputStore:
-    """``folder/<name>.pt`` per image (float16 tensors, written atomically) + ``folder/meta.json`` (what made them).
-    A folder made for other experts or another fusion is refused, naming both."""
-
-    def __init__(self, folder: str | os.PathLike, *, meta: dict[str, Any]) -> None:
-        self.folder = Path(folder)
-        self.meta = meta
-        meta_path = self.folder / "meta.json"
-        if meta_path.is_file():
-            have = json.loads(meta_path.read_text(encoding="utf-8"))
-            if have != meta:
-                raise CompareError(
-                    f"{self.folder} holds outputs of {have}, this run is {meta}: use another --cache-dir or delete it"
-                )
-        elif self.folder.exists() and any(p for p in self.folder.iterdir() if not p.name.startswith(".")):
-            raise CompareError(f"{self.folder} exists and is not an output store (no meta.json): refusing to use it")
-        else:
-            from pipeline.core.atomic import atomic_write_text
-
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
-
-    def path(self, name: str) -> Path:
-        return self.folder / f"{name}.pt"
-
-    def has(self, name: str) -> bool:
-        return self.path(name).is_file()
-
-    def put(self, name: str, outputs: dict[str, Any]) -> None:
-        half = {k: [t.half().cpu() for t in v] if isinstance(v, list) else v.half().cpu() for k, v in outputs.items()}
-        tmp = self.path(name).with_name(f".{name}.pt.tmp-{os.getpid()}")
-        torch.save(half, tmp)
-        os.replace(tmp, self.path(name))
-
-    def get(self, name: str) -> dict[str, Any]:
-        try:
-            data = torch.load(self.path(name), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and how to redo it
-            raise CompareError(
-                f"{self.path(name)}: unreadable ({type(exc).__name__}); delete it to recompute"
-            ) from None
-        return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in data.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

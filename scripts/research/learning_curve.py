@@ -17,6 +17,9 @@ and ZZPM (no TTA). Prints and writes the table: per point and test set, the trai
 fusion's PSNR-Y, the best peer's (chosen on that set: the strongest alternative, in hindsight) and the gains over it,
 over ``blend_reg`` and over the plain mean, each with its paired bootstrap 95 % interval over the test images
 (:mod:`pipeline.evaluation.bootstrap`). Same recipe, same selection rule (none: the final weights) at every point.
+``--reuse EARLIER.json ...``: a point and test set already scored there with the same checkpoint bytes (sha256 of
+``model.safetensors``, kept with every point) is taken from it, so a table grown by one point or one test set
+rescores only what is new.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from cache.dataset import image_subset
 from cache.reader import CacheReader
+from experts.loading import sha256_file
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli, run_program
 from pipeline.core.outputs import check_output_file
@@ -71,6 +75,13 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-prefix", default="lc", help="runs/<prefix>_<point> and fits/<prefix>/")
     ap.add_argument("--fits-dir", type=Path, default=None, help="where the peers are fitted (default fits/<prefix>)")
     ap.add_argument("--out", type=Path, default=None, help="OUT.json and OUT.md")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier OUT.json files: a (point, test set) scored there with the same checkpoint bytes is not rescored",
+    )
     args = ap.parse_args(argv)
     if not args.sizes and not args.caches:
         ap.error("give the points: --sizes N ... and/or --caches CACHE ...")
@@ -97,6 +108,13 @@ def _main(argv: list[str] | None = None) -> int:
         specs.append((cache.stem, cache, None, len(every), _hr_mpx(reader, every), list(reader.meta.experts)))
         reader.close()
     fits_dir = args.fits_dir or REPO / "fits" / args.runs_prefix
+    earlier = {}
+    for path in args.reuse:
+        if not _is_ours(path):
+            ap.error(f"--reuse {path}: not a learning-curve JSON (no 'points')")
+        for p in json.loads(path.read_text(encoding="utf-8"))["points"]:
+            if "checkpoint_sha256" in p:
+                earlier[(p["point"], p["test"], p["checkpoint_sha256"])] = p
     points = []
     for label, cache, n, count, mpx, fps in specs:
         peers = []
@@ -121,9 +139,14 @@ def _main(argv: list[str] | None = None) -> int:
                 return code
         ckpt = resolve_checkpoint(run, which="last")
         verify_checksums(ckpt)
+        sha = sha256_file(ckpt / "model.safetensors")
         fusion = load_pretrained(ckpt)
         everyone = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps), *peers]
         for test in args.score:
+            if (label, test.stem, sha) in earlier:
+                points.append(earlier[(label, test.stem, sha)])
+                print(f"learning_curve: {label}, {test.stem}: the earlier score of these weights reused", flush=True)
+                continue
             rows = score_cached(test, fusions=[("fusion", fusion, read_extra(ckpt)["experts"])], ensemblers=everyone)
             by = {r.method: r for r in rows}
             best_peer = max((r for r in rows if r.kind == "ensembler"), key=lambda r: r.mean_psnr)
@@ -146,6 +169,7 @@ def _main(argv: list[str] | None = None) -> int:
                     "gain_over_mean": f.mean_psnr - by["mean"].mean_psnr,
                     "gain_over_mean_interval": paired_interval(f.psnr, by["mean"].psnr).to_dict(),
                     "psnr": {r.method: r.mean_psnr for r in rows},
+                    "checkpoint_sha256": sha,
                 }
             )
             print(

@@ -1,0 +1,205 @@
+"""ExpertStore: every frozen expert's output computed once, on disk, shared by every command that runs the experts.
+
+The experts never change, yet comparing a new fusion, submitting with another ensemble method or scoring again would
+run all of them again (eleven experts ×8 on BSD100: 23 min at one CPU thread, each time). With a store attached
+(:attr:`experts.ensemble.ExpertEnsemble.store`), each expert's ``(sr, feat)`` for one input tensor is looked up
+before the expert runs and saved after it ran:
+
+* **Key** = sha256 of (store version, the expert's fingerprint — name, architecture, checkpoint sha256, hooks,
+  precision, hyperparameters, a code expert's file sha256 —, its tiling, the device type, torch's version, the input
+  tensor's shape and the sha256 of its bytes). The ×8 self-ensemble passes its eight transformed inputs through the
+  same lookup, so both regimes, every fusion, every ensemble method and every command share the entries; another
+  checkpoint, tile, device or torch release is another key, never a stale hit.
+* **Exact**: the tensors are stored as they came (float32, safetensors: no pickle), so a command with the store gives
+  the bytes it gives without it.
+* **Crash-safe**: each entry is written to a temporary file, fsynced and renamed: it exists whole or not at all; a
+  killed run leaves at most a temp file (ignored, removed by :meth:`ExpertStore.prune`).
+* **Verified on read**: the sha256 of every stored tensor is in the file's metadata and checked on every read; an
+  entry that fails (bit rot, a truncated copy) is deleted and recomputed, with one line on stderr.
+* **Bounded**: ``max_bytes`` (default :data:`DEFAULT_MAX_GB`); when a write passes it, the least recently used
+  entries are deleted down to 90 % of it. ``sr-fusion store`` shows the size, verifies, prunes or clears it.
+
+Where: ``--store DIR`` on the commands, else ``$SR_FUSION_STORE``, else ``~/.cache/sr-fusion/expert-outputs``;
+``--no-store`` runs every expert live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from pipeline.core.errors import ToolkitError, disk_full, is_disk_full
+
+__all__ = ["DEFAULT_MAX_GB", "ENV_VAR", "ExpertStore", "StoreError", "StoreUsage", "default_store_dir"]
+
+STORE_VERSION = 1
+DEFAULT_MAX_GB = 50.0
+ENV_VAR = "SR_FUSION_STORE"
+_SUFFIX = ".safetensors"
+_KEEP_AFTER_PRUNE = 0.9  # a write over the bound prunes down to this fraction of it
+
+
+class StoreError(ToolkitError, OSError):
+    """The store's folder cannot be used (not a folder, not ours)."""
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    entries: int
+    bytes: int
+
+
+def default_store_dir() -> Path:
+    """``$SR_FUSION_STORE`` or ``~/.cache/sr-fusion/expert-outputs``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sr-fusion" / "expert-outputs"
+
+
+def _tensor_sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+class ExpertStore:
+    """A folder of expert outputs (see the module docstring)."""
+
+    MARKER = ".sr-fusion-expert-store"
+
+    def __init__(self, root: str | os.PathLike, *, max_bytes: int | None = int(DEFAULT_MAX_GB * 1e9)) -> None:
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"expert store {self.root} exists and is not a folder")
+        if self.root.is_dir() and not (self.root / self.MARKER).is_file() and any(self.root.iterdir()):
+            raise StoreError(
+                f"expert store {self.root} holds files that are not an expert store's (no {self.MARKER}): "
+                "refusing to write into it; name another folder with --store"
+            )
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._bytes: int | None = None  # counted on the first write
+        self.hits = 0
+        self.misses = 0
+
+    # ------------------------------------------------------------------------------------------------------- keys
+    @staticmethod
+    def key(*, fingerprint: dict, tile: int, tile_overlap: int, device: str, x: torch.Tensor) -> str:
+        """The entry of one expert's output for input ``x`` (any shape and dtype; its bytes are hashed)."""
+        material = {
+            "version": STORE_VERSION,
+            "expert": fingerprint,
+            "tile": [int(tile), int(tile_overlap)],
+            "device": torch.device(device).type,
+            "torch": torch.__version__,
+            "input": [list(x.shape), str(x.dtype), _tensor_sha(x)],
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}{_SUFFIX}"
+
+    # ---------------------------------------------------------------------------------------------- read / write
+    def _read(self, p: Path) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+        """``p``'s tensors checked against the checksums in its metadata → (tensors, None) or (None, the problem)."""
+        try:
+            with safe_open(p, framework="pt") as f:
+                sums = json.loads((f.metadata() or {}).get("sha256", "{}"))
+                tensors = {n: f.get_tensor(n) for n in f.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            return None, f"unreadable ({type(exc).__name__})"
+        bad = sorted(n for n, t in tensors.items() if sums.get(n) != _tensor_sha(t)) or sorted(set(sums) ^ set(tensors))
+        return (None, f"checksum mismatch in {bad}") if bad else (tensors, None)
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The stored tensors of ``key`` (CPU), or None when absent. A stored entry that fails its checksums is
+        deleted (one line on stderr) and reported absent, so the caller recomputes it."""
+        p = self.path(key)
+        tensors, problem = self._read(p) if p.is_file() else (None, None)
+        if problem is not None:
+            print(f"expert store: {p}: {problem}; deleted, recomputing", file=sys.stderr)
+            p.unlink(missing_ok=True)
+        if tensors is None:
+            self.misses += 1
+            return None
+        try:
+            os.utime(p)  # least recently used is pruned first
+        except OSError:
+            pass
+        self.hits += 1
+        return tensors
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Store ``tensors`` under ``key`` (atomically; an existing entry is left as it is)."""
+        p = self.path(key)
+        if p.is_file():
+            return
+        cpu = {n: t.detach().contiguous().cpu() for n, t in tensors.items()}
+        meta = {"sha256": json.dumps({n: _tensor_sha(t) for n, t in cpu.items()}, sort_keys=True)}
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            marker = self.root / self.MARKER
+            if not marker.is_file():
+                marker.write_text("sr-fusion expert output store (experts/store.py); safe to delete\n")
+            save_file(cpu, tmp, metadata=meta)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise disk_full(p, "an expert output for the store (--no-store runs without it)", exc) from None
+            raise
+        size = p.stat().st_size
+        with self._lock:
+            if self._bytes is None:
+                self._bytes = self.usage().bytes
+            else:
+                self._bytes += size
+            over = self.max_bytes is not None and self._bytes > self.max_bytes
+        if over:
+            self.prune(int(self.max_bytes * _KEEP_AFTER_PRUNE))
+
+    # ------------------------------------------------------------------------------------------------ maintenance
+    def _entries(self) -> list[Path]:
+        return sorted(self.root.glob(f"??/*{_SUFFIX}")) if self.root.is_dir() else []
+
+    def usage(self) -> StoreUsage:
+        files = self._entries()
+        return StoreUsage(entries=len(files), bytes=sum(f.stat().st_size for f in files))
+
+    def prune(self, max_bytes: int) -> StoreUsage:
+        """Delete least recently used entries (and stale temp files) until the store holds at most ``max_bytes``
+        → what was removed."""
+        for tmp in self.root.glob("??/.*.tmp-*") if self.root.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+        files = [(f.stat().st_mtime, f.stat().st_size, f) for f in self._entries()]
+        total = sum(s for _, s, _ in files)
+        removed = freed = 0
+        for _, size, f in sorted(files, key=lambda t: (t[0], str(t[2]))):
+            if total <= max_bytes:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+            freed += size
+        with self._lock:
+            self._bytes = total
+        return StoreUsage(entries=removed, bytes=freed)
+
+    def verify(self) -> list[str]:
+        """Re-read every entry against its checksums → one line per bad entry (each deleted, as on a read)."""
+        problems = []
+        for f in self._entries():
+            _, problem = self._read(f)
+            if problem is not None:
+                f.unlink(missing_ok=True)
+                problems.append(f"{f}: {problem} (deleted)")
+        return problems
