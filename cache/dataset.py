@@ -21,13 +21,12 @@ HDF5 reads (~2.7 ms a crop) become memory copies.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cache.reader import CacheReader
 from cache.schema import CacheMeta
@@ -40,9 +39,7 @@ __all__ = [
     "CropBatches",
     "CropPlan",
     "ImageStore",
-    "batch_crops_per_second",
     "crop_draws",
-    "crops_per_second",
     "finish_batch",
     "image_subset",
     "mix_seed",
@@ -263,7 +260,7 @@ class ImageStore:
 
 class CropBatches(Dataset):
     """Whole training batches of a :class:`CachedSRDataset`: item ``[k0, k1, …]`` (use it with ``batch_size=None``
-    and a sampler that yields lists of item indices, e.g. :class:`pipeline.training.loop.StepBatchSampler`) is the
+    and a sampler that yields lists of item indices, e.g. :class:`pipeline.training.steps.StepBatchSampler`) is the
     batch of those items, un-augmented and as stored, channels last:
 
     ``lr`` (B,p,p,3) uint8, ``hr`` (B,sp,sp,3) uint8, ``srs`` (B,sp,sp,E·3) uint8 or float16 (channel e·3+c),
@@ -412,46 +409,3 @@ class CachedFullImageDataset(Dataset):
         if s.hr is not None:
             out["hr"] = s.hr
         return out
-
-
-def crops_per_second(path: Path, *, patch: int, batch: int, workers: int, batches: int) -> float:
-    """Steady-state random training crops per second read from the cache at ``path`` (``batches`` batches of
-    ``batch`` LR crops of ``patch`` px through a DataLoader with ``workers`` workers, one torch thread each; the first
-    batch — worker start-up, file opening — is not timed). For the benchmarks."""
-    ds = CachedSRDataset(path, patch=patch, seed=0)
-    loader = DataLoader(
-        ds,
-        batch_size=batch,
-        sampler=range(batch * (batches + 2)),
-        num_workers=workers,
-        worker_init_fn=lambda _: torch.set_num_threads(1),
-    )
-    it = iter(loader)
-    next(it)  # worker start-up and file opening are not part of the steady state
-    t0 = time.perf_counter()
-    n = 0
-    for b in it:
-        n += b["lr"].shape[0]
-    return n / (time.perf_counter() - t0)
-
-
-def batch_crops_per_second(
-    path: Path, *, patch: int, batch: int, workers: int, batches: int, ram_budget_bytes: int, warm: int = 0
-) -> float:
-    """Like :func:`crops_per_second` for the batch loader (:class:`CropBatches`, un-augmented stored crops; the
-    consumer's :func:`finish_batch` is not timed — it runs on the GPU in training). ``warm``: batches read before the
-    clock starts (each worker decoding the images it keeps), on top of the first one."""
-    from cache.batch_loader import SlotLoader
-
-    ds = CropBatches(CachedSRDataset(path, patch=patch, seed=0), ram_budget_bytes=ram_budget_bytes, workers=workers)
-    total = batches + warm + max(1, workers)
-    sampler = [list(range(b * batch, (b + 1) * batch)) for b in range(total)]
-    loader = SlotLoader(ds, sampler=sampler, batch_size=batch, workers=workers, prefetch=4)
-    it = iter(loader)
-    for _ in range(1 + warm + max(1, workers) - 1):  # start-up, file opening and decoding are not the steady state
-        next(it)
-    t0 = time.perf_counter()
-    n = 0
-    for b in it:
-        n += b["lr"].shape[0]
-    return n / (time.perf_counter() - t0)

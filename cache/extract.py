@@ -4,9 +4,9 @@
 * :func:`build_jobs` pairs the inputs (several HR folders form one cache; LR ``NAMEx4`` pairs with HR ``NAME``).
 * :func:`check_job` decodes every input fully and checks its sizes before any work, so all bad inputs are listed
   together (:class:`pipeline.core.errors.BadInputsError`) or, with ``skip_bad``, recorded in the index and skipped.
-* :func:`extract` runs the experts (each expert's ×8 self-ensemble with ``tta``) and writes every image; under
-  ``torchrun`` each rank takes ``i % world == rank`` and rank 0 writes the index. Killed at any moment and rerun, it
-  redoes only the images without a finished file.
+* :func:`extract` runs the experts (each expert's ×8 self-ensemble with ``self_ensemble=EXPERTS``) and writes every
+  image; under ``torchrun`` each rank takes ``i % world == rank`` and rank 0 writes the index. Killed at any moment
+  and rerun, it redoes only the images without a finished file.
 * :func:`verify` re-reads every sample against its checksums.
 """
 
@@ -40,6 +40,7 @@ from pipeline.core.imageio import (
     to_uint8,
 )
 from pipeline.core.resize import make_lr
+from pipeline.core.self_ensemble import SelfEnsemble
 
 __all__ = [
     "ExtractError",
@@ -159,13 +160,12 @@ def extract(
     out: Path,
     hr_dirs: Sequence[Path] = (),
     lr_dir: Path | None = None,
-    root: Path | None = None,
     device: str | None = None,
     compression: str = "none",
     layout: CacheLayout = EXTRACT_LAYOUT,
     overwrite: bool = False,
     skip_bad: bool = False,
-    tta: bool = False,
+    self_ensemble: SelfEnsemble = SelfEnsemble.NONE,
 ) -> tuple[list[str], list[dict]]:
     """Cache every image of ``hr_dirs`` / ``lr_dir`` at ``out`` (see the module docstring) → (names in the index,
     skipped inputs with their reasons); the names are rank 0's (other ranks get an empty list). ``layout`` says
@@ -184,7 +184,7 @@ def extract(
             )
         scale = spec.scale
         jobs, listing = build_jobs_checked(hr_dirs, lr_dir, scale)
-        ensemble = ExpertEnsemble.from_spec(spec, root=root, gather_device="cpu")
+        ensemble = ExpertEnsemble.from_spec(spec, gather_device="cpu")
         min_lr = ensemble.min_lr_size
         already = data_dir_of(out)
         pending = [j for j in jobs if overwrite or not part_path(already, j.name).is_file()]
@@ -203,7 +203,10 @@ def extract(
             tqdm.write(f"extract_features: skipped {problem}", file=sys.stderr)
         meta = CacheMeta(
             scale=scale,
-            experts=tuple({**fp.to_dict(), **({SELF_ENSEMBLE_KEY: 8} if tta else {})} for fp in ensemble.fingerprints),
+            experts=tuple(
+                {**fp.to_dict(), **({SELF_ENSEMBLE_KEY: 8} if self_ensemble.expert_passes == 8 else {})}
+                for fp in ensemble.fingerprints
+            ),
             lr_method="given" if lr_dir is not None else "matlab_bicubic",
             layout=layout,
         )
@@ -237,7 +240,7 @@ def extract(
                 skipped.append({"name": job.name, "reason": str(exc)})
                 tqdm.write(f"extract_features: skipped {exc}", file=sys.stderr)
                 continue
-            res = ensemble.self_ensemble(lr) if tta else ensemble(lr)  # srs (1,E,3,sH,sW), feats E×(1,C_e,H,W)
+            res = ensemble.outputs(lr, self_ensemble)  # srs (1,E,3,sH,sW), feats E×(1,C_e,H,W)
             writer.write_sample(
                 job.name,
                 lr=to_uint8(lr).transpose(2, 0, 1).copy(),  # (3,h,w)

@@ -15,7 +15,6 @@ from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
 from experts.hooks import FeatureHooks, HookError, default_hook_layers
 from experts.loading import ExpertLoadError, read_state_dict
 from experts.spec import (
-    REPO_ROOT,
     EnsembleSpec,
     ExpertSpec,
     load_ensemble_spec,
@@ -25,7 +24,6 @@ from experts.spec import (
 from experts.tiling import tile_spans, tiled_forward
 
 __all__ = [
-    "REPO_ROOT",
     "DeviceError",
     "EnsembleOutput",
     "EnsembleSpec",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experts.expert import load_expert
-from experts.spec import EnsembleSpec, ExpertSpec
+from experts.spec import EnsembleSpec, ExpertSpec, with_paths_from, yaml_folder
 from pipeline.core.config import ConfigError, apply_overrides, config_from_dict, load_yaml
 from pipeline.core.errors import ToolkitError, shorten
 
@@ -49,13 +49,13 @@ def _expert_items(data: Mapping, path: Path) -> tuple[list[tuple[str, object]], 
     return labelled, problems
 
 
-def check_experts(
-    path: str | os.PathLike, *, root: str | os.PathLike | None = None, overrides: Sequence[str] = ()
-) -> tuple[list[ExpertCheck], list[str]]:
-    """Check every expert of the YAML at ``path`` → ``(one ExpertCheck per expert, problems of the file itself)``."""
+def check_experts(path: str | os.PathLike, *, overrides: Sequence[str] = ()) -> tuple[list[ExpertCheck], list[str]]:
+    """Check every expert of the YAML at ``path`` → ``(one ExpertCheck per expert, problems of the file itself)``.
+    Relative paths are relative to the YAML's folder, as :func:`experts.spec.load_ensemble_spec` reads them."""
     path = Path(path)
     data = apply_overrides(load_yaml(path), overrides)
     items, problems = _expert_items(data, path)
+    base = yaml_folder(path)
     scale = data.get("scale", 4)
     specs: list[ExpertSpec | None] = []
     checks: list[ExpertCheck | None] = []
@@ -63,7 +63,7 @@ def check_experts(
         try:
             if not isinstance(item, Mapping):
                 raise ConfigError(f"experts[{i}]: expected a mapping, got {shorten(item)}")
-            specs.append(config_from_dict(ExpertSpec, item, _prefix=f"experts[{i}]"))
+            specs.append(with_paths_from(config_from_dict(ExpertSpec, item, _prefix=f"experts[{i}]"), base))
             checks.append(None)
         except ConfigError as exc:
             specs.append(None)
@@ -80,7 +80,7 @@ def check_experts(
         if spec is None:
             continue
         try:
-            expert = load_expert(spec, root=root, ensemble_scale=scale)
+            expert = load_expert(spec, ensemble_scale=scale)
         except ToolkitError as exc:
             checks[i] = ExpertCheck(name=spec.name, ok=False, text=" ".join(str(exc).split()))
             continue

@@ -31,6 +31,7 @@ from experts.spec import EnsembleSpec, input_source, load_ensemble_spec
 from experts.store import ExpertStore
 from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.resize import bicubic_upscale
+from pipeline.core.self_ensemble import SelfEnsemble
 
 __all__ = ["EnsembleOutput", "ExpertEnsemble"]
 
@@ -71,13 +72,12 @@ class ExpertEnsemble:
         cls,
         spec: EnsembleSpec,
         *,
-        root: str | os.PathLike | None = None,
         gather_device: str = "cpu",
         grad_mode: GradMode = "inference",
         concurrent: bool | None = None,
     ) -> ExpertEnsemble:
-        """Load every expert of ``spec`` (checkpoints relative to ``root``, default the repository root)."""
-        experts = [load_expert(e, root=root, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts]
+        """Load every expert of ``spec``."""
+        experts = [load_expert(e, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts]
         return cls(experts=experts, scale=spec.scale, gather_device=gather_device, concurrent=concurrent)
 
     @classmethod
@@ -85,7 +85,6 @@ class ExpertEnsemble:
         cls,
         path: str | os.PathLike,
         *,
-        root: str | os.PathLike | None = None,
         gather_device: str = "cpu",
         grad_mode: GradMode = "inference",
         concurrent: bool | None = None,
@@ -94,7 +93,6 @@ class ExpertEnsemble:
         ``ExpertEnsemble.from_yaml("configs/experts/shared_real.yaml")``."""
         return cls.from_spec(
             load_ensemble_spec(Path(path)),
-            root=root,
             gather_device=gather_device,
             grad_mode=grad_mode,
             concurrent=concurrent,
@@ -162,6 +160,16 @@ class ExpertEnsemble:
             out = self(augment(lr, k))
             total += deaugment(out.srs, k).double()  # (B,E,3,sH,sW)
         return EnsembleOutput(srs=(total / AUGMENTATIONS).float(), feats=first.feats)
+
+    def outputs(self, lr: torch.Tensor, mode: SelfEnsemble = SelfEnsemble.NONE) -> EnsembleOutput:
+        """The experts' outputs for ``lr`` as ``mode`` says: ``NONE`` one pass (``self(lr)``), ``EXPERTS`` each expert's
+        ×8 (:meth:`self_ensemble`). ``PIPELINE`` is an error: the ×8 of a whole pipeline is its caller's
+        (:func:`pipeline.inference.pipeline.super_resolve`)."""
+        if mode is SelfEnsemble.NONE:
+            return self(lr)
+        if mode is SelfEnsemble.EXPERTS:
+            return self.self_ensemble(lr)
+        raise ValueError(f"self-ensemble {mode}: the experts alone run none or experts-x8")
 
     def _run_one(self, expert: Expert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One expert on its input ``x``; with a :attr:`store`, its stored output for exactly this input when there

@@ -67,7 +67,9 @@ def grad_context(mode: GradMode) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ExpertFingerprint:
-    """What identifies an expert's outputs: the cache stores it and fusion reads ``feature_channels`` from it."""
+    """What identifies an expert's outputs: the cache stores it and fusion reads ``feature_channels`` from it. In files
+    (a cache's index, a checkpoint's config.json) it is the dict of :meth:`to_dict`; :meth:`from_dict` reads it back,
+    checking every key the toolkit uses."""
 
     name: str
     architecture: str
@@ -82,10 +84,13 @@ class ExpertFingerprint:
     tags: tuple[str, ...]
     hyperparameters: Mapping[str, Any]  # detected by spandrel (a code expert: its kwargs), JSON-serialisable
     code: Mapping[str, Any] | None = None  # a code expert's file (portable path), sha256, class, kwargs, data range …
+    self_ensemble: int = 1  # 8: the outputs recorded are each expert's ×8 self-ensemble (a cache made so)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (the HDF5 cache stores it as a JSON attribute)."""
+        """JSON-serialisable dict (the HDF5 cache stores it as a JSON attribute); ``self_ensemble`` only when not 1."""
         extra = {"code": dict(self.code)} if self.code is not None else {}
+        if self.self_ensemble != 1:
+            extra["self_ensemble"] = self.self_ensemble
         return {
             "name": self.name,
             "architecture": self.architecture,
@@ -101,6 +106,52 @@ class ExpertFingerprint:
             "hyperparameters": dict(self.hyperparameters),
             **extra,
         }
+
+    @classmethod
+    def from_dict(cls, d: Any, *, where: str) -> ExpertFingerprint:
+        """A fingerprint as a file holds it → the object; a missing key or a wrong type is one
+        :class:`experts.loading.ExpertLoadError` naming ``where`` and the key (never a KeyError)."""
+        if not isinstance(d, Mapping):
+            raise ExpertLoadError(f"{where}: expected an expert fingerprint (an object), got {type(d).__name__}")
+
+        def get(key: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+            value = d.get(key, default)
+            if value is _REQUIRED or not isinstance(value, kind) or isinstance(value, bool):
+                shown = "nothing" if value is _REQUIRED else repr(value)[:80]
+                raise ExpertLoadError(f"{where}.{key}: expected {_kind_name(kind)}, got {shown}")
+            return value
+
+        hooks = get("hook_layers", list)
+        if not all(isinstance(h, str) for h in hooks):
+            raise ExpertLoadError(f"{where}.hook_layers: expected a list of layer names")
+        code = get("code", (Mapping, type(None)), None)
+        return cls(
+            name=get("name", str),
+            architecture=get("architecture", str),
+            checkpoint=get("checkpoint", str),
+            sha256=get("sha256", str),
+            scale=get("scale", int),
+            input=get("input", str),
+            hook_layers=tuple(hooks),
+            feature_channels=get("feature_channels", int),
+            precision=get("precision", str),
+            num_params=get("num_params", int, 0),
+            tags=tuple(get("tags", list, [])),
+            hyperparameters=types.MappingProxyType(dict(get("hyperparameters", Mapping, {}))),
+            code=types.MappingProxyType(dict(code)) if code is not None else None,
+            self_ensemble=get("self_ensemble", int, 1),
+        )
+
+
+_REQUIRED = object()
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(
+        {"str": "a string", "int": "an integer", "list": "a list", "Mapping": "an object"}.get(k.__name__, "null")
+        for k in kinds
+    )
 
 
 class Expert:
@@ -304,23 +355,18 @@ class Expert:
         )
 
 
-def load_expert(
-    spec: ExpertSpec,
-    *,
-    root: str | Path | None = None,
-    ensemble_scale: int = 4,
-    grad_mode: GradMode = "inference",
-) -> Expert:
-    """Load, verify, freeze and place the expert ``spec`` (checkpoint relative to ``root``, default the repo root).
+def load_expert(spec: ExpertSpec, *, ensemble_scale: int = 4, grad_mode: GradMode = "inference") -> Expert:
+    """Load, verify, freeze and place the expert ``spec`` (its paths are absolute after
+    :func:`experts.spec.load_ensemble_spec`; a relative one in a spec built in code is relative to the current folder).
 
     Raises :class:`experts.loading.ExpertLoadError` (naming the file) for a missing/unsafe/unknown/mismatching
     checkpoint, :class:`experts.devices.DeviceError` for a device this machine lacks, ``ValueError`` for an
     unsupported precision, :class:`experts.hooks.HookError` for a bad hook layer.
     """
     if spec.code is not None:
-        loaded, path, digest = load_code_model(spec, root=root)
+        loaded, path, digest = load_code_model(spec)
     else:
-        path = resolve_expert_checkpoint(spec, root)
+        path = resolve_expert_checkpoint(spec)
         if not path.is_file():
             raise ExpertLoadError(f"{path}: checkpoint file not found (expert {spec.name!r})")
         digest = sha256_file(path)  # the pin first: a file that is not the pinned one is never parsed

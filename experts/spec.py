@@ -5,7 +5,7 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
     scale: 4                      # the ensemble's SR factor (LR → SR)
     experts:
       - name: craft               # unique; also the output folder name and the target of `input: expert:<name>`
-        checkpoint: ../shared/weights/craft_x4.pth   # relative to the repo root (or to an explicit root)
+        checkpoint: weights/craft_x4.pth   # relative to this YAML's folder (or absolute)
         architecture: CRAFT       # spandrel's architecture id, asserted after detection
         scale: 4                  # the model's own scale, asserted after loading (1 for an HR-space restorer)
         hooks: []                 # module names to capture; empty = the architecture's default (experts/hooks.py)
@@ -20,12 +20,12 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
 ``code:`` section and an explicit opt-in, because importing the file runs it::
 
       - name: rlfn
-        checkpoint: ../shared/zoo/ntire2024_esr/weights/team00_rlfn.pth
+        checkpoint: ntire2024_esr/weights/team00_rlfn.pth
         sha256: 3c9be7b9...          # required for a code expert: the weights are pinned
         scale: 4
         trust_code: true             # required: this expert imports and runs the file below
         code:
-          file: ../shared/zoo/ntire2024_esr/models/team00_RLFN.py
+          file: ntire2024_esr/models/team00_RLFN.py
           sha256: 2f830c7c...        # required: the code is pinned too
           class_name: RLFN_Prune     # an nn.Module class defined in the file
           kwargs: {}                 # keyword arguments of its constructor
@@ -38,9 +38,15 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
 ``architecture`` is then the class name (it may be left out). A code expert has no default hook layer: with
 ``hooks: []`` it yields no features (0 channels) — name its layers in ``hooks:`` to cache them.
 
-Relative checkpoint paths are resolved against the repository root (the folder holding ``experts/``), never
-against the current directory, so a config means the same thing wherever a command is started; pass an explicit
-``root`` to :func:`resolve_expert_checkpoint` (CLI: ``--root``) to resolve them elsewhere. Absolute paths are kept.
+Relative paths in an expert YAML (``checkpoint``, ``code.file``) are relative to the **YAML's own folder**, never to
+the current directory or to where the toolkit is installed: :func:`load_ensemble_spec` makes them absolute, so a YAML
+and the weights beside it mean the same thing from any folder (the bundled ``configs/experts/zoo_small.yaml`` names
+``../../experts/zoo/hat_s/model.safetensors``). Absolute paths are kept.
+
+What the toolkit *records* (an expert's fingerprint in a cache, a checkpoint or an ensembler file) is relative to the
+folder the bundled files lie below (:func:`pipeline.core.bundled.root`: the checkout, or the installed package data)
+when it lies inside that folder's parent (:func:`portable_path`), and is read back against it (:func:`recorded_path`):
+the bundled fusion's experts are found in a clone anywhere and in an installed wheel.
 """
 
 from __future__ import annotations
@@ -55,12 +61,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from experts.probe import DEFAULT_MIN_PSNR
+from pipeline.core import bundled
 from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, load_config
 from pipeline.core.errors import shorten
 from pipeline.core.names import NAME_RE
 
 __all__ = [
-    "REPO_ROOT",
     "CodeSpec",
     "EnsembleSpec",
     "ExpertSpec",
@@ -68,13 +74,14 @@ __all__ = [
     "input_source",
     "load_ensemble_spec",
     "portable_path",
+    "recorded_path",
     "resolve_expert_checkpoint",
     "resolve_code_file",
     "resolve_path",
     "with_devices",
+    "with_paths_from",
+    "yaml_folder",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -90,7 +97,7 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class CodeSpec:
     """The team file that defines an expert's model (see the module docstring)."""
 
-    file: str  # the Python file, relative to the repository root like ``checkpoint``
+    file: str  # the Python file, relative to the YAML's folder like ``checkpoint``
     sha256: str  # pin of the file: importing it runs it, so it must be exactly the file that was reviewed
     class_name: str  # the nn.Module class defined in the file
     kwargs: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -255,24 +262,42 @@ def input_source(spec: ExpertSpec) -> str | None:
 
 
 def load_ensemble_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> EnsembleSpec:
-    """Read and validate an expert YAML (``configs/experts/*.yaml``); unknown keys and wrong types are errors."""
-    return load_config(EnsembleSpec, path, overrides)
+    """Read and validate an expert YAML (``configs/experts/*.yaml``); unknown keys and wrong types are errors. Every
+    relative ``checkpoint`` and ``code.file`` is made absolute against the YAML's folder."""
+    spec = load_config(EnsembleSpec, path, overrides)
+    base = yaml_folder(path)
+    return dataclasses.replace(spec, experts=tuple(with_paths_from(e, base) for e in spec.experts))
 
 
-def resolve_path(path: str, root: str | os.PathLike | None = None) -> Path:
-    """A path of an expert YAML: absolute as it is, relative against ``root`` (default: :data:`REPO_ROOT`)."""
+def yaml_folder(path: str | os.PathLike) -> Path:
+    """The folder an expert YAML's relative paths are relative to (absolute)."""
+    return Path(path).expanduser().absolute().parent
+
+
+def with_paths_from(spec: ExpertSpec, base: str | os.PathLike) -> ExpertSpec:
+    """``spec`` with its relative ``checkpoint`` and ``code.file`` made absolute against ``base`` (its YAML's
+    folder, :func:`yaml_folder`)."""
+    code = spec.code
+    if code is not None:
+        code = dataclasses.replace(code, file=str(resolve_path(code.file, base)))
+    return dataclasses.replace(spec, checkpoint=str(resolve_path(spec.checkpoint, base)), code=code)
+
+
+def resolve_path(path: str, base: str | os.PathLike | None = None) -> Path:
+    """``path`` absolute as it is; relative against ``base`` (None: the current folder). ``..`` is folded, symlinks
+    are not resolved."""
     p = Path(path).expanduser()
     if not p.is_absolute():
-        p = Path(root if root is not None else REPO_ROOT) / p
-    return Path(os.path.normpath(p))  # drop the `..` of ../shared/... (symlinks are not resolved)
+        p = Path(base if base is not None else Path.cwd()) / p
+    return Path(os.path.normpath(p))  # drop the `..` of ../../experts/zoo/... (symlinks are not resolved)
 
 
 def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
     """How a file is recorded in what others may copy (checkpoints, caches, exports): relative to ``root`` (default:
-    the repository root) when it lies inside the root's parent folder — ``experts/zoo/hat_s/model.safetensors``,
-    ``../shared/weights/craft_x4.pth`` — so a clone in any folder resolves it (:func:`resolve_path`); other paths
-    stay absolute."""
-    base = Path(root if root is not None else REPO_ROOT).resolve()
+    :func:`pipeline.core.bundled.root`, the checkout) when it lies inside the root's parent folder —
+    ``experts/zoo/hat_s/model.safetensors``, ``../shared/weights/craft_x4.pth`` — so a clone in any folder resolves it
+    (:func:`recorded_path`); other paths stay absolute."""
+    base = Path(root if root is not None else bundled.root()).resolve()
     p = Path(os.path.normpath(Path(path).expanduser().absolute()))
     try:
         p.relative_to(base.parent)
@@ -281,9 +306,15 @@ def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None
     return Path(os.path.relpath(p, base)).as_posix()
 
 
+def recorded_path(path: str) -> Path:
+    """A path the toolkit recorded (:func:`portable_path`) → the file: relative ones against
+    :func:`pipeline.core.bundled.root`."""
+    return resolve_path(path, bundled.root())
+
+
 def resolve_expert_checkpoint(spec: ExpertSpec, root: str | os.PathLike | None = None) -> Path:
-    """The checkpoint path of ``spec``: absolute paths as they are, relative ones against ``root`` (default: the
-    repository root, :data:`REPO_ROOT`)."""
+    """The checkpoint path of ``spec`` (absolute after :func:`load_ensemble_spec`); a relative one (a spec built in
+    code) against ``root`` (None: the current folder)."""
     return resolve_path(spec.checkpoint, root)
 
 

@@ -1,13 +1,13 @@
 """``sr-fusion``: the toolkit's one console command, a subcommand per user-facing program.
 
     sr-fusion --help
-    sr-fusion submit --run runs/NAME --input LR_DIR --output OUT_DIR
+    sr-fusion submit --run fusion_zoo_small --input LR_DIR --output OUT_DIR
     sr-fusion SUBCOMMAND --help
 
-Each subcommand is the program of the same purpose in the repository (``sr-fusion submit`` ≡ ``python
-scripts/submit.py``): the same ``main`` in pipeline/commands/ (or ``experts.run``), the same arguments, the same exit
-status. Installed with the package (``pip install .``; ``[project.scripts]`` in pyproject.toml); without installing,
-``python -m pipeline.app`` is the same command.
+Each subcommand's code is ``pipeline/commands/<module>.py`` (its ``parser()`` and ``main``); the files of scripts/ and
+train.py are thin shims that run the same ``main`` (``python scripts/submit.py`` ≡ ``sr-fusion submit``). Installed
+with the package (``pip install .``; ``[project.scripts]`` in pyproject.toml); without installing, ``python -m
+pipeline.app`` is the same command. docs/CLI.md is generated from these parsers (pipeline/commands/cli_docs.py).
 """
 
 from __future__ import annotations
@@ -17,55 +17,52 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.core.cli import call_main, invoked_as
+from pipeline.core.cli import PROG, call_main
 
 __all__ = ["COMMANDS", "Command", "main"]
-
-PROG = "sr-fusion"
 
 
 @dataclass(frozen=True)
 class Command:
-    module: str  # holds main(argv) -> int
-    script: str  # the same program as a file of the repository
+    module: str  # pipeline.commands.<module>: holds parser() and main(argv) -> int
+    shim: str  # the thin program file of the repository that runs the same main
     summary: str
 
 
 COMMANDS: dict[str, Command] = {
-    "quickstart": Command(
-        "pipeline.commands.quickstart", "scripts/quickstart.py", "the whole pipeline end to end on bundled photos"
-    ),
-    "make-lr": Command("pipeline.commands.make_lr", "scripts/make_lr.py", "x4 LR images from HR (MATLAB bicubic)"),
-    "run-experts": Command("experts.run", "python -m experts.run", "run each expert of a YAML on LR images"),
+    "list": Command("list_bundled", "", "every bundled file (experts, fusions, configs) by name, and where it lives"),
+    "quickstart": Command("quickstart", "scripts/quickstart.py", "the whole pipeline end to end on bundled photos"),
+    "make-lr": Command("make_lr", "scripts/make_lr.py", "x4 LR images from HR (MATLAB bicubic)"),
+    "bicubic": Command("bicubic", "scripts/bicubic.py", "the bicubic baseline: upscale LR images (MATLAB bicubic)"),
+    "run-experts": Command("run_experts", "scripts/run_experts.py", "run each expert of a YAML on LR images"),
     "extract": Command(
-        "pipeline.commands.extract_features",
+        "extract_features",
         "scripts/extract_features.py",
         "run the experts once and cache their SR outputs and features (HDF5)",
     ),
+    "repack": Command("repack_cache", "scripts/repack_cache.py", "re-pack a cache into a leaner layout"),
     "merge-caches": Command(
-        "pipeline.commands.merge_caches",
+        "merge_caches",
         "scripts/merge_caches.py",
         "one training cache from several of the same experts (hard links, no expert runs)",
     ),
-    "store": Command(
-        "pipeline.commands.store", "python -m pipeline.app store", "the expert-output store: size, verify, prune, clear"
-    ),
-    "train": Command("pipeline.commands.train", "train.py", "train the fusion network on a cache"),
-    "fit": Command(
-        "pipeline.commands.fit_ensembler", "scripts/fit_ensembler.py", "fit a training-free ensembler on a cache"
-    ),
-    "submit": Command("pipeline.commands.submit", "scripts/submit.py", "a run → an NTIRE x4 submission folder / zip"),
-    "evaluate": Command("pipeline.commands.evaluate", "scripts/evaluate.py", "score SR images as the NTIRE organisers"),
+    "train": Command("train", "train.py", "train the fusion network on a cache"),
+    "train-expert": Command("train_expert", "scripts/train_expert.py", "train or fine-tune one expert"),
+    "fit": Command("fit_ensembler", "scripts/fit_ensembler.py", "fit a training-free ensembler on a cache"),
+    "submit": Command("submit", "scripts/submit.py", "a run or an ensemble → an NTIRE x4 submission folder / zip"),
+    "evaluate": Command("evaluate", "scripts/evaluate.py", "score SR images as the NTIRE organisers"),
+    "store": Command("store", "", "the expert-output store: where, how big, verify, prune, clear"),
     "compare": Command(
-        "pipeline.commands.compare_ensembles",
-        "scripts/compare_ensembles.py",
-        "the fusion against every ensemble of the experts, one table",
+        "compare_ensembles", "scripts/compare_ensembles.py", "the fusion against every ensemble of the experts"
     ),
-    "report": Command("pipeline.commands.report", "scripts/report.py", "HTML report of a fusion on a set of images"),
-    "export": Command(
-        "pipeline.commands.export_ntire", "scripts/export_ntire.py", "a run → an NTIRE code submission folder"
-    ),
+    "report": Command("report", "scripts/report.py", "HTML report of a fusion on a set of images"),
+    "export": Command("export_ntire", "scripts/export_ntire.py", "a run or an ensemble → an NTIRE code submission"),
 }
+
+
+def module(name: str):
+    """The command module of the subcommand ``name``."""
+    return importlib.import_module(f"pipeline.commands.{COMMANDS[name].module}")
 
 
 def usage() -> str:
@@ -75,7 +72,7 @@ def usage() -> str:
         "",
         "NTIRE x4 super-resolution by multi-expert fusion. Subcommands:",
         "",
-        *(f"  {name:<{width}}  {c.summary} ({c.script})" for name, c in COMMANDS.items()),
+        *(f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()),
         "",
         "--debug (any subcommand): show the traceback of an input or config error instead of one line.",
     ]
@@ -93,9 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"{PROG}: unknown subcommand {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    run = importlib.import_module(command.module).main
-    with invoked_as(f"{PROG} {name}"):
-        return call_main(run, rest)
+    return call_main(module(name).main, rest)
 
 
 if __name__ == "__main__":

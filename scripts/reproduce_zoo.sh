@@ -69,7 +69,7 @@ path = Path("configs/experts/zoo_small.yaml")
 text = path.read_text()
 for name in load_zoo_recipe("configs/experts/zoo_recipe.yaml").experts:
     sha = yaml.safe_load(Path(f"experts/zoo/{name}/expert.yaml").read_text())["experts"][0]["sha256"]
-    text, n = re.subn(rf"(checkpoint: experts/zoo/{name}/model\.safetensors\n\s+sha256: )[0-9a-f]{{64}}", rf"\g<1>{sha}", text)
+    text, n = re.subn(rf"(checkpoint: \.\./\.\./experts/zoo/{name}/model\.safetensors\n\s+sha256: )[0-9a-f]{{64}}", rf"\g<1>{sha}", text)
     assert n == 1, f"no sha256 pin under experts/zoo/{name} in {path}"
 path.write_text(text)
 print(f"reproduce_zoo: {path} pinned to the exported weights")

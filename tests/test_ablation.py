@@ -75,7 +75,7 @@ def test_ablation_rejects_unknown_variants_and_a_missing_cache(tmp_path):
     assert ablation.main(["cfg.yaml", "--val-cache", str(tmp_path / "missing.h5")]) != 0
     # every switch names a real config field
     from pipeline.core.config import load_config
-    from pipeline.model.fusion_net import FusionConfig
+    from pipeline.model.fusion_config import FusionConfig
 
     for v in VARIANTS:
         load_config(FusionConfig, None, [o.removeprefix("model.") for o in v.overrides])

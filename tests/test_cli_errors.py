@@ -15,7 +15,7 @@ import torch
 import yaml
 from conftest import program, run_main
 
-from experts import run as experts_run
+from pipeline.commands import run_experts as experts_run
 from pipeline.core.imageio import read_image, write_image
 from pipeline.model.io import resolve_checkpoint
 

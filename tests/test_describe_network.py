@@ -9,7 +9,7 @@ from conftest import REPO_ROOT
 
 from pipeline.core.config import config_from_dict
 from pipeline.model.describe import describe_network
-from pipeline.model.fusion_net import PHASE_SWITCHES, FusionConfig, load_fusion_config
+from pipeline.model.fusion_config import PHASE_SWITCHES, FusionConfig, load_fusion_config
 
 WORDS = {
     "freq": "frequency decomposition",

@@ -51,12 +51,12 @@ def lr_dir(tmp_path) -> Path:
 @pytest.fixture
 def blend_file(tiny_compact_experts, tmp_path) -> Path:
     from experts.ensemble import ExpertEnsemble
-    from pipeline.inference.ensemblers import Ensembler, save
+    from pipeline.inference.ensemblers import Blend, save
     from pipeline.inference.pipeline import expert_spec_from_yaml
 
     ensemble = ExpertEnsemble.from_spec(expert_spec_from_yaml(tiny_compact_experts["yaml"]))
     fps = [fp.to_dict() for fp in ensemble.fingerprints]
-    return save(Ensembler(method="blend", experts=fps, weights=[0.5, 0.5]), tmp_path / "blend.json")
+    return save(Blend(experts=fps, weights=[0.5, 0.5]), tmp_path / "blend.json")
 
 
 def _submit_blend(yaml_path: Path, weights: Path, lr: Path, out: Path) -> int:
@@ -139,7 +139,7 @@ def test_checkpoint_config_is_range_checked_before_any_allocation(
 
 def test_training_config_rejects_absurd_sizes(tmp_path):
     from pipeline.core.config import ConfigError
-    from pipeline.model.fusion_net import load_fusion_config
+    from pipeline.model.fusion_config import load_fusion_config
 
     cfg = tmp_path / "m.yaml"
     cfg.write_text("model:\n  token_channels: 1000000000000\n")
@@ -409,7 +409,7 @@ def test_no_committed_checkpoint_or_config_names_a_machine_path():
 
 @pytest.mark.slow  # ~11 s: a fresh interpreter in a copy
 def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_path):
-    """The code, the bundled fusion and its experts copied to a new folder (a clone elsewhere: its own REPO_ROOT);
+    """The code, the bundled fusion and its experts copied to a new folder (a clone elsewhere: its own bundled root);
     submit.py --run checkpoints/fusion_zoo_small finds its experts in the clone by their recorded relative paths —
     every expert file it reads lies inside the clone."""
     clone = tmp_path / "elsewhere" / "sr-fusion"
@@ -426,11 +426,11 @@ def test_a_clone_in_another_folder_runs_the_bundled_fusion_without_experts(tmp_p
         "read = []\n"
         "sys.addaudithook(lambda e, a: read.append(str(a[0])) if e == 'open' and str(a[0]).endswith("
         "('.safetensors', '.pth')) else None)\n"
-        "import experts.spec\n"
+        "from pipeline.core import bundled\n"
         "from pipeline.core.cli import run_program\n"
         "code = run_program('scripts/submit.py', ['--run', 'checkpoints/fusion_zoo_small', '--input', 'LR', "
         "'--output', 'OUT', '--device', 'cpu'])\n"
-        "print('PROBE', json.dumps({'root': str(experts.spec.REPO_ROOT), 'read': read, 'code': code}))\n"
+        "print('PROBE', json.dumps({'root': str(bundled.root()), 'read': read, 'code': code}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}  # the clone's code, not this tree's
     res = subprocess.run([sys.executable, "-c", probe], cwd=clone, env=env, capture_output=True, text=True, timeout=600)

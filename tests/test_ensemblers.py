@@ -16,7 +16,7 @@ from cache.schema import CacheMeta
 from cache.writer import CacheWriter
 from pipeline.core.metrics import rgb_to_y
 from pipeline.evaluation.cached import fit_on_cache
-from pipeline.inference.ensemblers import METHODS, Ensembler, EnsemblerError, apply, fit, load, save
+from pipeline.inference.ensemblers import METHODS, Blend, Ensembler, EnsemblerError, EnsIR, Mean, apply, fit, load, save
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -33,7 +33,7 @@ def _const(*values: float, h: int = 3, w: int = 4) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------------- mean / ZZPM
 def test_mean_is_the_experts_mean():
     srs = torch.rand(2, 3, 3, 5, 6)
-    assert torch.equal(apply(Ensembler(method="mean", experts=_fps(3)), srs), srs.mean(1))
+    assert torch.equal(apply(Mean(experts=_fps(3)), srs), srs.mean(1))
     assert fit("mean", [], experts=_fps(3)).method == "mean"  # nothing to fit
 
 
@@ -64,9 +64,9 @@ def test_zzpm_weights_are_per_image_over_all_pixels_and_channels():
 
 # -------------------------------------------------------------------------------------------------------- blend
 def test_blend_apply_hand_computed_and_clamped():
-    ens = Ensembler(method="blend", experts=_fps(2), weights=[0.25, 0.75])
+    ens = Blend(experts=_fps(2), weights=[0.25, 0.75])
     assert torch.allclose(apply(ens, _const(0.2, 0.6)), torch.full((1, 3, 3, 4), 0.5))
-    over = Ensembler(method="blend", experts=_fps(2), weights=[2.0, -1.0])  # 2·0.8 − 0.2 = 1.4 → 1
+    over = Blend(experts=_fps(2), weights=[2.0, -1.0])  # 2·0.8 − 0.2 = 1.4 → 1
     assert torch.equal(apply(over, _const(0.8, 0.2)), torch.ones(1, 3, 3, 4))
 
 
@@ -171,7 +171,7 @@ def test_ensir_lut_application_matches_direct_per_pixel():
     gen = torch.Generator().manual_seed(5)
     e, bw = 3, 100  # 3 bins per expert ([0,100), [100,200), [200,255]), 27 bin sets
     lut = torch.rand(27, 3, e, generator=gen, dtype=torch.float64) * 2 - 0.5
-    ens = Ensembler(method="ensir", experts=_fps(e), bin_width=bw, lut=lut, global_weights=torch.zeros(3, e))
+    ens = EnsIR(experts=_fps(e), bin_width=bw, lut=lut, global_weights=torch.zeros(3, e))
     srs = torch.rand(2, e, 3, 4, 5, generator=gen) * 1.1 - 0.05  # a few values outside [0,1]
     out = apply(ens, srs)
     expected = torch.empty(2, 3, 4, 5)
@@ -264,7 +264,7 @@ def test_load_refuses_malformed_files(tmp_path, mutate, key):
         (lambda d: d["experts"][0].update(hyperparameters={"k": "v" * 70_000}), "experts[0].hyperparameters: "),
         (lambda d: d["experts"][0].update(code={"file": "a.py", "evil": 1}), "experts[0].code: unknown keys"),
         (lambda d: d["experts"].__setitem__(0, "e0"), "experts[0]: expected a fingerprint mapping"),
-        (lambda d: d["params"].update(extra=[1]), "params: unknown keys"),
+        (lambda d: d["params"].update(extra=[1]), "params: method 'blend' takes ['weights'], got ['extra', 'weights']"),
     ],
 )
 def test_load_is_strict_at_every_level_and_cuts_long_fields(tmp_path, mutate, key):
@@ -290,7 +290,7 @@ def test_a_real_fingerprint_passes_the_fit_files_checks(tmp_path):
         | dict(hyperparameters={"upscale": 4}, code={"file": "m.py", "sha256": "b" * 64, "class_name": "M"})
     ).to_dict() | {"self_ensemble": 8}
     other = dict(fp, name="e1")
-    ens = Ensembler(method="blend", experts=(fp, other), weights=[0.5, 0.5])
+    ens = Blend(experts=(fp, other), weights=[0.5, 0.5])
     assert load(save(ens, tmp_path / "b.json")).experts == (fp, other)
 
 
@@ -311,13 +311,13 @@ def test_load_refuses_corrupt_or_missing_json(tmp_path):
 
 def test_apply_and_fit_check_the_number_of_experts():
     with pytest.raises(EnsemblerError, match="fitted for 2 experts"):
-        apply(Ensembler(method="mean", experts=_fps(2)), torch.rand(1, 3, 3, 4, 4))
+        apply(Mean(experts=_fps(2)), torch.rand(1, 3, 3, 4, 4))
     with pytest.raises(EnsemblerError, match="sample 0"):
         fit("blend", [(torch.rand(1, 3, 3, 8, 8), torch.rand(1, 3, 8, 8))], experts=_fps(2))
     with pytest.raises(EnsemblerError, match="method"):
         fit("median", [], experts=_fps(2))
     with pytest.raises(EnsemblerError, match="takes"):
-        Ensembler(method="mean", experts=_fps(2), weights=[0.5, 0.5])
+        Mean.from_parameters({"weights": [0.5, 0.5]}, experts=_fps(2))
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
@@ -415,7 +415,7 @@ def test_blend_reg_cross_validates_towards_the_mean_on_few_noisy_images():
 
 
 def test_blend_reg_candidates_include_the_simplex_and_cv_scores_every_form():
-    from pipeline.inference.ensemblers import _per_image_stats, blend_reg_candidates, cross_validate_blends
+    from pipeline.inference.ensemblers.blends import _per_image_stats, blend_reg_candidates, cross_validate_blends
 
     stats = _per_image_stats((srs, hr) for srs, hr in _noisy_pool(6))
     scores = cross_validate_blends(stats)

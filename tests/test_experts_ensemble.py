@@ -7,16 +7,17 @@ import json
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from PIL import Image
+from tiny_experts import save_tiny_checkpoint, tiny_ensemble_spec
 
 from experts.devices import DeviceError, resolve_device
 from experts.ensemble import ExpertEnsemble
 from experts.expert import load_expert
 from experts.hooks import FeatureHooks
 from experts.loading import ExpertLoadError
-from experts.run import main as run_main
-from experts.spec import REPO_ROOT, EnsembleSpec, ExpertSpec, load_ensemble_spec
-from experts.testing import save_tiny_checkpoint, tiny_ensemble_spec
+from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec
+from pipeline.commands.run_experts import main as run_main
 from pipeline.core.config import save_config
 from pipeline.core.imageio import read_image, to_uint8
 from pipeline.core.resize import bicubic_upscale

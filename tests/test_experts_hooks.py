@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_experts import tiny_model
 from torch import nn
 
 from experts.hooks import FeatureHooks, HookError, default_hook_layers
-from experts.testing import tiny_model
 
 
 class _Net(nn.Module):

@@ -8,12 +8,12 @@ from collections import OrderedDict
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_experts import save_tiny_checkpoint, tiny_model
 
 from experts.expert import load_expert
 from experts.hooks import HookError
 from experts.loading import ExpertLoadError, read_state_dict, sha256_file
 from experts.spec import ExpertSpec
-from experts.testing import save_tiny_checkpoint, tiny_model
 
 REAL = {"craft_x4.pth": "CRAFT", "ditn_x4.pth": "DITN", "span_ch28_x4.pth": "SPAN"}
 
@@ -91,9 +91,10 @@ def test_missing_file_names_the_file(tmp_path):
         load_expert(_spec(tmp_path / "nowhere.pth", "SPAN"))
 
 
-def test_relative_missing_file_names_the_resolved_path(tmp_path):
+def test_relative_missing_file_names_the_resolved_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ExpertLoadError, match=str(tmp_path / "w" / "x.pth")):
-        load_expert(_spec("w/x.pth", "SPAN"), root=tmp_path)
+        load_expert(_spec("w/x.pth", "SPAN"))
 
 
 def test_wrong_architecture_scale_or_hyperparameter_is_an_error(tmp_path):

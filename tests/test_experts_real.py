@@ -11,10 +11,9 @@ import json
 
 import pytest
 import torch
-from conftest import require_shared
+from conftest import REPO_ROOT, require_shared
 
 from experts.ensemble import ExpertEnsemble
-from experts.spec import REPO_ROOT
 from pipeline.core.imageio import quantize_8bit, read_image
 from pipeline.core.metrics import crop_to_match, psnr_y
 

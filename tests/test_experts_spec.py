@@ -1,4 +1,4 @@
-"""Expert specs: the YAML presets parse, invalid specs are rejected, checkpoint paths resolve against the repo root."""
+"""Expert specs: the YAML presets parse, invalid specs are rejected, relative paths resolve against the YAML folder."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from experts.spec import (
-    REPO_ROOT,
     EnsembleSpec,
     ExpertSpec,
     input_source,
     load_ensemble_spec,
+    resolve_code_file,
     resolve_expert_checkpoint,
     with_devices,
 )
@@ -36,8 +37,8 @@ def test_shared_real_preset_describes_the_three_shared_experts():
         ("span", "SPAN", 4, "lr"),
     ]
     for e in spec.experts:
-        assert e.checkpoint.startswith("../shared/weights/")
-        assert resolve_expert_checkpoint(e) == (REPO_ROOT.parent / "shared" / "weights" / Path(e.checkpoint).name)
+        assert resolve_expert_checkpoint(e) == REPO_ROOT.parent / "shared" / "weights" / Path(e.checkpoint).name
+        assert e.checkpoint == str(REPO_ROOT.parent / "shared" / "weights" / Path(e.checkpoint).name)  # made absolute
 
 
 def test_hat_dat_nafnet_preset():
@@ -50,12 +51,40 @@ def test_hat_dat_nafnet_preset():
     assert (naf.architecture, naf.scale, naf.input, naf.device) == ("NAFNet", 1, "bicubic", "cuda:1")
 
 
-def test_relative_paths_resolve_against_root_not_cwd(tmp_path, monkeypatch):
-    e = _spec(checkpoint="../shared/weights/x.pth")
-    monkeypatch.chdir(tmp_path)
-    assert resolve_expert_checkpoint(e) == REPO_ROOT.parent / "shared" / "weights" / "x.pth"
-    assert resolve_expert_checkpoint(e, tmp_path / "repo") == tmp_path / "shared" / "weights" / "x.pth"
-    assert resolve_expert_checkpoint(_spec(checkpoint=str(tmp_path / "abs.pth")), "/elsewhere") == tmp_path / "abs.pth"
+def test_relative_paths_resolve_against_the_yamls_folder_not_cwd(tmp_path, monkeypatch):
+    """A YAML in one folder naming its weights and code by relative paths means the same from any third folder."""
+    yaml_dir = tmp_path / "team" / "configs"
+    yaml_dir.mkdir(parents=True)
+    code = {"file": "../models/net.py", "sha256": "0" * 64, "class_name": "Net"}
+    (yaml_dir / "mine.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "experts": [
+                    {"name": "a", "checkpoint": "mymodels/a.safetensors", "architecture": "SPAN", "scale": 4},
+                    {"name": "b", "checkpoint": str(tmp_path / "abs.pth"), "architecture": "SPAN", "scale": 4},
+                    {
+                        "name": "c",
+                        "checkpoint": "../w/c.pth",
+                        "sha256": "1" * 64,
+                        "scale": 4,
+                        "trust_code": True,
+                        "code": code,
+                    },
+                ]
+            }
+        )
+    )
+    third = tmp_path / "elsewhere"
+    third.mkdir()
+    monkeypatch.chdir(third)
+    a, b, c = load_ensemble_spec("../team/configs/mine.yaml").experts
+    assert resolve_expert_checkpoint(a) == yaml_dir / "mymodels" / "a.safetensors"
+    assert resolve_expert_checkpoint(b) == tmp_path / "abs.pth"
+    assert resolve_expert_checkpoint(c) == tmp_path / "team" / "w" / "c.pth"
+    assert resolve_code_file(c) == tmp_path / "team" / "models" / "net.py"
+    # a spec built in code keeps Python's meaning of a relative path: the current folder (or an explicit base)
+    assert resolve_expert_checkpoint(_spec(checkpoint="x.pth")) == third / "x.pth"
+    assert resolve_expert_checkpoint(_spec(checkpoint="x.pth"), tmp_path) == tmp_path / "x.pth"
 
 
 def test_unknown_key_and_wrong_type_are_errors(tmp_path):

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_experts import save_tiny_checkpoint
 
 from experts.expert import load_expert
 from experts.spec import ExpertSpec
-from experts.testing import save_tiny_checkpoint
 from experts.tiling import tile_spans, tiled_forward
 
 

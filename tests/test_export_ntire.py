@@ -220,7 +220,7 @@ def test_a_training_free_ensemble_exports_and_runs_isolated(tiny_compact_experts
     """export_ntire --method zzpm|blend: ensembler.json + the pinned experts; the organisers' call writes exactly what
     submit.py --method writes; a weights file fitted for other experts is refused before anything is written."""
     from experts.ensemble import ExpertEnsemble
-    from pipeline.inference.ensemblers import fit, save
+    from pipeline.inference.ensemblers import fit, load, save
 
     ensemble = ExpertEnsemble.from_yaml(tiny_compact_experts["yaml"])
     fps = [fp.to_dict() for fp in ensemble.fingerprints]
@@ -278,6 +278,11 @@ def test_a_training_free_ensemble_exports_and_runs_isolated(tiny_compact_experts
         == 2
     )
     assert "was fitted with" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # mean and zzpm have nothing to fit: exported without a file, pinned to the files' own sha256 (issue 39)
+    mean_out = tmp_path / "mean"
+    assert export_ntire.main(["--method", "mean", *base[:-4], "--out", str(mean_out), "--experts", yaml_path]) == 0
+    exported = load(mean_out / "model_zoo" / PKG / "ensembler.json", experts=fps)
+    assert exported.method == "mean" and exported.expert_names == tuple(fp["name"] for fp in fps)
 
 
 CODE_ARCH = """

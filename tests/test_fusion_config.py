@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.core.config import ConfigError, config_from_dict, config_to_dict
-from pipeline.model.fusion_net import FusionConfig, FusionNet, load_fusion_config
+from pipeline.model.fusion_config import FusionConfig, load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "configs" / "fusion.yaml"

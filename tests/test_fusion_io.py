@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.model.fusion_net import FusionConfig, FusionNet, load_fusion_config
+from pipeline.model.fusion_config import FusionConfig, load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 from pipeline.model.io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained, read_extra, save_pretrained
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "fusion_tiny.yaml"

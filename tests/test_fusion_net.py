@@ -11,13 +11,8 @@ from conftest import assert_close
 
 from pipeline.core.config import ConfigError
 from pipeline.core.imageio import quantize_8bit
-from pipeline.model.fusion_net import (
-    PHASE_SWITCHES,
-    FusionConfig,
-    FusionNet,
-    FusionOutput,
-    load_fusion_config,
-)
+from pipeline.model.fusion_config import PHASE_SWITCHES, FusionConfig, load_fusion_config
+from pipeline.model.fusion_net import FusionNet, FusionOutput
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "fusion_tiny.yaml"
@@ -232,7 +227,7 @@ def base_config(experts: int, base: tuple[float, ...], *, signals: bool) -> Fusi
 def test_gating_base_starts_the_untrained_fusion_at_exactly_the_fitted_blend(experts: int, signals: bool) -> None:
     """The untrained fusion is the training-free blend ensembler (negative weights included), for E = 1…5, with or
     without the gate signals; after training steps the gates still sum to the blend's total weight."""
-    from pipeline.inference.ensemblers import Ensembler, apply
+    from pipeline.inference.ensemblers import Blend
 
     torch.manual_seed(experts)
     weights = tuple([0.9, 0.25, -0.1, 0.05, -0.02][:experts])
@@ -242,7 +237,7 @@ def test_gating_base_starts_the_untrained_fusion_at_exactly_the_fitted_blend(exp
     with torch.no_grad():
         out = model(lr, srs, feats)
     fps = [{"name": f"e{i}", "sha256": f"{i:064x}"} for i in range(experts)]
-    blend = apply(Ensembler(method="blend", experts=fps, weights=torch.tensor(weights, dtype=torch.float64)), srs)
+    blend = Blend(experts=fps, weights=torch.tensor(weights, dtype=torch.float64)).apply(srs)
     assert_close(out.gates, torch.tensor(weights).view(1, experts, 1, 1).expand_as(out.gates), atol=1e-7, rtol=0)
     inside = (blend > 0) & (blend < 1)  # the ensembler clamps to [0,1], the fusion's output is clamped on saving
     assert_close(out.sr[inside], blend[inside], atol=1e-6, rtol=0)

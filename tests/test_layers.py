@@ -170,3 +170,123 @@ def test_inference_may_not_read_the_cache(tmp_path):
     found = [v for v in violations({**product_modules(), "pipeline.inference.bad": bad}) if "bad" in v]
     assert any("the pair (inference, cache) is forbidden" in v for v in found), found
     assert f"({bad}, cache.reader)" in forbidden_pairs(found)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# no import circle; the ensemble method is chosen by name in one place
+# ---------------------------------------------------------------------------------------------------------------------
+LIBRARY = ("pipeline", "experts", "cache")
+
+
+def import_graph(mods: dict[str, Path] | None = None) -> dict[str, set[str]]:
+    """module → the library modules it imports (anywhere in it: a function-level import counts too)."""
+    mods = {m: p for m, p in (product_modules() if mods is None else mods).items() if m.split(".")[0] in LIBRARY}
+    graph: dict[str, set[str]] = {}
+    for module, path in mods.items():
+        edges = set()
+        for _, name in imports_of(path, module):
+            parts = name.split(".")
+            target = next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in mods), None)
+            if target is not None and target != module and not module.startswith(target + "."):
+                edges.add(target)  # (a module's own parent package is imported with it, not by it)
+        graph[module] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted: every import circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle():
+    """No two library modules import each other, directly or around a loop (function-level imports included)."""
+    found = cycles(import_graph())
+    assert found == [], "import circles:\n" + "\n".join(" ↔ ".join(c) for c in found)
+
+
+def test_the_circle_check_can_fail(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("from cache.zz_b import f\n")
+    b.write_text("def f():\n    from cache.zz_a import g\n")
+    found = cycles(import_graph({**product_modules(), "cache.zz_a": a, "cache.zz_b": b}))
+    assert ["cache.zz_a", "cache.zz_b"] in found
+
+
+def method_name_comparisons(mods: dict[str, Path] | None = None) -> list[str]:
+    """Every comparison of a string with an ensemble method's name outside pipeline/inference/ensemblers/ (its
+    registry is where a name becomes a class)."""
+    import pipeline.inference.ensemblers as ensemblers
+
+    names = set(ensemblers.METHODS)
+    found = []
+    for module, path in sorted((product_modules() if mods is None else mods).items()):
+        if module.startswith("pipeline.inference.ensemblers") or module.split(".")[0] not in LIBRARY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            consts = []
+            for op, left, right in zip(node.ops, operands[:-1], operands[1:], strict=True):
+                if isinstance(op, (ast.Eq, ast.NotEq, ast.Is, ast.IsNot)):  # m == "mean", "mean" != m
+                    consts += [o for o in (left, right) if isinstance(o, ast.Constant)]
+                elif isinstance(op, (ast.In, ast.NotIn)):  # m in ("mean", "zzpm"), "mean" in methods
+                    consts += [left] if isinstance(left, ast.Constant) else []
+                    consts += [e for e in getattr(right, "elts", []) if isinstance(e, ast.Constant)]
+                # (an ordering or subset test, e.g. {"images", "mean"} <= payload.keys(), compares no name)
+            hits = sorted({c.value for c in consts if isinstance(c.value, str) and c.value in names})
+            if hits:
+                found.append(f"{_rel(path)}:{node.lineno}: compares with the method name(s) {hits}")
+    return found
+
+
+def test_no_method_name_is_compared_outside_the_registry(tmp_path):
+    found = method_name_comparisons()
+    assert found == [], "\n".join(found)
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(m, d):\n    return m in ('mean', 'zzpm') or m == 'ensir' or 'blend' != m or {'mean'} <= d\n")
+    assert len(method_name_comparisons({"pipeline.evaluation.bad": bad})) == 3
+
+
+# a library file above MAX_LINES needs its reason here (none does)
+LONG_FILES: dict[str, str] = {}
+MAX_LINES = 450
+
+
+def test_no_library_file_is_above_450_lines_without_a_stated_reason():
+    long = {
+        _rel(path): n
+        for module, path in product_modules().items()
+        if module.split(".")[0] in LIBRARY and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert {f: n for f, n in long.items() if f not in LONG_FILES} == {}, "split these (or state why in LONG_FILES)"

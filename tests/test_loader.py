@@ -21,7 +21,7 @@ from cache.batch_loader import LoaderError, SlotLoader
 from cache.dataset import CachedSRDataset, CropBatches, ImageStore, crop_draws, finish_batch, mix_seed
 from cache.schema import CacheLayout, CacheMeta
 from cache.writer import CacheWriter, encode_srs
-from pipeline.training.loop import StepBatchSampler, worker_init
+from pipeline.training.steps import StepBatchSampler, worker_init
 
 BATCH, STEPS = 3, 5
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ import multiprocessing as mp, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_loader import _slot_loader
-from pipeline.training.loop import StepBatchSampler
+from pipeline.training.steps import StepBatchSampler
 it = iter(_slot_loader(Path({cache!r}), workers=2, budget=10**9, sampler=StepBatchSampler(start_step=0, steps=7,
           batch_size=2)))
 next(it)

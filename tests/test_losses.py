@@ -181,3 +181,14 @@ def test_gate_oracle_loss_by_hand():
         srs[:, 0], hr, LossWeights(charbonnier=0.0, balance=0.0, gate_oracle=2.0), gates=gates, srs=srs
     )
     assert set(terms) == {"gate_oracle"} and abs(float(total) - 2 * want) < 1e-5
+
+
+def test_every_loss_weight_names_a_term_of_the_table():
+    """The loss terms come from one name → function table: every LossWeights field is a term (fft_hf_weight is fft's
+    parameter), in the order they are summed."""
+    import dataclasses
+
+    from pipeline.training.losses import TERMS, LossWeights
+
+    fields = [f.name for f in dataclasses.fields(LossWeights) if f.name != "fft_hf_weight"]
+    assert list(TERMS) == fields

@@ -15,12 +15,12 @@ import torch
 import yaml
 from conftest import REPO_ROOT, require_shared, run_main
 
-from experts import run as experts_run
 from experts.check import check_experts
 from experts.expert import load_expert
 from experts.loading import ExpertLoadError
 from experts.probe import DEFAULT_MIN_PSNR, PROBE_LR, probe_images, probe_min_side
-from experts.spec import ExpertSpec, load_ensemble_spec
+from experts.spec import ExpertSpec, load_ensemble_spec, resolve_path
+from pipeline.commands import run_experts
 from pipeline.core.config import ConfigError, config_from_dict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -238,7 +238,7 @@ def test_run_experts_check_reports_every_expert(team, tmp_path, capsys):
     missing = dict(_entry(team, "missing"), checkpoint=str(tmp_path / "gone.pth"))
     path = tmp_path / "new.yaml"
     path.write_text(yaml.safe_dump({"scale": 4, "experts": [good, wrong_range, bad_keys, missing]}))
-    assert run_main(experts_run.main, ["--config", str(path), "--check"]) == 2
+    assert run_main(run_experts.main, ["--config", str(path), "--check"]) == 2
     lines = capsys.readouterr().out.strip().splitlines()
     rows = {line.split()[0]: line for line in lines[:-1]}
     assert set(rows) == {"good", "wrong_range", "bad_keys", "missing"}
@@ -249,11 +249,11 @@ def test_run_experts_check_reports_every_expert(team, tmp_path, capsys):
     assert "FAILED" in rows["missing"] and "gone.pth: checkpoint file not found" in rows["missing"]
     assert lines[-1] == "1 of 4 experts pass"
     path.write_text(yaml.safe_dump({"scale": 4, "experts": [good]}))
-    assert run_main(experts_run.main, ["--config", str(path), "--check"]) == 0
+    assert run_main(run_experts.main, ["--config", str(path), "--check"]) == 0
     checks, problems = check_experts(path)
     assert problems == [] and [c.name for c in checks] == ["good"] and checks[0].probe_psnr > 50
     with pytest.raises(SystemExit) as info:  # without --check: --input and --output are needed
-        run_main(experts_run.main, ["--config", str(path)])
+        run_main(run_experts.main, ["--config", str(path)])
     assert info.value.code == 2 and "--input and --output are required (or --check)" in capsys.readouterr().err
 
 
@@ -266,9 +266,12 @@ NEW_USER = ("rlfn", "ifadnet", "safmnpp")  # data range 255; deploy=True under p
 
 
 def _as_new_user(name: str) -> dict:
-    """The pool's entry as a user writes it: no min_size, no hooks, the weights' entry found by the loader."""
+    """The pool's entry as a user writes it: no min_size, no hooks, the weights' entry found by the loader; its paths
+    absolute (the pool's are relative to the pool's folder)."""
     entry = yaml.safe_load(POOL.read_text())["experts"]
     entry = next(e for e in entry if e["name"] == name)
+    entry["checkpoint"] = str(resolve_path(entry["checkpoint"], POOL.parent))
+    entry["code"]["file"] = str(resolve_path(entry["code"]["file"], POOL.parent))
     entry["code"].pop("min_size", None)
     entry.pop("hooks", None)
     entry.pop("checkpoint_key", None)
@@ -279,7 +282,7 @@ def test_three_team_models_onboard_through_check(tmp_path, capsys):
     require_shared(f"{ZOO}/weights/team00_rlfn.pth", f"{ZOO}/weights/team33_IFADNet.pth")
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"scale": 4, "experts": [_as_new_user(n) for n in NEW_USER]}))
-    assert run_main(experts_run.main, ["--config", str(path), "--check"]) == 0
+    assert run_main(run_experts.main, ["--config", str(path), "--check"]) == 0
     out = capsys.readouterr().out
     pool = {e.name: e for e in load_ensemble_spec(POOL).experts}
     checks, _ = check_experts(path)
@@ -293,7 +296,7 @@ def test_the_real_mistakes_of_onboarding_fail_naming_their_cause():
     require_shared(f"{ZOO}/weights/team00_rlfn.pth", f"{ZOO}/weights/team33_IFADNet.pth")
 
     def load(entry: dict):
-        return load_expert(config_from_dict(ExpertSpec, entry), root=REPO_ROOT)
+        return load_expert(config_from_dict(ExpertSpec, entry))
 
     rlfn = _as_new_user("rlfn")
     rlfn["code"]["data_range"] = 1  # a [0, 255] model fed [0, 1]

@@ -8,11 +8,12 @@ import json
 import torch
 from conftest import program, run_main
 
-from experts import run as experts_run
 from experts.ensemble import ExpertEnsemble
+from pipeline.commands import run_experts as experts_run
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.imageio import quantize_8bit, read_image, write_image
 from pipeline.core.metrics import psnr_y
+from pipeline.core.self_ensemble import SelfEnsemble
 from pipeline.inference.ensemblers import fit, save
 from pipeline.inference.pipeline import ensemble_super_resolve, load_pipeline, super_resolve
 
@@ -46,7 +47,16 @@ def test_experts_run_tta_writes_the_self_ensemble(tiny_compact_experts, tmp_path
     assert (
         run_main(
             experts_run.main,
-            ["--config", str(tiny_compact_experts["yaml"]), "--input", str(lr_dir), "--output", str(out), "--tta"],
+            [
+                "--config",
+                str(tiny_compact_experts["yaml"]),
+                "--input",
+                str(lr_dir),
+                "--output",
+                str(out),
+                "--self-ensemble",
+                "experts-x8",
+            ],
         )
         == 0
     )
@@ -67,8 +77,12 @@ def test_submit_method_writes_what_the_library_computes(tiny_compact_experts, tm
     for method, extra, regime in (
         ("zzpm", [], {}),
         ("blend", ["--weights", str(weights)], {}),
-        ("mean", ["--expert-tta"], {"expert_tta": True}),
-        ("blend", ["--weights", str(weights), "--tta"], {"tta": True}),
+        ("mean", ["--self-ensemble", "experts-x8"], {"self_ensemble": SelfEnsemble.EXPERTS}),
+        (
+            "blend",
+            ["--weights", str(weights), "--self-ensemble", "pipeline-x8"],
+            {"self_ensemble": SelfEnsemble.PIPELINE},
+        ),
     ):
         out = tmp_path / f"{method}_{len(extra)}"
         assert (
@@ -125,12 +139,10 @@ def test_fusion_expert_tta_is_the_fusion_on_self_ensembled_experts(trained_run, 
     with torch.inference_mode():
         srs, feats = pipe.ensemble.self_ensemble(lr)
         want = pipe.fusion.forward_with_precomputed(lr, srs, feats).sr.clamp(0, 1)
-    torch.testing.assert_close(super_resolve(pipe, lr, expert_tta=True), want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(super_resolve(pipe, lr, self_ensemble=SelfEnsemble.EXPERTS), want, atol=1e-6, rtol=0)
     out = tmp_path / "sub"
-    assert (
-        submit.main(["--run", str(trained_run), "--input", str(tmp_path / "lr"), "--output", str(out), "--expert-tta"])
-        == 0
-    )
+    argv = ["--run", str(trained_run), "--input", str(tmp_path / "lr"), "--output", str(out)]
+    assert submit.main([*argv, "--self-ensemble", "experts-x8"]) == 0
     assert "x8 of each expert" in (out / "readme.txt").read_text()
 
 
@@ -192,7 +204,7 @@ def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp
     write_image(hr / src.name, read_image(src))
     args = ["--threads", "1", "--experts", str(tiny_compact_experts["yaml"]), "--hr", str(hr)]
     args += ["--features", "full", "--sr-dtype", "float16"]  # everything, to compare with the experts' own output
-    assert extract_features.main([*args, "--out", str(tmp_path / "x8.h5"), "--tta"]) == 0
+    assert extract_features.main([*args, "--out", str(tmp_path / "x8.h5"), "--self-ensemble", "experts-x8"]) == 0
     reader = CacheReader(tmp_path / "x8.h5")
     assert [fp["self_ensemble"] for fp in reader.meta.experts] == [8, 8]
     _, lr = make_lr(read_image(src), 4)
@@ -201,8 +213,8 @@ def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp
     sample = reader.read(0)
     torch.testing.assert_close(sample.srs, want.srs[0], atol=1e-3, rtol=0)  # float16 storage
     torch.testing.assert_close(sample.feats[0], want.feats[0][0], atol=2e-3, rtol=1e-3)
-    # the same cache path without --tta is another cache: resuming into it is refused, naming the field
+    # the same cache path without the self-ensemble is another cache: resuming into it is refused, naming the field
     capsys.readouterr()
-    (tmp_path / "x8.h5").unlink()  # an interrupted --tta extraction (its data folder stays)
+    (tmp_path / "x8.h5").unlink()  # an interrupted x8 extraction (its data folder stays)
     assert extract_features.main([*args, "--out", str(tmp_path / "x8.h5")]) == 2
     assert "self_ensemble" in capsys.readouterr().err

@@ -12,6 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tiny_refiner import (
+    TSDSR_VAE_TARGET_MODULES,
+    TinySetup,
+    inject_tsdsr_lora,
+    tiny_vae,
+    tsdsr_lora_state,
+    write_tiny_setup,
+)
 
 from pipeline.core.config import load_config
 from pipeline.refiner import (
@@ -24,14 +32,6 @@ from pipeline.refiner import (
 from pipeline.refiner.files import load_embedding
 from pipeline.refiner.loading import load_transformer, load_vae
 from pipeline.refiner.lora import transformer_lora_targets, vae_lora_targets
-from pipeline.refiner.testing import (
-    TSDSR_VAE_TARGET_MODULES,
-    TinySetup,
-    inject_tsdsr_lora,
-    tiny_vae,
-    tsdsr_lora_state,
-    write_tiny_setup,
-)
 from pipeline.refiner.tsdsr import TIMESTEP, TSDSRRefiner
 
 REPO = Path(__file__).resolve().parents[1]

@@ -257,7 +257,18 @@ def test_submission_made_with_tta_is_flagged(report_case, tmp_path):
     torch.set_num_threads(1)
     try:
         assert (
-            submit.main(["--run", str(c["run"]), "--input", str(c["lr"]), "--output", str(tmp_path / "sr"), "--tta"])
+            submit.main(
+                [
+                    "--run",
+                    str(c["run"]),
+                    "--input",
+                    str(c["lr"]),
+                    "--output",
+                    str(tmp_path / "sr"),
+                    "--self-ensemble",
+                    "pipeline-x8",
+                ]
+            )
             == 0
         )
         assert (

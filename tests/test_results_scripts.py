@@ -16,7 +16,8 @@ from pipeline.core.imageio import read_image, write_image
 from pipeline.core.metrics import psnr_y, rgb_to_y
 from pipeline.evaluation import baselines
 from pipeline.evaluation.scoring import pair_images, score_fidelity
-from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.model.fusion_config import load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 
 expert_baselines = program("research/expert_baselines")
 results_table = program("research/results_table")

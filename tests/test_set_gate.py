@@ -10,7 +10,8 @@ import torch
 
 from pipeline.core.config import ConfigError
 from pipeline.model.blocks import SetGate2d
-from pipeline.model.fusion_net import FusionConfig, FusionNet, SetGateConfig
+from pipeline.model.fusion_config import FusionConfig, SetGateConfig
+from pipeline.model.fusion_net import FusionNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

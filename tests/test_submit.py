@@ -14,6 +14,7 @@ from conftest import program
 from pipeline.core.augment import augment, deaugment
 from pipeline.core.errors import BadInputsError
 from pipeline.core.imageio import read_image, write_image
+from pipeline.core.self_ensemble import SelfEnsemble
 from pipeline.inference.pipeline import load_pipeline, super_resolve
 from pipeline.inference.submission import check_inputs
 from pipeline.model.describe import describe_network
@@ -69,7 +70,7 @@ def test_tta_is_the_mean_of_eight_transformed_runs(trained_run):
     pipe = load_pipeline(trained_run)
     g = torch.Generator().manual_seed(1)
     lr = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 6, generator=g), size=(20, 24), mode="bilinear")
-    tta = super_resolve(pipe, lr, tta=True)
+    tta = super_resolve(pipe, lr, self_ensemble=SelfEnsemble.PIPELINE)
     plain = super_resolve(pipe, lr)
     runs = []
     with torch.no_grad():
@@ -138,8 +139,9 @@ def test_expert_checkpoint_swapped_is_an_error(trained_run, tiny_compact_experts
 def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsys):
     """--refiner runs the TSD-SR stage (tiny random SD3 here) on the fused images; a missing refiner file is an
     error before any work."""
+    from tiny_refiner import write_tiny_setup
+
     from pipeline.core.config import config_to_dict
-    from pipeline.refiner.testing import write_tiny_setup
 
     setup = write_tiny_setup(tmp_path / "tsdsr")
     cfg_path = tmp_path / "refiner.yaml"
@@ -187,3 +189,24 @@ def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsy
         assert not (tmp_path / "x").exists() or not any((tmp_path / "x").glob("*.png"))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_second_submission_reuses_the_stored_expert_outputs(
+    trained_run, tiny_compact_experts, lr_dir, tmp_path, capsys
+):
+    """Issue 40: a submission with another method (or the fusion, or another self-ensemble mode) on the same LR
+    folder runs no expert again, and its PNGs are those of a run without the store."""
+    store = tmp_path / "store"
+    experts = str(tiny_compact_experts["yaml"])
+    common = ["--input", str(lr_dir), "--device", "cpu", "--store", str(store)]
+    assert submit.main(["--method", "mean", "--experts", experts, *common, "--output", str(tmp_path / "a")]) == 0
+    assert "expert outputs: 0 from the store, 4 computed" in capsys.readouterr().out.replace(f" {store},", ",")
+    for i, extra in enumerate((["--method", "zzpm", "--experts", experts], ["--run", str(trained_run)]), start=1):
+        out, bare = tmp_path / f"b{i}", tmp_path / f"bare{i}"
+        assert submit.main([*extra, *common, "--output", str(out)]) == 0
+        assert "expert outputs: 4 from the store, 0 computed" in capsys.readouterr().out.replace(f" {store},", ",")
+        assert (
+            submit.main([*extra, "--input", str(lr_dir), "--device", "cpu", "--no-store", "--output", str(bare)]) == 0
+        )
+        for name in ("0901x4.png", "0902x4.png"):
+            assert (out / name).read_bytes() == (bare / name).read_bytes()

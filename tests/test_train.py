@@ -24,8 +24,9 @@ from pipeline.model.io import load_pretrained, read_extra
 from pipeline.training.checkpoint import load_train_state, resolve_checkpoint, save_checkpoint
 from pipeline.training.config import RunConfig, StageConfig, legacy_run_overrides, load_run_config
 from pipeline.training.fusion import stage_at
-from pipeline.training.loop import RunError, prepare_run, scheduled_lr
 from pipeline.training.losses import CombinedLoss
+from pipeline.training.runs import RunError, prepare_run
+from pipeline.training.steps import scheduled_lr
 
 train_mod = program("train")
 

@@ -30,8 +30,8 @@ from pipeline.core.resize import make_lr
 from pipeline.training.checkpoint import load_train_state, resolve_checkpoint
 from pipeline.training.expert.config import load_expert_run_config
 from pipeline.training.expert.export import export_expert
-from pipeline.training.loop import RunError
 from pipeline.training.patch_data import SRPatchDataset
+from pipeline.training.runs import RunError
 
 train_expert = program("train_expert")
 

@@ -1,19 +1,18 @@
 """The fusion against every ensemble a team could submit instead: one table, two regimes (no TTA / ×8 per expert).
 
-    python scripts/compare_ensembles.py --experts configs/experts/shared_real.yaml --hr HR_DIR [--lr LR_DIR] \\
-        [--ensemblers fits/blend.json fits/ensir.json] [--fusion checkpoints/fusion_craft_ditn_span] \\
-        --out results/compare/Set5/table [--threads 2] [--store DIR | --no-store]
+    sr-fusion compare --experts EXPERTS --hr HR_DIR [--lr LR_DIR] [--ensemblers fits/blend.json fits/ensir.json]
+        [--fusion RUN] --out results/compare/Set5/table [--threads 2] [--store DIR | --no-store]
 
-Rows (pipeline/evaluation/compare.py): each expert, the experts' mean, ZZPM, every fitted ensembler file given (made on
-a
-*training* cache by ``scripts/fit_ensembler.py``, never on the scored set), the fusion checkpoint (in the ×8 regime:
+Rows (pipeline/evaluation/compare.py): each expert, the experts' mean, ZZPM, every fitted ensembler file given (made
+on a *training* cache by ``sr-fusion fit``, never on the scored set), the fusion checkpoint (in the ×8 regime:
 on the ×8 experts, and the ×8 of the whole pipeline) and the 16×16-block oracle; PSNR-Y / SSIM-Y (NTIRE), Δ vs the
 best expert of the same regime and the number of images below it. Without ``--lr`` the LR is made from the HR with
 the MATLAB-compatible bicubic. Every expert's output (each of the eight transforms) comes from the expert-output store
 (experts/store.py, ``sr-fusion store``) when it is there and is stored when it is not: a second table for another
 fusion, other peers or a rerun after a kill runs no expert again. Each image is scored as soon as its outputs are
 in hand (memory stays one image's). Writes ``OUT.json`` and ``OUT.md``; every gain carries its paired bootstrap 95 %
-interval over the images and a verdict.
+interval over the images and a verdict. Any ensemble of the table is submitted with ``sr-fusion submit --method`` and
+exported with ``sr-fusion export --method``.
 """
 
 from __future__ import annotations
@@ -28,8 +27,9 @@ from tqdm import tqdm
 from experts.ensemble import ExpertEnsemble
 from experts.loading import sha256_file
 from pipeline.commands.common import add_store_arguments, store_from_args
+from pipeline.core import bundled
 from pipeline.core.atomic import atomic_write_text
-from pipeline.core.cli import program_name, run_cli
+from pipeline.core.cli import command_parser, run_cli
 from pipeline.core.imageio import read_image, scan_image_folder
 from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_file
@@ -60,23 +60,25 @@ def _pairs(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[tuple[str, Pat
     return [(n, hrs[n], lrs[n]) for n in sorted(hrs)]
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog=program_name("compare_ensembles.py"),
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--experts", required=True, type=Path, help="expert YAML (configs/experts/*.yaml)")
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("compare", __doc__)
+    ap.add_argument("--experts", required=True, type=Path, help="expert YAML (configs/experts/*.yaml) or bundled name")
     ap.add_argument("--hr", required=True, type=Path, help="HR folder of the test set")
     ap.add_argument("--lr", type=Path, default=None, help="LR folder (NAMEx4.png); default: MATLAB bicubic of --hr")
     ap.add_argument("--ensemblers", type=Path, nargs="*", default=[], help="fitted ensembler files (JSON)")
-    ap.add_argument("--fusion", type=Path, default=None, help="fusion checkpoint or run directory (its best)")
+    ap.add_argument("--fusion", type=Path, default=None, help="fusion checkpoint, run (its best) or bundled name")
     ap.add_argument("--out", required=True, type=Path, help="OUT.json and OUT.md are written")
     ap.add_argument("--title", default=None, help="table title (default: the HR folder's name)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     add_store_arguments(ap)
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
+    bundled.resolve_arguments(args, {"fusion": "run", "experts": "experts"})
     if args.threads:
         torch.set_num_threads(args.threads)
 

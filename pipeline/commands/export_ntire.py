@@ -1,7 +1,7 @@
 """Export a trained run as an NTIRE 2025 ImageSR ×4 code submission (the layout of the organisers' repository).
 
-    python scripts/export_ntire.py --run runs/NAME --team-id 17 --team-name Name --out DIR [--experts YAML]
-                                   [--overwrite]
+    sr-fusion export --run RUN --team-id 17 --team-name Name --out DIR [--experts EXPERTS] [--overwrite]
+    sr-fusion export --method METHOD --experts EXPERTS [--weights FIT.json] --team-id 17 --team-name Name --out DIR
 
 writes::
 
@@ -14,23 +14,27 @@ writes::
 
 The organisers copy both folders into their repository root and call
 ``main(model_dir="model_zoo/team17_Name", input_path=LR_DIR, output_path=OUT_DIR, device=device)``, which runs the
-whole pipeline (``pipeline.inference.submission.run_model_dir``, the same code as scripts/submit.py, without TTA): every
-file of ``SHA256SUMS`` is verified at load, each expert is pinned to the sha256 recorded when the fusion was
-trained, and every LR image becomes a PNG with the input's file name.
+whole pipeline (``pipeline.inference.submission.run_model_dir``, the same code as ``sr-fusion submit``, without
+self-ensemble): every file of ``SHA256SUMS`` is verified at load, each expert is pinned to the sha256 recorded when
+the fusion was trained, and every LR image becomes a PNG with the input's file name.
+
+A training-free ensemble (``--method``, pipeline/inference/methods.py: a fitted one with its ``--weights`` file,
+``mean`` / ``zzpm`` without) exports ``ensembler.json`` instead of the fusion checkpoint, its experts pinned to the
+sha256 it was fitted for (or, without a file, to the files' own).
 
 Vendoring: the modules ``pipeline.inference.submission`` needs (the closure of its imports, found by parsing the
-source) are
-copied into ``_vendor/`` with every import of our packages rewritten to a relative one (``from pipeline.x import
-y`` → ``from ..pipeline.x import y``). So they load as ``models.team17_Name._vendor.pipeline.x``: nothing is added
-to ``sys.path`` and no top-level name (``pipeline``, ``utils``, ``models`` …) can collide with the organisers'
-modules or installed packages. The third-party packages the vendored modules import go to requirements.txt.
+source) are copied into ``_vendor/`` with every import of our packages rewritten to a relative one (``from
+pipeline.x import y`` → ``from ..pipeline.x import y``). So they load as ``models.team17_Name._vendor.pipeline.x``:
+nothing is added to ``sys.path`` and no top-level name (``pipeline``, ``utils``, ``models`` …) can collide with the
+organisers' modules or installed packages. The third-party packages the vendored modules import go to requirements.txt.
 
 Every check runs before anything is written: the fusion checkpoint's checksums, each expert checkpoint's sha256
 against the fingerprint recorded at training (the recorded paths, or ``--experts``), the team id and name, and
 ``--out`` (an existing non-empty folder needs ``--overwrite``). The export is built in a temporary folder next to
 ``--out`` and renamed into place, so a failure leaves nothing half-written.
 
-The export itself: pipeline/inference/ntire_export.py.
+Tested in a fresh interpreter where this repository is not importable: ``main`` on two images writes byte-identical
+PNGs to ``sr-fusion submit``. Needs Python ≥ 3.11. The export itself: pipeline/inference/ntire_export.py.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.core.cli import run_cli
-from pipeline.inference.ensemblers import METHODS
-from pipeline.inference.ensemblers import load as load_ensembler
+from pipeline.core import bundled
+from pipeline.core.cli import command_parser, run_cli
+from pipeline.inference.methods import CHOICES, FUSION, MethodError, choose
 from pipeline.inference.ntire_export import (
     ExportError,
     check_export_out,
@@ -54,41 +58,41 @@ from pipeline.inference.ntire_export import (
 from pipeline.model.io import ChecksumError, resolve_checkpoint, verify_checksums
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, default=None, help="run directory (its best checkpoint) or checkpoint dir")
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("export", __doc__)
+    ap.add_argument("--run", type=Path, default=None, help="run (its best checkpoint), checkpoint dir or name")
     ap.add_argument(
         "--method",
-        choices=("fusion", *METHODS),
-        default="fusion",
+        choices=list(CHOICES),
+        default=FUSION,
         help="the fusion (default) or a training-free ensemble of the experts (needs --experts)",
     )
-    ap.add_argument("--weights", type=Path, default=None, help="ensembles: the file of scripts/fit_ensembler.py")
+    ap.add_argument("--weights", type=Path, default=None, help="a fitted ensemble: the file of sr-fusion fit")
     ap.add_argument("--team-id", required=True, type=int)
     ap.add_argument("--team-name", required=True)
     ap.add_argument("--out", required=True, type=Path, help="export folder (gets models/ and model_zoo/)")
-    ap.add_argument("--experts", type=Path, default=None, help="expert YAML overriding the recorded paths")
+    ap.add_argument("--experts", type=Path, default=None, help="expert YAML (or bundled name) for the recorded paths")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
-    args = ap.parse_args(argv)
-    if args.method == "fusion" and args.run is None:
-        ap.error("--run is required (or --method METHOD --weights FILE --experts YAML)")
-    if args.method != "fusion" and (args.weights is None or args.experts is None or args.run is not None):
-        ap.error(f"--method {args.method} needs --weights (scripts/fit_ensembler.py) and --experts, and no --run")
+    return ap
 
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
+        bundled.resolve_arguments(args, {"run": "run", "experts": "experts"})
+        choice = choose(args.method, run=args.run, experts=args.experts, weights=args.weights)
         pkg = package_name(args.team_id, args.team_name)
         out = args.out.resolve()
         check_export_out(out, overwrite=args.overwrite)
-        if args.method == "fusion":
+        ensembler = None
+        if choice.ensembler_class is None:
             ckpt = resolve_checkpoint(args.run, which="best")
             verify_checksums(ckpt)
             spec, files = checked_experts(ckpt, args.experts)
         else:
             ckpt = None
-            if load_ensembler(args.weights).method != args.method:
-                raise ExportError(f"{args.weights} holds a {load_ensembler(args.weights).method!r} ensembler")
-            spec, files = checked_ensemble_experts(args.weights, args.experts)
-    except (ExportError, ChecksumError, FileNotFoundError, ValueError) as exc:
+            spec, files, ensembler = checked_ensemble_experts(choice)
+    except (ExportError, MethodError, ChecksumError, FileNotFoundError, ValueError) as exc:
         print(f"export_ntire: {exc}", file=sys.stderr)
         return 2
 
@@ -102,7 +106,8 @@ def _main(argv: list[str] | None = None) -> int:
             ckpt=ckpt,
             spec=spec,
             files=files,
-            weights=args.weights if args.method != "fusion" else None,
+            ensembler=ensembler,
+            ensembler_source=args.weights,
         )
     print(
         f"export_ntire: wrote {out}/models/{pkg} and {out}/model_zoo/{pkg} (experts {[e.name for e in spec.experts]})"

@@ -1,10 +1,9 @@
-"""Fit a training-free ensembler on a training cache that holds HR (pipeline/inference/ensemblers.py) → a small JSON
+"""Fit a training-free ensembler on a training cache that holds HR (pipeline/inference/ensemblers/) → a small JSON
 file.
 
-    python scripts/fit_ensembler.py caches/train.h5 --method blend|blend_reg|topk|ensir|zzpm|mean --out fits/X.json \
-        [--bin-width 32]
+    sr-fusion fit caches/train.h5 --method mean|zzpm|blend|topk|blend_reg|ensir --out fits/X.json [--bin-width 32]
 
-The file records the experts' fingerprints: ``submit.py --method`` and ``compare_ensembles.py`` refuse it for other
+The file records the experts' fingerprints: ``sr-fusion submit --method`` and ``sr-fusion compare`` refuse it for other
 experts. Fit on training images only (e.g. the T91 + BSD200 cache), never on the set that will be scored.
 """
 
@@ -14,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pipeline.core.cli import program_name, run_cli
+from pipeline.core.cli import command_parser, run_cli
 from pipeline.core.outputs import check_output_file
 from pipeline.evaluation.cached import fit_on_cache
 from pipeline.inference.ensemblers import ENSIR_BIN_WIDTH, METHODS, describe, load, save
@@ -28,12 +27,10 @@ def _ours(path: Path) -> bool:
     return True
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog=program_name("fit_ensembler.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("cache", type=Path, help="training cache with HR (scripts/extract_features.py --hr ...)")
-    ap.add_argument("--method", required=True, choices=METHODS)
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("fit", __doc__)
+    ap.add_argument("cache", type=Path, help="training cache with HR (sr-fusion extract --hr ...)")
+    ap.add_argument("--method", required=True, choices=list(METHODS))
     ap.add_argument("--out", required=True, type=Path, help="the ensembler file (JSON)")
     ap.add_argument(
         "--bin-width",
@@ -44,7 +41,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--images", type=int, default=None, help="fit on this many of the cache's images (the data.images subset)"
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     check_output_file(args.out, ours=_ours, create_parents=True, label="--out")
     t0 = time.time()
     ens = fit_on_cache(args.method, args.cache, bin_width=args.bin_width, images=args.images)

@@ -16,18 +16,20 @@ from pathlib import Path
 from cache.merge import merge_caches
 from cache.reader import CacheReader
 from pipeline.commands.common import verify_cache
-from pipeline.core.cli import program_name, run_cli
+from pipeline.core.cli import command_parser, run_cli
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog=program_name("merge_caches.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("merge-caches", __doc__)
     ap.add_argument("caches", type=Path, nargs="+", help="the cache indexes to merge (two or more), in order")
     ap.add_argument("--out", required=True, type=Path, help="the new cache index")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing (partial) output cache first")
     ap.add_argument("--verify", action="store_true", help="re-read and check every sample of the new cache")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     merged = merge_caches(args.caches, args.out, overwrite=args.overwrite)
     sizes = []
     for c in args.caches:

@@ -2,43 +2,52 @@
 challenge submission → official scoring → HTML report.
 
     bash scripts/quickstart.sh                     # creates .venv, then runs this with the bundled data and experts
-    python scripts/quickstart.py [--out quickstart_out] [--steps 120] [--device cpu|cuda]
-    python scripts/quickstart.py --hr MY_HR [--lr MY_LR] [--train-hr MY_TRAIN_HR] \\
-        [--experts configs/experts/my.yaml [--init runs/my_fusion]]
+    sr-fusion quickstart [--out quickstart_out] [--steps 120] [--device cpu|cuda]
+    sr-fusion quickstart --hr MY_HR [--lr MY_LR] [--train-hr MY_TRAIN_HR] [--experts my.yaml [--init runs/my_fusion]]
 
-Stages (each one is the project's user-facing script, called in-process):
+Stages (each one the function of a user-facing command, called in-process):
   1. photos: scikit-image's natural photos (inside the installed wheel, nothing downloaded) — fine-tuning on
      rocket + the two motorcycle views, evaluation on astronaut, chelsea, coffee (held out); or ``--hr`` (evaluation
      images) and ``--train-hr`` (fine-tuning images, default: the bundled training photos).
-  2. LR: scripts/make_lr.py (MATLAB-compatible bicubic ×4), unless ``--lr`` gives the evaluation LR images.
-  3. cache: scripts/extract_features.py runs the experts on the training photos (SR outputs + hooked features).
-  4. fine-tune: train.py with configs/train/quickstart.yaml, starting from the bundled fusion
+  2. LR: ``sr-fusion make-lr`` (MATLAB-compatible bicubic ×4), unless ``--lr`` gives the evaluation LR images.
+  3. cache: ``sr-fusion extract`` runs the experts on the training photos (SR outputs + hooked features).
+  4. fine-tune: ``sr-fusion train`` with the bundled run config ``quickstart``, starting from the bundled fusion
      (checkpoints/fusion_zoo_small, trained on the bundled experts experts/zoo/), or from ``--init``. With
      ``--experts`` (your own checkpoints) and no ``--init`` the fusion is trained from scratch.
-  5. submission: scripts/submit.py → challenge-format folder (PNG per LR input + readme.txt) + zip.
-  6. scoring: scripts/evaluate.py (NTIRE PSNR/SSIM on the BT.601 Y channel, border 4).
-  7. report: scripts/report.py → OUT/report/index.html (bicubic, each expert, their mean, the fusion).
-It ends with the PSNR-Y/SSIM-Y table and the wall time. ``--out`` is recreated on every run (only a folder this
-script made, or an empty one, is ever deleted).
+  5. submission: ``sr-fusion submit`` → challenge-format folder (PNG per LR input + readme.txt) + zip.
+  6. scoring: ``sr-fusion evaluate`` (NTIRE PSNR/SSIM on the BT.601 Y channel, border 4).
+  7. report: ``sr-fusion report`` → OUT/report/index.html (bicubic, each expert, their mean, the fusion).
+It ends with the PSNR-Y/SSIM-Y table and the wall time. ``--out`` is recreated on every run (only a folder the
+quickstart made, or an empty one, is ever deleted).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from experts.spec import REPO_ROOT
-from pipeline.core.cli import call_main, run_cli
+from cache.extract import extract
+from cache.schema import CacheLayout
+from experts.store import ExpertStore
+from pipeline.commands.evaluate import evaluate
+from pipeline.commands.extract_features import verify_cache
+from pipeline.commands.make_lr import make_lr_images
+from pipeline.commands.report import make_report
+from pipeline.commands.submit import submit
+from pipeline.commands.train import train_run
+from pipeline.core import bundled
+from pipeline.core.cli import command_parser, run_cli
 from pipeline.core.errors import ToolkitError
 from pipeline.core.sample_photos import write_samples
+from pipeline.inference.methods import FUSION, choose
 
-REPO = REPO_ROOT  # the repository, or the installed package's site-packages (configs/, checkpoints/ ride along)
+REPO = bundled.root()  # the checkout, or the installed package data (pipeline/core/bundled.py)
 BUNDLED_EXPERTS = REPO / "configs" / "experts" / "zoo_small.yaml"
 BUNDLED_FUSION = REPO / "checkpoints" / "fusion_zoo_small"
 FINETUNE_CONFIG = REPO / "configs" / "train" / "quickstart.yaml"
@@ -65,7 +74,7 @@ def prepare_out(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / MARKER).write_text("made by scripts/quickstart.py; deleted and recreated on its next run\n")
+    (out / MARKER).write_text("made by sr-fusion quickstart; deleted and recreated on its next run\n")
 
 
 def write_photos(out: Path, names: tuple[str, ...], max_side: int) -> Path:
@@ -74,13 +83,13 @@ def write_photos(out: Path, names: tuple[str, ...], max_side: int) -> Path:
     return out
 
 
-def call(stage: str, program: str, argv: list[str]) -> None:
-    """Run one of the toolkit's commands (``program``: its module in pipeline/commands/) in this process, as
-    ``sr-fusion`` / ``python scripts/PROGRAM.py argv`` would; a non-zero exit stops the quickstart naming the stage."""
-    main = importlib.import_module(f"pipeline.commands.{program}").main
-    code = call_main(main, argv)
-    if code != 0:
-        raise QuickstartError(f"stage '{stage}' failed ({code}); its command: {' '.join(argv)}")
+def call(stage: str, fn: Callable[[], object]) -> None:
+    """Run one stage — a command's function, as ``sr-fusion NAME`` runs it —; a typed error stops the quickstart in one
+    line naming the stage."""
+    try:
+        fn()
+    except ToolkitError as exc:
+        raise QuickstartError(f"stage '{stage}' failed: {' '.join(str(exc).split())}") from exc
 
 
 def table(scores: dict, submitted: dict) -> str:
@@ -94,7 +103,7 @@ def table(scores: dict, submitted: dict) -> str:
         d = mean[key]["psnr"] - mean[best]["psnr"]
         lines.append(f"{name:<24}{mean[key]['psnr']:>12.3f}{mean[key]['ssim']:>9.4f}{d:>+19.3f}")
     lines.append(
-        f"(evaluate.py on the submitted files: PSNR-Y {submitted['psnr']:.3f} dB, SSIM-Y {submitted['ssim']:.4f};"
+        f"(sr-fusion evaluate on the submission: PSNR-Y {submitted['psnr']:.3f} dB, SSIM-Y {submitted['ssim']:.4f};"
         f" {len(scores['images'])} images, best expert: {scores['best_expert']})"
     )
     return "\n".join(lines)
@@ -128,8 +137,8 @@ def run(args: argparse.Namespace) -> dict:
     ):
         if p is not None and not p.exists():
             raise QuickstartError(f"{flag} {p} does not exist")
-    bundled = experts == BUNDLED_EXPERTS.resolve()
-    init = args.init if args.init is not None else (BUNDLED_FUSION if bundled else None)
+    is_bundled = experts == BUNDLED_EXPERTS.resolve()
+    init = args.init if args.init is not None else (BUNDLED_FUSION if is_bundled else None)
     if init is not None and not (init / "model.safetensors").is_file():
         what = "the bundled fusion is missing" if init == BUNDLED_FUSION else "--init holds no fusion checkpoint"
         raise QuickstartError(
@@ -158,11 +167,7 @@ def run(args: argparse.Namespace) -> dict:
     hr_dir = out / "data" / "test_hr_x4"  # HR cropped to a multiple of 4: exactly what the LR was made from
     if args.lr is None:
         lr_dir = out / "data" / "test_lr"
-        call(
-            "lr",
-            "make_lr",
-            ["--hr", str(hr_src), "--out", str(lr_dir), "--hr-out", str(hr_dir), "--scale", "4"],
-        )
+        call("lr", lambda: make_lr_images(hr_src, lr_dir, scale=4, hr_out=hr_dir))
     else:
         lr_dir, hr_dir = args.lr, hr_src
 
@@ -173,27 +178,20 @@ def run(args: argparse.Namespace) -> dict:
         f"on the fine-tuning photos",
     )
     cache = out / "cache" / "train.h5"
-    call(
-        "cache",
-        "extract_features",
-        [
-            "--experts",
-            str(experts),
-            "--hr",
-            str(train_hr),
-            "--out",
-            str(cache),
-            "--device",
-            device,
-            "--root",
-            str(REPO),
-            "--features",  # the bundled fusion reads the hooked features and float SR (configs/train/quickstart.yaml)
-            "full",
-            "--sr-dtype",
-            "float16",
-            "--verify",
-        ],
-    )
+
+    def cache_and_verify() -> None:
+        # the bundled fusion reads the hooked features and float SR (configs/train/quickstart.yaml)
+        extract(
+            experts=experts,
+            out=cache,
+            hr_dirs=[train_hr],
+            device=device,
+            layout=CacheLayout(features="full", sr_dtype="float16"),
+        )
+        if verify_cache(cache) != 0:
+            raise QuickstartError(f"the cache {cache} does not verify")
+
+    call("cache", cache_and_verify)
 
     stage(
         4,
@@ -211,59 +209,34 @@ def run(args: argparse.Namespace) -> dict:
         f"train.device={device}",
     ]
     overrides.append(f"train.init_from={init}" if init is not None else "train.lr=5e-4")
-    call("finetune", "train", [str(FINETUNE_CONFIG), *overrides])
+    call("finetune", lambda: train_run(FINETUNE_CONFIG, overrides))
     run_dir = out / "runs" / "finetune"
 
     stage(5, "submit", "challenge submission (PNG per LR input + readme.txt + zip)")
     sub = out / "submission"
-    call(
-        "submit",
-        "submit",
-        [
-            "--run",
-            str(run_dir),
-            "--input",
-            str(lr_dir),
-            "--output",
-            str(sub),
-            "--zip",
-            "--device",
-            device,
-            "--experts",
-            str(experts),
-        ],
-    )
+    choice = choose(FUSION, run=run_dir, experts=experts)
+    # the experts' outputs on the test LR, computed once: the report reads the submission's (exact: same bytes)
+    store = ExpertStore(out / "expert-outputs", max_bytes=None)
+    call("submit", lambda: submit(choice, lr_dir, sub, device=device, zip_too=True, store=store))
 
     stage(6, "evaluate", "NTIRE scoring (PSNR/SSIM, BT.601 Y channel, border 4)")
     scores_json = out / "scores.json"
-    call(
-        "evaluate",
-        "evaluate",
-        ["--sr", str(sub), "--hr", str(hr_dir), "--scale", "4", "--json", str(scores_json)],
-    )
+    call("evaluate", lambda: evaluate(sub, hr_dir, scale=4, json_out=scores_json))
 
     stage(7, "report", "HTML report")
     call(
         "report",
-        "report",
-        [
-            "--run",
-            str(run_dir),
-            "--sr",
-            str(sub),
-            "--hr",
-            str(hr_dir),
-            "--lr",
-            str(lr_dir),
-            "--out",
-            str(out / "report"),
-            "--device",
-            device,
-            "--experts",
-            str(experts),
-            "--title",
-            report_title(args, init=init),
-        ],
+        lambda: make_report(
+            run_dir,
+            sub,
+            hr_dir,
+            out / "report",
+            lr=lr_dir,
+            experts=experts,
+            device=device,
+            store=store,
+            title=report_title(args, init=init),
+        ),
     )
     end = time.time()
     names = list(times)
@@ -291,8 +264,8 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("quickstart", __doc__)
     ap.add_argument("--out", type=Path, default=Path("quickstart_out"), help="work folder (recreated on every run)")
     ap.add_argument("--hr", type=Path, default=None, help="your HR evaluation images (default: bundled photos)")
     ap.add_argument(
@@ -303,7 +276,7 @@ def _main(argv: list[str] | None = None) -> int:
         "--experts",
         type=Path,
         default=None,
-        help="your expert YAML (configs/experts/*.yaml; default: the bundled experts/zoo/)",
+        help="your expert YAML, or a bundled name (default: zoo_small, the bundled experts of experts/zoo/)",
     )
     ap.add_argument(
         "--init",
@@ -317,7 +290,15 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int, default=0, help="centre-crop the bundled photos to this many px (0: whole)")
     ap.add_argument("--train-images", type=int, default=len(TRAIN_PHOTOS), help="how many bundled training photos")
     ap.add_argument("--test-images", type=int, default=len(TEST_PHOTOS), help="how many bundled evaluation photos")
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
+    for dest, kind in (("experts", "experts"), ("init", "run")):  # a bundled name; the checks below name the missing
+        if getattr(args, dest) is not None:
+            setattr(args, dest, bundled.named(getattr(args, dest), kind))
     if (
         args.steps < 1
         or not 1 <= args.train_images <= len(TRAIN_PHOTOS)

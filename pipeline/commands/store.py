@@ -5,9 +5,9 @@
     sr-fusion store --prune 20                      # least recently used entries out until it holds <= 20 GB
     sr-fusion store --clear                         # every entry out
 
-The store keeps each frozen expert's output for each input it ran on, so ``compare``, ``submit`` and the other commands
-that run the experts compute them once (their ``--no-store`` runs every expert live). Default folder:
-``$SR_FUSION_STORE`` or ``~/.cache/sr-fusion/expert-outputs``.
+The store keeps each frozen expert's output for each input it ran on, so ``sr-fusion compare`` (the command that runs
+the experts on every transform of every image) computes them once (its ``--no-store`` runs every expert live).
+Default folder: ``$SR_FUSION_STORE`` or ``~/.cache/sr-fusion/expert-outputs``.
 """
 
 from __future__ import annotations
@@ -16,18 +16,21 @@ import argparse
 from pathlib import Path
 
 from experts.store import ExpertStore, default_store_dir
-from pipeline.core.cli import program_name, run_cli
+from pipeline.core.cli import command_parser, run_cli
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog=program_name("store.py"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser() -> argparse.ArgumentParser:
+    ap = command_parser("store", __doc__)
     ap.add_argument("--store", type=Path, default=None, help="the store's folder (default: see above)")
     action = ap.add_mutually_exclusive_group()
     action.add_argument("--verify", action="store_true", help="check every entry's checksums")
     action.add_argument("--prune", type=float, metavar="GB", help="remove least recently used entries down to GB")
     action.add_argument("--clear", action="store_true", help="remove every entry")
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.prune is not None and args.prune < 0:
         ap.error(f"--prune {args.prune}: a size in GB >= 0")

@@ -10,48 +10,51 @@ traceback — except an ``OSError`` for a full disk or quota (``ENOSPC``/``EDQUO
 bug, so it is one line and status 2 too. A ``KeyboardInterrupt`` is one line and status 130. A
 :class:`pipeline.core.errors.BadInputsError` prints one line per bad input, then its summary.
 
-:func:`run_program` runs a command-line program file (a script, ``train.py``) in this process exactly as
-``python FILE ARGS`` would, and returns its exit status: how the quickstart chains the real commands, and how tests
-run them, without anything importing a script as a module.
+:func:`command_parser` makes a subcommand's parser (``sr-fusion NAME`` in its usage, the command module's docstring
+as its description). :func:`run_program` runs a command-line program file (a script, ``train.py``) in this process
+exactly as ``python FILE ARGS`` would, and returns its exit status: how tests run the real command lines without
+anything importing a script as a module.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import runpy
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.core.errors import BadInputsError, ToolkitError, is_disk_full, shorten
 
-__all__ = ["DEBUG_FLAG", "LINE_LIMIT", "call_main", "invoked_as", "one_line", "program_name", "run_cli", "run_program"]
+__all__ = [
+    "DEBUG_FLAG",
+    "LINE_LIMIT",
+    "PROG",
+    "call_main",
+    "command_parser",
+    "one_line",
+    "run_cli",
+    "run_program",
+]
 
 DEBUG_FLAG = "--debug"
 LINE_LIMIT = 4000  # the most characters of one error line: the library caps what it echoes, this is the backstop
 
 
-_invoked_as: str | None = None  # the command's name while `sr-fusion NAME` runs it (pipeline/app.py)
+PROG = "sr-fusion"  # the console command; every program is one of its subcommands (pipeline/app.py)
+HELP_WIDTH = 120  # columns of --help and of docs/CLI.md, whatever the terminal
 
 
-def program_name(script: str) -> str:
-    """The program name a command's ``--help`` and usage errors show: ``script`` (``submit.py``) when run as a file,
-    ``sr-fusion submit`` when run by the console command (:func:`invoked_as`)."""
-    return _invoked_as or script
-
-
-@contextmanager
-def invoked_as(name: str) -> Iterator[None]:
-    """While the block runs, commands call themselves ``name`` (:func:`program_name`; ``sys.argv[0]`` too, for the
-    parsers that take argparse's default ``prog``)."""
-    global _invoked_as
-    saved, saved_argv = _invoked_as, sys.argv
-    _invoked_as, sys.argv = name, [name, *sys.argv[1:]]
-    try:
-        yield
-    finally:
-        _invoked_as, sys.argv = saved, saved_argv
+def command_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of the subcommand ``name``: its usage says ``sr-fusion NAME`` however it is started (the
+    console command, a thin file of scripts/, or a test), ``doc`` (the command module's docstring) is the description,
+    kept as written, and the help is ``HELP_WIDTH`` columns wide."""
+    return argparse.ArgumentParser(
+        prog=f"{PROG} {name}",
+        description=doc,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=HELP_WIDTH),
+    )
 
 
 def one_line(exc: BaseException | str, limit: int = LINE_LIMIT) -> str:

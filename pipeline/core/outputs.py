@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.errors import OutputPathError
+from pipeline.core.imageio import ImageScan, scan_images
 from pipeline.core.locks import FileLock, LockedError
 
 __all__ = [
@@ -210,3 +211,22 @@ def claim_output_dir(folder: str | os.PathLike, *, tool: str) -> Iterator[Path]:
                         break
         finally:
             lock.release()
+
+
+def scan_for_outputs(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    ours: Ours | None = None,
+    other_files: bool = True,
+    label: str = "output folder",
+) -> ImageScan:
+    """A folder of images in, a folder of outputs named after them out (submit, run-experts, bicubic): the output
+    folder must not be the input folder (the names would collide) and may be written (:func:`check_output_dir`; ``ours``
+    default: :func:`is_marked`) — checked first, it is cheap —, then every input is decoded
+    (:func:`pipeline.core.imageio.scan_images`, sub-folders are problems; :meth:`ImageScan.check` raises the input
+    problems once the minimum size is known). Nothing is written: :func:`claim_output_dir` comes next."""
+    if Path(output_dir).resolve() == Path(input_dir).resolve():
+        raise OutputPathError(f"{label} {output_dir} is the input folder: choose another one (outputs keep its names)")
+    check_output_dir(output_dir, ours=is_marked if ours is None else ours, label=label)
+    return scan_images(input_dir, other_files=other_files, subfolders=False)

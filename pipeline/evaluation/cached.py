@@ -24,11 +24,10 @@ from pipeline.evaluation.compare import Row, check_labels
 from pipeline.inference.ensemblers import (
     ENSIR_BIN_WIDTH,
     ENSIR_MIN_PIXELS,
-    METHODS,
     Ensembler,
     EnsemblerError,
-    apply,
     fit,
+    method_class,
 )
 from pipeline.model.fusion_net import FusionNet
 
@@ -86,7 +85,7 @@ def score_cached(
             for j, n in enumerate(names):
                 add(n, "expert", srs[:, j], hr)
             for ens, label in zip(ensemblers, labels, strict=True):
-                add(label, "ensembler", apply(ens, srs), hr)
+                add(label, "ensembler", ens.apply(srs), hr)
             for label, fusion, _ in fusions:
                 feats = [f[None] for f in s.feats]
                 add(label, "fusion", fusion.forward_with_precomputed(lr, srs, feats).sr, hr)
@@ -112,7 +111,7 @@ def fit_on_cache(
     reader = CacheReader(cache_path)
     try:
         border = reader.scale if border is None else border
-        if method in METHODS and method not in ("mean", "zzpm") and not reader.has_hr:
+        if method_class(method).fitted and not reader.has_hr:
             raise EnsemblerError(
                 f"{cache_path}: holds no HR images (extracted without --hr): nothing to fit {method} against"
             )

@@ -7,7 +7,7 @@ and size mismatches are errors found *before* any scoring, each listing the offe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,23 +121,36 @@ def check_pairs(pairs: list[ImagePair], *, scale: int, problems: Sequence[str] =
     or truncated file and every size mismatch — after the ``problems`` found already (:func:`pair_images`) — is
     reported together, one line each, before any scoring (:class:`pipeline.core.errors.BadInputsError`)."""
     problems = list(problems)
+    sizes = decode_sizes({p for pair in pairs for p in (pair.sr, pair.hr)}, problems)
+    problems += [m for pair in pairs if (m := size_mismatch(pair, sizes, scale=scale)) is not None]
+    if problems:
+        raise BadInputsError(f"{len(problems)} bad input(s); nothing was scored", problems)
+
+
+def decode_sizes(paths: Iterable[Path], problems: list[str]) -> dict[Path, tuple[int, int]]:
+    """Decode every file of ``paths`` fully → ``{path: (h, w)}``; each unreadable or truncated one is appended to
+    ``problems`` (one line each) instead."""
     sizes: dict[Path, tuple[int, int]] = {}
-    for path in sorted({p for pair in pairs for p in (pair.sr, pair.hr)}):
+    for path in sorted(paths):
         try:
             sizes[path] = read_image_array(path).shape[:2]
         except ImageReadError as exc:
             problems.append(str(exc))
-    for pair in pairs:
-        if pair.sr in sizes and pair.hr in sizes:
-            (sh, sw), (hh, hw) = sizes[pair.sr], sizes[pair.hr]
-            hc, wc = hh - hh % scale, hw - hw % scale
-            if (sh, sw) != (hc, wc):
-                problems.append(
-                    f"{pair.sr}: size mismatch: {sw}x{sh} (WxH), but {pair.hr.name} cropped to a multiple of {scale} "
-                    f"is {wc}x{hc}"
-                )
-    if problems:
-        raise BadInputsError(f"{len(problems)} bad input(s); nothing was scored", problems)
+    return sizes
+
+
+def size_mismatch(pair: ImagePair, sizes: Mapping[Path, tuple[int, int]], *, scale: int) -> str | None:
+    """The problem line when the SR image of ``pair`` is not the size of its HR cropped to a multiple of ``scale``
+    (None when it is, or when either size is unknown: :func:`decode_sizes` reported that file)."""
+    if pair.sr not in sizes or pair.hr not in sizes:
+        return None
+    (sh, sw), (hh, hw) = sizes[pair.sr], sizes[pair.hr]
+    hc, wc = hh - hh % scale, hw - hw % scale
+    if (sh, sw) == (hc, wc):
+        return None
+    return (
+        f"{pair.sr}: size mismatch: {sw}x{sh} (WxH), but {pair.hr.name} cropped to a multiple of {scale} is {wc}x{hc}"
+    )
 
 
 def score_fidelity(pairs: list[ImagePair], *, scale: int, progress: bool = False) -> list[dict]:

@@ -25,7 +25,10 @@ from experts.spec import resolve_expert_checkpoint as expert_checkpoint
 from pipeline.core.config import save_config
 from pipeline.core.errors import ToolkitError
 from pipeline.core.locks import FileLock, LockedError
+from pipeline.inference.ensemblers import Ensembler
 from pipeline.inference.ensemblers import load as load_ensembler
+from pipeline.inference.ensemblers import save as save_ensembler
+from pipeline.inference.methods import MethodChoice, chosen_ensembler
 from pipeline.inference.pipeline import expert_spec
 from pipeline.inference.submission import ENSEMBLER_FILE, EXPERTS_YAML
 from pipeline.model.io import (
@@ -207,43 +210,50 @@ def _code_problems(e: ExpertSpec) -> list[str]:
     return []
 
 
-def checked_ensemble_experts(weights: Path, experts_yaml: Path) -> tuple[EnsembleSpec, list[Path]]:
-    """The experts of a training-free ensemble: the YAML's, in the ensembler file's order, each checkpoint verified
-    against the sha256 the file was fitted for (and pinned to it in the export)."""
-    spec = load_ensemble_spec(experts_yaml)
-    ens = load_ensembler(weights)
-    if [e.name for e in spec.experts] != list(ens.expert_names):
-        raise ExportError(
-            f"{experts_yaml} lists experts {[e.name for e in spec.experts]}, {weights} was fitted for "
-            f"{list(ens.expert_names)}"
-        )
+def checked_ensemble_experts(choice: MethodChoice) -> tuple[EnsembleSpec, list[Path], Ensembler]:
+    """The experts of a training-free ensemble and its :class:`Ensembler`: the YAML's experts, in the ensembler file's
+    order, each checkpoint verified against the sha256 the file was fitted for (and pinned to it in the export); a
+    method with nothing to fit and no file (mean, zzpm) is pinned to the files' own sha256."""
+    spec = load_ensemble_spec(choice.experts)
+    digests = {}
+    if choice.weights is not None:
+        fitted = load_ensembler(choice.weights)
+        if [e.name for e in spec.experts] != list(fitted.expert_names):
+            raise ExportError(
+                f"{choice.experts} lists experts {[e.name for e in spec.experts]}, {choice.weights} was fitted for "
+                f"{list(fitted.expert_names)}"
+            )
+        digests = {str(fp["name"]): str(fp["sha256"]) for fp in fitted.experts}
     files, problems, pinned = [], [], []
-    for e, fp in zip(spec.experts, ens.experts):
+    for e in spec.experts:
         path = expert_checkpoint(e)
         files.append(path)
         if not path.is_file():
             problems.append(f"expert {e.name!r}: checkpoint not found: {path}")
-        elif (digest := sha256_file(path)) != fp["sha256"]:
-            problems.append(
-                f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, {weights} was fitted with "
-                f"{str(fp['sha256'])[:16]}…"
-            )
+            continue
+        digest = sha256_file(path)
+        want = digests.get(e.name, e.sha256 or digest)
+        if digest != want:
+            source = f"{choice.weights} was fitted with" if e.name in digests else "the YAML pins"
+            problems.append(f"expert {e.name!r}: {path} has sha256 {digest[:16]}…, {source} {want[:16]}…")
         problems += _code_problems(e)
-        pinned.append(dataclasses.replace(e, sha256=fp["sha256"]))
+        pinned.append(dataclasses.replace(e, sha256=want))
     if problems:
         raise ExportError("; ".join(problems))
-    return dataclasses.replace(spec, experts=tuple(pinned)), files
+    fingerprints = [{"name": e.name, "sha256": e.sha256, "architecture": e.architecture} for e in pinned]
+    ens = chosen_ensembler(choice, fingerprints)
+    return dataclasses.replace(spec, experts=tuple(pinned)), files, ens
 
 
 def write_model_dir(
-    dest: Path, ckpt: Path | None, spec: EnsembleSpec, files: list[Path], *, weights: Path | None = None
+    dest: Path, ckpt: Path | None, spec: EnsembleSpec, files: list[Path], *, ensembler: Ensembler | None = None
 ) -> None:
     """model.safetensors + config.json (or, for a training-free ensemble, its ``ensembler.json``), the expert
     checkpoints under experts/, experts.yaml naming them relative to ``dest``, and SHA256SUMS of everything (the
     fusion's recorded digests, the experts' recorded sha256)."""
     dest.mkdir(parents=True)
-    if weights is not None:
-        shutil.copy2(weights, dest / ENSEMBLER_FILE)
+    if ensembler is not None:
+        save_ensembler(ensembler, dest / ENSEMBLER_FILE)
         sums = f"{sha256_file(dest / ENSEMBLER_FILE)}  {ENSEMBLER_FILE}\n"
     else:
         for name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -330,7 +340,8 @@ def build(
     ckpt: Path | None,
     spec: EnsembleSpec,
     files: list[Path],
-    weights: Path | None = None,
+    ensembler: Ensembler | None = None,
+    ensembler_source: Path | None = None,
 ) -> None:
     code = tmp / "models" / pkg
     imports = write_vendor(code / "_vendor")
@@ -339,16 +350,19 @@ def build(
     (code / "__init__.py").write_text(INIT.format(pkg=pkg))
     (code / "requirements.txt").write_text(requirements_text(imports))
     experts = ", ".join(f"{e.name} ({e.architecture})" for e in spec.experts)
-    source = f"run `{run.name}/{ckpt.name}`" if ckpt is not None else f"ensembler file `{weights.name}`"
+    if ckpt is not None:
+        source = f"run `{run.name}/{ckpt.name}`"
+    else:
+        source = f"ensembler file `{ensembler_source.name}`" if ensembler_source is not None else "its experts"
     text = README.format(pkg=pkg, team_id=team_id, name=pkg.partition("_")[2], experts=experts, source=source)
-    if weights is not None:  # a training-free ensemble: say so instead of describing a fusion network
-        method = load_ensembler(weights).method
+    if ensembler is not None:  # a training-free ensemble: say so instead of describing a fusion network
+        method = ensembler.method
         text = text.replace(
             "a small fusion network trained on their outputs\nand deep features fuses them into the ×4 result",
             f"a training-free ensemble ({method}, weights in `ensembler.json`)\ncombines them into the ×4 result",
         ).replace("the fusion checkpoint (`model.safetensors`, `config.json`)", "`ensembler.json`")
     (code / "README.md").write_text(text)
-    write_model_dir(tmp / "model_zoo" / pkg, ckpt, spec, files, weights=weights)
+    write_model_dir(tmp / "model_zoo" / pkg, ckpt, spec, files, ensembler=ensembler)
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -399,14 +413,25 @@ def export(
     ckpt: Path | None,
     spec: EnsembleSpec,
     files: list[Path],
-    weights: Path | None = None,
+    ensembler: Ensembler | None = None,
+    ensembler_source: Path | None = None,
 ) -> None:
     """Build the export in a temporary folder beside ``out`` and rename it into place (a failure leaves nothing)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the renamed folder
     try:
-        build(tmp, pkg=pkg, team_id=team_id, run=run, ckpt=ckpt, spec=spec, files=files, weights=weights)
+        build(
+            tmp,
+            pkg=pkg,
+            team_id=team_id,
+            run=run,
+            ckpt=ckpt,
+            spec=spec,
+            files=files,
+            ensembler=ensembler,
+            ensembler_source=ensembler_source,
+        )
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

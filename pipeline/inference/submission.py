@@ -1,4 +1,5 @@
-"""Challenge outputs, shared by scripts/submit.py and the exported NTIRE code submission (scripts/export_ntire.py).
+"""Challenge outputs, shared by ``sr-fusion submit`` and the exported NTIRE code submission (``sr-fusion export``);
+what runs on each image — the fusion or an ensemble — is chosen and built by :mod:`pipeline.inference.methods`.
 
 * :func:`scan_folders` finds every output problem (an unwritable output folder, a folder or ``OUT.zip`` holding
   something this tool did not write) and decodes every input before any work is done; its
@@ -9,9 +10,9 @@
 * :func:`super_resolve_files` runs the whole pipeline on each LR file and writes ``<stem>.png`` atomically into the
   output folder (``0901x4.png`` stays ``0901x4.png``); it yields the seconds each image took.
 * :func:`run_model_dir` is the NTIRE entry point ``main(model_dir, input_path, output_path, device)`` of an exported
-  package: ``model_dir`` holds the fusion checkpoint (``SHA256SUMS`` verified, covering every file of the folder),
-  :data:`EXPERTS_YAML` and the expert checkpoints it names, relative to ``model_dir`` and pinned to the sha256
-  recorded when the fusion was trained.
+  package: ``model_dir`` holds the fusion checkpoint (or an ensemble's :data:`ENSEMBLER_FILE`; ``SHA256SUMS`` verified,
+  covering every file of the folder), :data:`EXPERTS_YAML` and the expert checkpoints it names, relative to
+  ``model_dir`` and pinned to the sha256 recorded when the fusion was trained (:func:`model_dir_choice`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import os
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from experts.ensemble import ExpertEnsemble
 from pipeline.core.atomic import default_file_mode
 from pipeline.core.errors import ToolkitError, disk_full, is_disk_full
 from pipeline.core.imageio import ImageScan, read_image, scan_images, write_image
@@ -35,32 +34,21 @@ from pipeline.core.outputs import (
     check_output_file,
     claim_output_dir,
     is_marked,
+    scan_for_outputs,
 )
-from pipeline.inference.ensemblers import Ensembler
-from pipeline.inference.ensemblers import describe as describe_ensembler
 from pipeline.inference.ensemblers import load as load_ensembler
-from pipeline.inference.pipeline import (
-    FusionPipeline,
-    ensemble_super_resolve,
-    expert_spec_from_yaml,
-    load_pipeline,
-    super_resolve,
-)
-from pipeline.model.describe import describe_network
+from pipeline.inference.methods import FUSION, MethodChoice, SRMethod, build, choose
 from pipeline.model.io import verify_checksums
 
 __all__ = [
     "EXPERTS_YAML",
     "README",
-    "SRMethod",
     "SubmitError",
     "ZIP_COMMENT",
     "check_folders",
     "check_inputs",
     "check_output",
     "claim_output",
-    "ensembler_method",
-    "fusion_method",
     "is_submission_dir",
     "is_submission_zip",
     "make_zip",
@@ -73,7 +61,7 @@ __all__ = [
     "zip_path",
 ]
 
-EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir, checkpoints relative to model_dir
+EXPERTS_YAML = "experts.yaml"  # the experts of an exported model_dir (its paths relative to model_dir, its folder)
 ENSEMBLER_FILE = "ensembler.json"  # in an exported model_dir of a training-free ensemble, instead of the fusion
 
 
@@ -147,10 +135,12 @@ def scan_folders(input_dir: Path, output_dir: Path, *, zip_too: bool = False) ->
     """The output paths (:func:`check_output`, first: cheap), then every input decoded (:func:`scan_inputs`; its
     ``check(min_side=...)`` raises the input problems once the experts' minimum is known); the output folder must
     differ from the input folder, as the outputs keep the input file names."""
-    if output_dir.resolve() == input_dir.resolve():
-        raise SubmitError("the output folder must differ from the input folder (outputs keep the input file names)")
-    check_output(output_dir, zip_too=zip_too)
-    return scan_inputs(input_dir)
+    try:
+        if zip_too:
+            check_output_file(zip_path(output_dir), ours=is_submission_zip, create_parents=True, label="zip")
+        return scan_for_outputs(input_dir, output_dir, ours=is_submission_dir, other_files=False)
+    except OutputPathError as exc:
+        raise SubmitError(str(exc)) from None
 
 
 def check_folders(input_dir: Path, output_dir: Path, *, min_lr: int, zip_too: bool = False) -> list[Path]:
@@ -168,78 +158,6 @@ def claim_output(output_dir: Path):
 def output_name(lr_path: Path) -> str:
     """The SR file name of an LR file: its stem as a PNG (the NTIRE inputs are PNGs, so the very same name)."""
     return f"{lr_path.stem}.png"
-
-
-@dataclass(frozen=True)
-class SRMethod:
-    """What a submission runs on each LR image: the fusion or a training-free ensembler, in one self-ensemble regime
-    (:data:`pipeline.inference.pipeline.REGIMES`)."""
-
-    name: str  # "fusion" or the ensembler's method
-    regime: str
-    device: torch.device
-    run: Callable[[torch.Tensor], torch.Tensor]  # lr (1,3,H,W) → sr (1,3,sH,sW) in [0,1]
-    description: str  # the readme's method description
-    extra_data: bool
-    min_lr: int
-
-
-_REGIME_TEXT = {
-    "none": "no",
-    "experts-x8": "yes, x8 of each expert before combining",
-    "pipeline-x8": "yes, x8 of the whole pipeline",
-}
-
-
-def fusion_method(pipe: FusionPipeline, *, regime: str = "none") -> SRMethod:
-    """The fusion in ``regime``. A fusion trained on ×8 self-ensembled experts (``extract_features.py --tta``: the
-    fingerprints say ``self_ensemble: 8``) sees such experts only with ``experts-x8``; any other regime is refused."""
-    x8 = sorted({int(fp.get("self_ensemble", 1)) for fp in pipe.extra["experts"]})
-    if x8 == [8] and regime != "experts-x8":
-        raise SubmitError(f"{pipe.checkpoint} was trained on each expert's x8 self-ensemble: run it with --expert-tta")
-    experts = ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in pipe.extra["experts"])
-    params = sum(p.numel() for p in pipe.fusion.parameters())
-    sub = pipe.extra.get("submission", {})
-    network = describe_network(pipe.fusion.config, params=params)  # the parts that ran, none that were off
-    description = (
-        f"Multi-expert fusion: frozen experts {experts}; {network}; trained on the experts' outputs; "
-        f"self-ensemble: {_REGIME_TEXT[regime]}."
-    )
-    if sub.get("description"):
-        description += " " + sub["description"]
-    return SRMethod(
-        name="fusion",
-        regime=regime,
-        device=pipe.device,
-        description=description,
-        run=lambda lr: super_resolve(pipe, lr, tta=regime == "pipeline-x8", expert_tta=regime == "experts-x8"),
-        extra_data=bool(sub.get("extra_data")),
-        min_lr=pipe.ensemble.min_lr_size,
-    )
-
-
-def ensembler_method(
-    ensemble: ExpertEnsemble, ens: Ensembler, *, regime: str = "none", device: str = "cpu", extra_data: bool = False
-) -> SRMethod:
-    experts = ", ".join(f"{fp.name} ({fp.architecture})" for fp in ensemble.fingerprints)
-    how = describe_ensembler(ens)
-    description = f"Training-free ensemble of frozen experts {experts}: {how}; self-ensemble: {_REGIME_TEXT[regime]}."
-    dev = torch.device(device)
-
-    def run(lr: torch.Tensor) -> torch.Tensor:
-        return ensemble_super_resolve(
-            ensemble, ens, lr.to(dev), tta=regime == "pipeline-x8", expert_tta=regime == "experts-x8"
-        )
-
-    return SRMethod(
-        name=ens.method,
-        regime=regime,
-        device=dev,
-        run=run,
-        description=description,
-        extra_data=extra_data,
-        min_lr=ensemble.min_lr_size,
-    )
 
 
 def super_resolve_files(
@@ -308,6 +226,18 @@ def make_zip(out_dir: Path, names: list[str]) -> Path:
     return target
 
 
+def model_dir_choice(model_dir: Path) -> MethodChoice:
+    """What an exported ``model_dir`` holds, as :func:`pipeline.inference.methods.choose` sees it: a training-free
+    ensemble (its :data:`ENSEMBLER_FILE`, checksums verified here) or the fusion checkpoint, with the experts of
+    :data:`EXPERTS_YAML`."""
+    experts = model_dir / EXPERTS_YAML
+    if (model_dir / ENSEMBLER_FILE).is_file():
+        verify_checksums(model_dir)
+        method = load_ensembler(model_dir / ENSEMBLER_FILE).method
+        return choose(method, experts=experts, weights=model_dir / ENSEMBLER_FILE)
+    return choose(FUSION, run=model_dir, experts=experts)
+
+
 def run_model_dir(
     model_dir: str | os.PathLike,
     input_path: str | os.PathLike,
@@ -324,17 +254,7 @@ def run_model_dir(
     output_dir = Path(output_path)
     scan = scan_folders(Path(input_path), output_dir)  # every problem of the folders, before a model is loaded
     with claim_output(output_dir):
-        if (model_dir / ENSEMBLER_FILE).is_file():  # an exported training-free ensemble (export_ntire.py --method)
-            verify_checksums(model_dir)
-            spec = expert_spec_from_yaml(model_dir / EXPERTS_YAML, device=str(device))
-            ensemble = ExpertEnsemble.from_spec(spec, root=model_dir, gather_device=str(device))
-            ens = load_ensembler(model_dir / ENSEMBLER_FILE, experts=[fp.to_dict() for fp in ensemble.fingerprints])
-            method = ensembler_method(ensemble, ens, device=str(device))
-        else:
-            pipe = load_pipeline(
-                model_dir, experts_yaml=model_dir / EXPERTS_YAML, experts_root=model_dir, device=str(device)
-            )
-            method = fusion_method(pipe)
+        method = build(model_dir_choice(model_dir), device=str(device))
         files = scan.check(min_side=method.min_lr, what=MIN_LR_WHAT)
         seconds = list(super_resolve_files(method, files, output_dir))
     print(f"{len(files)} images super-resolved into {output_dir} ({sum(seconds) / len(seconds):.2f} s/image)")

@@ -3,7 +3,7 @@ parts that are switched on are named, in the order the data flows (pipeline/mode
 
 from __future__ import annotations
 
-from pipeline.model.fusion_net import FusionConfig
+from pipeline.model.fusion_config import FusionConfig
 
 __all__ = ["describe_network"]
 

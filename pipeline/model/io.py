@@ -25,7 +25,8 @@ from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.config import ConfigError, config_from_dict, config_to_dict, read_format_json
 from pipeline.core.errors import ToolkitError, shorten
 from pipeline.core.state_dict import StateDictMismatch, load_state_dict_strict
-from pipeline.model.fusion_net import FusionConfig, FusionNet, validate_config
+from pipeline.model.fusion_config import FusionConfig, validate_config
+from pipeline.model.fusion_net import FusionNet
 
 __all__ = [
     "CONFIG_NAME",

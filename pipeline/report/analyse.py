@@ -17,12 +17,10 @@ from tqdm import tqdm
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.errors import BadInputsError, ToolkitError
 from pipeline.core.imageio import (
-    ImageReadError,
     image_size,
     list_images,
     quantize_8bit,
     read_image,
-    read_image_array,
     subfolder_problems,
     to_uint8,
     write_image,
@@ -30,7 +28,7 @@ from pipeline.core.imageio import (
 from pipeline.core.metrics import crop_to_match, psnr_y, ssim_y
 from pipeline.core.outputs import check_output_dir
 from pipeline.core.resize import bicubic_upscale, make_lr
-from pipeline.evaluation.scoring import pair_images, strip_scale_suffix
+from pipeline.evaluation.scoring import decode_sizes, pair_images, size_mismatch, strip_scale_suffix
 from pipeline.inference.pipeline import FusionPipeline
 from pipeline.model.describe import describe_network
 from pipeline.report.page import (
@@ -124,22 +122,11 @@ def build_jobs(sr_dir: Path, hr_dir: Path, lr_dir: Path | None, scale: int, *, m
             problems.append(f"{len(missing)} image(s) have no LR image in {lr_dir}: {', '.join(missing[:10])}")
         if extra:
             problems.append(f"{len(extra)} LR image(s) have no SR/HR pair: {', '.join(lr[k].name for k in extra[:10])}")
-    sizes: dict[Path, tuple[int, int]] = {}
     files = {p for pair in pairs for p in (pair.sr, pair.hr)} | {lr[p.name] for p in pairs if p.name in lr}
-    for path in sorted(files):
-        try:
-            sizes[path] = read_image_array(path).shape[:2]
-        except ImageReadError as exc:
-            problems.append(str(exc))
+    sizes = decode_sizes(files, problems)
     for p in pairs:
-        if p.sr in sizes and p.hr in sizes:
-            (sh, sw), (hh, hw) = sizes[p.sr], sizes[p.hr]
-            hc, wc = hh - hh % scale, hw - hw % scale
-            if (sh, sw) != (hc, wc):
-                problems.append(
-                    f"{p.sr}: size mismatch: {sw}x{sh} (WxH), but {p.hr.name} cropped to a multiple of {scale} "
-                    f"is {wc}x{hc}"
-                )
+        if (mismatch := size_mismatch(p, sizes, scale=scale)) is not None:
+            problems.append(mismatch)
         lr_file = lr.get(p.name)
         if lr_file in sizes and p.sr in sizes:
             (lh, lw), (sh, sw) = sizes[lr_file], sizes[p.sr]
@@ -369,7 +356,7 @@ def write_report(
     facts = (
         ("run", str(run)),
         ("checkpoint", f"{_under(Path(pipe.checkpoint), run)} (step {extra.get('step', '?')})"),
-        ("experts", ", ".join(f"{fp['name']} ({fp['architecture']})" for fp in extra["experts"])),
+        ("experts", ", ".join(f"{fp.name} ({fp.architecture})" for fp in pipe.recorded)),
         ("fusion network", describe_network(pipe.fusion.config, params=params)),
         ("SR images (fusion column)", str(sr)),
         ("HR images", str(hr)),

@@ -1,6 +1,6 @@
 """The schema of a training run (``python train.py CONFIG [dotted.overrides ...]``).
 
-A run config has four sections — ``model`` (:class:`pipeline.model.fusion_net.FusionConfig`), ``data``, ``train`` and
+A run config has four sections — ``model`` (:class:`pipeline.model.fusion_config.FusionConfig`), ``data``, ``train`` and
 ``loss`` — validated strictly like every config (unknown keys and wrong types are errors). The resolved config is
 saved as ``runs/<name>/config.yaml``.
 
@@ -11,15 +11,17 @@ linearly with N, if you change N).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from pipeline.core import bundled
 from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
 from pipeline.core.names import check_folder_name
-from pipeline.model.fusion_net import FusionConfig
+from pipeline.model.fusion_config import FusionConfig
 from pipeline.model.io import LEGACY_INPUTS
 from pipeline.training.losses import LossWeights
 
@@ -153,7 +155,15 @@ def legacy_run_overrides(saved: Mapping[str, Any]) -> list[str]:
 
 
 def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """A run config; ``data.experts`` and ``train.init_from`` may also be bundled names (``zoo_small``,
+    ``fusion_zoo_small``: pipeline/core/bundled.py), replaced by their paths. Other paths are relative to the current
+    folder (a run's work products: caches, runs)."""
     cfg = load_config(RunConfig, path, overrides)
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, experts=_bundled_name(cfg.data.experts, "experts")),
+        train=dataclasses.replace(cfg.train, init_from=_bundled_name(cfg.train.init_from, "run")),
+    )
     t, d = cfg.train, cfg.data
     if t.steps < 1 or t.warmup_steps < 0 or t.warmup_steps > t.steps:
         raise ConfigError(f"train: need steps >= 1 and 0 <= warmup_steps <= steps, got {t.steps}/{t.warmup_steps}")
@@ -169,6 +179,15 @@ def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = (
     if any(s.weights.perceptual for s in t.stages) and cfg.loss.vgg_weights is None:
         raise ConfigError("a stage weights the perceptual loss: set loss.vgg_weights to a local vgg19 state dict")
     return cfg
+
+
+def _bundled_name(value: str | None, kind: str) -> str | None:
+    """A bundled name that is no path here → its path; anything else as it is (the input checks name what is
+    missing)."""
+    if value is None or Path(value).exists():
+        return value
+    found = bundled.find(kind, value)
+    return value if found is None else str(found)
 
 
 def check_run_inputs(cfg: RunConfig) -> None:

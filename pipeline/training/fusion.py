@@ -27,26 +27,19 @@ from cache.dataset import CachedFullImageDataset, CachedSRDataset, CropBatches, 
 from cache.schema import SCHEMA_VERSION, CacheLayout, describe_layout_shortfall
 from experts.spec import portable_path
 from pipeline.core.config import config_to_dict
+from pipeline.core.distributed import setup_distributed
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
-from pipeline.model.fusion_net import FusionConfig, FusionNet
+from pipeline.model.fusion_config import FusionConfig
+from pipeline.model.fusion_net import FusionNet
 from pipeline.training.checkpoint import load_train_state, remove_stale_temps, resolve_checkpoint, save_checkpoint
 from pipeline.training.config import RunConfig, StageConfig
 from pipeline.training.ema import ModelEma
-from pipeline.training.loop import (
-    RunError,
-    ScalarLog,
-    StepBatchSampler,
-    StepResult,
-    TrainLoop,
-    Validation,
-    config_differences,
-    guarded_step,
-    pick_device,
-    setup_distributed,
-    worker_init,
-)
+from pipeline.training.loop import StepResult, TrainLoop, Validation
 from pipeline.training.losses import CombinedLoss, VGGPerceptualLoss
+from pipeline.training.runs import RunError, config_differences
+from pipeline.training.scalar_log import ScalarLog
+from pipeline.training.steps import StepBatchSampler, guarded_step, pick_device, worker_init
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ The gate load-balancing loss comes from the fusion model itself (its aux output)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ __all__ = [
     "sobel_loss",
     "VGGPerceptualLoss",
     "CombinedLoss",
+    "LossInputs",
+    "TERMS",
 ]
 
 
@@ -247,8 +250,52 @@ class VGGPerceptualLoss(nn.Module):
         return self
 
 
+@dataclass(frozen=True)
+class LossInputs:
+    """What a loss term may read: the fused ``sr`` and ``hr (B,3,H,W)``, the stage's weights, and what the model and
+    the trainer provide besides (each term says what it needs)."""
+
+    sr: torch.Tensor
+    hr: torch.Tensor
+    weights: LossWeights
+    balance: torch.Tensor | None = None  # the gates' load-balancing loss (None: the model has no gates)
+    gates: torch.Tensor | None = None  # (B,E,H,W), for gate_oracle
+    srs: torch.Tensor | None = None  # (B,E,3,H,W), for gate_oracle
+    perceptual: VGGPerceptualLoss | None = None
+
+
+def _gate_oracle(x: LossInputs) -> torch.Tensor:
+    if x.gates is None or x.srs is None:
+        raise ValueError("the stage weights gate_oracle but the model has no gates (gating disabled?)")
+    return gate_oracle_loss(x.gates, x.srs, x.hr)
+
+
+def _perceptual(x: LossInputs) -> torch.Tensor:
+    if x.perceptual is None:
+        raise ValueError("the stage weights the perceptual loss but no VGG19 weights were configured")
+    return x.perceptual(x.sr, x.hr)
+
+
+# the loss terms by name (the LossWeights field that weighs each), in the order they are summed; a term that returns
+# None is left out (balance, when the model has no gates). fft_hf_weight is fft's parameter, not a term.
+TERMS: dict[str, Callable[[LossInputs], torch.Tensor | None]] = {
+    "l1": lambda x: l1_loss(x.sr, x.hr),
+    "charbonnier": lambda x: charbonnier_loss(x.sr, x.hr),
+    "mse_y": lambda x: mse_y_loss(x.sr, x.hr),
+    "psnr_y": lambda x: psnr_y_loss(x.sr, x.hr),
+    "fft": lambda x: fft_loss(x.sr, x.hr, hf_weight=x.weights.fft_hf_weight),
+    "swt": lambda x: swt_loss(x.sr, x.hr),
+    "ssim": lambda x: ssim_loss(x.sr, x.hr),
+    "sobel": lambda x: sobel_loss(x.sr, x.hr),
+    "balance": lambda x: x.balance,
+    "gate_oracle": _gate_oracle,
+    "perceptual": _perceptual,
+}
+
+
 class CombinedLoss(nn.Module):
-    """Weighted sum of the terms of :class:`LossWeights`; returns ``(total, {term: value})`` (values detached)."""
+    """Weighted sum of the terms of :class:`LossWeights` (:data:`TERMS`); returns ``(total, {term: value})`` (values
+    detached)."""
 
     def __init__(self, *, perceptual: VGGPerceptualLoss | None = None) -> None:
         super().__init__()
@@ -264,33 +311,15 @@ class CombinedLoss(nn.Module):
         gates: torch.Tensor | None = None,  # (B,E,H,W), for gate_oracle
         srs: torch.Tensor | None = None,  # (B,E,3,H,W), for gate_oracle
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = LossInputs(
+            sr=sr, hr=hr, weights=weights, balance=balance, gates=gates, srs=srs, perceptual=self.perceptual
+        )
         terms: dict[str, torch.Tensor] = {}
-        if weights.l1:
-            terms["l1"] = l1_loss(sr, hr)
-        if weights.charbonnier:
-            terms["charbonnier"] = charbonnier_loss(sr, hr)
-        if weights.mse_y:
-            terms["mse_y"] = mse_y_loss(sr, hr)
-        if weights.psnr_y:
-            terms["psnr_y"] = psnr_y_loss(sr, hr)
-        if weights.fft:
-            terms["fft"] = fft_loss(sr, hr, hf_weight=weights.fft_hf_weight)
-        if weights.swt:
-            terms["swt"] = swt_loss(sr, hr)
-        if weights.ssim:
-            terms["ssim"] = ssim_loss(sr, hr)
-        if weights.sobel:
-            terms["sobel"] = sobel_loss(sr, hr)
-        if weights.balance and balance is not None:
-            terms["balance"] = balance
-        if weights.gate_oracle:
-            if gates is None or srs is None:
-                raise ValueError("the stage weights gate_oracle but the model has no gates (gating disabled?)")
-            terms["gate_oracle"] = gate_oracle_loss(gates, srs, hr)
-        if weights.perceptual:
-            if self.perceptual is None:
-                raise ValueError("the stage weights the perceptual loss but no VGG19 weights were configured")
-            terms["perceptual"] = self.perceptual(sr, hr)
+        for name, term in TERMS.items():
+            if getattr(weights, name):
+                value = term(inputs)
+                if value is not None:
+                    terms[name] = value
         if not terms:
             raise ValueError(f"every loss weight is zero: {weights}")
         total = sum(getattr(weights, k) * v for k, v in terms.items())

@@ -22,14 +22,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cache.dataset import CachedSRDataset, crops_per_second
+from cache.dataset import CachedSRDataset
 from cache.schema import CacheMeta
 from cache.writer import CacheWriter
 from experts.ensemble import ExpertEnsemble
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import list_images, read_image, to_uint8, write_image
 from pipeline.core.resize import make_lr
-from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.evaluation.throughput import crops_per_second
+from pipeline.model.fusion_config import load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 from pipeline.training.losses import charbonnier_loss
 
 REPO = Path(__file__).resolve().parents[2]

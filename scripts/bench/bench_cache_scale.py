@@ -40,11 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from cache.dataset import CachedSRDataset, CropBatches, batch_crops_per_second, crops_per_second
+from cache.dataset import CachedSRDataset, CropBatches
 from cache.schema import CacheLayout, CacheMeta
 from cache.writer import CacheWriter, cache_bytes, encode_srs
 from pipeline.core.cli import run_cli
-from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.evaluation.throughput import batch_crops_per_second, crops_per_second
+from pipeline.model.fusion_config import load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 from pipeline.training.losses import charbonnier_loss
 
 REPO = Path(__file__).resolve().parents[2]

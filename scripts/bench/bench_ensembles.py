@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from experts.ensemble import ExpertEnsemble
-from experts.spec import REPO_ROOT
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import read_image
 from pipeline.inference.ensemblers import apply, fit, load
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout this benchmark lies in
 
 BABY = REPO_ROOT.parent / "shared" / "data" / "val" / "Set5" / "LR_bicubic" / "X4" / "babyx4.png"
 

@@ -28,10 +28,12 @@ from pathlib import Path
 import torch
 
 from experts.expert import Expert, load_expert
-from experts.spec import REPO_ROOT, load_ensemble_spec
+from experts.spec import load_ensemble_spec
 from pipeline.core.cli import run_cli
 from pipeline.core.imageio import list_images, read_image
 from pipeline.core.resize import bicubic_upscale
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout this benchmark lies in
 
 DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "data" / "val" / "Set5" / "LR_bicubic" / "X4"
 

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from pipeline.core.bench import peak_extra_memory_mib, timed
 from pipeline.core.cli import run_cli
-from pipeline.model.fusion_net import PHASE_SWITCHES, SCALE, FusionConfig, FusionNet, load_fusion_config
+from pipeline.model.fusion_config import PHASE_SWITCHES, SCALE, FusionConfig, load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 
 REPO = Path(__file__).resolve().parents[2]
 SWITCHES = tuple(s for s in PHASE_SWITCHES if s != "set_gate")  # the set gate is off by default: nothing to remove

@@ -4,8 +4,8 @@
     python scripts/bench/bench_refiner.py --threads 1 2            # compare thread counts side by side
     python scripts/bench/bench_refiner.py --config configs/refiner/tsdsr.yaml --sizes 512 1024   # real weights (GPU)
 
-Tiny mode (default) builds the test setup of pipeline/refiner/testing.py in a temporary folder (a 4-layer SD3 MMDiT
-and an SD3-structured toy VAE, TSD-SR-format LoRA files written by peft) and reports, per image size:
+Tiny mode (default) builds the test setup of tests/tiny_refiner.py (loaded from its file) in a temporary folder (a
+4-layer SD3 MMDiT and an SD3-structured toy VAE, TSD-SR-format LoRA files written by peft) and reports, per image size:
 * the time of one refiner call and of its stages (VAE encode, transformer step, VAE decode, colour fix);
 * latent tiling on vs off (tiles of 4 latent px, overlap 2) and VAE tiling on vs off, as ratios.
 The tiny model's numbers measure the pipeline's overhead (tiling loops, colour fix, dtype handling), not SD3's cost.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import sys
 import tempfile
 import time
@@ -35,9 +36,21 @@ from pipeline.core.config import load_config
 from pipeline.refiner.config import RefinerConfig
 
 
+def _tiny_refiner():
+    """tests/tiny_refiner.py, the tests' tiny TSD-SR setup (kept out of the installed package), loaded from its file."""
+    path = Path(__file__).resolve().parents[2] / "tests" / "tiny_refiner.py"
+    spec = importlib.util.spec_from_file_location("tiny_refiner", path)
+    if spec is None or not path.is_file():
+        raise FileNotFoundError(f"{path}: the tiny refiner setup of the tests is missing (a checkout has it)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def bench_tiny(sizes: list[int], threads: list[int], repeats: int) -> None:
     from pipeline.refiner.colour import colour_fix
-    from pipeline.refiner.testing import write_tiny_setup
+
+    write_tiny_setup = _tiny_refiner().write_tiny_setup
     from pipeline.refiner.tsdsr import TSDSRRefiner
 
     with tempfile.TemporaryDirectory() as tmp:

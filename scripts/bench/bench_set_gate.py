@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.core.bench import peak_extra_memory_mib, timed
 from pipeline.core.cli import run_cli
-from pipeline.model.fusion_net import SCALE, FusionNet, load_fusion_config
+from pipeline.model.fusion_config import SCALE, load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 from pipeline.training.losses import mse_y_loss
 
 REPO = Path(__file__).resolve().parents[2]

@@ -23,7 +23,8 @@ from cache.dataset import CachedSRDataset
 from experts.ensemble import ExpertEnsemble
 from pipeline.core.bench import timed
 from pipeline.core.cli import run_cli
-from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.model.fusion_config import load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 from pipeline.training.losses import charbonnier_loss
 
 REPO = Path(__file__).resolve().parents[2]

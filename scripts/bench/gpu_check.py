@@ -28,11 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache.dataset import batch_crops_per_second, crops_per_second
 from cache.schema import CacheLayout, CacheMeta
 from cache.writer import CacheWriter
 from pipeline.core.cli import run_cli
-from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.evaluation.throughput import batch_crops_per_second, crops_per_second
+from pipeline.model.fusion_config import load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 from pipeline.training.fusion import compiled_forward
 from pipeline.training.losses import charbonnier_loss
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from torch import nn
 
 from pipeline.core.cli import run_cli
-from pipeline.model.fusion_net import FusionNet, load_fusion_config
+from pipeline.model.fusion_config import load_fusion_config
+from pipeline.model.fusion_net import FusionNet
 
 PHASES = {
     "embed": "1 inputs",

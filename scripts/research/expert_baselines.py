@@ -1,11 +1,11 @@
 """The two reference points every fusion is measured against, made from the experts' own SR images.
 
-    python -m experts.run --config configs/experts/shared_real.yaml --input LR_DIR --output EXP_DIR
+    sr-fusion run-experts --config shared_real --input LR_DIR --output EXP_DIR
     python scripts/research/expert_baselines.py --experts-dir EXP_DIR --hr HR_DIR [--scale 4] [--blocks 8 16] [--blend]
                                        [--image-blend] [--heldout-blocks 16]
 
-``EXP_DIR`` holds one sub-folder of SR PNGs per expert (``experts.run``'s layout, ``fingerprints.json`` gives the
-order). Writes, with the same file names:
+``EXP_DIR`` holds one sub-folder of SR PNGs per expert (``sr-fusion run-experts``'s layout, ``fingerprints.json``
+gives the order). Writes, with the same file names:
 
 * ``EXP_DIR/_mean/``: the plain per-pixel mean of the experts (naive ensembling);
 * ``EXP_DIR/_oracle/``: the per-pixel oracle — at every pixel, the RGB value of the expert whose Y (BT.601, the
@@ -60,7 +60,7 @@ __all__ = ["main"]
 
 def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experts-dir", required=True, type=Path, help="experts.run output (one folder per expert)")
+    ap.add_argument("--experts-dir", required=True, type=Path, help="run-experts output (one folder per expert)")
     ap.add_argument("--hr", required=True, type=Path, help="ground-truth HR folder")
     ap.add_argument("--scale", type=int, default=4)
     ap.add_argument(

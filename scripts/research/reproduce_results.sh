@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-evaluate the committed fusion of the three real experts (checkpoints/fusion_craft_ditn_span/) on Set5, Set14
-# and BSD100 through the user-facing path — experts.run / submit.py / evaluate.py — and print docs/RESULTS.md's table.
+# and BSD100 through the user-facing path — run_experts.py / submit.py / evaluate.py — and print docs/RESULTS.md's table.
 #
 #   bash scripts/research/reproduce_results.sh                      # everything (needs ../shared)
 #   SETS="Set5" TTA=0 bash scripts/research/reproduce_results.sh    # quicker subset
@@ -40,7 +40,7 @@ echo "reproduce_results: checkpoint $ckpt_dir (model.safetensors sha256 ${ckpt_s
 # made_by_ckpt DIR: DIR is a finished set of fusion images made by this checkpoint
 made_by_ckpt() { [ -f "$1/readme.txt" ] && [ "$(cat "$1.checkpoint.sha256" 2>/dev/null)" = "$ckpt_sha" ]; }
 
-# fusion_images DIR [--tta]: the fusion's SR images of this set, made by this checkpoint
+# fusion_images DIR [--self-ensemble pipeline-x8]: the fusion's SR images of this set, made by this checkpoint
 fusion_images() {
   local dir=$1; shift
   if made_by_ckpt "$dir"; then return 0; fi
@@ -64,11 +64,11 @@ for set in $SETS; do
   fi
   echo "== $set: HR $hr, LR $lr"
   [ -f "$work/experts/fingerprints.json" ] || \
-    "$PY" -m experts.run --config "$EXPERTS" --input "$lr" --output "$work/experts"
+    "$PY" scripts/run_experts.py --config "$EXPERTS" --input "$lr" --output "$work/experts"
   [ -d "$work/experts/_oracle_b8" ] || \
     "$PY" scripts/research/expert_baselines.py --experts-dir "$work/experts" --hr "$hr" --blocks 8 16 --blend
   fusion_images "$work/fusion"
-  if [ "$TTA" = 1 ]; then fusion_images "$work/fusion_tta" --tta; fi
+  if [ "$TTA" = 1 ]; then fusion_images "$work/fusion_tta" --self-ensemble pipeline-x8; fi
   for m in craft ditn span _mean _blend _oracle_b16 _oracle_b8 _oracle; do
     "$PY" scripts/evaluate.py --sr "$work/experts/$m" --hr "$hr" --json "$work/scores/${m#_}.json" > /dev/null
   done

@@ -17,17 +17,6 @@ from pipeline.training.expert.validation import evaluate, load_val_sets
 __all__ = ["STAGE_KEYS", "export_expert", "model_card", "training_history"]
 
 
-def _repo_relative(path: Path) -> str:
-    """Expert YAML paths are relative to the repository root (experts/spec.py); outside it they stay absolute."""
-    from experts.spec import REPO_ROOT
-
-    p = path.resolve()
-    try:
-        return str(p.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(p)
-
-
 STAGE_KEYS = ("run", "step", "train_images", "skipped_images", "init_from", "run_config")  # one training stage
 
 
@@ -61,7 +50,7 @@ def export_expert(
     sha = sha256_file(out / WEIGHTS_NAME)
     spec_text = expert_yaml(
         name=out.name,
-        checkpoint=_repo_relative(out / WEIGHTS_NAME),
+        checkpoint=WEIGHTS_NAME,  # beside the YAML: an expert YAML's paths are relative to its own folder
         architecture=cfg_json["architecture"],
         scale=cfg_json["scale"],
         sha256=sha,
@@ -69,7 +58,7 @@ def export_expert(
     )
     (out / "expert.yaml").write_text(
         "# One expert, loaded through experts.loading (architecture detected from the weights, then asserted).\n"
-        "# Checkpoint paths are relative to the repository root. Copy the item into an ensemble YAML to use it.\n"
+        "# Paths are relative to this file's folder. Copy the item into an ensemble YAML (with the path from there).\n"
         + spec_text
     )
     # the card measures the exported expert (a short run's weights may still be far from a bicubic upscale): the

@@ -39,20 +39,12 @@ from pipeline.training.checkpoint import (
 from pipeline.training.ema import ModelEma
 from pipeline.training.expert.config import ExpertRunConfig
 from pipeline.training.expert.validation import evaluate, load_val_sets, super_resolve, val_scalars
-from pipeline.training.loop import (
-    RunError,
-    ScalarLog,
-    StepBatchSampler,
-    StepResult,
-    TrainLoop,
-    Validation,
-    config_differences,
-    guarded_step,
-    pick_device,
-    worker_init,
-)
+from pipeline.training.loop import StepResult, TrainLoop, Validation
 from pipeline.training.losses import charbonnier_loss, l1_loss
 from pipeline.training.patch_data import SRPatchDataset
+from pipeline.training.runs import RunError, config_differences
+from pipeline.training.scalar_log import ScalarLog
+from pipeline.training.steps import StepBatchSampler, guarded_step, pick_device, worker_init
 
 __all__ = ["PROG", "BuiltModel", "build_dataset", "build_loader", "build_model", "train", "train_step"]
 

@@ -14,7 +14,7 @@ from experts.padding import pad_to_requirements
 from pipeline.core.imageio import list_images, quantize_8bit, read_image
 from pipeline.core.metrics import psnr_y, ssim_y
 from pipeline.core.resize import bicubic_upscale, make_lr
-from pipeline.training.loop import RunError
+from pipeline.training.runs import RunError
 
 __all__ = ["ValImage", "evaluate", "load_val_sets", "score", "super_resolve", "val_scalars", "val_set_name"]
 

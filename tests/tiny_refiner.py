@@ -1,5 +1,6 @@
-"""Tiny random TSD-SR setups for tests and benchmarks: the real model classes at toy sizes, saved in diffusers layout,
-with LoRA files written in TSD-SR's exact format by **peft** (independently of :mod:`pipeline.refiner.lora`).
+"""Tiny random TSD-SR setups for the tests (and scripts/bench/bench_refiner.py's tiny mode, which loads this file):
+the real model classes at toy sizes, saved in diffusers layout, with LoRA files written in TSD-SR's exact format by
+**peft** (independently of :mod:`pipeline.refiner.lora`, but with its list of transformer targets).
 
 * :func:`save_tiny_base` -- a 4-layer ``SD3Transformer2DModel`` (2 heads x 8, patch 2, 16 latent channels) and a
   16-latent-channel ``AutoencoderKL`` with four down blocks of two resnets (the real SD3 VAE's structure, so every
@@ -32,6 +33,7 @@ from pipeline.refiner.config import (
     VAE_LORA_FILE,
     RefinerConfig,
 )
+from pipeline.refiner.lora import TRANSFORMER_LORA_TARGETS
 
 __all__ = [
     "TINY_PROMPT_TOKENS",
@@ -46,19 +48,8 @@ __all__ = [
     "write_tiny_setup",
 ]
 
-# TSD-SR's peft target_modules, as in its inference script.
-TSDSR_TRANSFORMER_TARGET_MODULES = (
-    "to_k",
-    "to_q",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "proj",
-    "linear",
-    "proj_out",
-)
+# TSD-SR's peft target_modules for the transformer, as in its inference script (the one list: the refiner's own)
+TSDSR_TRANSFORMER_TARGET_MODULES = TRANSFORMER_LORA_TARGETS
 TSDSR_VAE_TARGET_MODULES = (
     "encoder.conv_in",
     *(f"encoder.down_blocks.{b}.resnets.{r}.{c}" for b in range(4) for r in range(2) for c in ("conv1", "conv2")),
