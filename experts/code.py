@@ -3,13 +3,19 @@ not know (e.g. the NTIRE 2024 Efficient SR entries in ``../shared/zoo/ntire2024_
 
 What the challenge's own test script does, with every step checked:
 
-1. **opt-in**: the spec must say ``trust_code: true`` — importing a file runs it; without the opt-in nothing is read;
-2. the file and the weights must have the pinned sha256 (a different file is an error, before any import);
+1. **opt-in**: the spec must say ``trust_code: true`` — importing a file runs it; without the opt-in it is never
+   imported;
+2. the file and the weights must have the pinned sha256 (a different file is an error, before any import); the
+   problems of steps 1-2 (opt-in, a missing file, a pin) are reported together, in one message;
 3. the file is imported as a private module (once per sha256; its prints go to stderr); the class must be an
    ``nn.Module`` defined or imported there, and ``kwargs`` must fit its constructor's signature;
 4. the weights load through the restricted unpickler (``torch.load(weights_only=True)``) or safetensors, from
-   ``checkpoint_key`` when given, **strictly** (a missing, unexpected or mis-shaped tensor is an error listing them);
-5. a dry run on a 16×16 input checks that the model maps RGB to RGB at the spec's scale.
+   ``checkpoint_key`` when given, **strictly** (a missing, unexpected or mis-shaped tensor is an error listing them,
+   saying which entry of the file was loaded and the class's constructor parameters);
+5. a dry run checks that the model maps RGB to RGB at the spec's scale (on a 16×16 input, or one of ``min_size``;
+   64×64 when ``min_size`` is left out) — then, without ``min_size`` in the YAML, the smallest input side is found
+   by probing tiny inputs (experts/probe.py); a given ``min_size`` must run;
+6. like every expert, the probe image checks the feeding (experts/expert.py: data range, colour order).
 
 Every failure is one :class:`~experts.loading.ExpertLoadError` line naming the file. The model is then fed RGB in
 ``[0, data_range]`` (``experts.expert.Expert`` scales and pads; the result is divided back).
@@ -18,6 +24,7 @@ Every failure is one :class:`~experts.loading.ExpertLoadError` line naming the f
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import inspect
 import re
@@ -29,14 +36,16 @@ import torch
 from spandrel import SizeRequirements
 from torch import nn
 
-from experts.loading import ExpertLoadError, LoadedModel, jsonable, read_state_dict, sha256_file
-from experts.spec import ExpertSpec, resolve_code_file, resolve_expert_checkpoint
+from experts.loading import ExpertLoadError, LoadedModel, jsonable, read_state_dict_from, sha256_file
+from experts.probe import MIN_SIDE_LIMIT, probe_min_side
+from experts.spec import CodeSpec, ExpertSpec, resolve_code_file, resolve_expert_checkpoint
 
 __all__ = ["CODE_TAG", "import_code_file", "load_code_model"]
 
 CODE_TAG = "code"
 _MODULE_PREFIX = "sr_fusion_expert_code_"
 _PROBE = 16  # LR side of the scale check
+_SCALE_SIDE = 64  # ... when the smallest side is still to be probed (a model may need more than 16)
 _ECHO = 300  # characters of a foreign message echoed in an error line
 
 
@@ -91,25 +100,68 @@ def _build(path: Path, module: types.ModuleType, class_name: str, kwargs: dict) 
         ) from exc
 
 
-def _load_strict(model: nn.Module, path: Path, *, key: str | None) -> None:
-    state = read_state_dict(path, key=key)
+def _listed(keys: list[str], n: int = 4) -> str:
+    return f"{len(keys)} ({', '.join(keys[:n])}{', …' if len(keys) > n else ''})"
+
+
+def _load_strict(model: nn.Module, path: Path, *, key: str | None, kwargs: dict) -> None:
+    state, source = read_state_dict_from(path, key=key)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     reshaped = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or reshaped:
         parts = [
-            f"{what} {len(keys)} ({', '.join(keys[:4])}{', …' if len(keys) > 4 else ''})"
+            f"{what} {_listed(keys, 3 if what == 'reshaped' else 4)}"
             for what, keys in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
             if keys
         ]
-        hint = "" if key else "; set checkpoint_key (e.g. params or params_ema) if the weights are nested"
-        raise ExpertLoadError(f"{path}: the weights do not fit {type(model).__name__}: {'; '.join(parts)}{hint}")
+        name = type(model).__name__
+        params = [
+            f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty else p.name
+            for p in inspect.signature(type(model)).parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        hint = (
+            f"; if the names or shapes are of another form of the model (e.g. a re-parameterised / deploy form), "
+            f"set it with code.kwargs — {name}'s parameters: {_short(params)}"
+        )
+        raise ExpertLoadError(
+            f"{path}: the weights do not fit {name}(**{_short(kwargs)}): loaded {source}, {len(state)} tensors, "
+            f"into a model of {len(expected)}: {'; '.join(parts)}{hint}"
+        )
     model.load_state_dict(state, strict=True)
+
+
+def _pre_import_problems(spec: ExpertSpec, file: Path, ckpt: Path) -> tuple[list[str], str | None, str | None]:
+    """Every problem found before the file is imported — the opt-in, both files, both pins — in one go (the files
+    are hashed, never run) → ``(problems, code sha256, weights sha256)``."""
+    code = spec.code
+    problems = []
+    if not spec.trust_code:
+        problems.append(
+            f"{file}: expert {spec.name!r} is defined by this Python file and importing it runs its code; "
+            "set `trust_code: true` for this expert in the expert YAML to allow it"
+        )
+    digests: list[str | None] = []
+    for path, pin, what, field in (
+        (file, code.sha256, "model code file", "code.sha256"),
+        (ckpt, spec.sha256, "checkpoint file", "sha256"),
+    ):
+        if not path.is_file():
+            problems.append(f"{path}: {what} not found (expert {spec.name!r})")
+            digests.append(None)
+            continue
+        digest = sha256_file(path)
+        digests.append(digest)
+        if pin is not None and digest != pin:
+            pinned = "the pinned code.sha256" if field == "code.sha256" else "the pinned"
+            problems.append(f"{path}: sha256 {digest} differs from {pinned} {pin}")
+    return problems, digests[0], digests[1]
 
 
 def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tuple[LoadedModel, Path, str]:
@@ -119,41 +171,31 @@ def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tupl
     if code is None:
         raise ValueError(f"expert {spec.name!r} has no code: section")
     file = resolve_code_file(spec, root)
-    if not spec.trust_code:
-        raise ExpertLoadError(
-            f"{file}: expert {spec.name!r} is defined by this Python file and importing it runs its code; "
-            "set `trust_code: true` for this expert in the expert YAML to allow it"
-        )
-    if not file.is_file():
-        raise ExpertLoadError(f"{file}: model code file not found (expert {spec.name!r})")
-    digest = sha256_file(file)
-    if digest != code.sha256:
-        raise ExpertLoadError(f"{file}: sha256 {digest} differs from the pinned code.sha256 {code.sha256}")
     ckpt = resolve_expert_checkpoint(spec, root)
-    if not ckpt.is_file():
-        raise ExpertLoadError(f"{ckpt}: checkpoint file not found (expert {spec.name!r})")
-    weights_digest = sha256_file(ckpt)
-    if spec.sha256 is not None and weights_digest != spec.sha256:
-        raise ExpertLoadError(f"{ckpt}: sha256 {weights_digest} differs from the pinned {spec.sha256}")
+    problems, digest, weights_digest = _pre_import_problems(spec, file, ckpt)
+    if problems:
+        raise ExpertLoadError("; ".join(problems))
 
     module = import_code_file(file, sha256=digest)
     kwargs = dict(code.kwargs)
     model = _build(file, module, code.class_name, kwargs)
-    _load_strict(model, ckpt, key=spec.checkpoint_key)
+    _load_strict(model, ckpt, key=spec.checkpoint_key, kwargs=kwargs)
     model.eval()
-    _check_scale(
-        model,
-        ckpt,
-        scale=spec.scale,
-        data_range=float(code.data_range),
-        multiple=code.pad_multiple,
-        minimum=code.min_size,
-    )
+    data_range = float(code.data_range)
+    check = functools.partial(_check_scale, model, ckpt, scale=spec.scale, data_range=data_range)
+    if code.min_size is None:  # RGB at the spec's scale on a generous side first, then the smallest side
+        check(multiple=code.pad_multiple, minimum=_SCALE_SIDE)
+        minimum = _probe_minimum(model, ckpt, spec=spec)
+    else:
+        minimum = code.min_size
+        check(multiple=code.pad_multiple, minimum=minimum)
+        if minimum:  # a given minimum must run (a smaller one would only fail later, on a small image)
+            _check_min_size(model, ckpt, code=code, scale=spec.scale)
     loaded = LoadedModel(
         model=model,
         architecture=code.class_name,
         scale=spec.scale,
-        size_requirements=SizeRequirements(minimum=code.min_size, multiple_of=code.pad_multiple),
+        size_requirements=SizeRequirements(minimum=minimum, multiple_of=code.pad_multiple),
         supports_half=True,  # the spec's precision is the user's explicit choice for a model spandrel does not know
         supports_bfloat16=True,
         tags=(CODE_TAG,),
@@ -166,10 +208,44 @@ def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tupl
             "kwargs": jsonable(kwargs),
             "data_range": code.data_range,
             "pad_multiple": code.pad_multiple,
-            "min_size": code.min_size,
+            "min_size": minimum,
         },
     )
     return loaded, ckpt, weights_digest
+
+
+def _runs(model: nn.Module, side: int, *, scale: int, data_range: float) -> bool:
+    """Whether the model maps a ``side``×``side`` input to a finite ``scale``× output."""
+    try:
+        with torch.inference_mode(), contextlib.redirect_stdout(sys.stderr):
+            out = model(torch.full((1, 3, side, side), 0.5 * data_range))
+    except Exception:  # noqa: BLE001 — the user's forward failing on a small input is what is probed
+        return False
+    return isinstance(out, torch.Tensor) and tuple(out.shape[-2:]) == (side * scale, side * scale)
+
+
+def _probe_minimum(model: nn.Module, ckpt: Path, *, spec: ExpertSpec) -> int:
+    """The smallest input side, found by probing (the YAML gives no ``code.min_size``); 0 when every side runs."""
+    code = spec.code
+    multiple = code.pad_multiple
+    found, failed = probe_min_side(
+        lambda side: _runs(model, side, scale=spec.scale, data_range=float(code.data_range)), multiple=multiple
+    )
+    if found is None:
+        raise ExpertLoadError(
+            f"{ckpt}: the model runs on no square input of {multiple} to {MIN_SIDE_LIMIT} pixels a side (with the "
+            f"next {multiple * 8} sides): check code.kwargs, code.pad_multiple and scale"
+        )
+    return 0 if found <= multiple else found
+
+
+def _check_min_size(model: nn.Module, ckpt: Path, *, code: CodeSpec, scale: int) -> None:
+    side = -(-code.min_size // code.pad_multiple) * code.pad_multiple  # what the model is given at that size
+    if not _runs(model, side, scale=scale, data_range=float(code.data_range)):
+        raise ExpertLoadError(
+            f"{ckpt}: the model does not run on a {side}x{side} input although code.min_size is {code.min_size}: "
+            "leave min_size out to have the loader find the smallest side by probing"
+        )
 
 
 def _check_scale(model: nn.Module, ckpt: Path, *, scale: int, data_range: float, multiple: int, minimum: int) -> None:

@@ -12,13 +12,16 @@ requirements (spandrel's ``pad_tensor``, exactly what ``ImageModelDescriptor.__c
 SwinIR, CRAFT, DITN pad further inside their forward), the model runs in the spec's precision, and outputs and
 features are cropped back. With ``tile > 0`` large inputs run in LR tiles (``experts/tiling.py``).
 
-At construction a dry run on a tiny input (32×32 LR pixels) checks that every hook layer lies on the LR grid and
-records the feature channel count in the :class:`ExpertFingerprint`.
+At construction a dry run on the probe image (32×32 LR pixels, experts/probe.py) checks that the output is close
+to the probe's bicubic upscale (a wrongly fed model is refused, naming the likely cause; ``probe_psnr`` keeps the
+score) and that every hook layer lies on the LR grid, and records the feature channel count in the
+:class:`ExpertFingerprint`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,14 +42,13 @@ from experts.loading import (
     sha256_file,
 )
 from experts.padding import pad_to_requirements
+from experts.probe import PROBE_LR, ProbeImages, diagnose_probe, probe_images, probe_psnr
 from experts.spec import ExpertSpec, portable_path, resolve_expert_checkpoint
 from experts.tiling import tiled_forward
 
 __all__ = ["Expert", "ExpertFingerprint", "GradMode", "grad_context", "load_expert"]
 
 GradMode = Literal["inference", "no_grad"]
-
-_PROBE_LR = 32  # LR side of the dry run
 
 
 @contextlib.contextmanager
@@ -174,6 +176,8 @@ class Expert:
             )
         self.spec = spec
         self.name = spec.name
+        self.checkpoint = checkpoint
+        self.probe_psnr = math.nan  # dB of the probe's output against its bicubic upscale (set by _probe)
         self.ensemble_scale = ensemble_scale
         self.grad_mode: GradMode = grad_mode
         self.size_requirements = loaded.size_requirements
@@ -297,13 +301,15 @@ class Expert:
         return out, feats
 
     def _probe(self) -> int:
-        """Dry run on a tiny input: check each hook layer is on the LR grid; return the feature channel count."""
-        a = _PROBE_LR
-        n = a * self.in_factor
-        ramp = torch.linspace(0.1, 0.9, n, device=self.device)
-        x = (ramp[None, :] * ramp[:, None]).expand(1, 3, n, n).contiguous()  # (1,3,n,n) smooth, deterministic
+        """Dry run on the probe image (experts/probe.py): the output must be close to the probe's bicubic upscale
+        (else an :class:`ExpertLoadError` naming the likely cause), each hook layer on the LR grid; → the feature
+        channel count. Sets ``probe_psnr``."""
+        a = PROBE_LR
+        probe = probe_images(self.ensemble_scale)
+        x = probe.lr if self.in_factor == 1 else probe.bicubic  # (1,3,a,a) LR, or its upscale for a x1 restorer
         with grad_context(self.grad_mode), self._on_device():
-            _, feats = self._hooked_forward(x)
+            out, feats = self._hooked_forward(x.to(self.device, copy=True))  # a copy: the probe is shared
+        self._check_probe(out, probe)
         for name, f in zip(self.hook_layers, feats):
             if f.ndim != 4 or not (a <= f.shape[-2] < 2 * a and a <= f.shape[-1] < 2 * a):
                 raise HookError(
@@ -312,6 +318,41 @@ class Expert:
                     "hook a layer at LR resolution"
                 )
         return sum(int(f.shape[1]) for f in feats)
+
+    def _check_probe(self, out: torch.Tensor, probe: ProbeImages) -> None:
+        side = PROBE_LR * self.ensemble_scale
+        sr = out[..., :side, :side].float()
+        border = 2 * self.ensemble_scale
+        self.probe_psnr = probe_psnr(sr, probe.bicubic, border=border)
+        threshold = self.spec.min_probe_psnr
+        if threshold <= 0 or self.probe_psnr >= threshold:  # 0: the check is off
+            return
+        x = probe.lr if self.in_factor == 1 else probe.bicubic
+
+        def rerun(data_range: float) -> torch.Tensor:
+            saved, self.data_range = self.data_range, data_range
+            try:
+                with grad_context(self.grad_mode), self._on_device():
+                    return self._hooked_forward(x.to(self.device, copy=True))[0][..., :side, :side].float()
+            except Exception:  # noqa: BLE001 — a model that fails on the other range: that range is not the cause
+                return torch.full_like(sr, math.nan)
+            finally:
+                self.data_range = saved
+
+        cause = diagnose_probe(
+            score=self.probe_psnr,
+            threshold=threshold,
+            output=sr,
+            ref=probe.bicubic,
+            border=border,
+            data_range=self.data_range if self.spec.code is not None else None,
+            rerun=rerun if self.spec.code is not None else None,
+        )
+        raise ExpertLoadError(
+            f"{self.checkpoint}: expert {self.name!r} fails the probe: on a smooth {PROBE_LR}x{PROBE_LR} test "
+            f"image its output is {self.probe_psnr:.1f} dB from the bicubic upscale, min_probe_psnr is "
+            f"{threshold:g} dB; {cause}"
+        )
 
 
 def load_expert(spec: ExpertSpec, *, ensemble_scale: int = 4, grad_mode: GradMode = "inference") -> Expert:
@@ -326,10 +367,12 @@ def load_expert(spec: ExpertSpec, *, ensemble_scale: int = 4, grad_mode: GradMod
         loaded, path, digest = load_code_model(spec)
     else:
         path = resolve_expert_checkpoint(spec)
-        state = read_state_dict(path, key=spec.checkpoint_key)
-        digest = sha256_file(path)
+        if not path.is_file():
+            raise ExpertLoadError(f"{path}: checkpoint file not found (expert {spec.name!r})")
+        digest = sha256_file(path)  # the pin first: a file that is not the pinned one is never parsed
         if spec.sha256 is not None and digest != spec.sha256:
             raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
+        state = read_state_dict(path, key=spec.checkpoint_key)
         desc = load_descriptor(path, state, architecture=spec.architecture, scale=spec.scale, expect=spec.expect)
         loaded = loaded_from_descriptor(desc)
     return Expert(

@@ -42,7 +42,8 @@ from spandrel import (
 from torch import nn
 
 from experts.archs import ARCHITECTURES
-from pipeline.core.errors import ToolkitError
+from pipeline.core.errors import ToolkitError, shorten
+from pipeline.core.safe_load import load_failure
 
 __all__ = [
     "EXPERT_REGISTRY",
@@ -52,6 +53,7 @@ __all__ = [
     "load_descriptor",
     "loaded_from_descriptor",
     "read_state_dict",
+    "read_state_dict_from",
     "sha256_file",
 ]
 
@@ -111,6 +113,12 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
 
 def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, torch.Tensor]:
     """Read the state dict of a ``.safetensors`` / ``.pth`` checkpoint on the CPU (see the module docstring)."""
+    return read_state_dict_from(path, key=key)[0]
+
+
+def read_state_dict_from(path: str | Path, *, key: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """:func:`read_state_dict` and where in the file the state dict was found, in words ("entry 'params_ema'
+    (unwrapped by itself; the file also holds 'params')"): what a mismatch message reports."""
     p = Path(path)
     if not p.is_file():
         raise ExpertLoadError(f"{p}: checkpoint file not found")
@@ -124,13 +132,12 @@ def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, to
     elif ext == ".pth":
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
+        except pickle.UnpicklingError as exc:  # torch's message advises weights_only=False: never passed on
             raise ExpertLoadError(
-                f"{p}: refused by the restricted unpickler (weights_only=True): the file holds "
-                f"more than tensors and plain containers ({exc})"
-            ) from exc
+                f"{p}: refused by the restricted unpickler (weights_only=True): {load_failure(exc)}"
+            ) from None
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise ExpertLoadError(f"{p}: not a readable PyTorch checkpoint ({exc})") from exc
+            raise ExpertLoadError(f"{p}: not a readable PyTorch checkpoint ({load_failure(exc)})") from None
     else:
         raise ExpertLoadError(f"{p}: unsupported checkpoint type {ext!r}; use .safetensors or .pth")
 
@@ -141,9 +148,12 @@ def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, to
             raise ExpertLoadError(
                 f"{p}: checkpoint_key {key!r} not in the checkpoint (top-level keys: {sorted(map(str, obj))[:20]})"
             )
+        source = f"entry {key!r} (checkpoint_key)"
         obj = obj[key]
         if not isinstance(obj, Mapping):
             raise ExpertLoadError(f"{p}: entry {key!r} is a {type(obj).__name__}, not a state dict")
+    else:
+        source = _unwrapped_from(obj)
     state = canonicalize_state_dict(dict(obj))
     not_tensors = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if not_tensors:
@@ -153,7 +163,24 @@ def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, to
         )
     if not state:
         raise ExpertLoadError(f"{p}: the state dict is empty")
-    return state
+    return state, source
+
+
+_UNWRAP_KEYS = ("model_state_dict", "state_dict", "params_ema", "params-ema", "params", "model", "net")  # spandrel's
+
+
+def _unwrapped_from(obj: Mapping) -> str:
+    """Which entry spandrel's ``canonicalize_state_dict`` takes from ``obj`` (the same rules), and the other nested
+    mappings the file holds (another candidate for ``checkpoint_key``)."""
+    nested = [str(k) for k, v in obj.items() if isinstance(v, Mapping)]
+    taken = next((k for k in _UNWRAP_KEYS if isinstance(obj.get(k), Mapping)), None)
+    if taken is None and len(obj) == 1 and nested:
+        taken = nested[0]
+    others = [k for k in nested if k != taken]
+    also = f"the file also holds {shorten(others[:6])}" if others else ""
+    if taken is not None:
+        return f"entry {taken!r} (unwrapped by itself{'; ' + also if also else ''})"
+    return f"the top level{' (' + also + ')' if also else ''}"
 
 
 def load_descriptor(

@@ -14,6 +14,7 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
         device: cpu               # cpu | cuda | cuda:N
         tile: 0                   # LR tile side in pixels; 0 = run whole images
         tile_overlap: 32          # LR pixels shared by neighbouring tiles
+        min_probe_psnr: 40        # dB: the output on a smooth probe must be this close to its bicubic upscale
 
 **Experts defined by a Python file** (the NTIRE team-code convention, for models spandrel does not know) add a
 ``code:`` section and an explicit opt-in, because importing the file runs it::
@@ -30,7 +31,8 @@ An expert YAML has one top-level list, ``experts:``; each item is an :class:`Exp
           kwargs: {}                 # keyword arguments of its constructor
           data_range: 255            # the model is fed RGB in [0, data_range] (1 or 255)
           pad_multiple: 1            # reflect-pad the input at the bottom/right to a multiple of this
-          min_size: 15               # smallest side the model runs on (strided pooling); smaller inputs are padded
+          min_size: 15               # smallest side the model runs on (strided pooling); smaller inputs are padded;
+                                     # left out: found at load by probing tiny inputs
         checkpoint_key: null         # null = the file's state dict (spandrel's unwrapping); params / params_ema …
 
 ``architecture`` is then the class name (it may be left out). A code expert has no default hook layer: with
@@ -58,8 +60,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from experts.probe import DEFAULT_MIN_PSNR
 from pipeline.core import bundled
-from pipeline.core.config import ConfigError, NonNegInt, PosInt, load_config
+from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, load_config
+from pipeline.core.errors import shorten
+from pipeline.core.names import NAME_RE
 
 __all__ = [
     "CodeSpec",
@@ -74,11 +79,13 @@ __all__ = [
     "resolve_code_file",
     "resolve_path",
     "with_devices",
+    "with_paths_from",
+    "yaml_folder",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = NAME_RE  # the one rule for names that become folder names (run names follow it too)
 _EXPERT_INPUT_PREFIX = "expert:"
 
 
@@ -96,18 +103,23 @@ class CodeSpec:
     kwargs: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     data_range: Literal[1, 255] = 1  # the model is fed RGB in [0, data_range]; its output is divided by it
     pad_multiple: PosInt = 1  # reflect-pad the input (bottom/right) to a multiple of this; outputs are cropped back
-    min_size: NonNegInt = 0  # smallest input side the model runs on; smaller inputs are padded up to it (as spandrel)
+    # smallest input side the model runs on; smaller inputs are padded up to it (as spandrel). None (left out): found
+    # at load by probing tiny inputs (experts/probe.py); 0: any side runs.
+    min_size: NonNegInt | None = None
 
     def __post_init__(self) -> None:
+        problems = []  # all of them in one message
         if not self.file:
-            raise ConfigError("code.file is empty")
+            problems.append("code.file is empty")
         if not _SHA256_RE.fullmatch(self.sha256):
-            raise ConfigError(f"code.sha256 must be 64 lowercase hex digits, got {self.sha256[:80]!r}")
+            problems.append(f"code.sha256 must be 64 lowercase hex digits, got {self.sha256[:80]!r}")
         if not _IDENT_RE.match(self.class_name):
-            raise ConfigError(f"code.class_name must be a Python identifier, got {self.class_name[:80]!r}")
+            problems.append(f"code.class_name must be a Python identifier, got {self.class_name[:80]!r}")
         bad = [k for k in self.kwargs if not _IDENT_RE.match(str(k))]
         if bad:
-            raise ConfigError(f"code.kwargs: keys must be Python identifiers, got {bad[:5]}")
+            problems.append(f"code.kwargs: keys must be Python identifiers, got {bad[:5]}")
+        if problems:
+            raise ConfigError("; ".join(problems))
         if not isinstance(self.kwargs, types.MappingProxyType):
             object.__setattr__(self, "kwargs", types.MappingProxyType(dict(self.kwargs)))
 
@@ -140,50 +152,60 @@ class ExpertSpec:
     # Explicit opt-in to import ``code.file``: importing a file runs arbitrary code. Without it a code expert is an
     # error, never imported.
     trust_code: bool = False
+    # The least PSNR (dB) of the expert's output on the probe image against the probe's bicubic upscale
+    # (experts/probe.py): below it the expert is refused at load, naming the likely cause (a wrong data range, colour
+    # order, weights of another form). 0 turns the check off (e.g. seeded random weights in tests).
+    min_probe_psnr: NonNegFloat = DEFAULT_MIN_PSNR
 
     def __post_init__(self) -> None:
-        where = f"expert {self.name!r}"
+        if self.code is not None and not self.architecture:
+            object.__setattr__(self, "architecture", self.code.class_name)
+        if not isinstance(self.expect, types.MappingProxyType):
+            object.__setattr__(self, "expect", types.MappingProxyType(dict(self.expect)))
+        problems = self._problems()
+        if problems:  # every problem of this expert in one message
+            raise ConfigError(f"expert {shorten(self.name)}: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        problems = []
         if self.code is None:
             if not self.architecture:
-                raise ConfigError(f"{where}: architecture is required (spandrel's architecture id), or a code: section")
+                problems.append("architecture is required (spandrel's architecture id), or a code: section")
             if self.trust_code:
-                raise ConfigError(f"{where}: trust_code is only meaningful with a code: section")
+                problems.append("trust_code is only meaningful with a code: section")
         else:
-            if not self.architecture:
-                object.__setattr__(self, "architecture", self.code.class_name)
-            elif self.architecture != self.code.class_name:
-                raise ConfigError(
-                    f"{where}: architecture {self.architecture!r} differs from code.class_name "
+            if self.architecture != self.code.class_name:
+                problems.append(
+                    f"architecture {shorten(self.architecture)} differs from code.class_name "
                     f"{self.code.class_name!r} (leave architecture out for a code expert)"
                 )
             if self.sha256 is None:
-                raise ConfigError(f"{where}: a code expert needs sha256 of its weights (the code is pinned too)")
+                problems.append("a code expert needs sha256 of its weights (the code is pinned too)")
             if self.expect:
-                raise ConfigError(f"{where}: expect: checks spandrel's detection; a code expert has kwargs instead")
+                problems.append("expect: checks spandrel's detection; a code expert has kwargs instead")
         if not _NAME_RE.match(self.name):
-            raise ConfigError(f"{where}: name must match {_NAME_RE.pattern} (it becomes a folder name)")
+            problems.append(f"name must match {_NAME_RE.pattern} (it becomes a folder name)")
         if not self.checkpoint:
-            raise ConfigError(f"{where}: checkpoint path is empty")
+            problems.append("checkpoint path is empty")
         if self.scale < 1:
-            raise ConfigError(f"{where}: scale must be >= 1, got {self.scale}")
+            problems.append(f"scale must be >= 1, got {self.scale}")
         if self.input not in ("lr", "bicubic") and not self.input.startswith(_EXPERT_INPUT_PREFIX):
-            raise ConfigError(f"{where}: input must be 'lr', 'bicubic' or 'expert:<name>', got {self.input!r}")
+            problems.append(f"input must be 'lr', 'bicubic' or 'expert:<name>', got {shorten(self.input)}")
         if self.input.startswith(_EXPERT_INPUT_PREFIX):
             source = self.input[len(_EXPERT_INPUT_PREFIX) :]
             if not _NAME_RE.match(source):
-                raise ConfigError(f"{where}: input {self.input!r} does not name an expert")
+                problems.append(f"input {shorten(self.input)} does not name an expert")
             if source == self.name:
-                raise ConfigError(f"{where}: an expert cannot take its own output as input")
+                problems.append("an expert cannot take its own output as input")
         if any(not h for h in self.hooks):
-            raise ConfigError(f"{where}: hook layer names must be non-empty")
+            problems.append("hook layer names must be non-empty")
         if self.tile < 0 or self.tile_overlap < 0:
-            raise ConfigError(f"{where}: tile and tile_overlap must be >= 0")
+            problems.append("tile and tile_overlap must be >= 0")
         if self.tile and self.tile_overlap >= self.tile:
-            raise ConfigError(f"{where}: tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})")
+            problems.append(f"tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})")
         if self.sha256 is not None and not _SHA256_RE.fullmatch(self.sha256):
-            raise ConfigError(f"{where}: sha256 must be 64 lowercase hex digits")
-        if not isinstance(self.expect, types.MappingProxyType):
-            object.__setattr__(self, "expect", types.MappingProxyType(dict(self.expect)))
+            problems.append("sha256 must be 64 lowercase hex digits")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -243,14 +265,22 @@ def load_ensemble_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -
     """Read and validate an expert YAML (``configs/experts/*.yaml``); unknown keys and wrong types are errors. Every
     relative ``checkpoint`` and ``code.file`` is made absolute against the YAML's folder."""
     spec = load_config(EnsembleSpec, path, overrides)
-    base = Path(path).expanduser().absolute().parent
-    experts = []
-    for e in spec.experts:
-        code = e.code
-        if code is not None:
-            code = dataclasses.replace(code, file=str(resolve_path(code.file, base)))
-        experts.append(dataclasses.replace(e, checkpoint=str(resolve_path(e.checkpoint, base)), code=code))
-    return dataclasses.replace(spec, experts=tuple(experts))
+    base = yaml_folder(path)
+    return dataclasses.replace(spec, experts=tuple(with_paths_from(e, base) for e in spec.experts))
+
+
+def yaml_folder(path: str | os.PathLike) -> Path:
+    """The folder an expert YAML's relative paths are relative to (absolute)."""
+    return Path(path).expanduser().absolute().parent
+
+
+def with_paths_from(spec: ExpertSpec, base: str | os.PathLike) -> ExpertSpec:
+    """``spec`` with its relative ``checkpoint`` and ``code.file`` made absolute against ``base`` (its YAML's
+    folder, :func:`yaml_folder`)."""
+    code = spec.code
+    if code is not None:
+        code = dataclasses.replace(code, file=str(resolve_path(code.file, base)))
+    return dataclasses.replace(spec, checkpoint=str(resolve_path(spec.checkpoint, base)), code=code)
 
 
 def resolve_path(path: str, base: str | os.PathLike | None = None) -> Path:

@@ -115,7 +115,8 @@ def tiny_compact_experts(tmp_path_factory) -> dict:
     (root / "experts.yaml").write_text(
         "scale: 4\nexperts:\n"
         + "".join(
-            f"  - {{name: {n}, checkpoint: {root / (n + '.pth')}, architecture: Compact, scale: 4}}\n"
+            f"  - {{name: {n}, checkpoint: {root / (n + '.pth')}, architecture: Compact, scale: 4, "
+            "min_probe_psnr: 0}\n"  # random weights: the loader's probe is off (experts/probe.py)
             for n in ("noisy", "calm")
         )
     )

@@ -338,8 +338,9 @@ def tiny_setup(tmp_path_factory):
     torch.save(model.state_dict(), root / "span_tiny.pth")
     (root / "experts.yaml").write_text(
         "scale: 4\nexperts:\n"
-        f"  - {{name: spanA, checkpoint: {root / 'span_tiny.pth'}, architecture: SPAN, scale: 4}}\n"
-        f"  - {{name: spanB, checkpoint: {root / 'span_tiny.pth'}, architecture: SPAN, scale: 4, hooks: [conv_1]}}\n"
+        f"  - {{name: spanA, checkpoint: {root / 'span_tiny.pth'}, architecture: SPAN, scale: 4, min_probe_psnr: 0}}\n"
+        f"  - {{name: spanB, checkpoint: {root / 'span_tiny.pth'}, architecture: SPAN, scale: 4, hooks: [conv_1], "
+        "min_probe_psnr: 0}\n"
     )
     rng = torch.Generator().manual_seed(1)
     hr_dir = root / "hr"

@@ -233,6 +233,20 @@ def test_train_config_and_input_errors_leave_no_run_folder(run_config, tmp_path,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("name", ["../../escape_run", "sub/run", "/abs/run", ".hidden", "-flag", "x" * 129])
+def test_train_run_name_follows_the_expert_name_rule(run_config, tmp_path, capsys, name):
+    """train.name becomes runs_dir/name: a name that would leave runs/ (or hide, or not fit a folder) is refused."""
+    assert run_main(train_mod.main, [str(run_config), f"train.name={name}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.name: " in err[0] and "is not a valid name" in err[0], err
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escape_run").exists()
+    from pipeline.core.config import ConfigError
+    from pipeline.training.expert.config import ExpertTrainConfig
+
+    with pytest.raises(ConfigError, match="train.name"):  # the expert trainer's runs too
+        ExpertTrainConfig(name=name)
+
+
 def test_train_invalid_yaml_names_the_file_and_line(tmp_path, capsys):
     bad = tmp_path / "broken.yaml"
     bad.write_text("train:\n  lr: [1,\n  steps: 3\n")

@@ -252,6 +252,48 @@ def test_load_refuses_malformed_files(tmp_path, mutate, key):
     assert str(path) in str(err.value) and key in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (lambda d: d.update(comment="fitted by hand"), "unknown top-level keys ['comment']"),
+        (lambda d: d["experts"][0].update(checkpoint="x" * 100_000), "experts[0].checkpoint: 'xxx"),
+        (lambda d: d["experts"][1].update(extra="?"), "experts[1]: unknown keys ['extra']"),
+        (lambda d: d["experts"][0].update(scale="4"), "experts[0].scale: expected a JSON int"),
+        (lambda d: d["experts"][0].update(feature_channels=True), "experts[0].feature_channels: expected a JSON int"),
+        (lambda d: d["experts"][0].update(hook_layers=["a", 1]), "experts[0].hook_layers: expected a JSON list"),
+        (lambda d: d["experts"][0].update(hyperparameters={"k": "v" * 70_000}), "experts[0].hyperparameters: "),
+        (lambda d: d["experts"][0].update(code={"file": "a.py", "evil": 1}), "experts[0].code: unknown keys"),
+        (lambda d: d["experts"].__setitem__(0, "e0"), "experts[0]: expected a fingerprint mapping"),
+        (lambda d: d["params"].update(extra=[1]), "params: method 'blend' takes ['weights'], got ['extra', 'weights']"),
+    ],
+)
+def test_load_is_strict_at_every_level_and_cuts_long_fields(tmp_path, mutate, key):
+    path = save(_fitted("blend"), tmp_path / "blend.json")
+    payload = json.loads(path.read_text())
+    mutate(payload)
+    path.write_text(json.dumps(payload))
+    with pytest.raises(EnsemblerError) as err:
+        load(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and key in msg and "\n" not in msg and len(msg) < 600, msg[:800]
+
+
+def test_a_real_fingerprint_passes_the_fit_files_checks(tmp_path):
+    import dataclasses
+
+    from experts.expert import ExpertFingerprint
+
+    fp = ExpertFingerprint(
+        **{f.name: None for f in dataclasses.fields(ExpertFingerprint)}
+        | dict(name="e0", architecture="SPAN", checkpoint="../shared/w.pth", sha256="a" * 64, scale=4, input="lr")
+        | dict(hook_layers=("conv",), feature_channels=8, precision="fp32", num_params=10, tags=("SR",))
+        | dict(hyperparameters={"upscale": 4}, code={"file": "m.py", "sha256": "b" * 64, "class_name": "M"})
+    ).to_dict() | {"self_ensemble": 8}
+    other = dict(fp, name="e1")
+    ens = Blend(experts=(fp, other), weights=[0.5, 0.5])
+    assert load(save(ens, tmp_path / "b.json")).experts == (fp, other)
+
+
 def test_load_refuses_corrupt_or_missing_json(tmp_path):
     path = save(_fitted("ensir"), tmp_path / "ensir.json")
     path.write_text(path.read_text()[:200])

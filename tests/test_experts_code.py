@@ -68,6 +68,7 @@ def _write_model(tmp: Path, *, kwargs: dict | None = None, nested: str | None = 
         "sha256": sha256_file(weights),
         "scale": 4,
         "trust_code": True,
+        "min_probe_psnr": 0,  # seeded random weights (the probe is tested in tests/test_onboarding.py)
         "checkpoint_key": nested,
         "code": {
             "file": str(code),

@@ -19,6 +19,7 @@ REAL = {"craft_x4.pth": "CRAFT", "ditn_x4.pth": "DITN", "span_ch28_x4.pth": "SPA
 
 
 def _spec(path, arch, scale=4, **changes) -> ExpertSpec:
+    changes.setdefault("min_probe_psnr", 0.0)  # seeded random weights: the probe is off (experts/probe.py)
     return ExpertSpec(name="e", checkpoint=str(path), architecture=arch, scale=scale, **changes)
 
 

@@ -50,7 +50,7 @@ def test_tiled_forward_with_pointwise_fn_is_exact():
 def test_tiled_expert_matches_untiled(tmp_path):
     """Tiny Compact (receptive field radius 4 LR px) with overlap 12 ≥ 2×4: tiled == untiled."""
     path = save_tiny_checkpoint("Compact", tmp_path / "compact.safetensors")
-    spec = ExpertSpec(name="c", checkpoint=str(path), architecture="Compact", scale=4)
+    spec = ExpertSpec(name="c", checkpoint=str(path), architecture="Compact", scale=4, min_probe_psnr=0)
     whole = load_expert(spec)
     tiled = load_expert(dataclasses.replace(spec, tile=20, tile_overlap=12))
     lr = torch.rand(2, 3, 45, 38)
@@ -64,7 +64,7 @@ def test_tiled_expert_matches_untiled(tmp_path):
 def test_tiled_hr_space_expert_matches_untiled(tmp_path):
     """NAFNet on an SR-sized input: LR tiles map to 4x input tiles; conv-only receptive field fits the overlap."""
     path = save_tiny_checkpoint("NAFNet", tmp_path / "naf.safetensors")
-    spec = ExpertSpec(name="n", checkpoint=str(path), architecture="NAFNet", scale=1, input="bicubic")
+    spec = ExpertSpec(name="n", checkpoint=str(path), architecture="NAFNet", scale=1, input="bicubic", min_probe_psnr=0)
     whole = load_expert(spec)
     tiled = load_expert(dataclasses.replace(spec, tile=16, tile_overlap=8))
     x = torch.rand(1, 3, 4 * 28, 4 * 20)

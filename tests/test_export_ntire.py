@@ -327,6 +327,7 @@ def test_an_export_of_code_file_experts_runs_isolated(lr_dir, tmp_path):
                 "sha256": sha256_file(weights),
                 "scale": 4,
                 "trust_code": True,
+                "min_probe_psnr": 0,  # seeded random weights
                 "checkpoint_key": "params",
                 "code": {
                     "file": str(src / "team_arch.py"),

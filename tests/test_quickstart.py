@@ -6,6 +6,7 @@ photos. Plus the quickstart's refusals (a foreign --out folder, --lr without --h
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import pytest
@@ -58,7 +59,8 @@ def test_quickstart_reduced_end_to_end(tmp_path, capsys):
     # scores: evaluate.py on the submitted files, the report's table (bicubic, experts, mean, fusion) agrees
     scores = json.loads((out / "scores.json").read_text())
     report = json.loads((out / "report" / "scores.json").read_text())
-    assert (out / "report" / "index.html").is_file()
+    heading = re.search(r"<h1>(.*?)</h1>", (out / "report" / "index.html").read_text()).group(1)
+    assert heading == "Quickstart: the bundled fusion, fine-tuned for 6 steps, scored on 2 held-out photos"
     mean = report["mean"]
     assert report["methods"] == ["bicubic", "expert:hat_s", "expert:dat_s", "expert:nafnet_sr_s", "mean", "fusion"]
     assert mean["fusion"]["psnr"] == pytest.approx(scores["mean"]["psnr"], abs=1e-6)
@@ -85,27 +87,45 @@ def test_quickstart_reduced_end_to_end(tmp_path, capsys):
 
 
 def test_quickstart_refuses_a_foreign_out_folder_and_bad_flags(tmp_path, capsys):
+    """Every refusal is one line and exit status 2, as for every other tool (it was 1)."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    assert run_main(quickstart.main, ["--out", str(mine)]) == 1
-    assert "was not made by the quickstart" in capsys.readouterr().err
+    assert run_main(quickstart.main, ["--out", str(mine)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("quickstart: --out ") and "was not made by the quickstart" in err[0]
     assert (mine / "thesis.tex").read_text() == "precious"
 
-    assert run_main(quickstart.main, ["--out", str(tmp_path / "a"), "--lr", str(tmp_path)]) == 1
+    assert run_main(quickstart.main, ["--out", str(tmp_path / "a"), "--lr", str(tmp_path)]) == 2
     assert "--lr needs --hr" in capsys.readouterr().err
-    assert run_main(quickstart.main, ["--out", str(tmp_path / "b"), "--hr", str(tmp_path / "nope")]) == 1
+    assert run_main(quickstart.main, ["--out", str(tmp_path / "b"), "--hr", str(tmp_path / "nope")]) == 2
     assert f"--hr {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
-    assert run_main(quickstart.main, ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "no_run")]) == 1
+    assert run_main(quickstart.main, ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "no_run")]) == 2
     assert "--init" in capsys.readouterr().err
 
 
 def test_quickstart_names_a_missing_fusion_checkpoint(tmp_path, capsys):
     (tmp_path / "fusion_zoo_small").mkdir()  # a fusion folder without its weights (as a checkout without them)
     argv = ["--out", str(tmp_path / "qs"), "--init", str(tmp_path / "fusion_zoo_small")]
-    assert run_main(quickstart.main, argv) == 1
+    assert run_main(quickstart.main, argv) == 2
     assert f"--init holds no fusion checkpoint: {tmp_path / 'fusion_zoo_small' / 'model.safetensors'}" in (
         capsys.readouterr().err
     )
     assert (REPO_ROOT / "checkpoints" / "fusion_zoo_small" / "model.safetensors").is_file()  # the bundled one
     assert REPO_ROOT.joinpath("configs", "train", "quickstart.yaml").is_file()
+
+
+def test_the_report_heading_is_in_the_users_words():
+    from argparse import Namespace
+
+    from pipeline.commands.quickstart import BUNDLED_FUSION, report_title
+
+    args = Namespace(steps=120, init=None, test_images=3, hr=None)
+    assert report_title(args, init=BUNDLED_FUSION) == (
+        "Quickstart: the bundled fusion, fine-tuned for 120 steps, scored on 3 held-out photos"
+    )
+    assert report_title(Namespace(steps=50, init=None, test_images=3, hr="my_hr"), init=None) == (
+        "Quickstart: a fusion of your experts, trained from scratch for 50 steps, scored on your images"
+    )
+    mine = Namespace(steps=9, init="runs/mine", test_images=3, hr=None)
+    assert report_title(mine, init=mine.init).startswith("Quickstart: the fusion of --init, fine-tuned for 9 steps")

@@ -544,3 +544,135 @@ def test_report_renders_in_headless_chromium(chromium, report_case, tmp_path):
     assert ui["rendering"] == "pixelated"
     assert ui["shown"] and ui["closed"] and ui["bigW"] >= 4 * ui["bigNatural"]
     assert ui["first"].endswith("_crop0.png") and ui["second"].endswith("_crop1.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a page that fits a laptop: charts with nothing to show, the smoothed loss, titles, widths in a real browser
+# ---------------------------------------------------------------------------------------------------------------------
+def test_training_plots_smooth_the_loss_and_replace_empty_charts_by_one_line():
+    from pipeline.report.page import smooth, training_plots
+
+    g = torch.Generator().manual_seed(0)
+    noisy = tuple(float(0.03 + 0.007 * torch.randn(1, generator=g)) for _ in range(120))  # the quickstart's loss
+    trend = smooth(noisy, span=120 / 25)
+    assert trend[0] == noisy[0] and len(trend) == 120  # debiased: starts at the first value
+    assert np.std(np.diff(trend)) < 0.25 * np.std(np.diff(noisy))
+    assert np.isnan(smooth((1.0, float("nan"), 1.0), span=3)[1])  # a NaN step stays NaN, the trend goes on
+    metrics = {"train/loss": (tuple(range(1, 121)), noisy)}  # a run without validation and without a gate
+    plots = training_plots(metrics, experts=["a", "b"], colours=[(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)])
+    assert plots[0].startswith("<svg") and plots[0].count("<polyline") == 2  # the raw curve faint, the trend on top
+    assert '<g opacity="0.25">' in plots[0] and 'stroke-opacity="0.25"' in plots[0] and "smoothed" in plots[0]
+    assert plots[1:] == [
+        '<p class="nochart"><b>Validation PSNR-Y</b>: none logged — the run had no validation set (data.val_cache)</p>',
+        '<p class="nochart"><b>Mean gate per expert</b>: none logged (this fusion has no per-expert gate)</p>',
+    ]
+
+
+def test_report_title_is_in_the_users_words(report_case, monkeypatch):
+    from pipeline.report.analyse import _under, default_title
+
+    html = (report_case["out"] / "index.html").read_text()
+    assert "<h1>Fusion of noisy and calm on 3 images</h1>" in html
+    assert report_case["run"].name not in re.search(r"<h1>(.*?)</h1>", html).group(1)
+    assert default_title([f"e{i}" for i in range(11)], 1) == "Fusion of 11 experts (e0, e1, e2, …) on 1 image"
+    assert "per-pixel gating of the 2 experts" in html  # the network, as the submission's readme describes it
+    ckpt = re.search(r"<tr><td>checkpoint</td><td>(.*?) \(step", html).group(1)
+    assert ckpt.startswith(f"{report_case['run']}/ckpt/")  # under the run folder as it was given
+    monkeypatch.chdir(report_case["run"].parent)  # ... also when it was given relative to the working folder
+    relative = Path(report_case["run"].name)
+    assert _under(Path(ckpt), relative) == relative / Path(ckpt).relative_to(report_case["run"])
+
+
+def _wide_page(folder: Path) -> Path:
+    """A report of eleven experts with long names and long paths (a table far wider than 1280 px), no curves."""
+    from pipeline.report.page import ImageSection as Section
+    from pipeline.report.page import Method, ReportPage, Score, Tile, render_page, training_plots
+    from pipeline.report.visual import CropBox
+
+    names = [f"team{i:02d}_efficient_sr_model" for i in range(11)]
+    (folder / "img").mkdir(parents=True)
+    write_image(folder / "img" / "x.png", torch.rand(1, 3, 32, 32))
+    methods = (
+        Method("bicubic", "bicubic"),
+        *(Method(f"expert:{n}", n) for n in names),
+        Method("mean", "experts' mean"),
+        Method("fusion", "fusion"),
+    )
+    scores = {m.key: Score(psnr=30.0 + 0.01 * k, ssim=0.9) for k, m in enumerate(methods)}
+    tile = Tile(label="x", src="img/x.png")
+    section = Section(
+        name="a_photo_with_a_rather_long_file_name_" * 3,
+        height=128,
+        width=128,
+        scores=scores,
+        box=CropBox(top=0, left=0, height=32, width=32),
+        box_reason="where the fusion differs most",
+        overview=tile,
+        crops=(tile,) * 14,
+        gate_composite=None,
+        gate_maps=(),
+        difficulty=None,
+    )
+    colours = [(0.2, 0.4, 0.6)] * 11
+    page = ReportPage(
+        title="Fusion of 11 experts on 1 image",
+        facts=(("run", "/a/very/long/folder/name/that/goes/on" * 8), ("experts", ", ".join(names))),
+        methods=methods,
+        best_key=f"expert:{names[0]}",
+        experts=tuple(names),
+        expert_colours=tuple(colours),
+        images=(section,),
+        plots=tuple(training_plots({}, experts=names, colours=colours)),
+    )
+    (folder / "index.html").write_text(render_page(page))
+    return folder / "index.html"
+
+
+WIDTHS = ((1280, 800), (1920, 1080))
+
+
+def _layout_at(browser: DevTools, session: str, url: str, width: int, height: int) -> dict:
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        session,
+    )
+    browser.call("Page.navigate", {"url": url}, session)
+    browser.wait_event("Page.loadEventFired")
+    browser.events = [m for m in browser.events if m.get("method") != "Page.loadEventFired"]
+    return browser.evaluate(
+        session,
+        """(() => {
+        const doc = document.documentElement, box = document.querySelector('.scroll');
+        const rect = box.getBoundingClientRect();
+        return {view: doc.clientWidth, page: doc.scrollWidth, body: document.body.scrollWidth,
+                box: box.clientWidth, table: box.scrollWidth, boxRight: rect.right, inner: window.innerWidth,
+                nochart: document.querySelectorAll('p.nochart').length};
+    })()""",
+    )
+
+
+def test_report_fits_1280_and_1920_wide_windows_in_chromium(chromium, report_case, tmp_path):
+    """No horizontal overflow of the page at 1280×800 and 1920×1080: a wide score table scrolls inside its own box."""
+    wide = _wide_page(tmp_path / "wide")
+    browser = DevTools(chromium, tmp_path / "profile")
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.call(f"{domain}.enable", session=session)
+        layouts = {
+            (name, w): _layout_at(browser, session, index.as_uri(), w, h)
+            for name, index in (("report", report_case["out"] / "index.html"), ("wide", wide))
+            for w, h in WIDTHS
+        }
+        errors = page_errors(browser.events)
+    finally:
+        browser.close()
+    assert errors == []
+    for (name, w), got in layouts.items():
+        assert got["inner"] == w, got
+        assert got["page"] <= got["view"] and got["body"] <= got["view"], (name, w, got)  # no page overflow
+        assert got["boxRight"] <= got["view"], (name, w, got)
+    assert layouts[("wide", 1280)]["table"] > layouts[("wide", 1280)]["box"]  # it scrolls in its box instead
+    assert layouts[("wide", 1280)]["nochart"] == 3

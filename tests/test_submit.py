@@ -17,6 +17,7 @@ from pipeline.core.imageio import read_image, write_image
 from pipeline.core.self_ensemble import SelfEnsemble
 from pipeline.inference.pipeline import load_pipeline, super_resolve
 from pipeline.inference.submission import check_inputs
+from pipeline.model.describe import describe_network
 
 submit = program("submit")
 
@@ -52,6 +53,9 @@ def test_submit_writes_challenge_format(trained_run, lr_dir, tmp_path, capsys):
     assert lines[1] == "CPU[1] / GPU[0] : 1"
     assert lines[2] == "Extra Data [1] / No Extra Data [0] : 1"
     assert lines[3].startswith("Other description : Multi-expert fusion") and "noisy (Compact)" in lines[3]
+    fusion = load_pipeline(trained_run).fusion
+    network = describe_network(fusion.config, params=sum(p.numel() for p in fusion.parameters()))
+    assert f"; {network}; trained on the experts' outputs" in lines[3]  # the parts that ran (every one, here)
     assert "self-ensemble: no." in lines[3] and lines[3].endswith("test run")
     with zipfile.ZipFile(tmp_path / "out.zip") as zf:
         assert sorted(zf.namelist()) == ["0901x4.png", "0902x4.png", "readme.txt"]

@@ -4,6 +4,7 @@ the patch dataset (LR folders, small images, image cache)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ from experts.architectures import architecture_class, build_architecture, check_
 from experts.archs import NAFNetSR
 from experts.ensemble import ExpertEnsemble
 from experts.expert import load_expert
-from experts.spec import ExpertSpec
+from experts.loading import ExpertLoadError
+from experts.spec import ExpertSpec, load_ensemble_spec
 from experts.zoo import load_expert_model, read_expert_config
 from pipeline.core.config import ConfigError
 from pipeline.core.imageio import write_image
@@ -141,7 +143,12 @@ def test_tiny_run_saves_checkpoints_the_expert_loader_reads(arch, images, tmp_pa
     assert all(torch.equal(weights[k], v) for k, v in ema.state_dict().items())
     # ... and is an ordinary checkpoint for the expert loader: same architecture, hyper-parameters, outputs
     spec = ExpertSpec(
-        name="e", checkpoint=str(ckpt / "model.safetensors"), architecture=arch, scale=4, expect=cfg["expect"]
+        name="e",
+        checkpoint=str(ckpt / "model.safetensors"),
+        architecture=arch,
+        scale=4,
+        expect=cfg["expect"],
+        min_probe_psnr=0,  # a few training steps: not yet close to a bicubic upscale
     )
     expert = load_expert(spec)
     lr = torch.rand(1, 3, 16, 20)
@@ -256,14 +263,26 @@ def test_export_loads_through_the_ensemble_and_reproduces_the_model(arch, images
 
     spec = yaml.safe_load((out / "expert.yaml").read_text())
     assert spec["experts"][0]["architecture"] == arch and len(spec["experts"][0]["sha256"]) == 64
-    ens = ExpertEnsemble.from_yaml(out / "expert.yaml")
+    # the loader's probe, as the card says: NAFNetSR starts as the bicubic upscale (its bicubic skip, last conv at
+    # zero) and passes after two steps; HAT two steps from random weights is far from an SR model and is refused
+    card = (out / "MODEL_CARD.md").read_text()
+    if arch == "NAFNetSR":
+        assert "— passes" in card
+        ExpertEnsemble.from_yaml(out / "expert.yaml")
+    else:
+        assert "`min_probe_psnr` 40 dB — below it: loading `expert.yaml` refuses this expert" in card
+        with pytest.raises(ExpertLoadError, match="fails the probe"):
+            ExpertEnsemble.from_yaml(out / "expert.yaml")
+    loaded = load_ensemble_spec(out / "expert.yaml")
+    ens = ExpertEnsemble.from_spec(
+        dataclasses.replace(loaded, experts=(dataclasses.replace(loaded.experts[0], min_probe_psnr=0),))
+    )
     lr = torch.rand(2, 3, 16, 24)
     srs, feats = ens(lr)
     with torch.no_grad():
         assert_close(srs[:, 0], trained(lr).clamp(0, 1))
     assert feats[0].shape[-2:] == (16, 24)  # default hook conv_after_body, on the LR grid
 
-    card = (out / "MODEL_CARD.md").read_text()
     psnr = read_metrics(tmp_path / "runs" / "tiny")["val/psnr"][-1][1]
     assert f"| val (`{images['val']}`) | 2 | {psnr:.3f} |" in card  # measured through the loader = training's number
     assert "2 steps × batch 2 of 16×16 LR crops" in card and f"{arch}" in card
@@ -393,7 +412,8 @@ def test_nafnet_sr_is_detected_with_every_hyperparameter(tmp_path):
     path = tmp_path / "nafsr.pth"
     torch.save(model.state_dict(), path)
     expert = load_expert(
-        ExpertSpec(name="n", checkpoint=str(path), architecture="NAFNetSR", scale=2, expect=params), ensemble_scale=2
+        ExpertSpec(name="n", checkpoint=str(path), architecture="NAFNetSR", scale=2, expect=params, min_probe_psnr=0),
+        ensemble_scale=2,
     )
     assert expert.fingerprint.hyperparameters == params and expert.hook_layers == ("conv_after_body",)
     assert expert.feature_channels == 12

@@ -2,7 +2,8 @@
 toy sizes, saved as ordinary checkpoints and loaded through the normal path (:func:`experts.expert.load_expert`).
 
 Weights are seeded random (parameters perturbed so that zero-initialised blocks such as NAFNet's ``beta``/``gamma``
-do something); they are for shapes, plumbing and exactness tests, never for quality.
+do something); they are for shapes, plumbing and exactness tests, never for quality — so their specs turn the
+loader's probe off (``min_probe_psnr=0``: random weights are far from a bicubic upscale, experts/probe.py).
 """
 
 from __future__ import annotations
@@ -87,8 +88,22 @@ def tiny_ensemble_spec(folder: str | Path, *, nafnet_input: str = "bicubic") -> 
     return EnsembleSpec(
         scale=4,
         experts=(
-            ExpertSpec(name="hat", checkpoint=str(hat), architecture="HAT", scale=4, checkpoint_key="params_ema"),
-            ExpertSpec(name="dat", checkpoint=str(dat), architecture="DAT", scale=4),
-            ExpertSpec(name="nafnet", checkpoint=str(naf), architecture="NAFNet", scale=1, input=nafnet_input),
+            ExpertSpec(
+                name="hat",
+                checkpoint=str(hat),
+                architecture="HAT",
+                scale=4,
+                checkpoint_key="params_ema",
+                min_probe_psnr=0.0,
+            ),
+            ExpertSpec(name="dat", checkpoint=str(dat), architecture="DAT", scale=4, min_probe_psnr=0.0),
+            ExpertSpec(
+                name="nafnet",
+                checkpoint=str(naf),
+                architecture="NAFNet",
+                scale=1,
+                input=nafnet_input,
+                min_probe_psnr=0.0,
+            ),
         ),
     )

@@ -62,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tile", type=int, default=None, help="expert LR tile size (bounded memory); 0 = whole image")
     ap.add_argument("--crop", type=int, default=64, help="crop side in SR pixels (default 64)")
+    ap.add_argument("--title", default=None, help="the page's heading (default: 'Fusion of EXPERTS on N images')")
     add_store_arguments(ap)
     return ap
 
@@ -78,9 +79,11 @@ def make_report(
     tile: int | None = None,
     crop: int = 64,
     store: ExpertStore | None = None,
+    title: str | None = None,
 ) -> Path:
     """The HTML report of ``run`` (a run folder) on the submitted images ``sr`` against ``hr`` into ``out`` → its
-    index.html. Every input problem is found before any work (:class:`pipeline.report.analyse.ReportError`)."""
+    index.html (``title``: the page's heading; default 'Fusion of EXPERTS on N images'). Every input problem is
+    found before any work (:class:`pipeline.report.analyse.ReportError`)."""
     try:
         if crop < 8:
             raise ReportError(f"--crop must be at least 8 SR pixels, got {crop}")
@@ -112,7 +115,9 @@ def make_report(
             f"report: {len(jobs)} images, checkpoint {pipe.checkpoint}, experts {list(pipe.ensemble.names)}, "
             f"device {device}"
         )
-        best, mean = write_report(pipe, jobs, run=run, sr=sr, hr=hr, lr=lr, out=out, crop_size=crop, metrics=metrics)
+        best, mean = write_report(
+            pipe, jobs, run=run, sr=sr, hr=hr, lr=lr, out=out, crop_size=crop, metrics=metrics, title=title
+        )
     print(
         f"report: mean PSNR-Y fusion {mean['fusion'].psnr:.3f} dB, best expert {best} "
         f"{mean[f'expert:{best}'].psnr:.3f} dB, experts' mean {mean['mean'].psnr:.3f} dB; wrote "
@@ -137,6 +142,7 @@ def _main(argv: list[str] | None = None) -> int:
         tile=args.tile,
         crop=args.crop,
         store=store,
+        title=args.title,
     )
     return 0
 

@@ -2,6 +2,7 @@
 
     sr-fusion run-experts --config EXPERTS --input LR_DIR --output OUT_DIR [--device NAME=DEVICE ...]
         [--gather-device cpu] [--self-ensemble none|experts-x8]
+    sr-fusion run-experts --config MY_EXPERTS.yaml --check
 
 Writes ``OUT_DIR/<expert>/<image stem>.png`` (8-bit, rounded) for every expert and every image of ``LR_DIR``, and
 ``OUT_DIR/fingerprints.json`` (name, architecture, sha256, hooks, feature channels, detected hyper-parameters of each
@@ -15,6 +16,10 @@ strict: a missing file, a wrong architecture or scale, a missing or mis-shaped t
 pinned one is an error naming the file — never random weights (experts/README.md). The three real experts of
 ../shared/weights reproduce BasicSR's golden per-image PSNR on Set5 and Set14 within 2e-7 dB through this path.
 Every input is decoded and the output folder checked (new, empty, or made by this command) before any work.
+
+``--check`` onboards a new YAML: every expert parsed and loaded on its own, every problem of each listed in one pass
+(keys, opt-in, files, pins, the weights against the class, the smallest input side, the probe of experts/probe.py),
+and each working expert's probe PSNR; exit status 2 when any expert fails.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from experts.check import check_experts, format_checks
 from experts.ensemble import ExpertEnsemble
 from experts.spec import load_ensemble_spec, with_devices
 from pipeline.core import bundled, self_ensemble
@@ -52,8 +58,14 @@ def parse_device_map(items: list[str]) -> dict[str, str]:
 def parser() -> argparse.ArgumentParser:
     ap = command_parser("run-experts", __doc__)
     ap.add_argument("--config", required=True, type=Path, help="expert YAML (configs/experts/*.yaml) or bundled name")
-    ap.add_argument("--input", required=True, type=Path, help="folder of LR images")
-    ap.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per expert)")
+    ap.add_argument("--input", type=Path, help="folder of LR images")
+    ap.add_argument("--output", type=Path, help="output folder (one sub-folder per expert)")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="onboarding: parse and load every expert of --config on its own and print each one's problems or "
+        "probe PSNR (experts/check.py); no --input/--output; exit 2 if any expert fails",
+    )
     ap.add_argument("--device", action="append", default=[], metavar="NAME=DEVICE", help="per-expert device override")
     ap.add_argument("--gather-device", default="cpu", help="device the outputs are gathered on (default cpu)")
     self_ensemble.add_argument(ap, modes=(SelfEnsemble.NONE, SelfEnsemble.EXPERTS))
@@ -61,8 +73,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     bundled.resolve_arguments(args, {"config": "experts"})
+    if args.check:
+        checks, problems = check_experts(args.config)
+        print("\n".join(format_checks(checks, problems)))
+        return 0 if checks and all(c.ok for c in checks) and not problems else 2
+    if args.input is None or args.output is None:
+        ap.error("--input and --output are required (or --check)")
 
     # the output folder and every input (decoded) are checked before an expert is loaded or anything written
     scan = scan_for_outputs(args.input, args.output)  # every input decoded; its problems raised with the small ones

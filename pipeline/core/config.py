@@ -206,7 +206,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {shorten(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+            items, problems = [], []
+            for i, v in enumerate(value):  # every item's problems, not only the first item's
+                try:
+                    items.append(_convert(v, args[0], f"{key}[{i}]"))
+                except ConfigError as exc:
+                    problems.append(str(exc))
+            _raise_all(problems)
+            return tuple(items)
         if len(args) != len(value):
             raise ConfigError(f"{key}: expected {len(args)} items ({_type_name(tp)}), got {len(value)}")
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
@@ -241,9 +248,10 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = ""
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     section = _prefix or "<root>"
+    problems = []  # every problem of the section in one message, so a user fixes them all in one go
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(
+        problems.append(
             f"unknown key(s) {', '.join(shorten(_join(_prefix, str(k))) for k in unknown)} in section {section!r}; "
             f"valid keys: {', '.join(sorted(fields))}"
         )
@@ -251,10 +259,24 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = ""
     for name, field in fields.items():
         key = _join(_prefix, name)
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key)
+            try:
+                kwargs[name] = _convert(data[name], hints[name], key)
+            except ConfigError as exc:
+                problems.append(str(exc))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key {key!r}")
+            problems.append(f"missing required key {key!r}")
+    _raise_all(problems)
     return cls(**kwargs)
+
+
+_MAX_PROBLEMS = 20  # problems one message lists (then how many more there are)
+
+
+def _raise_all(problems: Sequence[str]) -> None:
+    """Raise one :class:`ConfigError` listing ``problems`` (``; ``-separated), if there are any."""
+    if problems:
+        more = f"; … and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
+        raise ConfigError("; ".join(problems[:_MAX_PROBLEMS]) + more)
 
 
 def _join(prefix: str, name: str) -> str:

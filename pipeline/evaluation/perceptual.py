@@ -58,6 +58,7 @@ from tqdm import tqdm
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import image_size, read_image
 from pipeline.core.metrics import crop_to_match
+from pipeline.core.safe_load import load_failure
 from pipeline.evaluation.scoring import ImagePair
 
 __all__ = [
@@ -316,7 +317,7 @@ def _state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is reported with its name
-        raise PerceptualWeightsError(f"{path}: not a readable tensor file: {exc}") from exc
+        raise PerceptualWeightsError(f"{path}: not a readable tensor file: {load_failure(exc)}") from None
     if not isinstance(state, dict):
         raise PerceptualWeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k.removeprefix("module."): v for k, v in state.items()}

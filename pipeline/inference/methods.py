@@ -31,6 +31,7 @@ from pipeline.inference.pipeline import (
     load_pipeline,
     super_resolve,
 )
+from pipeline.model.describe import describe_network
 
 __all__ = [
     "CHOICES",
@@ -140,10 +141,10 @@ def fusion_method(pipe: FusionPipeline, *, self_ensemble: SelfEnsemble = SelfEns
     experts = ", ".join(f"{fp.name} ({fp.architecture})" for fp in pipe.recorded)
     params = sum(p.numel() for p in pipe.fusion.parameters())
     sub = pipe.extra.get("submission", {})
+    network = describe_network(pipe.fusion.config, params=params)  # the parts that ran, none that were off
     description = (
-        f"Multi-expert fusion: frozen experts {experts}; a {params / 1e3:.0f}K-parameter fusion network "
-        f"(frequency decomposition, cross-expert attention, per-pixel gating) trained on the experts' "
-        f"outputs; self-ensemble: {self_ensemble.readme}."
+        f"Multi-expert fusion: frozen experts {experts}; {network}; trained on the experts' outputs; "
+        f"self-ensemble: {self_ensemble.readme}."
     )
     if sub.get("description"):
         description += " " + sub["description"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pipeline.core.safe_load import load_failure
 from pipeline.refiner.config import RefinerConfig
 from pipeline.refiner.errors import RefinerFileNotFoundError, RefinerWeightsError
 
@@ -108,8 +109,8 @@ def load_embedding(path: Path, *, width: int, sequence: bool) -> Tensor:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types; re-raise with the file named
         raise RefinerWeightsError(
-            f"{path}: cannot be read as a tensor with torch.load(weights_only=True): {exc}"
-        ) from exc
+            f"{path}: cannot be read as a tensor with torch.load(weights_only=True): {load_failure(exc)}"
+        ) from None
     if not isinstance(obj, Tensor):
         raise RefinerWeightsError(f"{path}: expected a tensor, found {type(obj).__name__}")
     emb = obj.detach().to(torch.float32)

@@ -30,6 +30,7 @@ from pipeline.core.outputs import check_output_dir
 from pipeline.core.resize import bicubic_upscale, make_lr
 from pipeline.evaluation.scoring import decode_sizes, pair_images, size_mismatch, strip_scale_suffix
 from pipeline.inference.pipeline import FusionPipeline
+from pipeline.model.describe import describe_network
 from pipeline.report.page import (
     GENERATOR,
     ImageSection,
@@ -299,6 +300,22 @@ def prune_images(out: Path, keep: set[str]) -> None:
             p.unlink()
 
 
+def _under(path: Path, folder: Path) -> Path:
+    """``path`` written under ``folder`` as the user gave it (``runs/x/ckpt/last``), when it lies there."""
+    try:
+        return folder / path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return path
+
+
+def default_title(experts: list[str], images: int) -> str:
+    """``"Fusion of hat_s, dat_s and nafnet_sr_s on 3 images"`` — no internal folder names."""
+    names = experts[0] if len(experts) == 1 else ", ".join(experts[:-1]) + " and " + experts[-1]
+    if len(experts) > 6:
+        names = f"{len(experts)} experts ({', '.join(experts[:3])}, …)"
+    return f"Fusion of {names} on {images} image{'s' if images != 1 else ''}"
+
+
 def write_report(
     pipe: FusionPipeline,
     jobs: list[Job],
@@ -311,9 +328,11 @@ def write_report(
     crop_size: int,
     metrics: dict,
     progress: bool = True,
+    title: str | None = None,
 ) -> tuple[str, dict[str, Score]]:
     """Analyse every job, write ``out/img/*.png``, ``out/scores.json`` and ``out/index.html`` (last), remove PNGs
-    the page does not use → (best expert, mean score per method)."""
+    the page does not use → (best expert, mean score per method). ``title``: the page's heading, in the user's
+    words (default: what was fused, on how many images — the folders are in the facts below it)."""
     names = list(pipe.ensemble.names)
     analyses = [
         analyse(pipe, job, k, out=out, crop_size=crop_size)
@@ -336,9 +355,9 @@ def write_report(
     params = sum(p.numel() for p in pipe.fusion.parameters())
     facts = (
         ("run", str(run)),
-        ("checkpoint", f"{pipe.checkpoint} (step {extra.get('step', '?')})"),
+        ("checkpoint", f"{_under(Path(pipe.checkpoint), run)} (step {extra.get('step', '?')})"),
         ("experts", ", ".join(f"{fp.name} ({fp.architecture})" for fp in pipe.recorded)),
-        ("fusion network", f"{params:,} parameters"),
+        ("fusion network", describe_network(pipe.fusion.config, params=params)),
         ("SR images (fusion column)", str(sr)),
         ("HR images", str(hr)),
         ("LR images", str(lr) if lr is not None else "made from HR (MATLAB-compatible bicubic)"),
@@ -355,7 +374,7 @@ def write_report(
         else ()
     )
     page = ReportPage(
-        title=f"Fusion report: {run.resolve().name} on {hr.resolve().name}",
+        title=title or default_title(names, len(jobs)),
         facts=facts,
         methods=methods,
         best_key=f"expert:{best}",

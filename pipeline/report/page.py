@@ -13,6 +13,7 @@ the small zoom script are inline, and a Content-Security-Policy forbids loading 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -148,6 +149,29 @@ def _series(metrics, tag: str, label: str, colour: str, *, dashed: bool = False,
     return Series(label=label, steps=steps, values=values, colour=colour, dashed=dashed, stroke_width=width)
 
 
+def smooth(values: Sequence[float], *, span: float) -> tuple[float, ...]:
+    """Exponential moving average with a time constant of ``span`` points, debiased at the start (as TensorBoard's
+    smoothing): a noisy per-step loss becomes its trend. Non-finite values are skipped (kept as they are)."""
+    weight = math.exp(-1.0 / max(span, 1e-9))
+    out, acc, norm = [], 0.0, 0.0
+    for v in values:
+        if math.isfinite(v):
+            acc, norm = weight * acc + (1 - weight) * v, weight * norm + (1 - weight)
+            out.append(acc / norm)
+        else:
+            out.append(v)
+    return tuple(out)
+
+
+def _no_chart(title: str, why: str) -> str:
+    """What stands where a chart would have nothing to show: one line, not an empty frame."""
+    return f'<p class="nochart"><b>{escape(title)}</b>: {escape(why)}</p>'
+
+
+def _has_points(series: Sequence[Series]) -> bool:
+    return any(math.isfinite(v) for s in series for v in s.values)
+
+
 def training_plots(
     metrics: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]],
     *,
@@ -157,16 +181,26 @@ def training_plots(
     """SVG charts of a run's metrics (tags as train.py writes them: ``train/loss``, ``train/gate_<e>``, ``val/psnr``,
     ``val/expert_<e>``, ``val/expert_mean``, ``val/gain_over_best_expert``)."""
     hexes = [css_colour(c) for c in colours]
-    loss = _series(metrics, "train/loss", "total loss", "#222222")
+    raw = _series(metrics, "train/loss", "loss (one step each)", "#222222", width=1.0)
+    raw = dataclasses.replace(raw, opacity=0.25)  # faint, behind its trend
+    trend = Series(
+        label="smoothed",
+        steps=raw.steps,
+        # ~25 time constants over a long run; at least 3 points (a quickstart logs 12: one step's loss every 10)
+        values=smooth(raw.values, span=max(3.0, len(raw.values) / 25)),
+        colour="#222222",
+        stroke_width=2.2,
+    )
     plots = [
         line_plot_svg(
-            [loss],
+            [raw, trend],
             title="Training loss",
             xlabel="step",
             ylabel="loss",
-            log_y=bool(loss.values) and min(loss.values) > 0,
-            empty_text="no train/loss logged",
+            log_y=bool(raw.values) and min(raw.values) > 0,
         )
+        if _has_points([raw])
+        else _no_chart("Training loss", "no train/loss logged")
     ]
 
     means = {e: metrics[f"val/expert_{e}"][1] for e in experts if f"val/expert_{e}" in metrics}
@@ -178,13 +212,9 @@ def training_plots(
     ]
     val.append(_series(metrics, "val/expert_mean", "experts' mean", "#888888", dashed=True))
     plots.append(
-        line_plot_svg(
-            val,
-            title="Validation PSNR-Y (validation cache)",
-            xlabel="step",
-            ylabel="PSNR-Y [dB]",
-            empty_text="no validation logged (the run had no data.val_cache)",
-        )
+        line_plot_svg(val, title="Validation PSNR-Y (validation cache)", xlabel="step", ylabel="PSNR-Y [dB]")
+        if _has_points(val)
+        else _no_chart("Validation PSNR-Y", "none logged — the run had no validation set (data.val_cache)")
     )
     gain = _series(metrics, "val/gain_over_best_expert", "fusion − best expert", "#1a7f37", width=2.0)
     if gain.values:
@@ -206,13 +236,9 @@ def training_plots(
         )
     gates = [_series(metrics, f"train/gate_{e}", e, h) for e, h in zip(experts, hexes, strict=True)]
     plots.append(
-        line_plot_svg(
-            gates,
-            title="Mean gate per expert (training batches)",
-            xlabel="step",
-            ylabel="mean gate",
-            empty_text="no train/gate_* logged",
-        )
+        line_plot_svg(gates, title="Mean gate per expert (training batches)", xlabel="step", ylabel="mean gate")
+        if _has_points(gates)
+        else _no_chart("Mean gate per expert", "none logged (this fusion has no per-expert gate)")
     )
     return plots
 
@@ -273,9 +299,9 @@ def _table(page: ReportPage) -> str:
         )
     mean = mean_scores(page.images, methods)
     foot = f'<tr><td class="name">mean ({len(page.images)} images)</td>{_score_cells(mean, methods)}{deltas(mean)}</tr>'
-    return (
-        f'<table class="scores"><thead><tr>{"".join(head1)}</tr><tr>{head2}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table>"
+    return (  # in its own box: a wide table scrolls there, never the page
+        f'<div class="scroll"><table class="scores"><thead><tr>{"".join(head1)}</tr><tr>{head2}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table></div>"
     )
 
 

@@ -13,7 +13,12 @@ h3 { font-size: 16px; margin: 0 0 6px; } h3 small { color: #666; font-weight: no
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; background: #fff; }
 th, td { padding: 3px 8px; border: 1px solid #e1e4e8; text-align: right; white-space: nowrap; }
 th { background: #f3f4f6; text-align: center; } td.name { text-align: left; }
-table.facts td { text-align: left; border: none; padding: 1px 12px 1px 0; } table.facts { background: none; }
+table.facts td { text-align: left; border: none; padding: 1px 12px 1px 0; white-space: normal;
+                 overflow-wrap: anywhere; } table.facts { background: none; }
+.scroll { max-width: 100%; overflow-x: auto; } .scroll table { margin-bottom: 2px; }
+h1, h3, p, figcaption { overflow-wrap: anywhere; }
+p.nochart { color: #57606a; margin: 4px 0; } .plots p.nochart { flex-basis: 100%; }
+.plots svg { max-width: 100%; height: auto; }
 tfoot td { font-weight: 600; background: #f3f4f6; }
 td.top { font-weight: 700; background: #e6f4ea; } .pos { color: #1a7f37; } .neg { color: #cf222e; }
 th.best { background: #fff5cc; }

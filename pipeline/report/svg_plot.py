@@ -27,6 +27,7 @@ class Series:
     colour: str = "#000000"  # any CSS colour
     dashed: bool = False
     stroke_width: float = 1.6
+    opacity: float = 1.0  # e.g. a raw curve drawn faint behind its smoothed version
 
 
 def nice_ticks(lo: float, hi: float, *, count: int = 5, integer: bool = False) -> list[float]:
@@ -163,8 +164,10 @@ def line_plot_svg(
     for k, (s, pts) in enumerate(clean):
         colour = escape(s.colour)
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+        faint = f' opacity="{s.opacity:g}"' if s.opacity < 1 else ""  # the line and its markers
+        key_faint = f' stroke-opacity="{s.opacity:g}"' if s.opacity < 1 else ""  # its legend key
         last = f": {pts[-1][1]:.6g} at step {pts[-1][0]:g}" if pts else ": no data"
-        out.append(f"<g><title>{escape(s.label + last)}</title>")
+        out.append(f"<g{faint}><title>{escape(s.label + last)}</title>")
         if len(pts) > 1:
             coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
             out.append(
@@ -176,7 +179,10 @@ def line_plot_svg(
         out.append("</g>")
         ly = top + 8 + 18 * k
         lx = left + pw + 12
-        out.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 22}" y2="{ly}" stroke="{colour}" stroke-width="2.5"{dash}/>')
+        out.append(
+            f'<line x1="{lx}" y1="{ly}" x2="{lx + 22}" y2="{ly}" stroke="{colour}" '
+            f'stroke-width="2.5"{dash}{key_faint}/>'
+        )
         label = s.label if len(s.label) <= 22 else s.label[:21] + "…"
         grey = "" if pts else ' fill="#999"'
         out.append(f'<text x="{lx + 28}" y="{ly + 4}" font-size="12"{grey}>{escape(label)}</text>')

@@ -30,6 +30,7 @@ import torch
 
 from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.errors import ToolkitError, disk_full, is_disk_full
+from pipeline.core.safe_load import load_failure
 from pipeline.model.fusion_net import FusionNet
 from pipeline.model.io import (
     CHECKSUMS,
@@ -155,11 +156,10 @@ def load_train_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; all mean "not a train state"
-        reason = " ".join(str(exc).split())[:160]
         raise TrainStateError(
-            f"{path}: not a readable training state ({type(exc).__name__}: {reason}); "
+            f"{path}: not a readable training state ({load_failure(exc)}); "
             "resume from an earlier checkpoint or start a new run"
-        ) from exc
+        ) from None
     if not isinstance(state, dict) or "step" not in state:
         raise TrainStateError(f"{path}: not a training state of this toolkit (no 'step' entry)")
     return state

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pipeline.core import bundled
 from pipeline.core.config import ConfigError, NonNegFloat, NonNegInt, PosInt, Range, UnitFloat, load_config
+from pipeline.core.names import check_folder_name
 from pipeline.model.fusion_config import FusionConfig
 from pipeline.model.io import LEGACY_INPUTS
 from pipeline.training.losses import LossWeights
@@ -97,6 +98,9 @@ class LoopConfig:
     bf16: bool = True  # bf16 autocast on CUDA (CPU always trains in fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: NonNegInt = 0  # torch CPU threads in the main process (0 = leave torch's default)
+
+    def __post_init__(self) -> None:
+        check_folder_name(self.name, "train.name")  # the run's folder: runs_dir/name, never outside runs_dir
 
 
 @dataclass(frozen=True)

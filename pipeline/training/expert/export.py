@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,11 @@ def export_expert(
         "# Paths are relative to this file's folder. Copy the item into an ensemble YAML (with the path from there).\n"
         + spec_text
     )
-    expert = load_expert(load_ensemble_spec(out / "expert.yaml").experts[0], ensemble_scale=cfg_json["scale"])
+    # the card measures the exported expert (a short run's weights may still be far from a bicubic upscale): the
+    # loader's probe is not enforced here, its score goes on the card; loading the entry's expert.yaml enforces it
+    spec = load_ensemble_spec(out / "expert.yaml").experts[0]
+    expert = load_expert(dataclasses.replace(spec, min_probe_psnr=0.0), ensemble_scale=cfg_json["scale"])
+    probe = (expert.probe_psnr, spec.min_probe_psnr)
     folders = list(val_hr) if val_hr is not None else list(run_cfg["data"]["val_hr"])
     results = (
         evaluate(
@@ -72,7 +77,9 @@ def export_expert(
         if folders
         else {}
     )
-    (out / "MODEL_CARD.md").write_text(model_card(out.name, cfg_json, meta, results, sha, folders, spec_text))
+    (out / "MODEL_CARD.md").write_text(
+        model_card(out.name, cfg_json, meta, results, sha, folders, spec_text, probe=probe)
+    )
     return out
 
 
@@ -141,9 +148,31 @@ def _stage_lines(stage: dict) -> list[str]:
     ]
 
 
+def _probe_line(score: float, threshold: float) -> str:
+    verdict = (
+        "passes"
+        if score >= threshold
+        else "below it: loading `expert.yaml` refuses this expert (train it longer, or set `min_probe_psnr` for it)"
+    )
+    return (
+        f"- the loader's probe (`experts/probe.py`): on a smooth test image the output is {score:.2f} dB PSNR from "
+        f"its bicubic upscale, `min_probe_psnr` {threshold:g} dB — {verdict}"
+    )
+
+
 def model_card(
-    name: str, cfg_json: dict, meta: dict, results: dict, sha: str, folders: list[str], spec_text: str
+    name: str,
+    cfg_json: dict,
+    meta: dict,
+    results: dict,
+    sha: str,
+    folders: list[str],
+    spec_text: str,
+    *,
+    probe: tuple[float, float],
 ) -> str:
+    """The zoo entry's MODEL_CARD.md; ``probe``: the loader's probe score (dB) of the exported weights and the
+    expert YAML's ``min_probe_psnr`` (experts/probe.py)."""
     t = meta["run_config"]["train"]
     stages = [*meta["history"], {k: meta[k] for k in STAGE_KEYS}]
     if len(stages) == 1:
@@ -181,6 +210,7 @@ def model_card(
         "",
         f"- architecture `{cfg_json['architecture']}`, params `{cfg_json['params']}`",
         f"- `model.safetensors` sha256 `{sha}`",
+        _probe_line(*probe),
         "",
         "## Training",
         "",
