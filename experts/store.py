@@ -5,8 +5,9 @@ run all of them again (eleven experts ×8 on BSD100: 23 min at one CPU thread, e
 (:attr:`experts.ensemble.ExpertEnsemble.store`), each expert's ``(sr, feat)`` for one input tensor is looked up
 before the expert runs and saved after it ran:
 
-* **Key** = sha256 of (store version, the expert's fingerprint — name, architecture, checkpoint sha256, hooks,
-  precision, hyperparameters, a code expert's file sha256 —, its tiling, the device type, torch's version, the input
+* **Key** = sha256 of (store version, what the expert computes — its fingerprint without its name, tags and file
+  paths: architecture, checkpoint sha256, hooks, precision, hyperparameters, a code expert's file sha256, class,
+  kwargs and data range —, its tiling, the device type, torch's version, the input
   tensor's shape and the sha256 of its bytes). The ×8 self-ensemble passes its eight transformed inputs through the
   same lookup, so both regimes, every fusion, every ensemble method and every command share the entries; another
   checkpoint, tile, device or torch release is another key, never a stale hit.
@@ -68,6 +69,20 @@ def _tensor_sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
+# fingerprint fields that say where an expert lies or what it is called, not what it computes: the same weights and
+# code reached by another path (a portable path in a checkpoint, an absolute one from a YAML, a moved folder) or
+# under another name share their entries
+_NOT_IDENTITY = ("name", "checkpoint", "tags")
+_NOT_CODE_IDENTITY = ("file",)
+
+
+def _identity(fingerprint: dict) -> dict:
+    out = {k: v for k, v in fingerprint.items() if k not in _NOT_IDENTITY}
+    if isinstance(out.get("code"), dict):
+        out["code"] = {k: v for k, v in out["code"].items() if k not in _NOT_CODE_IDENTITY}
+    return out
+
+
 class ExpertStore:
     """A folder of expert outputs (see the module docstring)."""
 
@@ -94,7 +109,7 @@ class ExpertStore:
         """The entry of one expert's output for input ``x`` (any shape and dtype; its bytes are hashed)."""
         material = {
             "version": STORE_VERSION,
-            "expert": fingerprint,
+            "expert": _identity(fingerprint),
             "tile": [int(tile), int(tile_overlap)],
             "device": torch.device(device).type,
             "torch": torch.__version__,

@@ -59,8 +59,28 @@ def test_the_key_follows_everything_that_changes_the_output():
         ExpertStore.key(fingerprint=fp, tile=0, tile_overlap=32, device="cuda:1", x=x),
         ExpertStore.key(fingerprint=fp, tile=0, tile_overlap=32, device="cpu", x=x.flip(-1)),
         ExpertStore.key(fingerprint=fp, tile=0, tile_overlap=32, device="cpu", x=x.double()),
+        ExpertStore.key(fingerprint={**fp, "code": {"sha256": "2" * 64}}, tile=0, tile_overlap=32, device="cpu", x=x),
     ]
     assert len({base, *others}) == 1 + len(others)
+    # where the expert lies and what it is called do not change what it computes: the same entry (a checkpoint's
+    # portable path and a YAML's absolute path for the same weights; found on a real pool: every entry missed)
+    code = {"sha256": "2" * 64, "class_name": "Net", "file": "../zoo/net.py"}
+    moved = {
+        **fp,
+        "name": "b",
+        "checkpoint": "/elsewhere/w.pth",
+        "tags": ["x"],
+        "code": {**code, "file": "/abs/net.py"},
+    }
+    assert ExpertStore.key(fingerprint={**fp, "checkpoint": "w.pth", "code": code}, **_K, x=x) == ExpertStore.key(
+        fingerprint=moved, **_K, x=x
+    )
+    assert ExpertStore.key(fingerprint={**fp, "code": {**code, "class_name": "Other"}}, **_K, x=x) != ExpertStore.key(
+        fingerprint={**fp, "code": code}, **_K, x=x
+    )
+
+
+_K = {"tile": 0, "tile_overlap": 32, "device": "cpu"}
 
 
 def test_a_corrupt_entry_is_deleted_and_recomputed(ensemble, tmp_path, capsys):

@@ -462,6 +462,7 @@ def test_shipped_training_configs_are_small_and_match_the_zoo_yaml():
         assert 100_000 <= sum(p.numel() for p in model.parameters()) <= 400_000, name
         _, expect = loader_round_trip(model, architecture=cfg.model.architecture, params=cfg.model.params, scale=4)
         entry = zoo.by_name(cfg.train.name)
-        assert entry.checkpoint == f"experts/zoo/{cfg.train.name}/model.safetensors"
+        # paths in a YAML are relative to its folder: absolute once loaded
+        assert Path(entry.checkpoint) == repo / "experts" / "zoo" / cfg.train.name / "model.safetensors"
         assert entry.architecture == cfg.model.architecture
         assert json.loads(json.dumps(dict(entry.expect))) == expect

@@ -59,6 +59,9 @@ class Kind:
     exclude: tuple[str, ...] = ()  # names in the folder that are something else
 
 
+# the package holding this module: "pipeline", or its vendored copy inside an NTIRE export (models.team…._vendor.pipeline)
+_PACKAGE = __name__.rsplit(".core.", 1)[0]
+
 KINDS: dict[str, Kind] = {
     # zoo_recipe.yaml beside the expert YAMLs is how the zoo was trained (pipeline/training/expert/recipe.py)
     "experts": Kind("configs/experts", False, "expert YAML", "--experts, --config", exclude=("zoo_recipe",)),
@@ -76,7 +79,7 @@ def installed() -> bool:
 
 
 def _installed_folder() -> Path | None:
-    folder = resources.files("pipeline") / INSTALLED_FOLDER
+    folder = resources.files(_PACKAGE) / INSTALLED_FOLDER
     if not folder.is_dir():
         return None
     if not isinstance(folder, Path):  # a zipped install: the files must be real files (h5py, safetensors, spandrel)
@@ -90,7 +93,7 @@ def root() -> Path:
     folder = _installed_folder()
     if folder is not None:
         return folder
-    package = resources.files("pipeline")
+    package = resources.files(_PACKAGE)
     if not isinstance(package, Path):
         raise BundledError(f"{package}: the toolkit is inside an archive; install it unpacked (pip does)")
     return package.parent
