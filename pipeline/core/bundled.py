@@ -59,7 +59,7 @@ class Kind:
     exclude: tuple[str, ...] = ()  # names in the folder that are something else
 
 
-# the package holding this module: "pipeline", or its vendored copy inside an NTIRE export (models.team…._vendor.pipeline)
+# the package holding this module: "pipeline", or its vendored copy in an NTIRE export (models.team…._vendor.pipeline)
 _PACKAGE = __name__.rsplit(".core.", 1)[0]
 
 KINDS: dict[str, Kind] = {
