@@ -117,6 +117,10 @@ class ExpertStore:
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
+    def summary(self) -> str:
+        """What this process took from the store and what it computed, for a command's last line."""
+        return f"expert outputs: {self.hits} from the store, {self.misses} computed ({self.root})"
+
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}{_SUFFIX}"
 

@@ -200,11 +200,11 @@ def test_a_second_submission_reuses_the_stored_expert_outputs(
     experts = str(tiny_compact_experts["yaml"])
     common = ["--input", str(lr_dir), "--device", "cpu", "--store", str(store)]
     assert submit.main(["--method", "mean", "--experts", experts, *common, "--output", str(tmp_path / "a")]) == 0
-    assert "expert outputs: 0 from the store, 4 computed" in capsys.readouterr().out.replace(f" {store},", ",")
+    assert "expert outputs: 0 from the store, 4 computed" in capsys.readouterr().out
     for i, extra in enumerate((["--method", "zzpm", "--experts", experts], ["--run", str(trained_run)]), start=1):
         out, bare = tmp_path / f"b{i}", tmp_path / f"bare{i}"
         assert submit.main([*extra, *common, "--output", str(out)]) == 0
-        assert "expert outputs: 4 from the store, 0 computed" in capsys.readouterr().out.replace(f" {store},", ",")
+        assert "expert outputs: 4 from the store, 0 computed" in capsys.readouterr().out
         assert (
             submit.main([*extra, "--input", str(lr_dir), "--device", "cpu", "--no-store", "--output", str(bare)]) == 0
         )

@@ -126,8 +126,7 @@ def _main(argv: list[str] | None = None) -> int:
     )
     summary = summarise(rows)
     if ensemble.store is not None:
-        hits, misses = ensemble.store.hits, ensemble.store.misses
-        print(f"compare_ensembles: expert outputs: {hits} from the store, {misses} computed")
+        print(f"compare_ensembles: {ensemble.store.summary()}")
     title = args.title or args.hr.name
     payload = {
         "title": title,

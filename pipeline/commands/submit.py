@@ -155,7 +155,7 @@ def submit(
         atomic_write_text(output_dir / README, readme, what="the readme")
         print(f"submit: wrote {len(files)} images + readme.txt to {output_dir} ({runtime:.2f} s/image)")
         if store is not None:
-            print(f"submit: expert outputs: {store.hits} from the store {store.root}, {store.misses} computed")
+            print(f"submit: {store.summary()}")
         if zip_too:
             z = make_zip(output_dir, [output_name(f) for f in files])
             print(f"submit: {z} ({z.stat().st_size / 2**20:.1f} MiB)")
