@@ -203,8 +203,10 @@ def write_checksums(ckpt_dir: str | os.PathLike) -> Path:
     return d / CHECKSUMS
 
 
-def verify_checksums(ckpt_dir: str | os.PathLike) -> None:
+def verify_checksums(ckpt_dir: str | os.PathLike) -> dict[str, str]:
+    """Every file of the checkpoint against its SHA256SUMS → ``{file name: sha256}``, each one verified."""
     d = Path(ckpt_dir)
+    verified = {}
     sums = d / CHECKSUMS
     if not sums.is_file():
         raise ChecksumError(f"{sums} is missing: cannot verify the checkpoint (re-save it with train.py)")
@@ -216,6 +218,8 @@ def verify_checksums(ckpt_dir: str | os.PathLike) -> None:
         actual = sha256_file(f)
         if actual != digest:
             raise ChecksumError(f"{f} was modified: sha256 {actual[:16]}… differs from the recorded {digest[:16]}…")
+        verified[name] = actual
+    return verified
 
 
 def resolve_checkpoint(path: str | os.PathLike, *, which: str = "last") -> Path:

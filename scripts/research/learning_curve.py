@@ -31,7 +31,6 @@ from pathlib import Path
 
 from cache.dataset import image_subset
 from cache.reader import CacheReader
-from experts.loading import sha256_file
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli, run_program
 from pipeline.core.outputs import check_output_file
@@ -138,8 +137,7 @@ def _main(argv: list[str] | None = None) -> int:
             if code:
                 return code
         ckpt = resolve_checkpoint(run, which="last")
-        verify_checksums(ckpt)
-        sha = sha256_file(ckpt / "model.safetensors")
+        sha = verify_checksums(ckpt)["model.safetensors"]
         fusion = load_pretrained(ckpt)
         everyone = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps), *peers]
         for test in args.score:
