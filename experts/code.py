@@ -40,7 +40,7 @@ from experts.loading import ExpertLoadError, LoadedModel, jsonable, read_state_d
 from experts.probe import MIN_SIDE_LIMIT, probe_min_side
 from experts.spec import CodeSpec, ExpertSpec, resolve_code_file, resolve_expert_checkpoint
 
-__all__ = ["CODE_TAG", "import_code_file", "load_code_model"]
+__all__ = ["CODE_TAG", "code_expert_digests", "import_code_file", "load_code_model"]
 
 CODE_TAG = "code"
 _MODULE_PREFIX = "sr_fusion_expert_code_"
@@ -162,6 +162,19 @@ def _pre_import_problems(spec: ExpertSpec, file: Path, ckpt: Path) -> tuple[list
             pinned = "the pinned code.sha256" if field == "code.sha256" else "the pinned"
             problems.append(f"{path}: sha256 {digest} differs from {pinned} {pin}")
     return problems, digests[0], digests[1]
+
+
+def code_expert_digests(spec: ExpertSpec, *, root: str | Path | None = None) -> tuple[str, str]:
+    """Steps 1-2 alone — the opt-in, both files, both pins; nothing imported → ``(code sha256, weights sha256)``.
+    Raises :class:`ExpertLoadError` with every problem, as :func:`load_code_model` would."""
+    if spec.code is None:
+        raise ValueError(f"expert {spec.name!r} has no code: section")
+    problems, digest, weights_digest = _pre_import_problems(
+        spec, resolve_code_file(spec, root), resolve_expert_checkpoint(spec, root)
+    )
+    if problems:
+        raise ExpertLoadError("; ".join(problems))
+    return digest, weights_digest
 
 
 def load_code_model(spec: ExpertSpec, *, root: str | Path | None = None) -> tuple[LoadedModel, Path, str]:

@@ -27,6 +27,7 @@ import torch
 
 from experts.devices import resolve_device
 from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
+from experts.lazy import LazyExpert, load_expert_cached
 from experts.spec import EnsembleSpec, input_source, load_ensemble_spec
 from experts.store import ExpertStore
 from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
@@ -34,6 +35,8 @@ from pipeline.core.resize import bicubic_upscale
 from pipeline.core.self_ensemble import SelfEnsemble
 
 __all__ = ["EnsembleOutput", "ExpertEnsemble"]
+
+AnyExpert = Expert | LazyExpert  # a loaded expert, or one known by its card until it has to run (experts/lazy.py)
 
 
 class EnsembleOutput(NamedTuple):
@@ -47,7 +50,7 @@ class ExpertEnsemble:
     def __init__(
         self,
         *,
-        experts: Sequence[Expert],
+        experts: Sequence[AnyExpert],
         scale: int = 4,
         gather_device: str = "cpu",
         concurrent: bool | None = None,
@@ -60,12 +63,13 @@ class ExpertEnsemble:
         for e in experts:
             if e.ensemble_scale != scale:
                 raise ValueError(f"expert {e.name!r} was built for x{e.ensemble_scale}, the ensemble is x{scale}")
-        self.experts: tuple[Expert, ...] = tuple(experts)
+        self.experts: tuple[AnyExpert, ...] = tuple(experts)
         self.scale = scale
         self.gather_device = resolve_device(gather_device)
         self.concurrent = concurrent  # None: concurrent iff a stage spans several devices
         self._stages = _stages(self.experts)
-        self.store: ExpertStore | None = None  # experts/store.py: outputs computed once, reused by every command
+        # experts/store.py: outputs computed once, reused by every command (from_spec(store=...) also loads lazily)
+        self.store: ExpertStore | None = None
 
     @classmethod
     def from_spec(
@@ -75,10 +79,19 @@ class ExpertEnsemble:
         gather_device: str = "cpu",
         grad_mode: GradMode = "inference",
         concurrent: bool | None = None,
+        store: ExpertStore | None = None,
     ) -> ExpertEnsemble:
-        """Load every expert of ``spec``."""
-        experts = [load_expert(e, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts]
-        return cls(experts=experts, scale=spec.scale, gather_device=gather_device, concurrent=concurrent)
+        """Load every expert of ``spec``. With a ``store`` (:attr:`store`): an expert whose card the store holds is
+        loaded only when one of its outputs is not stored (:mod:`experts.lazy`)."""
+        if store is None:
+            experts = [load_expert(e, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts]
+        else:
+            experts = [
+                load_expert_cached(e, store=store, ensemble_scale=spec.scale, grad_mode=grad_mode) for e in spec.experts
+            ]
+        ensemble = cls(experts=experts, scale=spec.scale, gather_device=gather_device, concurrent=concurrent)
+        ensemble.store = store
+        return ensemble
 
     @classmethod
     def from_yaml(
@@ -88,6 +101,7 @@ class ExpertEnsemble:
         gather_device: str = "cpu",
         grad_mode: GradMode = "inference",
         concurrent: bool | None = None,
+        store: ExpertStore | None = None,
     ) -> ExpertEnsemble:
         """``from_spec(load_ensemble_spec(path))``, e.g.
         ``ExpertEnsemble.from_yaml("configs/experts/shared_real.yaml")``."""
@@ -96,6 +110,7 @@ class ExpertEnsemble:
             gather_device=gather_device,
             grad_mode=grad_mode,
             concurrent=concurrent,
+            store=store,
         )
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -132,7 +147,7 @@ class ExpertEnsemble:
         results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         bicubic: torch.Tensor | None = None
         for stage in self._stages:
-            jobs: list[tuple[Expert, torch.Tensor]] = []
+            jobs: list[tuple[AnyExpert, torch.Tensor]] = []
             for e in stage:
                 source = input_source(e.spec)
                 if source is not None:
@@ -171,7 +186,7 @@ class ExpertEnsemble:
             return self.self_ensemble(lr)
         raise ValueError(f"self-ensemble {mode}: the experts alone run none or experts-x8")
 
-    def _run_one(self, expert: Expert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_one(self, expert: AnyExpert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One expert on its input ``x``; with a :attr:`store`, its stored output for exactly this input when there
         is one (else it runs and the result is stored)."""
         if self.store is None:
@@ -192,11 +207,11 @@ class ExpertEnsemble:
                 self.store.put(key, {"sr": sr, "feat": feat})
         return sr.to(self.gather_device), feat.to(self.gather_device)
 
-    def _run_group(self, jobs: list[tuple[Expert, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _run_group(self, jobs: list[tuple[AnyExpert, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {e.name: self._run_one(e, x) for e, x in jobs}
 
-    def _run_stage(self, jobs: list[tuple[Expert, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        groups: dict[torch.device, list[tuple[Expert, torch.Tensor]]] = {}
+    def _run_stage(self, jobs: list[tuple[AnyExpert, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        groups: dict[torch.device, list[tuple[AnyExpert, torch.Tensor]]] = {}
         for e, x in jobs:
             groups.setdefault(e.device, []).append((e, x))
         concurrent = len(groups) > 1 if self.concurrent is None else self.concurrent
@@ -211,7 +226,7 @@ class ExpertEnsemble:
         return out
 
 
-def _stages(experts: Sequence[Expert]) -> list[list[Expert]]:
+def _stages(experts: Sequence[AnyExpert]) -> list[list[AnyExpert]]:
     """Group experts by dependency depth (``input: expert:<name>``); unknown sources and cycles are errors."""
     by_name = {e.name: e for e in experts}
     depth: dict[str, int] = {}

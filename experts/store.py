@@ -17,6 +17,9 @@ before the expert runs and saved after it ran:
   killed run leaves at most a temp file (ignored, removed by :meth:`ExpertStore.prune`).
 * **Verified on read**: the sha256 of every stored tensor is in the file's metadata and checked on every read; an
   entry that fails (bit rot, a truncated copy) is deleted and recomputed, with one line on stderr.
+* **Cards**: beside the outputs, each expert's card — its fingerprint when it was last loaded in full, keyed by
+  everything loading reads (:mod:`experts.lazy`) — so a command whose outputs are all stored starts without loading
+  a single model. Checksummed, pruned and cleared like the outputs.
 * **Bounded**: ``max_bytes`` (default :data:`DEFAULT_MAX_GB`); when a write passes it, the least recently used
   entries are deleted down to 90 % of it. ``sr-fusion store`` shows the size, verifies, prunes or clears it.
 
@@ -31,6 +34,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +51,7 @@ DEFAULT_MAX_GB = 50.0
 ENV_VAR = "SR_FUSION_STORE"
 _SUFFIX = ".safetensors"
 _KEEP_AFTER_PRUNE = 0.9  # a write over the bound prunes down to this fraction of it
+_CARDS = "cards"  # experts/lazy.py: what a fully loaded expert's fingerprint was, to start without loading it
 
 
 class StoreError(ToolkitError, OSError):
@@ -67,6 +72,22 @@ def default_store_dir() -> Path:
 
 def _tensor_sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+def _card_sha(card: dict) -> str:
+    return hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
+
+
+def _read_card(p: Path) -> tuple[dict | None, str | None]:
+    """A card file checked against its checksum → (card, None) or (None, the problem)."""
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable ({type(exc).__name__})"
+    card = doc.get("card") if isinstance(doc, dict) else None
+    if not isinstance(card, dict) or doc.get("sha256") != _card_sha(card):
+        return None, "checksum mismatch in the card"
+    return doc["card"], None
 
 
 # fingerprint fields that say where an expert lies or what it is called, not what it computes: the same weights and
@@ -102,6 +123,11 @@ class ExpertStore:
         self._bytes: int | None = None  # counted on the first write
         self.hits = 0
         self.misses = 0
+
+    def _mark(self) -> None:
+        marker = self.root / self.MARKER
+        if not marker.is_file():
+            marker.write_text("sr-fusion expert output store (experts/store.py); safe to delete\n")
 
     # ------------------------------------------------------------------------------------------------------- keys
     @staticmethod
@@ -161,21 +187,7 @@ class ExpertStore:
             return
         cpu = {n: t.detach().contiguous().cpu() for n, t in tensors.items()}
         meta = {"sha256": json.dumps({n: _tensor_sha(t) for n, t in cpu.items()}, sort_keys=True)}
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            marker = self.root / self.MARKER
-            if not marker.is_file():
-                marker.write_text("sr-fusion expert output store (experts/store.py); safe to delete\n")
-            save_file(cpu, tmp, metadata=meta)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if is_disk_full(exc):
-                raise disk_full(p, "an expert output for the store (--no-store runs without it)", exc) from None
-            raise
+        self._write(p, lambda tmp: save_file(cpu, tmp, metadata=meta), what="an expert output")
         size = p.stat().st_size
         with self._lock:
             if self._bytes is None:
@@ -186,9 +198,55 @@ class ExpertStore:
         if over:
             self.prune(int(self.max_bytes * _KEEP_AFTER_PRUNE))
 
+    # ---------------------------------------------------------------------------------------------------- cards
+    def card_path(self, key: str) -> Path:
+        return self.root / _CARDS / f"{key}.json"
+
+    def get_card(self, key: str) -> dict | None:
+        """The expert card stored under ``key`` (:mod:`experts.lazy`), or None; one that fails its checksum is deleted
+        (one line on stderr) and reported absent."""
+        p = self.card_path(key)
+        if not p.is_file():
+            return None
+        card, problem = _read_card(p)
+        if problem is not None:
+            print(f"expert store: {p}: {problem}; deleted, loading the expert in full", file=sys.stderr)
+            p.unlink(missing_ok=True)
+        elif card is not None:
+            try:
+                os.utime(p)  # least recently used is pruned first
+            except OSError:
+                pass
+        return card
+
+    def put_card(self, key: str, card: dict) -> None:
+        """Store ``card`` (a JSON-serialisable dict) under ``key``, atomically, with its checksum."""
+        p = self.card_path(key)
+        text = json.dumps({"card": card, "sha256": _card_sha(card)}, sort_keys=True)
+        self._write(p, lambda tmp: tmp.write_text(text, encoding="utf-8"), what="an expert card")
+
+    def _write(self, p: Path, write: Callable[[Path], object], *, what: str) -> None:
+        """``write(tmp)`` to a temporary file beside ``p``, fsynced and renamed onto ``p``: whole or not at all."""
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self._mark()
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise disk_full(p, f"{what} for the store (--no-store runs without it)", exc) from None
+            raise
+
     # ------------------------------------------------------------------------------------------------ maintenance
     def _entries(self) -> list[Path]:
-        return sorted(self.root.glob(f"??/*{_SUFFIX}")) if self.root.is_dir() else []
+        """Every stored output and card (cards are tiny; pruning and clearing treat them like outputs)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(self.root.glob(f"??/*{_SUFFIX}")) + sorted(self.root.glob(f"{_CARDS}/*.json"))
 
     def usage(self) -> StoreUsage:
         files = self._entries()
@@ -197,7 +255,8 @@ class ExpertStore:
     def prune(self, max_bytes: int) -> StoreUsage:
         """Delete least recently used entries (and stale temp files) until the store holds at most ``max_bytes``
         → what was removed."""
-        for tmp in self.root.glob("??/.*.tmp-*") if self.root.is_dir() else []:
+        stale = [*self.root.glob("??/.*.tmp-*"), *self.root.glob(f"{_CARDS}/.*.tmp-*")] if self.root.is_dir() else []
+        for tmp in stale:
             tmp.unlink(missing_ok=True)
         files = [(f.stat().st_mtime, f.stat().st_size, f) for f in self._entries()]
         total = sum(s for _, s, _ in files)
@@ -217,7 +276,7 @@ class ExpertStore:
         """Re-read every entry against its checksums → one line per bad entry (each deleted, as on a read)."""
         problems = []
         for f in self._entries():
-            _, problem = self._read(f)
+            _, problem = _read_card(f) if f.parent.name == _CARDS else self._read(f)
             if problem is not None:
                 f.unlink(missing_ok=True)
                 problems.append(f"{f}: {problem} (deleted)")

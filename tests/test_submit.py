@@ -192,10 +192,16 @@ def test_refiner_option_refines_every_image(trained_run, lr_dir, tmp_path, capsy
 
 
 def test_a_second_submission_reuses_the_stored_expert_outputs(
-    trained_run, tiny_compact_experts, lr_dir, tmp_path, capsys
+    trained_run, tiny_compact_experts, lr_dir, tmp_path, capsys, monkeypatch
 ):
     """Issue 40: a submission with another method (or the fusion, or another self-ensemble mode) on the same LR
-    folder runs no expert again, and its PNGs are those of a run without the store."""
+    folder runs no expert again — and loads none (experts/lazy.py) —, and its PNGs are those of a run without the
+    store."""
+    import experts.lazy as lazy
+
+    loaded: list[str] = []
+    real = lazy.load_expert
+    monkeypatch.setattr(lazy, "load_expert", lambda spec, **kw: loaded.append(spec.name) or real(spec, **kw))
     store = tmp_path / "store"
     experts = str(tiny_compact_experts["yaml"])
     common = ["--input", str(lr_dir), "--device", "cpu", "--store", str(store)]
@@ -203,8 +209,10 @@ def test_a_second_submission_reuses_the_stored_expert_outputs(
     assert "expert outputs: 0 from the store, 4 computed" in capsys.readouterr().out
     for i, extra in enumerate((["--method", "zzpm", "--experts", experts], ["--run", str(trained_run)]), start=1):
         out, bare = tmp_path / f"b{i}", tmp_path / f"bare{i}"
+        loaded.clear()
         assert submit.main([*extra, *common, "--output", str(out)]) == 0
         assert "expert outputs: 4 from the store, 0 computed" in capsys.readouterr().out
+        assert loaded == []  # every expert known by its card in the store: no model loaded
         assert (
             submit.main([*extra, "--input", str(lr_dir), "--device", "cpu", "--no-store", "--output", str(bare)]) == 0
         )

@@ -85,22 +85,23 @@ def _main(argv: list[str] | None = None) -> int:
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
     check_output_file(out_json, ours=is_table_json, create_parents=True, label="--out")
     check_output_file(out_md, ours=lambda p: is_table_json(out_json), create_parents=True, label="--out")
+    store = store_from_args(ap, args)
     if args.fusion is not None:
-        pipe = load_pipeline(args.fusion, experts_yaml=args.experts, device=args.device)
+        pipe = load_pipeline(args.fusion, experts_yaml=args.experts, device=args.device, store=store)
         ensemble, fusion = pipe.ensemble, pipe.fusion.eval()
         fusion_sha = sha256_file(resolve_checkpoint(args.fusion, which="best") / "model.safetensors")
 
         def fuse(lr, srs, feats):
             return fusion.forward_with_precomputed(lr, srs, feats).sr
     else:
-        ensemble, fuse, fusion_sha = ExpertEnsemble.from_yaml(args.experts, gather_device=args.device), None, None
+        ensemble = ExpertEnsemble.from_yaml(args.experts, gather_device=args.device, store=store)
+        fuse, fusion_sha = None, None
     fps = [fp.to_dict() for fp in ensemble.fingerprints]
     scale = ensemble.scale
     peers = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps)]
     peers += [load(p, experts=fps) for p in args.ensemblers]
     labels = peer_labels(peers, [None, None, *args.ensemblers])  # before any expert runs
     pairs = _pairs(args.hr, args.lr, scale)
-    ensemble.store = store_from_args(ap, args)
 
     def lr_of(hr_path: Path, lr_path: Path | None) -> torch.Tensor:
         return read_image(lr_path) if lr_path is not None else make_lr(read_image(hr_path), scale)[1]

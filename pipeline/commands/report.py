@@ -100,8 +100,8 @@ def make_report(
 
     with claim_output_dir(out, tool="report.py"):  # this process's alone, from before the models load
         try:
-            pipe = load_pipeline(run, experts_yaml=experts, device=device, tile=tile)
-            pipe.ensemble.store = store  # the experts' outputs of the submission, when it stored them
+            # the experts' outputs of the submission, when it stored them (the experts then load only if needed)
+            pipe = load_pipeline(run, experts_yaml=experts, device=device, tile=tile, store=store)
             expert_colours(len(pipe.ensemble.names))  # the gate legend has colours for up to 8 experts
             # every unpaired, unreadable, mismatched or too small input, one line each, in one go
             jobs = build_jobs(sr, hr, lr, pipe.scale, min_lr=pipe.ensemble.min_lr_size)

@@ -202,11 +202,9 @@ def build(
     ``store``: every expert output is read from it when there and stored when not (:mod:`experts.store`: exact, so
     the outputs are the same with or without it)."""
     if choice.ensembler_class is None:
-        pipe = load_pipeline(choice.run, experts_yaml=choice.experts, device=device, tile=tile)
-        pipe.ensemble.store = store
+        pipe = load_pipeline(choice.run, experts_yaml=choice.experts, device=device, tile=tile, store=store)
         return fusion_method(pipe, self_ensemble=self_ensemble)
     spec = expert_spec_from_yaml(choice.experts, device=device, tile=tile)
-    ensemble = ExpertEnsemble.from_spec(spec, gather_device=device)
-    ensemble.store = store
+    ensemble = ExpertEnsemble.from_spec(spec, gather_device=device, store=store)
     ens = chosen_ensembler(choice, [fp.to_dict() for fp in ensemble.fingerprints])
     return ensembler_method(ensemble, ens, self_ensemble=self_ensemble, device=device, extra_data=extra_data)

@@ -23,6 +23,7 @@ from experts.ensemble import ExpertEnsemble
 from experts.expert import ExpertFingerprint
 from experts.loading import ExpertLoadError
 from experts.spec import EnsembleSpec, ExpertSpec, load_ensemble_spec, recorded_path
+from experts.store import ExpertStore
 from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.errors import ToolkitError
 from pipeline.core.self_ensemble import SelfEnsemble
@@ -179,9 +180,11 @@ def load_pipeline(
     experts_yaml: str | os.PathLike | None = None,
     device: str = "cpu",
     tile: int | None = None,
+    store: ExpertStore | None = None,
 ) -> FusionPipeline:
     """Run dir (its ``best`` checkpoint) or checkpoint dir → verified fusion + the experts it was trained with (the
-    recorded ones, or those of ``experts_yaml`` checked against them)."""
+    recorded ones, or those of ``experts_yaml`` checked against them). ``store``: the experts read their outputs from
+    it (and load only when one is missing: :meth:`experts.ensemble.ExpertEnsemble.from_spec`)."""
     ckpt = resolve_checkpoint(run_or_ckpt, which="best")
     verify_checksums(ckpt)
     extra = read_extra(ckpt)
@@ -193,7 +196,7 @@ def load_pipeline(
             f"{ckpt}: fusion feature widths {fusion.config.inputs.feat_channels} differ from the "
             f"recorded experts' {[fp.feature_channels for fp in fps]}"
         )
-    ensemble = ExpertEnsemble.from_spec(spec, gather_device=device)
+    ensemble = ExpertEnsemble.from_spec(spec, gather_device=device, store=store)
     got = [fp.feature_channels for fp in ensemble.fingerprints]
     if got != [fp.feature_channels for fp in fps]:
         raise PipelineError(
