@@ -14,6 +14,8 @@ for a in "$@"; do
   case "$a" in -n|-n*|--numprocesses*|no:xdist) workers=() ;; esac
 done
 args=(${workers[@]+"${workers[@]}"} ${args[@]+"${args[@]}"})
+# the project's own modules as bytecode too (only what changed since the last run is compiled: see setup_venv.sh)
+"$root/.venv/bin/python" -m compileall -q -j 0 pipeline experts cache scripts tests train.py >/dev/null 2>&1 || true
 start=$(date +%s)
 set +e
 "$root/.venv/bin/python" -m pytest ${args[@]+"${args[@]}"}

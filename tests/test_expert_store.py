@@ -198,6 +198,7 @@ while True:  # new inputs for ever: the parent kills it while it writes
 """
 
 
+@pytest.mark.slow  # ~6 s: two fresh interpreters (torch + spandrel imports), each killed
 def test_kill_9_while_writing_then_rerun(ensemble, tiny_compact_experts, tmp_path):
     """A real ``kill -9`` of a process that writes the store, wherever it lands: the store verifies clean, and a
     rerun's outputs equal the live ones (from entries that survived or recomputed)."""

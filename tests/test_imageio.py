@@ -171,7 +171,9 @@ def test_killed_writer_never_leaves_truncated_final_file(tmp_path):
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(1.5)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*"))) < 3 and time.monotonic() < deadline:  # a few images in: killed mid-loop
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finals = sorted(tmp_path.glob("img*.png"))

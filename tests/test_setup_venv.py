@@ -103,3 +103,15 @@ def test_copied_checkout_is_rebuilt_after_the_original_moved(installed, tmp_path
         )  # no script of the rebuilt venv names the original's folder (shebangs, activate)
     finally:
         shutil.move(moved, installed)
+
+
+def test_installed_packages_are_byte_compiled_once(installed):
+    """Where PYTHONDONTWRITEBYTECODE=1 Python writes no .pyc itself: the setup compiles the venv once, so a process
+    does not compile torch & co. from source at every start (issue 40: ~5 s each)."""
+    site = next((installed / ".venv" / "lib").glob("python3*/site-packages"))
+    assert list(site.rglob("__pycache__/*.pyc")), "nothing byte-compiled in the venv"
+    again = _setup(installed)
+    assert again.returncode == 0 and "byte-compiling" not in again.stdout  # once per install, not per run
+    (installed / ".venv" / ".compiled-bytecode.sha256").unlink()
+    redo = _setup(installed)  # a venv from before this step (no stamp) is compiled on the next run
+    assert redo.returncode == 0 and "byte-compiling" in redo.stdout
