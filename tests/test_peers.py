@@ -184,7 +184,10 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
     capsys.readouterr()
     assert run_main(compare_ensembles.main, args) == 0
     n = len(table["images"]) * 8 * 2  # images × transforms × experts
-    assert f"expert outputs: {n} from the store, 0 computed" in capsys.readouterr().out
+    rerun = capsys.readouterr().out
+    assert f"expert outputs: {n} from the store, 0 computed" in rerun
+    # where the time went: the fusion ran once per transform and once on the x8 experts, per image
+    assert f"({len(table['images']) * 9} forwards)" in rerun and "peers and scores" in rerun
     assert json.loads((tmp_path / "t" / "table.json").read_text())["rows"] == table["rows"]
     live = [a if a != str(tmp_path / "store") else "x" for a in args]
     live[live.index("--store") : live.index("--store") + 2] = ["--no-store"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     ap = parser()
     args = ap.parse_args(argv)
     bundled.resolve_arguments(args, {"fusion": "run", "experts": "experts"})
@@ -86,13 +88,18 @@ def _main(argv: list[str] | None = None) -> int:
     check_output_file(out_json, ours=is_table_json, create_parents=True, label="--out")
     check_output_file(out_md, ours=lambda p: is_table_json(out_json), create_parents=True, label="--out")
     store = store_from_args(ap, args)
+    spent = {"fusion": 0.0, "forwards": 0, "outputs": 0.0}  # where the time goes, printed at the end
     if args.fusion is not None:
         pipe = load_pipeline(args.fusion, experts_yaml=args.experts, device=args.device, store=store)
         ensemble, fusion = pipe.ensemble, pipe.fusion.eval()
         fusion_sha = sha256_file(resolve_checkpoint(args.fusion, which="best") / "model.safetensors")
 
         def fuse(lr, srs, feats):
-            return fusion.forward_with_precomputed(lr, srs, feats).sr
+            t = time.perf_counter()
+            sr = fusion.forward_with_precomputed(lr, srs, feats).sr
+            spent["fusion"] += time.perf_counter() - t
+            spent["forwards"] += 1
+            return sr
     else:
         ensemble = ExpertEnsemble.from_yaml(args.experts, gather_device=args.device, store=store)
         fuse, fusion_sha = None, None
@@ -113,10 +120,13 @@ def _main(argv: list[str] | None = None) -> int:
 
     def items():
         for _, hr_path, lr_path in tqdm(pairs, desc="experts x8 + score", unit="img"):
+            t = time.perf_counter()
             out = expert_outputs(ensemble, lr_of(hr_path, lr_path).to(args.device), fuse=fuse)
+            spent["outputs"] += time.perf_counter() - t
             out = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in out.items()}
             yield out, crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
 
+    looping = time.perf_counter()
     rows = score_rows(
         items(),
         expert_names=ensemble.names,
@@ -128,6 +138,12 @@ def _main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     if ensemble.store is not None:
         print(f"compare_ensembles: {ensemble.store.summary()}")
+    done = time.perf_counter()
+    print(
+        f"compare_ensembles: {done - started:.1f} s: start-up {looping - started:.1f} s, the experts' outputs "
+        f"{spent['outputs'] - spent['fusion']:.1f} s, the fusion {spent['fusion']:.1f} s ({spent['forwards']} "
+        f"forwards), peers and scores {done - looping - spent['outputs']:.1f} s"
+    )
     title = args.title or args.hr.name
     payload = {
         "title": title,
