@@ -186,19 +186,18 @@ class ExpertEnsemble:
             return self.self_ensemble(lr)
         raise ValueError(f"self-ensemble {mode}: the experts alone run none or experts-x8")
 
+    def output_keys(self, lr: torch.Tensor) -> list[str]:
+        """Each expert's store key (:meth:`experts.store.ExpertStore.key`) for the input ``lr``: what identifies that
+        expert's outputs for this LR (and so for every transform of it)."""
+        return [_store_key(e, lr) for e in self.experts]
+
     def _run_one(self, expert: AnyExpert, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One expert on its input ``x``; with a :attr:`store`, its stored output for exactly this input when there
         is one (else it runs and the result is stored)."""
         if self.store is None:
             sr, feat = expert.run(x)
         else:
-            key = ExpertStore.key(
-                fingerprint=expert.fingerprint.to_dict(),
-                tile=expert.spec.tile,
-                tile_overlap=expert.spec.tile_overlap,
-                device=str(expert.device),
-                x=x,
-            )
+            key = _store_key(expert, x)
             hit = self.store.get(key)
             if hit is not None:
                 sr, feat = hit["sr"], hit["feat"]
@@ -224,6 +223,16 @@ class ExpertEnsemble:
             for part in pool.map(self._run_group, buckets):
                 out.update(part)
         return out
+
+
+def _store_key(expert: AnyExpert, x: torch.Tensor) -> str:
+    return ExpertStore.key(
+        fingerprint=expert.fingerprint.to_dict(),
+        tile=expert.spec.tile,
+        tile_overlap=expert.spec.tile_overlap,
+        device=str(expert.device),
+        x=x,
+    )
 
 
 def _stages(experts: Sequence[AnyExpert]) -> list[list[AnyExpert]]:

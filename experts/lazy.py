@@ -173,12 +173,12 @@ def load_expert_cached(
     stored for the next command)."""
     digests = expert_digests(spec)
     key = card_key(spec, ensemble_scale=ensemble_scale, digests=digests)
-    card = store.get_card(key)
+    card = store.get_record("cards", key)
     fingerprint = None
     if card is not None:
-        fingerprint = _fingerprint_from_card(card, spec, where=str(store.card_path(key)))
+        fingerprint = _fingerprint_from_card(card, spec, where=str(store.record_path("cards", key)))
     if fingerprint is not None:
         return LazyExpert(spec=spec, fingerprint=fingerprint, ensemble_scale=ensemble_scale, grad_mode=grad_mode)
     expert = load_expert(spec, ensemble_scale=ensemble_scale, grad_mode=grad_mode)
-    store.put_card(key, _card_of(expert))
+    store.put_record("cards", key, _card_of(expert))
     return expert

@@ -17,9 +17,11 @@ before the expert runs and saved after it ran:
   killed run leaves at most a temp file (ignored, removed by :meth:`ExpertStore.prune`).
 * **Verified on read**: the sha256 of every stored tensor is in the file's metadata and checked on every read; an
   entry that fails (bit rot, a truncated copy) is deleted and recomputed, with one line on stderr.
-* **Cards**: beside the outputs, each expert's card — its fingerprint when it was last loaded in full, keyed by
-  everything loading reads (:mod:`experts.lazy`) — so a command whose outputs are all stored starts without loading
-  a single model. Checksummed, pruned and cleared like the outputs.
+* **Records**: beside the outputs, small checksummed JSON records: each expert's *card* — its fingerprint when it was
+  last loaded in full, keyed by what the model is (:mod:`experts.lazy`) — so a command whose outputs are all stored
+  starts without loading a single model; and each compared image's expert, peer and oracle *scores*
+  (:mod:`pipeline.evaluation.compare`), so a second table for another fusion scores only the fusion's rows. Pruned
+  and cleared like the outputs.
 * **Bounded**: ``max_bytes`` (default :data:`DEFAULT_MAX_GB`); when a write passes it, the least recently used
   entries are deleted down to 90 % of it. ``sr-fusion store`` shows the size, verifies, prunes or clears it.
 
@@ -44,14 +46,16 @@ from safetensors.torch import save_file
 
 from pipeline.core.errors import ToolkitError, disk_full, is_disk_full
 
-__all__ = ["DEFAULT_MAX_GB", "ENV_VAR", "ExpertStore", "StoreError", "StoreUsage", "default_store_dir"]
+__all__ = ["DEFAULT_MAX_GB", "ENV_VAR", "RECORDS", "ExpertStore", "StoreError", "StoreUsage", "default_store_dir"]
 
 STORE_VERSION = 1
 DEFAULT_MAX_GB = 50.0
 ENV_VAR = "SR_FUSION_STORE"
 _SUFFIX = ".safetensors"
 _KEEP_AFTER_PRUNE = 0.9  # a write over the bound prunes down to this fraction of it
-_CARDS = "cards"  # experts/lazy.py: what a fully loaded expert's fingerprint was, to start without loading it
+# small JSON records beside the outputs: "cards" (experts/lazy.py: an expert's fingerprint after a full load, to start
+# without loading it) and "scores" (pipeline/evaluation/compare.py: an image's expert and peer rows)
+RECORDS = ("cards", "scores")
 
 
 class StoreError(ToolkitError, OSError):
@@ -74,20 +78,20 @@ def _tensor_sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
-def _card_sha(card: dict) -> str:
-    return hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()
+def _record_sha(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _read_card(p: Path) -> tuple[dict | None, str | None]:
-    """A card file checked against its checksum → (card, None) or (None, the problem)."""
+def _read_record(p: Path) -> tuple[dict | None, str | None]:
+    """A record file checked against its checksum → (record, None) or (None, the problem)."""
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return None, f"unreadable ({type(exc).__name__})"
-    card = doc.get("card") if isinstance(doc, dict) else None
-    if not isinstance(card, dict) or doc.get("sha256") != _card_sha(card):
-        return None, "checksum mismatch in the card"
-    return doc["card"], None
+    record = doc.get("record") if isinstance(doc, dict) else None
+    if not isinstance(record, dict) or doc.get("sha256") != _record_sha(record):
+        return None, "checksum mismatch in the record"
+    return record, None
 
 
 # fingerprint fields that say where an expert lies or what it is called, not what it computes: the same weights and
@@ -198,32 +202,34 @@ class ExpertStore:
         if over:
             self.prune(int(self.max_bytes * _KEEP_AFTER_PRUNE))
 
-    # ---------------------------------------------------------------------------------------------------- cards
-    def card_path(self, key: str) -> Path:
-        return self.root / _CARDS / f"{key}.json"
+    # -------------------------------------------------------------------------------------------------- records
+    def record_path(self, kind: str, key: str) -> Path:
+        if kind not in RECORDS:
+            raise ValueError(f"record kind {kind!r} is not one of {RECORDS}")
+        return self.root / kind / f"{key}.json"
 
-    def get_card(self, key: str) -> dict | None:
-        """The expert card stored under ``key`` (:mod:`experts.lazy`), or None; one that fails its checksum is deleted
-        (one line on stderr) and reported absent."""
-        p = self.card_path(key)
+    def get_record(self, kind: str, key: str) -> dict | None:
+        """The small JSON record of ``kind`` (:data:`RECORDS`) stored under ``key``, or None; one that fails its
+        checksum is deleted (one line on stderr) and reported absent."""
+        p = self.record_path(kind, key)
         if not p.is_file():
             return None
-        card, problem = _read_card(p)
+        record, problem = _read_record(p)
         if problem is not None:
-            print(f"expert store: {p}: {problem}; deleted, loading the expert in full", file=sys.stderr)
+            print(f"expert store: {p}: {problem}; deleted, recomputing", file=sys.stderr)
             p.unlink(missing_ok=True)
-        elif card is not None:
+        elif record is not None:
             try:
                 os.utime(p)  # least recently used is pruned first
             except OSError:
                 pass
-        return card
+        return record
 
-    def put_card(self, key: str, card: dict) -> None:
-        """Store ``card`` (a JSON-serialisable dict) under ``key``, atomically, with its checksum."""
-        p = self.card_path(key)
-        text = json.dumps({"card": card, "sha256": _card_sha(card)}, sort_keys=True)
-        self._write(p, lambda tmp: tmp.write_text(text, encoding="utf-8"), what="an expert card")
+    def put_record(self, kind: str, key: str, record: dict) -> None:
+        """Store ``record`` (a JSON-serialisable dict) under ``key``, atomically, with its checksum."""
+        p = self.record_path(kind, key)
+        text = json.dumps({"record": record, "sha256": _record_sha(record)}, sort_keys=True)
+        self._write(p, lambda tmp: tmp.write_text(text, encoding="utf-8"), what=f"a record ({kind})")
 
     def _write(self, p: Path, write: Callable[[Path], object], *, what: str) -> None:
         """``write(tmp)`` to a temporary file beside ``p``, fsynced and renamed onto ``p``: whole or not at all."""
@@ -243,10 +249,11 @@ class ExpertStore:
 
     # ------------------------------------------------------------------------------------------------ maintenance
     def _entries(self) -> list[Path]:
-        """Every stored output and card (cards are tiny; pruning and clearing treat them like outputs)."""
+        """Every stored output and record (records are tiny; pruning and clearing treat them like outputs)."""
         if not self.root.is_dir():
             return []
-        return sorted(self.root.glob(f"??/*{_SUFFIX}")) + sorted(self.root.glob(f"{_CARDS}/*.json"))
+        records = [f for k in RECORDS for f in sorted(self.root.glob(f"{k}/*.json"))]
+        return sorted(self.root.glob(f"??/*{_SUFFIX}")) + records
 
     def usage(self) -> StoreUsage:
         files = self._entries()
@@ -255,7 +262,8 @@ class ExpertStore:
     def prune(self, max_bytes: int) -> StoreUsage:
         """Delete least recently used entries (and stale temp files) until the store holds at most ``max_bytes``
         → what was removed."""
-        stale = [*self.root.glob("??/.*.tmp-*"), *self.root.glob(f"{_CARDS}/.*.tmp-*")] if self.root.is_dir() else []
+        stale = [*self.root.glob("??/.*.tmp-*"), *(t for k in RECORDS for t in self.root.glob(f"{k}/.*.tmp-*"))]
+        stale = stale if self.root.is_dir() else []
         for tmp in stale:
             tmp.unlink(missing_ok=True)
         files = [(f.stat().st_mtime, f.stat().st_size, f) for f in self._entries()]
@@ -276,7 +284,7 @@ class ExpertStore:
         """Re-read every entry against its checksums → one line per bad entry (each deleted, as on a read)."""
         problems = []
         for f in self._entries():
-            _, problem = _read_card(f) if f.parent.name == _CARDS else self._read(f)
+            _, problem = _read_record(f) if f.parent.name in RECORDS else self._read(f)
             if problem is not None:
                 f.unlink(missing_ok=True)
                 problems.append(f"{f}: {problem} (deleted)")

@@ -111,7 +111,7 @@ def test_a_bad_or_lying_card_is_never_trusted(tiny_compact_experts, tmp_path, ca
     ExpertEnsemble.from_yaml(yaml, store=store)
     cards = sorted((tmp_path / "s" / "cards").glob("*.json"))
     cards[0].write_text(cards[0].read_text().replace('"feature_channels": 8', '"feature_channels": 9'))
-    assert "checksum mismatch in the card" in "\n".join(store.verify())
+    assert "checksum mismatch in the record" in "\n".join(store.verify())
     assert not cards[0].exists()
     loads.clear()
     ens = ExpertEnsemble.from_yaml(yaml, store=store)  # the deleted card's expert is loaded in full again
@@ -119,9 +119,9 @@ def test_a_bad_or_lying_card_is_never_trusted(tiny_compact_experts, tmp_path, ca
 
     # a card whose checksum is right but whose fingerprint is not what loading gives: refused on the first load
     key = cards[1].stem
-    card = store.get_card(key)
+    card = store.get_record("cards", key)
     card["fingerprint"]["feature_channels"] += 1
-    store.put_card(key, card)
+    store.put_record("cards", key, card)
     liar = ExpertEnsemble.from_yaml(yaml, store=store)
     lazy_one = next(e for e in liar.experts if isinstance(e, LazyExpert))
     with pytest.raises(ExpertLoadError, match="its card in the expert store says"):

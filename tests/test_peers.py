@@ -188,6 +188,8 @@ def test_compare_ensembles_table_and_resume(trained_run, tiny_compact_experts, t
     assert f"expert outputs: {n} from the store, 0 computed" in rerun
     # where the time went: the fusion ran once per transform and once on the x8 experts, per image
     assert f"({len(table['images']) * 9} forwards)" in rerun and "peers and scores" in rerun
+    # the expert, peer and oracle rows were scored once: the rerun scores only the fusion's
+    assert f"scores of {len(table['images'])} images from the store, 0 scored" in rerun
     assert json.loads((tmp_path / "t" / "table.json").read_text())["rows"] == table["rows"]
     live = [a if a != str(tmp_path / "store") else "x" for a in args]
     live[live.index("--store") : live.index("--store") + 2] = ["--no-store"]
@@ -221,3 +223,26 @@ def test_extract_tta_caches_each_experts_self_ensemble(tiny_compact_experts, tmp
     (tmp_path / "x8.h5").unlink()  # an interrupted x8 extraction (its data folder stays)
     assert extract_features.main([*args, "--out", str(tmp_path / "x8.h5")]) == 2
     assert "self_ensemble" in capsys.readouterr().err
+
+
+def test_stored_scores_follow_every_input_they_depend_on():
+    """pipeline/evaluation/compare.py: the key of an image's non-fusion scores changes with the experts' outputs, the
+    HR, each peer (label, method, parameters), the scale and the oracle block — never a stale score."""
+    from pipeline.evaluation.compare import scores_key
+    from pipeline.inference.ensemblers import fit
+
+    fps = [{"name": "a", "sha256": "0" * 64}, {"name": "b", "sha256": "1" * 64}]
+    mean, zzpm = fit("mean", [], experts=fps), fit("zzpm", [], experts=fps)
+    hr = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    base = dict(expert_keys=["k1", "k2"], hr=hr, peers=[("mean", mean)], scale=4)
+    key = scores_key(**base)
+    assert key == scores_key(**{**base, "hr": hr.clone()})
+    others = [
+        scores_key(**{**base, "expert_keys": ["k1", "k3"]}),
+        scores_key(**{**base, "hr": hr.flip(-1)}),
+        scores_key(**{**base, "peers": [("mean", mean), ("zzpm", zzpm)]}),
+        scores_key(**{**base, "peers": [("other label", mean)]}),
+        scores_key(**{**base, "scale": 2}),
+        scores_key(**base, oracle_block=8),
+    ]
+    assert len({key, *others}) == 1 + len(others)

@@ -36,10 +36,12 @@ from pipeline.core.metrics import crop_to_match
 from pipeline.core.outputs import check_output_file
 from pipeline.core.resize import make_lr
 from pipeline.evaluation.compare import (
+    ScoreMemo,
     expert_outputs,
     is_table_json,
     peer_labels,
     score_rows,
+    scores_key,
     summarise,
     table_markdown,
 )
@@ -118,13 +120,21 @@ def _main(argv: list[str] | None = None) -> int:
         f"peers {labels}, store {ensemble.store.root if ensemble.store else 'off'}"
     )
 
+    memo = ScoreMemo(store) if store is not None else None  # the expert, peer and oracle rows, scored once
+
     def items():
         for _, hr_path, lr_path in tqdm(pairs, desc="experts x8 + score", unit="img"):
             t = time.perf_counter()
-            out = expert_outputs(ensemble, lr_of(hr_path, lr_path).to(args.device), fuse=fuse)
+            lr = lr_of(hr_path, lr_path).to(args.device)
+            out = expert_outputs(ensemble, lr, fuse=fuse)
             spent["outputs"] += time.perf_counter() - t
             out = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in out.items()}
-            yield out, crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
+            hr = crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
+            key = None
+            if memo is not None:
+                peer_ids = list(zip(labels, peers, strict=True))
+                key = scores_key(expert_keys=ensemble.output_keys(lr), hr=hr, peers=peer_ids, scale=scale)
+            yield out, hr, key
 
     looping = time.perf_counter()
     rows = score_rows(
@@ -134,10 +144,16 @@ def _main(argv: list[str] | None = None) -> int:
         labels=labels,
         with_fusion=fuse is not None,
         scale=scale,
+        memo=memo,
     )
     summary = summarise(rows)
     if ensemble.store is not None:
         print(f"compare_ensembles: {ensemble.store.summary()}")
+    if memo is not None:
+        print(
+            f"compare_ensembles: expert, peer and oracle scores of {memo.hits} images from the store, "
+            f"{memo.misses} scored"
+        )
     done = time.perf_counter()
     print(
         f"compare_ensembles: {done - started:.1f} s: start-up {looping - started:.1f} s, the experts' outputs "

@@ -17,6 +17,8 @@ output, as submitted; every gain carries its paired bootstrap interval over imag
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from experts.store import ExpertStore
 from pipeline.core.augment import AUGMENTATIONS, augment, deaugment
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
@@ -40,9 +43,11 @@ __all__ = [
     "CompareError",
     "peer_labels",
     "Row",
+    "ScoreMemo",
     "block_oracle",
     "expert_outputs",
     "score_rows",
+    "scores_key",
     "table_markdown",
 ]
 
@@ -132,7 +137,7 @@ def _score(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float
 
 
 def score_rows(
-    items: Iterable[tuple[dict[str, Any], torch.Tensor]],
+    items: Iterable[tuple[dict[str, Any], torch.Tensor, str | None]],
     *,
     expert_names: Sequence[str],
     ensemblers: Sequence[Ensembler],
@@ -140,47 +145,151 @@ def score_rows(
     scale: int,
     oracle_block: int = 16,
     labels: Sequence[str] | None = None,
+    memo: ScoreMemo | None = None,
 ) -> list[Row]:
-    """``items``: ``(stored outputs, hr (3,sH,sW))`` per image → every row of both regimes, per-image scores kept.
-    ``labels``: the ensemblers' row labels (default their methods; :func:`peer_labels`), all distinct."""
+    """``items``: ``(stored outputs, hr (3,sH,sW), memo key)`` per image → every row of both regimes, per-image scores
+    kept. ``labels``: the ensemblers' row labels (default their methods; :func:`peer_labels`), all distinct. With a
+    ``memo`` and a key (:func:`scores_key`), an image's expert, peer and oracle scores are read from it when there
+    (only the fusion's rows are scored) and saved when not."""
     labels = [e.method for e in ensemblers] if labels is None else list(labels)
     check_labels([*expert_names, *labels])
     rows: dict[tuple[str, str], Row] = {}
-
-    def add(regime: str, method: str, kind: str, sr: torch.Tensor, hr: torch.Tensor) -> None:
-        row = rows.setdefault((regime, method), Row(regime=regime, method=method, kind=kind, psnr=[], ssim=[]))
-        p, s = _score(sr, hr, scale)
-        row.psnr.append(p)
-        row.ssim.append(s)
-
-    for out, hr in items:
-        for regime, key in (("none", "srs"), ("x8", "srs_x8")):
-            srs = out[key]  # (E,3,sH,sW)
-            for j, n in enumerate(expert_names):
-                add(regime, n, "expert", srs[j], hr)
-            for ens, label in zip(ensemblers, labels, strict=True):
-                add(regime, label, "ensembler", apply(ens, srs[None])[0], hr)
-            if with_fusion:
-                if regime == "none":
-                    add(regime, "fusion", "fusion", out["fusion"], hr)
-                else:
-                    add(regime, "fusion on x8 experts", "fusion", out["fusion_x8_experts"], hr)
-                    add(regime, "fusion, x8 of the pipeline", "fusion", out["fusion_x8_pipeline"], hr)
-            add(
-                regime,
-                f"oracle {oracle_block}x{oracle_block} blocks",
-                "oracle",
-                block_oracle(srs[None], hr[None], oracle_block)[0],
-                hr,
-            )
-            add(
-                regime,
-                f"held-out oracle {oracle_block}x{oracle_block}",
-                "oracle",
-                heldout_block_oracle(srs[None], hr[None], oracle_block)[0],
-                hr,
-            )
+    for out, hr, key in items:
+        known = memo.get(key) if memo is not None and key is not None else None
+        scored = _image_scores(
+            out,
+            hr,
+            known=known,
+            expert_names=expert_names,
+            ensemblers=ensemblers,
+            labels=labels,
+            with_fusion=with_fusion,
+            scale=scale,
+            oracle_block=oracle_block,
+        )
+        for regime, method, kind, p, s in scored:
+            row = rows.setdefault((regime, method), Row(regime=regime, method=method, kind=kind, psnr=[], ssim=[]))
+            row.psnr.append(p)
+            row.ssim.append(s)
+        if memo is not None and key is not None and known is None:
+            memo.put(key, {(g, m): (p, s) for g, m, kind, p, s in scored if kind != "fusion"})
     return list(rows.values())
+
+
+def _image_scores(
+    out: dict[str, Any],
+    hr: torch.Tensor,
+    *,
+    known: dict[tuple[str, str], tuple[float, float]] | None,
+    expert_names: Sequence[str],
+    ensemblers: Sequence[Ensembler],
+    labels: Sequence[str],
+    with_fusion: bool,
+    scale: int,
+    oracle_block: int,
+) -> list[tuple[str, str, str, float, float]]:
+    """One image's ``(regime, method, kind, psnr, ssim)`` in table order; a non-fusion row in ``known`` is taken
+    from it, without computing its output."""
+    scored: list[tuple[str, str, str, float, float]] = []
+
+    def add(regime: str, method: str, kind: str, sr: Callable[[], torch.Tensor]) -> None:
+        if kind != "fusion" and known is not None and (regime, method) in known:
+            p, s = known[(regime, method)]
+        else:
+            p, s = _score(sr(), hr, scale)
+        scored.append((regime, method, kind, p, s))
+
+    b = oracle_block
+    for regime, name in (("none", "srs"), ("x8", "srs_x8")):
+        srs = out[name]  # (E,3,sH,sW)
+        for j, n in enumerate(expert_names):
+            add(regime, n, "expert", lambda srs=srs, j=j: srs[j])
+        for ens, label in zip(ensemblers, labels, strict=True):
+            add(regime, label, "ensembler", lambda srs=srs, ens=ens: apply(ens, srs[None])[0])
+        if with_fusion and regime == "none":
+            add(regime, "fusion", "fusion", lambda: out["fusion"])
+        elif with_fusion:
+            add(regime, "fusion on x8 experts", "fusion", lambda: out["fusion_x8_experts"])
+            add(regime, "fusion, x8 of the pipeline", "fusion", lambda: out["fusion_x8_pipeline"])
+        add(regime, f"oracle {b}x{b} blocks", "oracle", lambda srs=srs: block_oracle(srs[None], hr[None], b)[0])
+        add(
+            regime,
+            f"held-out oracle {b}x{b}",
+            "oracle",
+            lambda srs=srs: heldout_block_oracle(srs[None], hr[None], b)[0],
+        )
+    return scored
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the expert, peer and oracle rows of an image, scored once (a second table for another fusion scores only its rows)
+# ---------------------------------------------------------------------------------------------------------------------
+SCORES_VERSION = 1
+# the code a stored score depends on besides its inputs: a change to any of these files is another key
+_SCORING_CODE = (
+    "pipeline/core/metrics.py",
+    "pipeline/core/imageio.py",
+    "pipeline/core/augment.py",
+    "pipeline/evaluation/baselines.py",
+    "pipeline/evaluation/compare.py",
+    "pipeline/inference/ensemblers",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def scoring_code_sha() -> str:
+    """sha256 over the source of the scoring code (:data:`_SCORING_CODE`)."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256(str(SCORES_VERSION).encode())
+    for rel in _SCORING_CODE:
+        path = root / rel
+        for f in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def scores_key(
+    *,
+    expert_keys: Sequence[str],
+    hr: torch.Tensor,
+    peers: Sequence[tuple[str, Ensembler]],
+    scale: int,
+    oracle_block: int = 16,
+) -> str:
+    """The key of one image's non-fusion scores: its experts' outputs (``expert_keys``: each expert's store key for
+    this LR, :meth:`experts.ensemble.ExpertEnsemble.output_keys`), the HR's bytes, every peer's label, method and
+    parameters, the scale, the oracle block and the scoring code (:func:`scoring_code_sha`)."""
+    material = {
+        "experts": list(expert_keys),
+        "hr": [list(hr.shape), str(hr.dtype), hashlib.sha256(hr.contiguous().cpu().numpy().tobytes()).hexdigest()],
+        "peers": [[label, e.method, json.dumps(e.parameters(), sort_keys=True, default=str)] for label, e in peers],
+        "scale": scale,
+        "oracle_block": oracle_block,
+        "code": scoring_code_sha(),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+class ScoreMemo:
+    """Per-image expert, peer and oracle scores in the expert-output store's ``scores`` records."""
+
+    def __init__(self, store: ExpertStore) -> None:
+        self.store = store
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> dict[tuple[str, str], tuple[float, float]] | None:
+        record = self.store.get_record("scores", key)
+        rows = record.get("rows") if record is not None else None
+        if not isinstance(rows, list):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return {(str(r[0]), str(r[1])): (float(r[2]), float(r[3])) for r in rows}
+
+    def put(self, key: str, scores: dict[tuple[str, str], tuple[float, float]]) -> None:
+        self.store.put_record("scores", key, {"rows": [[g, m, p, s] for (g, m), (p, s) in scores.items()]})
 
 
 def summarise(rows: Sequence[Row], *, mean_label: str | None = "mean") -> list[dict[str, Any]]:
