@@ -46,7 +46,7 @@ from experts.probe import PROBE_LR, ProbeImages, diagnose_probe, probe_images, p
 from experts.spec import ExpertSpec, portable_path, resolve_expert_checkpoint
 from experts.tiling import tiled_forward
 
-__all__ = ["Expert", "ExpertFingerprint", "GradMode", "grad_context", "load_expert"]
+__all__ = ["Expert", "ExpertFingerprint", "GradMode", "grad_context", "load_expert", "pinned_checkpoint"]
 
 GradMode = Literal["inference", "no_grad"]
 
@@ -355,6 +355,18 @@ class Expert:
         )
 
 
+def pinned_checkpoint(spec: ExpertSpec) -> tuple[Path, str]:
+    """A spandrel expert's checkpoint file and its sha256, checked against the spec's pin (nothing parsed); an
+    :class:`ExpertLoadError` naming the file when it is missing or not the pinned one."""
+    path = resolve_expert_checkpoint(spec)
+    if not path.is_file():
+        raise ExpertLoadError(f"{path}: checkpoint file not found (expert {spec.name!r})")
+    digest = sha256_file(path)
+    if spec.sha256 is not None and digest != spec.sha256:
+        raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
+    return path, digest
+
+
 def load_expert(spec: ExpertSpec, *, ensemble_scale: int = 4, grad_mode: GradMode = "inference") -> Expert:
     """Load, verify, freeze and place the expert ``spec`` (its paths are absolute after
     :func:`experts.spec.load_ensemble_spec`; a relative one in a spec built in code is relative to the current folder).
@@ -366,12 +378,7 @@ def load_expert(spec: ExpertSpec, *, ensemble_scale: int = 4, grad_mode: GradMod
     if spec.code is not None:
         loaded, path, digest = load_code_model(spec)
     else:
-        path = resolve_expert_checkpoint(spec)
-        if not path.is_file():
-            raise ExpertLoadError(f"{path}: checkpoint file not found (expert {spec.name!r})")
-        digest = sha256_file(path)  # the pin first: a file that is not the pinned one is never parsed
-        if spec.sha256 is not None and digest != spec.sha256:
-            raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
+        path, digest = pinned_checkpoint(spec)  # the pin first: a file that is not the pinned one is never parsed
         state = read_state_dict(path, key=spec.checkpoint_key)
         desc = load_descriptor(path, state, architecture=spec.architecture, scale=spec.scale, expect=spec.expect)
         loaded = loaded_from_descriptor(desc)

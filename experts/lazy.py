@@ -32,8 +32,8 @@ import torch
 
 from experts.code import code_expert_digests
 from experts.devices import resolve_device
-from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert
-from experts.loading import ExpertLoadError, sha256_file
+from experts.expert import Expert, ExpertFingerprint, GradMode, load_expert, pinned_checkpoint
+from experts.loading import ExpertLoadError
 from experts.spec import ExpertSpec, portable_path, resolve_expert_checkpoint
 from experts.store import ExpertStore
 
@@ -48,13 +48,7 @@ def expert_digests(spec: ExpertSpec) -> dict[str, str]:
     if spec.code is not None:
         code, weights = code_expert_digests(spec)
         return {"weights": weights, "code": code}
-    path = resolve_expert_checkpoint(spec)
-    if not path.is_file():
-        raise ExpertLoadError(f"{path}: checkpoint file not found (expert {spec.name!r})")
-    digest = sha256_file(path)
-    if spec.sha256 is not None and digest != spec.sha256:
-        raise ExpertLoadError(f"{path}: sha256 {digest} differs from the pinned {spec.sha256}")
-    return {"weights": digest}
+    return {"weights": pinned_checkpoint(spec)[1]}
 
 
 def _plain(obj: Any) -> Any:
