@@ -9,8 +9,9 @@ on the ×8 experts, and the ×8 of the whole pipeline) and the 16×16-block orac
 best expert of the same regime and the number of images below it. Without ``--lr`` the LR is made from the HR with
 the MATLAB-compatible bicubic. Every expert's output (each of the eight transforms) comes from the expert-output store
 (experts/store.py, ``sr-fusion store``) when it is there and is stored when it is not: a second table for another
-fusion, other peers or a rerun after a kill runs no expert again. Each image is scored as soon as its outputs are
-in hand (memory stays one image's). Writes ``OUT.json`` and ``OUT.md``; every gain carries its paired bootstrap 95 %
+fusion, other peers or a rerun after a kill runs (and loads) no expert again, and each image's expert, peer and
+oracle scores are kept there too, so another fusion's table scores only its own rows. Each image is scored as soon as
+its outputs are in hand (memory stays one image's). Writes ``OUT.json`` and ``OUT.md``; every gain carries its paired bootstrap 95 %
 interval over the images and a verdict. Any ensemble of the table is submitted with ``sr-fusion submit --method`` and
 exported with ``sr-fusion export --method``.
 """
