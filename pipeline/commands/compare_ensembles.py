@@ -11,9 +11,9 @@ the MATLAB-compatible bicubic. Every expert's output (each of the eight transfor
 (experts/store.py, ``sr-fusion store``) when it is there and is stored when it is not: a second table for another
 fusion, other peers or a rerun after a kill runs (and loads) no expert again, and each image's expert, peer and
 oracle scores are kept there too, so another fusion's table scores only its own rows. Each image is scored as soon as
-its outputs are in hand (memory stays one image's). Writes ``OUT.json`` and ``OUT.md``; every gain carries its paired bootstrap 95 %
-interval over the images and a verdict. Any ensemble of the table is submitted with ``sr-fusion submit --method`` and
-exported with ``sr-fusion export --method``.
+its outputs are in hand (memory stays one image's). Writes ``OUT.json`` and ``OUT.md``; every gain carries its paired
+bootstrap 95 % interval over the images and a verdict. Any ensemble of the table is submitted with ``sr-fusion submit
+--method`` and exported with ``sr-fusion export --method``.
 """
 
 from __future__ import annotations
