@@ -122,6 +122,7 @@ def _main(argv: list[str] | None = None) -> int:
     )
 
     memo = ScoreMemo(store) if store is not None else None  # the expert, peer and oracle rows, scored once
+    peer_ids = list(zip(labels, peers, strict=True))
 
     def items():
         for _, hr_path, lr_path in tqdm(pairs, desc="experts x8 + score", unit="img"):
@@ -133,7 +134,6 @@ def _main(argv: list[str] | None = None) -> int:
             hr = crop_to_match(read_image(hr_path), out["srs"][:1], scale=scale)[0]  # the HR the SR stands for
             key = None
             if memo is not None:
-                peer_ids = list(zip(labels, peers, strict=True))
                 key = scores_key(expert_keys=ensemble.output_keys(lr), hr=hr, peers=peer_ids, scale=scale)
             yield out, hr, key
 
