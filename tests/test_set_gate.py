@@ -133,3 +133,55 @@ def test_the_experts_features_enter_through_a_projection_of_their_own():
     assert float((a - b).abs().max()) > 1e-6  # the features are read
     with pytest.raises(ValueError, match="expected 3"):
         model(lr, srs, feats[:2])
+
+
+def test_the_residual_starts_at_zero_learns_and_reaches_outside_the_experts_span():
+    e = 3
+    base = (0.5, 0.3, 0.2)
+    cfg = pool_config(e, base=base, signals=True)
+    cfg = dataclasses.replace(cfg, set_gate=dataclasses.replace(cfg.set_gate, residual=True))
+    torch.manual_seed(0)
+    model = FusionNet(config=cfg)
+    lr, srs = inputs(e, b=4)
+    want = torch.einsum("e,bechw->bchw", torch.tensor(base), srs)
+    assert torch.allclose(model(lr, srs, []).sr, want, atol=1e-6)  # the untrained fusion is still the blend
+    # a truth no per-pixel blend of three experts can reach: the blend plus a constant luma offset
+    hr = (want + 0.05).detach()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(60):
+        opt.zero_grad()
+        loss = (model(lr, srs, []).sr - hr).square().mean()
+        loss.backward()
+        if step == 1:
+            assert float(model.set_gate.residual.weight.grad.abs().sum()) > 0
+        opt.step()
+    with torch.no_grad():
+        out = model(lr, srs, []).sr
+        gates = model.set_gate(lr, srs)
+        blend = torch.einsum("behw,bechw->bchw", gates, srs)
+    residual = out - blend  # the same correction on R, G and B
+    assert torch.allclose(residual[:, 0], residual[:, 1], atol=1e-6)
+    assert float(residual.mean()) > 0.02  # the residual carries the offset the experts cannot
+    assert float((out - hr).square().mean()) < 0.1 * 0.05**2
+
+
+def test_dilations_widen_the_gate_without_new_weights():
+    e = 3
+    plain = SetGate2d(num_experts=e, base=None, channels=8, depth=3)
+    wide = SetGate2d(num_experts=e, base=None, channels=8, depth=3, dilations=(1, 2, 4))
+    wide.load_state_dict(plain.state_dict())  # same shapes: a dilation changes no weight
+    perturb(plain)
+    wide.load_state_dict(plain.state_dict())
+    lr, srs = inputs(e, h=24, w=24)
+    lr2, srs2 = lr.clone(), srs.clone()
+    srs2[..., 16:24, 16:24] += 0.1  # LR pixels 4…5: 7…8 from the centre (12, 12)
+    with torch.no_grad():
+        centre = (slice(None), slice(None), slice(12 * 4, 12 * 4 + 4), slice(12 * 4, 12 * 4 + 4))
+        plain_moves = float((plain(lr2, srs2) - plain(lr, srs))[centre].abs().max())
+        wide_moves = float((wide(lr2, srs2) - wide(lr, srs))[centre].abs().max())
+    assert plain_moves == 0.0 and wide_moves > 0.0  # reach 4 LR pixels against 8 (1 + 1 + 2 + 4)
+    with pytest.raises(ValueError, match="3 positive"):
+        SetGate2d(num_experts=e, base=None, channels=8, depth=3, dilations=(1, 2))
+    cfg = pool_config(e, depth=2)
+    with pytest.raises(ConfigError, match="dilations must be 2"):
+        FusionNet(config=dataclasses.replace(cfg, set_gate=dataclasses.replace(cfg.set_gate, dilations=(1, 2, 4))))

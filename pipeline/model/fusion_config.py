@@ -149,6 +149,10 @@ class SetGateConfig:
     signals: bool = False  # also feed each expert's LR-consistency error (pipeline/model/signals.py)
     # with model.inputs.features=true, each expert's hooked feature enters the gate projected to this many channels
     feat_dim: Width = 8
+    # the dilation of each of the ``depth`` 3×3 layers (None: all 1); larger ones widen what a pixel's gate sees
+    dilations: tuple[Annotated[int, Range(ge=1, le=16)], ...] | None = None
+    # also learn a luma correction outside the experts' span (zero-initialised; from the experts' pooled state)
+    residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,8 @@ def validate_config(cfg: FusionConfig) -> None:
         raise ConfigError("set_gate.enabled replaces the trunk gate: set gating.enabled=false and no start_expert")
     if sg.base is not None and len(sg.base) != e:
         raise ConfigError(f"set_gate.base must be {e} weights (one per expert), got {len(sg.base)}")
+    if sg.dilations is not None and len(sg.dilations) != sg.depth:
+        raise ConfigError(f"set_gate.dilations must be {sg.depth} values (one per layer: depth), got {sg.dilations}")
     for name, sub in (("cross_band", cfg.cross_band), ("cross_expert", cfg.cross_expert)):
         if sub.enabled and (sub.heads < 1 or cfg.token_channels % sub.heads):
             raise ConfigError(f"{name}.heads={sub.heads} must divide token_channels={cfg.token_channels}")

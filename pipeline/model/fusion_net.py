@@ -176,6 +176,8 @@ class FusionNet(nn.Module):
                 signals=sg.signals,
                 feat_channels=cfg.inputs.feat_channels if cfg.inputs.features else None,
                 feat_dim=sg.feat_dim,
+                dilations=sg.dilations,
+                residual=sg.residual,
             )
             if sg.enabled
             else None
@@ -267,8 +269,7 @@ class FusionNet(nn.Module):
         signals = gate_signals(lr, srs, scale=SCALE) if self.config.gating.signals else None  # (B,E+2,H,W)
         learned, difficulty = self.gating(s1, signals) if self.gating is not None else (None, None)
         if self.set_gate is not None:
-            gates = self.set_gate(lr, srs, feats)  # (B,E,4H,4W)
-            base = torch.einsum("behw,bechw->bchw", gates, srs)
+            base, gates = self.set_gate.fuse(lr, srs, feats)  # (B,3,4H,4W), (B,E,4H,4W)
         else:
             base, gates = self._base(srs, learned)
         lb_loss = load_balance_loss(gates) if self.gating is not None else lr.new_zeros(())
@@ -301,8 +302,7 @@ class FusionNet(nn.Module):
 
     def _forward_without_trunk(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor]) -> FusionOutput:
         if self.set_gate is not None:
-            gates = self.set_gate(lr, srs, feats)  # (B,E,4H,4W)
-            sr = torch.einsum("behw,bechw->bchw", gates, srs)
+            sr, gates = self.set_gate.fuse(lr, srs, feats)  # (B,3,4H,4W), (B,E,4H,4W)
         else:
             b, e, _, hh, ww = srs.shape
             sr, gates = srs.mean(dim=1), srs.new_full((1, 1, 1, 1), 1.0 / e).expand(b, e, hh, ww)

@@ -58,6 +58,8 @@ class SetGate2d(nn.Module):
         feat_channels: Sequence[int] | None = None,
         feat_dim: int = 8,
         gain: float = 32.0,
+        dilations: Sequence[int] | None = None,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if base is not None and len(base) != num_experts:
@@ -66,6 +68,9 @@ class SetGate2d(nn.Module):
         self.register_buffer("base", torch.tensor(weights, dtype=torch.float32), persistent=False)
         self.num_experts = num_experts
         self.scale = scale
+        dilations = (1,) * depth if dilations is None else tuple(int(d) for d in dilations)
+        if len(dilations) != depth or min(dilations, default=1) < 1:
+            raise ValueError(f"dilations must be {depth} positive integers (one per layer), got {dilations}")
         self.signals = signals
         self.gain = gain
         sub = scale * scale
@@ -80,14 +85,32 @@ class SetGate2d(nn.Module):
         own = sub + (1 if signals else 0) + (feat_dim if feat_channels is not None else 0)
         shared = 2 * sub + 1
         self.inp = nn.Conv2d(own + shared, channels, 3, padding=1)
-        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(depth))
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=d, dilation=d) for d in dilations)
         self.mix = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(depth))
         self.head = nn.Conv2d(2 * channels, sub, 1)
         nn.init.zeros_(self.head.weight)  # δ = 0: the untrained gate is the base blend, exactly
         nn.init.zeros_(self.head.bias)
+        # residual: a luma correction outside the experts' span, read from what all experts share (the pooled state)
+        self.residual = nn.Conv2d(channels, sub, 1) if residual else None
+        if self.residual is not None:
+            nn.init.zeros_(self.residual.weight)  # 0 at the start: the untrained fusion is still the blend, exactly
+            nn.init.zeros_(self.residual.bias)
 
     def forward(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor] | None = None) -> Tensor:
         """``feats``: E tensors ``(B,C_e,H,W)``, read only when built with ``feat_channels``."""
+        return self._gates_and_state(lr, srs, feats)[0]
+
+    def fuse(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``(sr (B,3,sH,sW), gates (B,E,sH,sW))``: the gated blend of the experts' RGB, plus (built with
+        ``residual``) the learned luma correction, added to R, G and B alike."""
+        gates, pooled = self._gates_and_state(lr, srs, feats)
+        sr = torch.einsum("behw,bechw->bchw", gates, srs)
+        if self.residual is not None:
+            sr = sr + F.pixel_shuffle(self.residual(pooled), self.scale) / self.gain  # (B,1,sH,sW) broadcast
+        return sr, gates
+
+    def _gates_and_state(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor] | None) -> tuple[Tensor, Tensor]:
+        """gates ``(B,E,sH,sW)`` and the experts' pooled final state ``(B,C,H,W)``."""
         b, e, _, hh, ww = srs.shape
         if e != self.num_experts:
             raise ValueError(f"SetGate2d was built for {self.num_experts} experts, got srs with {e}")
@@ -115,7 +138,8 @@ class SetGate2d(nn.Module):
         for conv, mix in zip(self.convs, self.mix, strict=True):
             pooled = x.reshape(b, e, -1, h, w).mean(dim=1)  # (B,C,H,W): what all experts see
             x = x + F.gelu(conv(x) + mix(pooled).repeat_interleave(e, dim=0))
-        pooled = x.reshape(b, e, -1, h, w).mean(dim=1).repeat_interleave(e, dim=0)
-        logits = F.pixel_shuffle(self.head(torch.cat([x, pooled], dim=1)), s).reshape(b, e, hh, ww)
+        pooled = x.reshape(b, e, -1, h, w).mean(dim=1)  # (B,C,H,W)
+        logits = self.head(torch.cat([x, pooled.repeat_interleave(e, dim=0)], dim=1))
+        logits = F.pixel_shuffle(logits, s).reshape(b, e, hh, ww)
         delta = logits - logits.mean(dim=1, keepdim=True)  # Σ_e δ_e = 0
-        return base.view(1, e, 1, 1) + delta  # (B,E,sH,sW)
+        return base.view(1, e, 1, 1) + delta, pooled  # (B,E,sH,sW), (B,C,H,W)
