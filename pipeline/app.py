@@ -47,6 +47,7 @@ COMMANDS: dict[str, Command] = {
         "one training cache from several of the same experts (hard links, no expert runs)",
     ),
     "train": Command("train", "train.py", "train the fusion network on a cache"),
+    "stack-gates": Command("stack_gates", "", "average independently trained set gates in one checkpoint"),
     "train-expert": Command("train_expert", "scripts/train_expert.py", "train or fine-tune one expert"),
     "fit": Command("fit_ensembler", "scripts/fit_ensembler.py", "fit a training-free ensembler on a cache"),
     "submit": Command("submit", "scripts/submit.py", "a run or an ensemble → an NTIRE x4 submission folder / zip"),

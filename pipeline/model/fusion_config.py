@@ -153,6 +153,10 @@ class SetGateConfig:
     dilations: tuple[Annotated[int, Range(ge=1, le=16)], ...] | None = None
     # also learn a luma correction outside the experts' span (zero-initialised; from the experts' pooled state)
     residual: bool = False
+    # independently trained gates of this configuration whose outputs are averaged (a deep ensemble of gates):
+    # built by `sr-fusion stack-gates` from runs that differ only in train.seed, never trained as one
+    # (pipeline/model/members.py)
+    members: Annotated[int, Range(ge=1, le=16)] = 1
 
 
 @dataclass(frozen=True)

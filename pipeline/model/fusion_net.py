@@ -50,6 +50,7 @@ from pipeline.model.blocks import (
     LRResidual2d,
     RefineCNN2d,
     SetGate2d,
+    SetGateMembers,
     load_balance_loss,
 )
 from pipeline.model.fusion_config import SCALE, FusionConfig, validate_config
@@ -166,8 +167,9 @@ class FusionNet(nn.Module):
             else None
         )
         sg = cfg.set_gate
-        self.set_gate = (
-            SetGate2d(
+
+        def set_gate() -> SetGate2d:
+            return SetGate2d(
                 num_experts=e,
                 base=sg.base,
                 channels=sg.channels,
@@ -179,9 +181,11 @@ class FusionNet(nn.Module):
                 dilations=sg.dilations,
                 residual=sg.residual,
             )
-            if sg.enabled
-            else None
-        )
+
+        self.set_gate: SetGate2d | SetGateMembers | None = None
+        if sg.enabled:
+            one = sg.members == 1  # one gate keeps its own keys (set_gate.*): every single-gate checkpoint loads
+            self.set_gate = set_gate() if one else SetGateMembers(members=[set_gate() for _ in range(sg.members)])
         # start_expert with gating: gates = mix·learned + (1−mix)·one_hot(start), mix a learnable scalar from 0
         self.start_mix = nn.Parameter(torch.zeros(())) if (cfg.start_expert is not None and g.enabled) else None
         self.hessian = (

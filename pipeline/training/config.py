@@ -178,6 +178,11 @@ def load_run_config(path: str | os.PathLike | None, overrides: Sequence[str] = (
         raise ConfigError("data.mode=live needs data.experts (expert YAML) and data.train_hr (HR folder)")
     if any(s.weights.perceptual for s in t.stages) and cfg.loss.vgg_weights is None:
         raise ConfigError("a stage weights the perceptual loss: set loss.vgg_weights to a local vgg19 state dict")
+    if cfg.model.set_gate.members > 1:
+        raise ConfigError(
+            f"model.set_gate.members={cfg.model.set_gate.members}: members are trained one by one (train.seed = 0, "
+            "1, …) and stacked afterwards with `sr-fusion stack-gates`; train with members=1"
+        )
     return cfg
 
 

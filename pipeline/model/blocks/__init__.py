@@ -16,7 +16,7 @@ from pipeline.model.blocks.layer_norm2d import LayerNorm2d
 from pipeline.model.blocks.lka import LKA2d, LKABlock2d
 from pipeline.model.blocks.lr_residual import LRResidual2d
 from pipeline.model.blocks.refine import RefineCNN2d
-from pipeline.model.blocks.set_gate import SetGate2d
+from pipeline.model.blocks.set_gate import SetGate2d, SetGateMembers
 from pipeline.model.blocks.token_attention import TokenAttention, from_tokens, to_tokens
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "RefineCNN2d",
     "ResBlock2d",
     "SetGate2d",
+    "SetGateMembers",
     "StructureUNet2d",
     "TokenAttention",
     "laplacian_pyramid",

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from pipeline.model.blocks.layer_norm2d import LayerNorm2d
 from pipeline.model.signals import lr_consistency
 
-__all__ = ["SetGate2d", "luma"]
+__all__ = ["SetGate2d", "SetGateMembers", "luma"]
 
 _LUMA = (0.299, 0.587, 0.114)  # BT.601 weights (the scored Y up to an affine map)
 
@@ -143,3 +143,26 @@ class SetGate2d(nn.Module):
         logits = F.pixel_shuffle(logits, s).reshape(b, e, hh, ww)
         delta = logits - logits.mean(dim=1, keepdim=True)  # Σ_e δ_e = 0
         return base.view(1, e, 1, 1) + delta, pooled  # (B,E,sH,sW), (B,C,H,W)
+
+
+class SetGateMembers(nn.Module):
+    """K set gates of one configuration, trained independently (different seeds), averaged: a deep ensemble of gates.
+    The gates are the members' mean, and so is the fused image (each member's blend plus its residual): a member's
+    error that is its own (its initialisation, its batches) averages out, what all learned stays. The call and
+    :meth:`fuse` are those of :class:`SetGate2d`; ``members[k]`` holds member k's weights."""
+
+    def __init__(self, *, members: Sequence[SetGate2d]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"SetGateMembers needs two or more gates, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.num_experts = members[0].num_experts
+
+    def forward(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor] | None = None) -> Tensor:
+        return torch.stack([m(lr, srs, feats) for m in self.members]).mean(dim=0)  # (B,E,sH,sW)
+
+    def fuse(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``(sr (B,3,sH,sW), gates (B,E,sH,sW))``: the members' mean of each."""
+        fused = [m.fuse(lr, srs, feats) for m in self.members]
+        k = len(fused)
+        return sum(f[0] for f in fused) / k, sum(f[1] for f in fused) / k
