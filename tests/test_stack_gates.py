@@ -11,6 +11,7 @@ import torch
 
 from pipeline.app import main
 from pipeline.core.config import ConfigError
+from pipeline.model.describe import describe_network
 from pipeline.model.fusion_net import FusionNet
 from pipeline.model.io import load_pretrained, save_pretrained, verify_checksums, write_checksums
 from pipeline.model.members import StackError, stack_gates
@@ -40,6 +41,7 @@ def test_the_stack_is_the_mean_of_its_members_and_loads_as_a_checkpoint(tmp_path
     verify_checksums(out)
     loaded = load_pretrained(out)  # strict: every member's weights in place
     assert loaded.config.set_gate.members == 3
+    assert "the mean of 3 independently trained set gates" in describe_network(loaded.config)
     lr, srs = inputs(3)
     with torch.no_grad():
         outs = [m.eval()(lr, srs, []) for m in models]

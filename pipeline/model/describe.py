@@ -28,11 +28,17 @@ def _combination(cfg: FusionConfig) -> str:
     experts = f"the {cfg.num_experts} experts"
     if cfg.set_gate.enabled:
         base = "a fixed blend" if cfg.set_gate.base is not None else "their mean"
-        signals = ", fed LR-consistency signals" if cfg.set_gate.signals else ""
-        return (
-            f"a set gate (one small network shared by every expert) that moves each pixel's weights of {experts} "
-            f"away from {base}{signals}"
+        sg = cfg.set_gate
+        signals = ", fed LR-consistency signals" if sg.signals else ""
+        wide = f", dilations {'/'.join(map(str, sg.dilations))}" if sg.dilations and max(sg.dilations) > 1 else ""
+        residual = ", plus a learned luma residual" if sg.residual else ""
+        gate = (
+            "a set gate (one small network shared by every expert)"
+            if sg.members == 1
+            else f"the mean of {sg.members} independently trained set gates (each one small network shared by every "
+            "expert)"
         )
+        return f"{gate} that moves each pixel's weights of {experts} away from {base}{signals}{wide}{residual}"
     if cfg.gating.enabled:
         start = (
             "a fixed blend"
