@@ -21,10 +21,9 @@ import torch
 
 from pipeline.model.fusion_net import FusionNet
 from pipeline.model.io import (
-    CHECKSUMS,
     CheckpointError,
+    ChecksumError,
     load_pretrained,
-    read_config,
     read_extra,
     resolve_checkpoint,
     save_pretrained,
@@ -52,28 +51,24 @@ def stack_gates(sources: Sequence[str | os.PathLike], out: str | os.PathLike) ->
     ckpts = [resolve_checkpoint(s, which="last") for s in sources]
     if len(set(ckpts)) != len(ckpts):
         raise StackError(f"a checkpoint is named twice: {[str(c) for c in ckpts]} (members must be trained apart)")
-    first_cfg = read_config(ckpts[0])
-    if not first_cfg.set_gate.enabled or first_cfg.set_gate.members != 1:
-        raise StackError(f"{ckpts[0]}: not a single set gate (set_gate.enabled and members=1 are needed)")
-    first_experts = read_extra(ckpts[0]).get("experts")
-    members_meta, states = [], []
+    members_meta, states, extras, first_cfg = [], [], [], None
     for source, ckpt in zip(sources, ckpts, strict=True):
-        if (ckpt / CHECKSUMS).is_file():
+        try:  # a member must be a finished, checksummed checkpoint
             sums = verify_checksums(ckpt)
-        else:
-            raise StackError(f"{ckpt / CHECKSUMS} is missing: a member must be a finished, checksummed checkpoint")
-        cfg = read_config(ckpt)
-        if cfg != first_cfg:
-            diff = [
-                f.name
-                for f in dataclasses.fields(cfg)
-                if getattr(cfg, f.name) != getattr(first_cfg, f.name)  # the top-level sections that differ
-            ]
+        except ChecksumError as exc:
+            raise StackError(str(exc)) from None
+        model = load_pretrained(ckpt)
+        cfg, extra = model.config, read_extra(ckpt)
+        if not cfg.set_gate.enabled or cfg.set_gate.members != 1:
+            raise StackError(f"{ckpt}: not a single set gate (set_gate.enabled and members=1 are needed)")
+        if first_cfg is not None and cfg != first_cfg:
+            diff = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(first_cfg, f.name)]
             raise StackError(f"{ckpt}: its model config differs from {ckpts[0]}'s in {diff}: members must be alike")
-        extra = read_extra(ckpt)
-        if extra.get("experts") != first_experts:
+        if extras and extra.get("experts") != extras[0].get("experts"):
             raise StackError(f"{ckpt}: trained for other experts than {ckpts[0]}: members must share the experts")
-        states.append(load_pretrained(ckpt).state_dict())
+        first_cfg = first_cfg or cfg
+        states.append(model.state_dict())
+        extras.append(extra)
         sha = sums["model.safetensors"]
         members_meta.append({"source": str(source), "sha256": sha, "step": extra.get("step"), "run": extra.get("run")})
     shared = [k for k in states[0] if not k.startswith(PREFIX)]
@@ -87,7 +82,7 @@ def stack_gates(sources: Sequence[str | os.PathLike], out: str | os.PathLike) ->
     for i, state in enumerate(states):
         stacked.update({f"{PREFIX}members.{i}.{k[len(PREFIX) :]}": v for k, v in state.items() if k.startswith(PREFIX)})
     model.load_state_dict(stacked, strict=True)
-    extra = {k: v for k, v in read_extra(ckpts[0]).items() if k not in ("step", "val_psnr", "val_ssim", "run")}
+    extra = {k: v for k, v in extras[0].items() if k not in ("step", "val_psnr", "val_ssim", "run")}
     extra["members"] = members_meta
     save_pretrained(model, dst, extra=extra)
     write_checksums(dst)
