@@ -156,7 +156,6 @@ class SetGateMembers(nn.Module):
         if len(members) < 2:
             raise ValueError(f"SetGateMembers needs two or more gates, got {len(members)}")
         self.members = nn.ModuleList(members)
-        self.num_experts = members[0].num_experts
 
     def forward(self, lr: Tensor, srs: Tensor, feats: Sequence[Tensor] | None = None) -> Tensor:
         return torch.stack([m(lr, srs, feats) for m in self.members]).mean(dim=0)  # (B,E,sH,sW)
