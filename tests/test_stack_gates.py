@@ -92,6 +92,15 @@ def test_training_a_stack_is_refused_with_the_way_to_build_it(tmp_path):
 
     with pytest.raises(ConfigError, match="stack-gates"):
         load_run_config("configs/train/fusion_esr_pool.yaml", ["model.set_gate.members=2"])
+    # nor is fine-tuning one: train.init_from names the stack's members instead of a state-dict key error
+    from pipeline.training.fusion import RunError, load_init_weights
+
+    models, paths = zip(*(member(tmp_path, s) for s in range(2)), strict=True)
+    _, out = stack_gates(paths, tmp_path / "st")
+    with pytest.raises(
+        RunError, match=r"stack of 2 set gates \(sr-fusion stack-gates\): fine-tune one of its members \(.*s0, .*s1\)"
+    ):
+        load_init_weights(FusionNet(config=models[0].config), str(out), EXPERTS)
 
 
 def test_the_command_stacks_and_reports_refusals_in_one_line(tmp_path, capsys):

@@ -176,6 +176,12 @@ def load_init_weights(model: FusionNet, init_from: str, experts: list[dict]) -> 
     if (ckpt / "SHA256SUMS").is_file():
         verify_checksums(ckpt)
     init = load_pretrained(ckpt)
+    if init.config.set_gate.members > 1:  # a training run is one gate; its members are runs of their own
+        sources = [m.get("source") for m in read_extra(ckpt).get("members", [])]
+        raise RunError(
+            f"train.init_from {ckpt} is a stack of {init.config.set_gate.members} set gates (sr-fusion stack-gates): "
+            f"fine-tune one of its members ({', '.join(map(str, sources)) or 'see extra.members'}) and stack again"
+        )
     diffs = config_differences({"model": config_to_dict(init.config)}, {"model": config_to_dict(model.config)})
     if diffs:  # "run has" = the checkpoint's value, "now" = this config's
         raise RunError("train.init_from describes another network: " + "; ".join(diffs[:8]) + f" (run = {ckpt})")
