@@ -92,7 +92,7 @@ def test_training_a_stack_is_refused_with_the_way_to_build_it(tmp_path):
 
     with pytest.raises(ConfigError, match="stack-gates"):
         load_run_config("configs/train/fusion_esr_pool.yaml", ["model.set_gate.members=2"])
-    # nor is fine-tuning one: train.init_from names the stack's members instead of a state-dict key error
+    # nor is fine-tuning one: train.init_from names stack-gates and the members to fine-tune instead
     from pipeline.training.fusion import RunError, load_init_weights
 
     models, paths = zip(*(member(tmp_path, s) for s in range(2)), strict=True)
