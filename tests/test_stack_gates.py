@@ -111,3 +111,46 @@ def test_the_command_stacks_and_reports_refusals_in_one_line(tmp_path, capsys):
     assert main(["stack-gates", str(a), str(b), "--out", str(tmp_path / "st")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an empty folder" in err[0]
+
+
+def test_the_stack_curve_scores_every_subset_as_its_stack_would(tiny_cache, tmp_path, capsys):
+    from conftest import program
+
+    from cache.reader import CacheReader
+    from pipeline.evaluation.cached import CachedScoreError, score_cached, stack_curve
+
+    reader = CacheReader(tiny_cache)
+    experts = [dict(fp) for fp in reader.meta.experts]
+    reader.close()
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = FusionNet(config=pool_config(2, base=(0.6, 0.4)))
+        perturb(model, seed=seed + 10)
+        save_pretrained(model, tmp_path / f"m{seed}", extra={"experts": experts, "step": 1, "scale": 4})
+        write_checksums(tmp_path / f"m{seed}")
+        paths.append(tmp_path / f"m{seed}")
+    members = [(str(p), load_pretrained(p), experts) for p in paths]
+    curve = stack_curve(tiny_cache, members=members)
+    stacked, out = stack_gates(paths, tmp_path / "st")
+    rows = {r.method: r.psnr for r in score_cached(tiny_cache, fusions=[*members, ("st", stacked, experts)])}
+    assert curve.psnr[(0, 1, 2)] == rows["st"]  # the whole subset is exactly the stacked checkpoint
+    assert all(curve.psnr[(j,)] == rows[str(p)] for j, p in enumerate(paths))
+    sizes = curve.by_size()
+    assert [(s["k"], s["subsets"]) for s in sizes] == [(1, 3), (2, 3), (3, 1)]
+    pairs = [sum(curve.psnr[s]) / 6 for s in ((0, 1), (0, 2), (1, 2))]
+    assert sizes[1]["mean"] == pytest.approx(sum(pairs) / 3) and sizes[1]["min"] == min(pairs)
+    assert curve.limit() == pytest.approx(sizes[0]["mean"] + (sizes[2]["mean"] - sizes[0]["mean"]) * 1.5)
+    assert len({sum(curve.psnr[(j,)]) for j in range(3)}) == 3  # the members do differ
+
+    with pytest.raises(CachedScoreError, match="2 to 12 members"):
+        stack_curve(tiny_cache, members=members[:1])
+    with pytest.raises(CachedScoreError, match="other experts"):
+        stack_curve(tiny_cache, members=[*members[:2], ("x", members[2][1], EXPERTS[:2])])
+
+    script = program("research/stack_curve")
+    table = tmp_path / "curve"
+    assert script.main(["--cache", str(tiny_cache), "--members", *map(str, paths), "--out", str(table)]) == 0
+    payload = json.loads(table.with_suffix(".json").read_text())
+    assert payload["limit"] == pytest.approx(curve.limit()) and payload["per_image_psnr"]["0+1+2"] == rows["st"]
+    assert "extrapolated infinite stack" in capsys.readouterr().out

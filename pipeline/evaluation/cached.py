@@ -10,8 +10,10 @@ submitted. The experts' SR is read as the cache stores it (8-bit levels in the d
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -31,7 +33,7 @@ from pipeline.inference.ensemblers import (
 )
 from pipeline.model.fusion_net import FusionNet
 
-__all__ = ["CachedScoreError", "fit_on_cache", "score_cached"]
+__all__ = ["CachedScoreError", "StackCurve", "fit_on_cache", "score_cached", "stack_curve"]
 
 
 class CachedScoreError(ToolkitError, ValueError):
@@ -120,5 +122,69 @@ def fit_on_cache(
         return fit(
             method, samples, experts=reader.meta.experts, border=border, bin_width=bin_width, min_pixels=min_pixels
         )
+    finally:
+        reader.close()
+
+
+@dataclass(frozen=True)
+class StackCurve:
+    """What averaging more independently trained gates buys: ``psnr[subset]`` = per-image PSNR-Y of the mean of those
+    members' outputs (a stack of them, exactly as ``sr-fusion stack-gates`` would build it), for every non-empty
+    subset of the members (tuples of member indices)."""
+
+    members: tuple[str, ...]
+    psnr: dict[tuple[int, ...], list[float]]
+
+    def by_size(self) -> list[dict]:
+        """Per stack size k: the mean over all subsets of size k of their mean PSNR (an unbiased estimate of a
+        k-stack's score), its minimum and maximum (the luck of the draw), and how many subsets."""
+        out = []
+        for k in range(1, len(self.members) + 1):
+            means = [sum(v) / len(v) for s, v in self.psnr.items() if len(s) == k]
+            out.append(
+                {"k": k, "mean": sum(means) / len(means), "min": min(means), "max": max(means), "subsets": len(means)}
+            )
+        return out
+
+    def limit(self) -> float:
+        """The score of an infinite stack, extrapolated from k = 1 and k = K on the model score(k) = L − c/k (the
+        members' own errors average out as 1/k; what they share stays): L = m₁ + (m_K − m₁)·K/(K − 1)."""
+        sizes = self.by_size()
+        k = len(self.members)
+        if k < 2:
+            raise ValueError("a stack curve needs two or more members to extrapolate")
+        m1, mk = sizes[0]["mean"], sizes[-1]["mean"]
+        return m1 + (mk - m1) * k / (k - 1)
+
+
+@torch.inference_mode()
+def stack_curve(
+    cache_path: str | os.PathLike,
+    *,
+    members: Sequence[tuple[str, FusionNet, Sequence[dict]]],
+) -> StackCurve:
+    """Score every subset-stack of ``members`` (``(label, fusion, its experts' fingerprints)``, two to twelve) on the
+    cache's images: each member runs once per image, each subset's output is the mean of its members' outputs."""
+    if not 2 <= len(members) <= 12:
+        raise CachedScoreError(f"a stack curve takes 2 to 12 members (all subsets are scored), got {len(members)}")
+    subsets = [s for k in range(1, len(members) + 1) for s in itertools.combinations(range(len(members)), k)]
+    psnr: dict[tuple[int, ...], list[float]] = {s: [] for s in subsets}
+    reader = CacheReader(cache_path)
+    try:
+        if not reader.has_hr:
+            raise CachedScoreError(f"{cache_path}: holds no HR images: nothing to score against")
+        have = [(str(fp["name"]), str(fp["sha256"])) for fp in reader.meta.experts]
+        for label, _, fps in members:
+            if [(str(fp["name"]), str(fp["sha256"])) for fp in fps] != have:
+                raise CachedScoreError(f"member {label} was trained for other experts than {cache_path} holds")
+        for i in range(len(reader)):
+            s = reader.read(i)
+            lr, srs, hr = s.lr[None], s.srs[None], s.hr[None]  # (1,3,h,w), (1,E,3,H,W), (1,3,H,W)
+            feats = [f[None] for f in s.feats]
+            outs = [fusion.forward_with_precomputed(lr, srs, feats).sr for _, fusion, _ in members]  # K × (1,3,H,W)
+            for sub in subsets:
+                sr = sum(outs[j] for j in sub) / len(sub)
+                psnr[sub].append(float(psnr_y(quantize_8bit(sr.clamp(0, 1)), hr, crop_border=reader.scale)[0]))
+        return StackCurve(members=tuple(label for label, _, _ in members), psnr=psnr)
     finally:
         reader.close()
