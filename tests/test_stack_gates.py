@@ -145,7 +145,7 @@ def test_the_stack_curve_scores_every_subset_as_its_stack_would(tiny_cache, tmp_
 
     with pytest.raises(CachedScoreError, match="2 to 12 members"):
         stack_curve(tiny_cache, members=members[:1])
-    with pytest.raises(CachedScoreError, match="other experts"):
+    with pytest.raises(CachedScoreError, match="fusion x was trained with experts"):
         stack_curve(tiny_cache, members=[*members[:2], ("x", members[2][1], EXPERTS[:2])])
 
     script = program("research/stack_curve")

@@ -32,12 +32,34 @@ from pipeline.inference.ensemblers import (
     method_class,
 )
 from pipeline.model.fusion_net import FusionNet
+from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
 
-__all__ = ["CachedScoreError", "StackCurve", "fit_on_cache", "score_cached", "stack_curve"]
+__all__ = ["CachedScoreError", "StackCurve", "fit_on_cache", "load_fusion", "score_cached", "stack_curve"]
 
 
 class CachedScoreError(ToolkitError, ValueError):
     """The cache cannot be scored against (no HR), or a fusion was trained for other experts."""
+
+
+def load_fusion(path: str | os.PathLike, *, which: str = "last") -> tuple[str, FusionNet, list[dict]]:
+    """A run (its ``which`` checkpoint) or a checkpoint, checksums verified, as the ``(label, fusion, its experts'
+    fingerprints)`` triple :func:`score_cached` and :func:`stack_curve` take; the label is ``path`` as given."""
+    ckpt = resolve_checkpoint(path, which=which)
+    verify_checksums(ckpt)
+    return str(path), load_pretrained(ckpt), list(read_extra(ckpt).get("experts", []))
+
+
+def _check_scoreable(
+    reader: CacheReader, cache_path: str | os.PathLike, fusions: Sequence[tuple[str, FusionNet, Sequence[dict]]]
+) -> None:
+    """The cache holds HR images, and every fusion was trained for exactly the cache's experts (names + sha256)."""
+    if not reader.has_hr:
+        raise CachedScoreError(f"{cache_path}: holds no HR images: nothing to score against")
+    have = [(str(fp["name"]), str(fp["sha256"])) for fp in reader.meta.experts]
+    for label, _, fps in fusions:
+        want = [(str(fp["name"]), str(fp["sha256"])) for fp in fps]
+        if want != have:
+            raise CachedScoreError(f"fusion {label} was trained with experts {want}, {cache_path} holds {have}")
 
 
 @torch.inference_mode()
@@ -57,13 +79,7 @@ def score_cached(
     labels = [e.method for e in ensemblers] if labels is None else list(labels)
     reader = CacheReader(cache_path)
     try:
-        if not reader.has_hr:
-            raise CachedScoreError(f"{cache_path}: holds no HR images: nothing to score against")
-        have = [(str(fp["name"]), str(fp["sha256"])) for fp in reader.meta.experts]
-        for label, _, fps in fusions:
-            want = [(str(fp["name"]), str(fp["sha256"])) for fp in fps]
-            if want != have:
-                raise CachedScoreError(f"fusion {label} was trained with experts {want}, {cache_path} holds {have}")
+        _check_scoreable(reader, cache_path, fusions)
         names = reader.meta.expert_names
         check_labels([*names, *labels, *(label for label, _, _ in fusions)])
         rows: dict[str, Row] = {}
@@ -171,12 +187,7 @@ def stack_curve(
     psnr: dict[tuple[int, ...], list[float]] = {s: [] for s in subsets}
     reader = CacheReader(cache_path)
     try:
-        if not reader.has_hr:
-            raise CachedScoreError(f"{cache_path}: holds no HR images: nothing to score against")
-        have = [(str(fp["name"]), str(fp["sha256"])) for fp in reader.meta.experts]
-        for label, _, fps in members:
-            if [(str(fp["name"]), str(fp["sha256"])) for fp in fps] != have:
-                raise CachedScoreError(f"member {label} was trained for other experts than {cache_path} holds")
+        _check_scoreable(reader, cache_path, members)
         for i in range(len(reader)):
             s = reader.read(i)
             lr, srs, hr = s.lr[None], s.srs[None], s.hr[None]  # (1,3,h,w), (1,E,3,H,W), (1,3,H,W)

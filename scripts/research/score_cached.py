@@ -22,10 +22,9 @@ from cache.reader import CacheReader
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
 from pipeline.core.outputs import check_output_file
-from pipeline.evaluation.cached import score_cached
+from pipeline.evaluation.cached import load_fusion, score_cached
 from pipeline.evaluation.compare import is_table_json, peer_labels, summarise, table_markdown
 from pipeline.inference.ensemblers import fit, load
-from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -59,11 +58,7 @@ def _main(argv: list[str] | None = None) -> int:
     peers = [fit("mean", [], experts=fps), fit("zzpm", [], experts=fps)]
     peers += [load(p, experts=fps) for p in args.ensemblers]
     labels = peer_labels(peers, [None, None, *args.ensemblers])
-    fusions = []
-    for path in args.fusion:
-        ckpt = resolve_checkpoint(path, which=args.which)
-        verify_checksums(ckpt)
-        fusions.append((str(path), load_pretrained(ckpt), read_extra(ckpt).get("experts", [])))
+    fusions = [load_fusion(path, which=args.which) for path in args.fusion]
     rows = score_cached(args.cache, fusions=fusions, ensemblers=peers, labels=labels, held_out_of=args.held_out_of)
     summary = summarise(rows)
     title = args.title or args.cache.name

@@ -24,8 +24,7 @@ from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
 from pipeline.core.outputs import check_output_file
 from pipeline.evaluation.bootstrap import paired_interval
-from pipeline.evaluation.cached import stack_curve
-from pipeline.model.io import load_pretrained, read_extra, resolve_checkpoint, verify_checksums
+from pipeline.evaluation.cached import load_fusion, stack_curve
 
 
 def _is_curve(path: Path) -> bool:
@@ -51,11 +50,7 @@ def _main(argv: list[str] | None = None) -> int:
         out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
         check_output_file(out_json, ours=_is_curve, create_parents=True, label="--out")
         check_output_file(out_md, ours=lambda p: _is_curve(out_json), create_parents=True, label="--out")
-    members = []
-    for path in args.members:
-        ckpt = resolve_checkpoint(path, which=args.which)
-        verify_checksums(ckpt)
-        members.append((str(path), load_pretrained(ckpt), read_extra(ckpt).get("experts", [])))
+    members = [load_fusion(path, which=args.which) for path in args.members]
     curve = stack_curve(args.cache, members=members)
     sizes, limit = curve.by_size(), curve.limit()
     k = len(members)
