@@ -34,7 +34,7 @@ from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import command_parser, run_cli
 from pipeline.core.imageio import read_image, scan_image_folder
 from pipeline.core.metrics import crop_to_match
-from pipeline.core.outputs import check_output_file
+from pipeline.core.outputs import check_table_outputs
 from pipeline.core.resize import make_lr
 from pipeline.evaluation.compare import (
     ScoreMemo,
@@ -87,9 +87,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    check_output_file(out_json, ours=is_table_json, create_parents=True, label="--out")
-    check_output_file(out_md, ours=lambda p: is_table_json(out_json), create_parents=True, label="--out")
+    out_json, out_md = check_table_outputs(args.out, ours=is_table_json)
     store = store_from_args(ap, args)
     spent = {"fusion": 0.0, "forwards": 0, "outputs": 0.0}  # where the time goes, printed at the end
     if args.fusion is not None:

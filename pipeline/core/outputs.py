@@ -42,6 +42,7 @@ __all__ = [
     "check_output_dir",
     "claim_output_dir",
     "check_output_file",
+    "check_table_outputs",
     "is_marked",
     "mark_output_dir",
     "remove_stale_temps",
@@ -108,6 +109,15 @@ def check_output_file(
         missing, parent = parent, _nearest_existing(parent)
     _check_writable_dir(parent, label=label, target=p, missing=missing)
     return p
+
+
+def check_table_outputs(out: str | os.PathLike, *, ours: Ours, label: str = "--out") -> tuple[Path, Path]:
+    """A table written as ``OUT.json`` + ``OUT.md``: both may be written (:func:`check_output_file`, parents created);
+    the Markdown counts as this tool's own when the JSON beside it does. Returns ``(OUT.json, OUT.md)``."""
+    out_json, out_md = Path(out).with_suffix(".json"), Path(out).with_suffix(".md")
+    check_output_file(out_json, ours=ours, create_parents=True, label=label)
+    check_output_file(out_md, ours=lambda _: ours(out_json), create_parents=True, label=label)
+    return out_json, out_md
 
 
 def check_output_dir(

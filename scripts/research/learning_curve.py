@@ -33,7 +33,7 @@ from cache.dataset import image_subset
 from cache.reader import CacheReader
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli, run_program
-from pipeline.core.outputs import check_output_file
+from pipeline.core.outputs import check_table_outputs
 from pipeline.evaluation.bootstrap import paired_interval
 from pipeline.evaluation.cached import fit_on_cache, score_cached
 from pipeline.inference.ensemblers import fit, load, save
@@ -88,7 +88,7 @@ def _main(argv: list[str] | None = None) -> int:
     if not cfg.model.set_gate.enabled:
         ap.error(f"{args.config}: the learning curve moves the set gate's base blend; set_gate is not enabled")
     if args.out is not None:
-        check_output_file(args.out.with_suffix(".json"), ours=_is_ours, create_parents=True, label="--out")
+        check_table_outputs(args.out, ours=_is_ours)  # OUT.json and OUT.md
     # (label, training cache, images: None = all of it, its image indices, HR Mpx, experts' fingerprints)
     specs = []
     if args.sizes:

@@ -21,7 +21,7 @@ import torch
 from cache.reader import CacheReader
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
-from pipeline.core.outputs import check_output_file
+from pipeline.core.outputs import check_table_outputs
 from pipeline.evaluation.cached import load_fusion, score_cached
 from pipeline.evaluation.compare import is_table_json, peer_labels, summarise, table_markdown
 from pipeline.inference.ensemblers import fit, load
@@ -49,9 +49,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out is not None:
-        out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-        check_output_file(out_json, ours=is_table_json, create_parents=True, label="--out")
-        check_output_file(out_md, ours=lambda p: is_table_json(out_json), create_parents=True, label="--out")
+        out_json, out_md = check_table_outputs(args.out, ours=is_table_json)
     reader = CacheReader(args.cache)
     fps = list(reader.meta.experts)
     reader.close()

@@ -22,7 +22,7 @@ import torch
 
 from pipeline.core.atomic import atomic_write_text
 from pipeline.core.cli import run_cli
-from pipeline.core.outputs import check_output_file
+from pipeline.core.outputs import check_table_outputs
 from pipeline.evaluation.bootstrap import paired_interval
 from pipeline.evaluation.cached import load_fusion, stack_curve
 
@@ -47,9 +47,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out is not None:
-        out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-        check_output_file(out_json, ours=_is_curve, create_parents=True, label="--out")
-        check_output_file(out_md, ours=lambda p: _is_curve(out_json), create_parents=True, label="--out")
+        out_json, out_md = check_table_outputs(args.out, ours=_is_curve)
     members = [load_fusion(path, which=args.which) for path in args.members]
     curve = stack_curve(args.cache, members=members)
     sizes, limit = curve.by_size(), curve.limit()
