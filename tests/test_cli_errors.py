@@ -379,3 +379,24 @@ def test_train_expert_missing_folder_leaves_no_run_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.train_hr: image folder not found" in err[0] and "missing" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_table_pair_is_written_only_over_its_own_files(tmp_path):
+    import json
+
+    from pipeline.core.outputs import OutputPathError, check_table_outputs
+
+    def ours(p):
+        return json.loads(p.read_text()).get("tool") == "t"
+
+    out = tmp_path / "sub" / "table"
+    assert check_table_outputs(out, ours=ours) == (out.with_suffix(".json"), out.with_suffix(".md"))
+    out.parent.mkdir()
+    out.with_suffix(".md").write_text("someone's notes")  # a foreign Markdown, no JSON beside it
+    with pytest.raises(OutputPathError, match=r"table\.md already exists and was not written by this tool"):
+        check_table_outputs(out, ours=ours)
+    out.with_suffix(".json").write_text(json.dumps({"tool": "t"}))  # our JSON: the Markdown beside it is ours too
+    check_table_outputs(out, ours=ours)
+    out.with_suffix(".json").write_text(json.dumps({"tool": "other"}))
+    with pytest.raises(OutputPathError, match=r"table\.json already exists"):
+        check_table_outputs(out, ours=ours)
