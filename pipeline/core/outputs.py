@@ -116,7 +116,7 @@ def check_table_outputs(out: str | os.PathLike, *, ours: Ours, label: str = "--o
     the Markdown counts as this tool's own when the JSON beside it does. Returns ``(OUT.json, OUT.md)``."""
     out_json, out_md = Path(out).with_suffix(".json"), Path(out).with_suffix(".md")
     check_output_file(out_json, ours=ours, create_parents=True, label=label)
-    check_output_file(out_md, ours=lambda _: ours(out_json), create_parents=True, label=label)
+    check_output_file(out_md, ours=lambda _: out_json.is_file() and ours(out_json), create_parents=True, label=label)
     return out_json, out_md
 
 
