@@ -136,3 +136,32 @@ def test_two_peers_of_one_method_get_their_own_rows(tiny_cache, tmp_path, capsys
     same = load(paths[0])
     with pytest.raises(CompareError, match="share the table row"):
         peer_labels([same, same], [paths[0], paths[0]])
+
+
+def test_score_cached_heldout_oracle_rows(tiny_cache, tmp_path):
+    """--heldout-oracle B adds the held-out block oracle of each B, scored per image exactly as
+    baselines.heldout_block_oracle of the cached SR, kind 'oracle' (never a peer); B < 2 is refused."""
+    from cache.reader import CacheReader
+    from pipeline.core.imageio import quantize_8bit
+    from pipeline.core.metrics import psnr_y
+    from pipeline.evaluation.baselines import heldout_block_oracle
+    from pipeline.evaluation.cached import CachedScoreError
+    from pipeline.evaluation.cached import score_cached as score
+
+    table = tmp_path / "oracle"
+    assert score_cached.main(["--cache", str(tiny_cache), "--heldout-oracle", "4", "8", "--out", str(table)]) == 0
+    payload = json.loads(table.with_suffix(".json").read_text())
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert rows["held-out oracle 4x4"]["kind"] == "oracle" and payload["heldout_oracle_blocks"] == [4, 8]
+    reader = CacheReader(tiny_cache)
+    want = []
+    for i in range(len(reader)):
+        s = reader.read(i)
+        sr = heldout_block_oracle(s.srs[None], s.hr[None], 4)
+        want.append(float(psnr_y(quantize_8bit(sr.clamp(0, 1)), s.hr[None], crop_border=reader.scale)[0]))
+    reader.close()
+    assert payload["per_image_psnr"]["held-out oracle 4x4"] == pytest.approx(want, abs=1e-9)
+    # one row per block size, each its own choice (not one row repeated)
+    assert payload["per_image_psnr"]["held-out oracle 4x4"] != payload["per_image_psnr"]["held-out oracle 8x8"]
+    with pytest.raises(CachedScoreError, match=">= 2 px"):
+        score(tiny_cache, oracle_blocks=[1])

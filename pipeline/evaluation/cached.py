@@ -22,7 +22,8 @@ from cache.reader import CacheReader
 from pipeline.core.errors import ToolkitError
 from pipeline.core.imageio import quantize_8bit
 from pipeline.core.metrics import psnr_y, ssim_y
-from pipeline.evaluation.compare import Row, check_labels
+from pipeline.evaluation.baselines import heldout_block_oracle
+from pipeline.evaluation.compare import Row, check_labels, heldout_oracle_label
 from pipeline.inference.ensemblers import (
     ENSIR_BIN_WIDTH,
     ENSIR_MIN_PIXELS,
@@ -70,18 +71,26 @@ def score_cached(
     ensemblers: Sequence[Ensembler] = (),
     held_out_of: int | None = None,
     labels: Sequence[str] | None = None,
+    oracle_blocks: Sequence[int] = (),
 ) -> list[Row]:
     """Rows (regime ``none``) of every expert, every ensembler and every ``(label, fusion, its experts'
     fingerprints)`` on the cache's images; per-image scores kept (:class:`pipeline.evaluation.compare.Row`).
     ``held_out_of``: only the images *outside* the nested subset of that size (``cache.dataset.image_subset``) — the
     training images a run with ``data.images`` = that size never saw: a held-out split of the training cache.
-    ``labels``: the ensemblers' row labels (default their methods; :func:`pipeline.evaluation.compare.peer_labels`)."""
+    ``labels``: the ensemblers' row labels (default their methods; :func:`pipeline.evaluation.compare.peer_labels`).
+    ``oracle_blocks``: a row per block size B of the held-out block oracle (HR in hand: each half of a B×B block takes
+    the expert best on the other half; :func:`pipeline.evaluation.baselines.heldout_block_oracle`) — a diagnostic of
+    the room a per-pixel gate could reach at that scale, never a peer."""
     labels = [e.method for e in ensemblers] if labels is None else list(labels)
+    bad = [b for b in oracle_blocks if int(b) < 2]
+    if bad:
+        raise CachedScoreError(f"held-out oracle blocks must be >= 2 px (a block is split in halves), got {bad}")
     reader = CacheReader(cache_path)
     try:
         _check_scoreable(reader, cache_path, fusions)
         names = reader.meta.expert_names
-        check_labels([*names, *labels, *(label for label, _, _ in fusions)])
+        oracle_labels = [heldout_oracle_label(int(b)) for b in oracle_blocks]
+        check_labels([*names, *labels, *(label for label, _, _ in fusions), *oracle_labels])
         rows: dict[str, Row] = {}
         scale = reader.scale
 
@@ -107,6 +116,8 @@ def score_cached(
             for label, fusion, _ in fusions:
                 feats = [f[None] for f in s.feats]
                 add(label, "fusion", fusion.forward_with_precomputed(lr, srs, feats).sr, hr)
+            for b, label in zip(oracle_blocks, oracle_labels, strict=True):
+                add(label, "oracle", heldout_block_oracle(srs, hr, int(b)), hr)
         return list(rows.values())
     finally:
         reader.close()

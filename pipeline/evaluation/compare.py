@@ -46,12 +46,18 @@ __all__ = [
     "ScoreMemo",
     "block_oracle",
     "expert_outputs",
+    "heldout_oracle_label",
     "score_rows",
     "scores_key",
     "table_markdown",
 ]
 
 REGIMES = ("none", "x8")
+
+
+def heldout_oracle_label(block: int) -> str:
+    """The row label of the held-out block oracle at ``block`` px (``baselines.heldout_block_oracle``)."""
+    return f"held-out oracle {block}x{block}"
 
 
 class CompareError(ToolkitError, RuntimeError):
@@ -214,7 +220,7 @@ def _image_scores(
         add(regime, f"oracle {b}x{b} blocks", "oracle", lambda srs=srs: block_oracle(srs[None], hr[None], b)[0])
         add(
             regime,
-            f"held-out oracle {b}x{b}",
+            heldout_oracle_label(b),
             "oracle",
             lambda srs=srs: heldout_block_oracle(srs[None], hr[None], b)[0],
         )
