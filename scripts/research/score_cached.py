@@ -1,7 +1,7 @@
 """Score fusion checkpoints and fitted ensemblers on a cached test set, without running the experts (no TTA).
 
     python scripts/research/score_cached.py --cache caches/pool_set14.h5 --fusion runs/A runs/B [--which last|best] \\
-        [--ensemblers fits/pool_blend_reg.json ...] [--held-out-of N] [--heldout-oracle 4 8 16] \
+        [--ensemblers fits/pool_blend_reg.json ...] [--held-out-of N] [--heldout-oracle 4 8 16] \\
         [--out results/set14_table] [--threads 2]
 
 Rows (pipeline/evaluation/cached.py): every expert, the mean, ZZPM, every ensembler file given (fitted for the
