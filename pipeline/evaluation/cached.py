@@ -82,14 +82,14 @@ def score_cached(
     the expert best on the other half; :func:`pipeline.evaluation.baselines.heldout_block_oracle`) — a diagnostic of
     the room a per-pixel gate could reach at that scale, never a peer."""
     labels = [e.method for e in ensemblers] if labels is None else list(labels)
-    bad = [b for b in oracle_blocks if int(b) < 2]
-    if bad:
-        raise CachedScoreError(f"held-out oracle blocks must be >= 2 px (a block is split in halves), got {bad}")
+    blocks = [int(b) for b in oracle_blocks]
+    if any(b < 2 for b in blocks):
+        raise CachedScoreError(f"held-out oracle blocks must be >= 2 px (a block is split in halves), got {blocks}")
     reader = CacheReader(cache_path)
     try:
         _check_scoreable(reader, cache_path, fusions)
         names = reader.meta.expert_names
-        oracle_labels = [heldout_oracle_label(int(b)) for b in oracle_blocks]
+        oracle_labels = [heldout_oracle_label(b) for b in blocks]
         check_labels([*names, *labels, *(label for label, _, _ in fusions), *oracle_labels])
         rows: dict[str, Row] = {}
         scale = reader.scale
@@ -116,8 +116,8 @@ def score_cached(
             for label, fusion, _ in fusions:
                 feats = [f[None] for f in s.feats]
                 add(label, "fusion", fusion.forward_with_precomputed(lr, srs, feats).sr, hr)
-            for b, label in zip(oracle_blocks, oracle_labels, strict=True):
-                add(label, "oracle", heldout_block_oracle(srs, hr, int(b)), hr)
+            for b, label in zip(blocks, oracle_labels, strict=True):
+                add(label, "oracle", heldout_block_oracle(srs, hr, b), hr)
         return list(rows.values())
     finally:
         reader.close()
